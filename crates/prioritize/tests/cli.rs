@@ -1,0 +1,196 @@
+//! `raffm-prioritize` as a user runs it: results, manifest, and one-line errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use raffm::checkpoint::{tiny_config, Checkpoint};
+use raffm::config::Family;
+use raffm::prioritize::{is_prioritized, layer_salience};
+use raffm::tensor::Norm;
+
+fn prioritize(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raffm-prioritize"))
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .unwrap()
+}
+
+fn run(input: &Path, output: &Path) -> Output {
+    prioritize(&[
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ])
+}
+
+fn tiny(dir: &Path) {
+    let config = tiny_config(Family::Bert, 2, 16, 4, 24);
+    Checkpoint::random(&config, 4, true, false)
+        .save(dir)
+        .unwrap();
+}
+
+/// A failed run: non-zero exit, exactly one line on stderr mentioning every `needle`,
+/// and no output folder (nor a staging folder) left behind.
+fn assert_clean_failure(out: &Output, output: &Path, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+    assert!(!output.exists(), "output left behind");
+    let parent = output.parent().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "staging folder left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn writes_a_prioritized_checkpoint_with_its_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    tiny(&input);
+    let out = prioritize(&[
+        "-i".as_ref(),
+        input.as_os_str(),
+        "-o".as_ref(),
+        output.as_os_str(),
+        "--norm".as_ref(),
+        "l2".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result = Checkpoint::load(&output).unwrap();
+    for layer in 0..2 {
+        assert!(is_prioritized(&layer_salience(&result, layer, Norm::L2)));
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["stage"], "prioritize");
+    assert_eq!(manifest["parameters"]["norm"], "l2");
+    let input_sha = raffm::io::sha256_file(&input.join("model.safetensors"))
+        .unwrap()
+        .sha256;
+    assert_eq!(manifest["inputs"][1]["sha256"], input_sha.as_str());
+    let output_sha = raffm::io::sha256_file(&output.join("model.safetensors"))
+        .unwrap()
+        .sha256;
+    assert!(manifest["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["sha256"] == output_sha.as_str()));
+    let perms = manifest["permutations"].as_array().unwrap();
+    assert_eq!(perms.len(), 2);
+    assert_eq!(perms[0]["heads"].as_array().unwrap().len(), 4);
+    assert_eq!(perms[0]["ffn_neurons"].as_array().unwrap().len(), 24);
+    assert_eq!(manifest["parameter_count"], result.parameter_count());
+}
+
+#[test]
+fn help_documents_every_option() {
+    let out = prioritize(&["--help".as_ref()]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in ["--input", "--output", "--norm", "--quiet", "salience"] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+}
+
+#[test]
+fn missing_input_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("nope"), dir.path().join("out"));
+    assert_clean_failure(
+        &run(&input, &output),
+        &output,
+        &["nope", "no such checkpoint folder"],
+    );
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    tiny(&input);
+    let weights = input.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(
+        &run(&input, &output),
+        &output,
+        &["model.safetensors", "truncated"],
+    );
+}
+
+#[test]
+fn config_and_weights_disagree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    tiny(&input);
+    let config_path = input.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["intermediate_size"] = serde_json::json!(32);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    assert_clean_failure(
+        &run(&input, &output),
+        &output,
+        &[
+            "model.safetensors",
+            "encoder.layer.0.intermediate.dense.weight",
+            "[24, 16]",
+            "[32, 16]",
+        ],
+    );
+}
+
+#[test]
+fn unknown_model_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    tiny(&input);
+    let config_path = input.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("\"bert\"", "\"gpt2\"");
+    std::fs::write(&config_path, text).unwrap();
+    assert_clean_failure(
+        &run(&input, &output),
+        &output,
+        &["config.json", "unknown model_type `gpt2`"],
+    );
+}
+
+#[test]
+fn a_failed_run_keeps_an_existing_output() {
+    // Nothing is lost: a failure leaves the previous result in place.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    tiny(&input);
+    assert!(run(&input, &output).status.success());
+    let before = std::fs::read(output.join("model.safetensors")).unwrap();
+    std::fs::write(input.join("model.safetensors"), b"garbage").unwrap();
+    assert!(!run(&input, &output).status.success());
+    assert_eq!(
+        std::fs::read(output.join("model.safetensors")).unwrap(),
+        before
+    );
+}

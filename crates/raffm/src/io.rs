@@ -1,0 +1,240 @@
+//! Atomic outputs and content hashes.
+//!
+//! Every stage writes its output folder through a [`StagingDir`]: files go to a hidden
+//! sibling folder and the folder is renamed into place only once everything, manifest last,
+//! is on disk. An interrupted stage therefore never leaves an output that Make would take
+//! as done, and a failed one leaves nothing at all.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A file with its content hash, as manifests record inputs and outputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Hashes a file without holding it in memory.
+pub fn sha256_file(path: &Path) -> Result<FileRecord> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let bytes = io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
+    Ok(FileRecord {
+        path: path.display().to_string(),
+        sha256: hex(&hasher.finalize()),
+        bytes,
+    })
+}
+
+/// A writer that hashes what passes through it.
+pub struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An output folder under construction; see the module docs.
+pub struct StagingDir {
+    target: PathBuf,
+    staging: PathBuf,
+    written: Vec<FileRecord>,
+    committed: bool,
+}
+
+impl StagingDir {
+    pub fn new(target: impl AsRef<Path>) -> Result<Self> {
+        let target = target.as_ref().to_path_buf();
+        let name = target
+            .file_name()
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: not a usable output folder name",
+                    target.display()
+                ))
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        }
+        fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
+        Ok(Self {
+            target,
+            staging,
+            written: Vec::new(),
+            committed: false,
+        })
+    }
+
+    /// The folder's final path.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Writes one file, streaming through `fill`, and records its hash.
+    pub fn write_with(
+        &mut self,
+        name: &str,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<FileRecord> {
+        let path = self.staging.join(name);
+        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
+        fill(&mut writer).map_err(|e| Error::io(&path, e))?;
+        writer.flush().map_err(|e| Error::io(&path, e))?;
+        let record = FileRecord {
+            path: self.target.join(name).display().to_string(),
+            sha256: hex(&writer.hasher.finalize()),
+            bytes: writer.bytes,
+        };
+        let file = writer
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(&path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&path, e))?;
+        self.written.push(record.clone());
+        Ok(record)
+    }
+
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<FileRecord> {
+        self.write_with(name, |w| w.write_all(bytes))
+    }
+
+    /// Files written so far, with their final paths.
+    pub fn records(&self) -> &[FileRecord] {
+        &self.written
+    }
+
+    /// Moves the folder into place, replacing an older one of the same name.
+    pub fn commit(mut self) -> Result<Vec<FileRecord>> {
+        if self.target.exists() {
+            let old = self.staging.with_extension("old");
+            fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
+            fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
+            fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        } else {
+            fs::rename(&self.staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        }
+        self.committed = true;
+        Ok(std::mem::take(&mut self.written))
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+/// Writes one file atomically (temp file in the same folder, then rename).
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<FileRecord> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(FileRecord {
+        path: path.display().to_string(),
+        sha256: sha256_bytes(bytes),
+        bytes: bytes.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_commits_atomically_and_cleans_up_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out");
+        {
+            let mut s = StagingDir::new(&target).unwrap();
+            s.write("a.txt", b"abc").unwrap();
+            // dropped without commit
+        }
+        assert!(!target.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "staging folder left behind"
+        );
+
+        let mut s = StagingDir::new(&target).unwrap();
+        let rec = s.write("a.txt", b"abc").unwrap();
+        assert_eq!(
+            rec.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        s.commit().unwrap();
+        assert_eq!(fs::read(target.join("a.txt")).unwrap(), b"abc");
+
+        // A second commit replaces the folder whole.
+        let mut s = StagingDir::new(&target).unwrap();
+        s.write("b.txt", b"x").unwrap();
+        s.commit().unwrap();
+        assert!(!target.join("a.txt").exists());
+        assert_eq!(sha256_file(&target.join("b.txt")).unwrap().bytes, 1);
+    }
+}

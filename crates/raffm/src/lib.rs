@@ -1,0 +1,32 @@
+//! raffm: Resource-aware Federated Foundation Models.
+//!
+//! The library behind the stage binaries. Checkpoints are HF folders ([`checkpoint`]);
+//! the encoder with per-layer elastic widths is in [`model`]; salience prioritization is in
+//! [`prioritize`]. Every random choice goes through [`rng`], seeded.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod layout;
+pub mod manifest;
+pub mod model;
+pub mod prioritize;
+pub mod rng;
+pub mod tensor;
+pub mod tokenizer;
+
+pub use checkpoint::Checkpoint;
+pub use config::{BertConfig, Family, LayerArch};
+pub use error::{Error, Result};
+
+/// The CPU backend selected by cargo features: flex (default) or ndarray.
+#[cfg(feature = "flex")]
+pub type CpuBackend = burn::backend::Flex;
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub type CpuBackend = burn::backend::NdArray;
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+compile_error!("enable a CPU backend: feature `flex` (default) or `ndarray`");
+
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda;

@@ -1,0 +1,76 @@
+//! `manifest.json`: what a stage did, from what, to what. It makes every ablation
+//! inspectable and lets later stages check where their inputs came from.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::io::{FileRecord, StagingDir};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub tool: String,
+    pub tool_version: String,
+    /// The command line as it was given.
+    pub command: Vec<String>,
+    /// The parsed options, defaults included.
+    pub parameters: Value,
+    #[serde(default)]
+    pub seeds: Map<String, Value>,
+    pub inputs: Vec<FileRecord>,
+    #[serde(default)]
+    pub outputs: Vec<FileRecord>,
+    /// Per-layer architecture of the output model, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_count: Option<u64>,
+    /// Bytes a client would download for this model (its float32 weights).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_on_wire: Option<u64>,
+    #[serde(default)]
+    pub metrics: Map<String, Value>,
+    /// Stage-specific records (permutations, index maps, ...).
+    #[serde(flatten)]
+    pub details: Map<String, Value>,
+}
+
+impl Manifest {
+    /// A manifest for `stage`, run by `tool`, with the process's command line.
+    pub fn new(stage: &str, tool: &str, parameters: Value) -> Self {
+        Self {
+            stage: stage.into(),
+            tool: tool.into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            command: std::env::args().collect(),
+            parameters,
+            seeds: Map::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            architecture: None,
+            parameter_count: None,
+            bytes_on_wire: None,
+            metrics: Map::new(),
+            details: Map::new(),
+        }
+    }
+
+    /// Writes the manifest as the last file of an output folder, listing every file
+    /// written before it.
+    pub fn write_into(&mut self, staging: &mut StagingDir) -> Result<FileRecord> {
+        self.outputs = staging.records().to_vec();
+        let text = serde_json::to_string_pretty(self).expect("manifest serializes");
+        staging.write(MANIFEST_FILE, format!("{text}\n").as_bytes())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid manifest: {e}")))
+    }
+}

@@ -1,0 +1,541 @@
+//! The BERT-family encoder in burn, with per-layer elastic widths, in the manner of
+//! candle's `bert.rs`: one struct per HF block, named after it, built by HF tensor name.
+//!
+//! Every layer can keep fewer heads, narrower heads and a narrower FFN than the full model
+//! (see [`LayerArch`]); the attention scale stays the full model's so that a sub-model
+//! computes what the full model computes with the dropped channels zeroed.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::activation;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{Activation, BertConfig, Family, LayerArch};
+use crate::error::{Error, Result};
+use crate::layout::layer_tensor;
+use crate::tensor::HostTensor;
+
+/// Large negative bias for masked keys. Finite, so a row can never become NaN.
+const MASKED: f32 = -1e9;
+
+/// Reads tensors out of a checkpoint onto a device, by canonical name.
+struct Loader<'a, B: Backend> {
+    checkpoint: &'a Checkpoint,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn host(&self, name: &str) -> &HostTensor {
+        self.checkpoint.tensor(name)
+    }
+
+    fn tensor<const D: usize>(&self, t: &HostTensor) -> Tensor<B, D> {
+        Tensor::from_data(
+            TensorData::new(t.data.clone(), t.shape.clone()),
+            self.device,
+        )
+    }
+
+    /// An HF Linear: PyTorch stores `[out, in]`, burn computes with `[in, out]`.
+    fn linear(&self, prefix: &str) -> Linear<B> {
+        let weight = transpose(self.host(&format!("{prefix}.weight")));
+        Linear {
+            weight: Param::from_tensor(self.tensor(&weight)),
+            bias: Some(Param::from_tensor(
+                self.tensor(self.host(&format!("{prefix}.bias"))),
+            )),
+        }
+    }
+
+    fn layer_norm(&self, prefix: &str, eps: f64) -> LayerNorm<B> {
+        let gamma = self.host(&format!("{prefix}.weight"));
+        let mut norm = LayerNormConfig::new(gamma.numel())
+            .with_epsilon(eps)
+            .init(self.device);
+        norm.gamma = Param::from_tensor(self.tensor(gamma));
+        norm.beta = Some(Param::from_tensor(
+            self.tensor(self.host(&format!("{prefix}.bias"))),
+        ));
+        norm
+    }
+
+    fn embedding(&self, name: &str) -> Embedding<B> {
+        Embedding {
+            weight: Param::from_tensor(self.tensor(self.host(name))),
+        }
+    }
+}
+
+fn transpose(t: &HostTensor) -> HostTensor {
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    let mut data = vec![0.0; t.numel()];
+    for (i, row) in t.data.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            data[j * rows + i] = v;
+        }
+    }
+    HostTensor::new(vec![cols, rows], data)
+}
+
+/// Collects a module's tensors back to the host under canonical names.
+#[derive(Default)]
+struct Exporter {
+    tensors: Vec<(String, HostTensor)>,
+}
+
+impl Exporter {
+    fn tensor<B: Backend, const D: usize>(&mut self, name: String, t: Tensor<B, D>) {
+        let shape = t.dims().to_vec();
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float tensor");
+        self.tensors.push((name, HostTensor::new(shape, data)));
+    }
+
+    fn linear<B: Backend>(&mut self, prefix: &str, l: &Linear<B>) {
+        let shape = l.weight.val().dims();
+        let data = l
+            .weight
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float tensor");
+        let weight = transpose(&HostTensor::new(shape.to_vec(), data));
+        self.tensors.push((format!("{prefix}.weight"), weight));
+        let bias = l.bias.as_ref().expect("HF linears have biases").val();
+        self.tensor(format!("{prefix}.bias"), bias);
+    }
+
+    fn layer_norm<B: Backend>(&mut self, prefix: &str, n: &LayerNorm<B>) {
+        self.tensor(format!("{prefix}.weight"), n.gamma.val());
+        let beta = n.beta.as_ref().expect("HF layer norms have biases").val();
+        self.tensor(format!("{prefix}.bias"), beta);
+    }
+}
+
+/// Word, position and token-type embeddings, summed and normalised.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    word_embeddings: Embedding<B>,
+    position_embeddings: Embedding<B>,
+    token_type_embeddings: Option<Embedding<B>>,
+    layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+    family: Family,
+    pad_token_id: usize,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    fn load(l: &Loader<B>, config: &BertConfig) -> Self {
+        Self {
+            word_embeddings: l.embedding("embeddings.word_embeddings.weight"),
+            position_embeddings: l.embedding("embeddings.position_embeddings.weight"),
+            token_type_embeddings: (config.type_vocab_size > 0)
+                .then(|| l.embedding("embeddings.token_type_embeddings.weight")),
+            layer_norm: l.layer_norm("embeddings.LayerNorm", config.layer_norm_eps),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            family: config.family,
+            pad_token_id: config.pad_token_id,
+        }
+    }
+
+    fn export(&self, e: &mut Exporter) {
+        e.tensor(
+            "embeddings.word_embeddings.weight".into(),
+            self.word_embeddings.weight.val(),
+        );
+        e.tensor(
+            "embeddings.position_embeddings.weight".into(),
+            self.position_embeddings.weight.val(),
+        );
+        if let Some(t) = &self.token_type_embeddings {
+            e.tensor(
+                "embeddings.token_type_embeddings.weight".into(),
+                t.weight.val(),
+            );
+        }
+        e.layer_norm("embeddings.LayerNorm", &self.layer_norm);
+    }
+
+    /// Position ids: 0.. for BERT and DistilBERT; RoBERTa counts non-padding tokens from
+    /// `pad_token_id + 1` and gives padding `pad_token_id`, as HF does.
+    fn position_ids(&self, input_ids: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        match self.family {
+            Family::Roberta => {
+                let mask = input_ids
+                    .clone()
+                    .not_equal_elem(self.pad_token_id as i64)
+                    .int(); // [batch, seq]
+                (mask.clone().cumsum(1) * mask).add_scalar(self.pad_token_id as i64)
+            }
+            Family::Bert | Family::DistilBert => {
+                Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
+                    .reshape([1, seq])
+                    .expand([batch, seq])
+            }
+        }
+    }
+
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let positions = self.position_ids(&input_ids);
+        let mut x = self.word_embeddings.forward(input_ids) // [batch, seq, hidden]
+            + self.position_embeddings.forward(positions);
+        if let Some(token_types) = &self.token_type_embeddings {
+            x = x + token_types.forward(token_type_ids);
+        }
+        self.dropout.forward(self.layer_norm.forward(x))
+    }
+}
+
+/// Multi-head self-attention with `num_heads` heads of `head_dim` channels.
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    query: Linear<B>,
+    key: Linear<B>,
+    value: Linear<B>,
+    dropout: Dropout,
+    num_heads: usize,
+    head_dim: usize,
+    /// `1/sqrt(full model head dim)`, also when this layer's heads are narrower.
+    scale: f64,
+}
+
+impl<B: Backend> BertSelfAttention<B> {
+    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [batch, seq, _] = x.dims();
+        x.reshape([batch, seq, self.num_heads, self.head_dim]) // [batch, seq, heads, head_dim]
+            .swap_dims(1, 2) // [batch, heads, seq, head_dim]
+    }
+
+    /// `mask_bias`: 0 for visible keys, a large negative number for padding.
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [batch, seq, _] = hidden.dims();
+        let q = self.split_heads(self.query.forward(hidden.clone())); // [batch, heads, seq, head_dim]
+        let k = self.split_heads(self.key.forward(hidden.clone())); // [batch, heads, seq, head_dim]
+        let v = self.split_heads(self.value.forward(hidden)); // [batch, heads, seq, head_dim]
+        let scores = q.matmul(k.transpose()).mul_scalar(self.scale) + mask_bias; // [batch, heads, seq, seq]
+        let probs = self.dropout.forward(activation::softmax(scores, 3));
+        probs
+            .matmul(v) // [batch, heads, seq, head_dim]
+            .swap_dims(1, 2) // [batch, seq, heads, head_dim]
+            .reshape([batch, seq, self.num_heads * self.head_dim])
+    }
+}
+
+/// Attention output projection, residual and LayerNorm.
+#[derive(Module, Debug)]
+pub struct BertSelfOutput<B: Backend> {
+    dense: Linear<B>,
+    layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> BertSelfOutput<B> {
+    pub fn forward(&self, attended: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.dropout.forward(self.dense.forward(attended)); // [batch, seq, hidden]
+        self.layer_norm.forward(x + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    self_attention: BertSelfAttention<B>,
+    output: BertSelfOutput<B>,
+}
+
+impl<B: Backend> BertAttention<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let attended = self.self_attention.forward(hidden.clone(), mask_bias);
+        self.output.forward(attended, hidden)
+    }
+}
+
+/// First FFN matrix and activation.
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    dense: Linear<B>,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl<B: Backend> BertIntermediate<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.dense.forward(hidden); // [batch, seq, ffn]
+        match self.activation {
+            Activation::Gelu => activation::gelu(x),
+            Activation::GeluTanh => activation::gelu_approximate(x),
+            Activation::Relu => activation::relu(x),
+        }
+    }
+}
+
+/// Second FFN matrix, residual and LayerNorm.
+#[derive(Module, Debug)]
+pub struct BertOutput<B: Backend> {
+    dense: Linear<B>,
+    layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl<B: Backend> BertOutput<B> {
+    pub fn forward(&self, intermediate: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.dropout.forward(self.dense.forward(intermediate)); // [batch, seq, hidden]
+        self.layer_norm.forward(x + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    attention: BertAttention<B>,
+    intermediate: BertIntermediate<B>,
+    output: BertOutput<B>,
+}
+
+impl<B: Backend> BertLayer<B> {
+    fn load(l: &Loader<B>, config: &BertConfig, index: usize, arch: &LayerArch) -> Self {
+        let name = |suffix: &str| layer_tensor(index, suffix);
+        let dropout = || DropoutConfig::new(config.hidden_dropout_prob).init();
+        let eps = config.layer_norm_eps;
+        Self {
+            attention: BertAttention {
+                self_attention: BertSelfAttention {
+                    query: l.linear(&name("attention.self.query")),
+                    key: l.linear(&name("attention.self.key")),
+                    value: l.linear(&name("attention.self.value")),
+                    dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
+                    num_heads: arch.num_heads,
+                    head_dim: arch.head_dim,
+                    scale: 1.0 / (config.attention_scale_head_dim as f64).sqrt(),
+                },
+                output: BertSelfOutput {
+                    dense: l.linear(&name("attention.output.dense")),
+                    layer_norm: l.layer_norm(&name("attention.output.LayerNorm"), eps),
+                    dropout: dropout(),
+                },
+            },
+            intermediate: BertIntermediate {
+                dense: l.linear(&name("intermediate.dense")),
+                activation: config.hidden_act,
+            },
+            output: BertOutput {
+                dense: l.linear(&name("output.dense")),
+                layer_norm: l.layer_norm(&name("output.LayerNorm"), eps),
+                dropout: dropout(),
+            },
+        }
+    }
+
+    fn export(&self, e: &mut Exporter, index: usize) {
+        let name = |suffix: &str| layer_tensor(index, suffix);
+        let attention = &self.attention.self_attention;
+        e.linear(&name("attention.self.query"), &attention.query);
+        e.linear(&name("attention.self.key"), &attention.key);
+        e.linear(&name("attention.self.value"), &attention.value);
+        e.linear(
+            &name("attention.output.dense"),
+            &self.attention.output.dense,
+        );
+        e.layer_norm(
+            &name("attention.output.LayerNorm"),
+            &self.attention.output.layer_norm,
+        );
+        e.linear(&name("intermediate.dense"), &self.intermediate.dense);
+        e.linear(&name("output.dense"), &self.output.dense);
+        e.layer_norm(&name("output.LayerNorm"), &self.output.layer_norm);
+    }
+
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let attended = self.attention.forward(hidden, mask_bias); // [batch, seq, hidden]
+        let intermediate = self.intermediate.forward(attended.clone()); // [batch, seq, ffn]
+        self.output.forward(intermediate, attended)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    layers: Vec<BertLayer<B>>,
+}
+
+/// Dense layer on the first token. BERT and RoBERTa use tanh; DistilBERT's
+/// `pre_classifier` uses ReLU.
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    dense: Linear<B>,
+    family: Family,
+}
+
+impl<B: Backend> BertPooler<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [batch, _, width] = hidden.dims();
+        let first = hidden.slice([0..batch, 0..1]).reshape([batch, width]); // [batch, hidden]
+        let x = self.dense.forward(first);
+        match self.family {
+            Family::DistilBert => activation::relu(x),
+            Family::Bert | Family::Roberta => x.tanh(),
+        }
+    }
+}
+
+/// Token ids, token types and attention mask of a padded batch, on a device.
+#[derive(Debug, Clone)]
+pub struct BatchTensors<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub token_type_ids: Tensor<B, 2, Int>,
+    pub attention_mask: Tensor<B, 2, Int>,
+}
+
+/// Encoder outputs.
+pub struct EncoderOutput<B: Backend> {
+    pub last_hidden_state: Tensor<B, 3>,
+    pub pooler_output: Option<Tensor<B, 2>>,
+}
+
+/// The encoder with its pooler, as HF's `BertModel`.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    embeddings: BertEmbeddings<B>,
+    encoder: BertEncoder<B>,
+    pooler: Option<BertPooler<B>>,
+}
+
+impl<B: Backend> BertModel<B> {
+    pub fn from_checkpoint(checkpoint: &Checkpoint, device: &B::Device) -> Self {
+        let l = Loader { checkpoint, device };
+        let config = &checkpoint.config;
+        Self {
+            embeddings: BertEmbeddings::load(&l, config),
+            encoder: BertEncoder {
+                layers: config
+                    .layers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, arch)| BertLayer::load(&l, config, i, arch))
+                    .collect(),
+            },
+            pooler: checkpoint.has_pooler().then(|| BertPooler {
+                dense: l.linear("pooler.dense"),
+                family: config.family,
+            }),
+        }
+    }
+
+    fn export(&self, e: &mut Exporter) {
+        self.embeddings.export(e);
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
+            layer.export(e, i);
+        }
+        if let Some(p) = &self.pooler {
+            e.linear("pooler.dense", &p.dense);
+        }
+    }
+
+    pub fn forward(&self, batch: &BatchTensors<B>) -> EncoderOutput<B> {
+        let [b, s] = batch.input_ids.dims();
+        let mask_bias = (batch.attention_mask.clone().float().neg().add_scalar(1.0))
+            .mul_scalar(MASKED)
+            .reshape([b, 1, 1, s]); // [batch, 1, 1, seq]
+        let mut hidden = self
+            .embeddings
+            .forward(batch.input_ids.clone(), batch.token_type_ids.clone()); // [batch, seq, hidden]
+        for layer in &self.encoder.layers {
+            hidden = layer.forward(hidden, mask_bias.clone());
+        }
+        let pooler_output = self.pooler.as_ref().map(|p| p.forward(hidden.clone()));
+        EncoderOutput {
+            last_hidden_state: hidden,
+            pooler_output,
+        }
+    }
+}
+
+/// The encoder with pooler and a linear classifier, as HF's
+/// `BertForSequenceClassification`.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification<B: Backend> {
+    bert: BertModel<B>,
+    dropout: Dropout,
+    classifier: Linear<B>,
+}
+
+impl<B: Backend> BertForSequenceClassification<B> {
+    pub fn from_checkpoint(checkpoint: &Checkpoint, device: &B::Device) -> Result<Self> {
+        if !checkpoint.has_classifier() {
+            let from = checkpoint
+                .source
+                .as_ref()
+                .map_or("checkpoint".to_string(), |p| p.display().to_string());
+            return Err(Error::Invalid(format!(
+                "{from}: has no classification head (add one with `raffm-init-head`)"
+            )));
+        }
+        let l = Loader { checkpoint, device };
+        let config = &checkpoint.config;
+        Ok(Self {
+            bert: BertModel::from_checkpoint(checkpoint, device),
+            dropout: DropoutConfig::new(
+                config
+                    .classifier_dropout
+                    .unwrap_or(config.hidden_dropout_prob),
+            )
+            .init(),
+            classifier: l.linear("classifier"),
+        })
+    }
+
+    /// Logits, `[batch, num_labels]`.
+    pub fn forward(&self, batch: &BatchTensors<B>) -> Tensor<B, 2> {
+        let pooled = self
+            .bert
+            .forward(batch)
+            .pooler_output
+            .expect("classification model has a pooler");
+        self.classifier.forward(self.dropout.forward(pooled))
+    }
+
+    /// The model's weights as a checkpoint with `template`'s config and metadata.
+    pub fn to_checkpoint(&self, template: &Checkpoint) -> Checkpoint {
+        let mut e = Exporter::default();
+        self.bert.export(&mut e);
+        e.linear("classifier", &self.classifier);
+        let mut out = template.clone();
+        out.tensors = e.tensors.into_iter().collect();
+        out.files.clear();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tiny_config;
+    use crate::CpuBackend;
+
+    #[test]
+    fn export_returns_the_loaded_tensors_bit_for_bit() {
+        for family in [Family::Bert, Family::Roberta, Family::DistilBert] {
+            let config = tiny_config(family, 2, 16, 4, 24);
+            let ckpt = Checkpoint::random(&config, 5, true, true);
+            let model = BertForSequenceClassification::<CpuBackend>::from_checkpoint(
+                &ckpt,
+                &Default::default(),
+            )
+            .unwrap();
+            let back = model.to_checkpoint(&ckpt);
+            assert_eq!(back.tensors.len(), ckpt.tensors.len());
+            for (name, t) in &ckpt.tensors {
+                assert!(t.bit_eq(&back.tensors[name]), "{family:?} {name}");
+            }
+        }
+    }
+}

