@@ -2,6 +2,7 @@
 #
 #   make prioritize     prioritize the pre-trained MiniLM (fetches assets, builds)
 #   make test           every test, on the real model (fetches what it needs)
+#   make bench          benchmarks: forward throughput, extraction vs the I/O floor
 #   make check-cuda     type-check the CUDA backend (offline)
 #   make help           this list
 #
@@ -23,7 +24,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build assets test check-cuda prioritize fmt lint clean FORCE
+.PHONY: help build assets test bench check-cuda prioritize fmt lint clean FORCE
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -59,6 +60,9 @@ check-cuda:
 
 test: assets $(VENV)/.installed
 	$(CARGO) test $(CARGO_FLAGS) --workspace
+
+bench: assets
+	$(CARGO) bench --locked $(if $(FEATURES),--features $(FEATURES)) -p raffm
 
 fmt:
 	$(CARGO) fmt --all

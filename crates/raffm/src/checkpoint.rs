@@ -350,6 +350,7 @@ fn read_safetensors(path: &Path, bytes: &[u8], family: Family) -> Result<ReadTen
         prefixed |= has_prefix;
         let raw = view.data();
         let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 if cfg!(target_endian = "little") => bytemuck::pod_collect_to_vec(&raw),
             Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => raw
                 .chunks_exact(2)
@@ -407,15 +408,24 @@ pub fn write_safetensors(
     }
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
-    let mut buf = Vec::with_capacity(1 << 16);
     for (_, t) in tensors {
-        for chunk in t.data.chunks(1 << 14) {
-            buf.clear();
-            buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
-            out.write_all(&buf)?;
-        }
+        write_f32_le(out, &t.data)?;
     }
     Ok(())
+}
+
+/// Writes floats as little-endian bytes: straight from memory where that is the native
+/// order, converted otherwise.
+fn write_f32_le(out: &mut dyn Write, data: &[f32]) -> std::io::Result<()> {
+    if cfg!(target_endian = "little") {
+        out.write_all(bytemuck::cast_slice(data))
+    } else {
+        for chunk in data.chunks(1 << 14) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.write_all(&bytes)?;
+        }
+        Ok(())
+    }
 }
 
 /// Config of a small model in a family, for tests and fixtures.

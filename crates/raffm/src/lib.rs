@@ -6,13 +6,17 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cost;
 pub mod error;
+pub mod extract;
 pub mod io;
 pub mod layout;
 pub mod manifest;
 pub mod model;
+pub mod pipeline;
 pub mod prioritize;
 pub mod rng;
+pub mod search;
 pub mod tensor;
 pub mod tokenizer;
 

@@ -1,0 +1,244 @@
+//! `raffm-extract`: per-client sub-models that fit their budgets.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use raffm::cost::{CostModel, TrainingShape};
+use raffm::extract::{write_client, ClientModel, ClientRequest, Strategy};
+use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::pipeline::Budgets;
+use raffm::search::{Budget, Policy, SearchSpace};
+use raffm::Checkpoint;
+use rayon::prelude::*;
+
+/// Extracts one sub-model per client from a global checkpoint. For each client it picks a
+/// per-layer configuration (heads, head dimension, FFN width) from the search space that
+/// fits the client's budget, by --policy (largest: the most parameters that fit; sample:
+/// uniform among the configurations that fit, seeded), chooses which global indices to keep
+/// by --strategy, and writes OUT_DIR/<client>/ as a checkpoint folder plus manifest.json
+/// with the budget, the configuration, its costs, the global checkpoint's sha256 and the
+/// index map (for every tensor, the global rows/columns it came from).
+///
+/// Strategies: salient (RaFFM: leading indices of a prioritized model), static (HeteroFL:
+/// leading indices of the model as is), rolling (FedRolex: a window that advances one index
+/// per round), random (seeded per round, client and layer).
+///
+/// Budgets come from --budgets budgets.json (see raffm-budgets) for many clients in one
+/// call, the global model read once; or from --max-params / --param-fraction /
+/// --max-train-memory for a single client named by --client.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-extract", version, verbatim_doc_comment)]
+struct Args {
+    /// Global checkpoint folder.
+    #[arg(short, long)]
+    global: PathBuf,
+    /// Folder to write one sub-model folder per client into.
+    #[arg(short, long)]
+    out_dir: PathBuf,
+    /// budgets.json with every client's budget.
+    #[arg(long, conflicts_with_all = ["max_params", "param_fraction", "max_train_memory"])]
+    budgets: Option<PathBuf>,
+    /// Clients to extract, comma-separated (default: every client in --budgets).
+    #[arg(long, value_delimiter = ',')]
+    clients: Vec<String>,
+    /// Single-client budget: at most this many parameters.
+    #[arg(long)]
+    max_params: Option<u64>,
+    /// Single-client budget: at most this fraction of the global model's parameters.
+    #[arg(long, conflicts_with = "max_params")]
+    param_fraction: Option<f64>,
+    /// Single-client budget: at most this many bytes of estimated training memory.
+    #[arg(long)]
+    max_train_memory: Option<u64>,
+    /// Round number (moves rolling windows, seeds random indices).
+    #[arg(long, default_value_t = 0)]
+    round: u64,
+    /// Seed of the `sample` policy and the `random` strategy.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Index strategy: salient, static, rolling or random.
+    #[arg(long, default_value = "salient")]
+    strategy: Strategy,
+    /// Configuration policy: largest or sample.
+    #[arg(long, default_value = "largest")]
+    policy: Policy,
+    /// Training batch size the memory estimate assumes (default: budgets.json's, else 32).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Sequence length the memory estimate assumes (default: budgets.json's, else 64).
+    #[arg(long)]
+    max_seq_len: Option<usize>,
+    /// The memory estimate assumes frozen embeddings (no gradients or optimizer state).
+    #[arg(long)]
+    freeze_embeddings: bool,
+    /// Search space: fractions of the global heads per layer.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
+    heads: Vec<f64>,
+    /// Search space: fractions of the global head dimension.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,1")]
+    head_dim: Vec<f64>,
+    /// Search space: fractions of the global FFN width.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
+    ffn: Vec<f64>,
+    /// No progress bar or summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let global = Checkpoint::load(&args.global)?;
+    if args.strategy == Strategy::Salient {
+        let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
+            .map(|m| m.stage)
+            .unwrap_or_default();
+        if stage != "prioritize" {
+            eprintln!(
+                "raffm-extract: warning: strategy `salient` expects a prioritized checkpoint; {} was not written by raffm-prioritize",
+                args.global.display()
+            );
+        }
+    }
+    let budgets_file = args
+        .budgets
+        .as_ref()
+        .map(|p| Budgets::load(p))
+        .transpose()?;
+    let base_shape = budgets_file
+        .as_ref()
+        .map(|b| b.training)
+        .unwrap_or_default();
+    let shape = TrainingShape {
+        batch_size: args.batch_size.unwrap_or(base_shape.batch_size),
+        max_seq_len: args.max_seq_len.unwrap_or(base_shape.max_seq_len),
+        freeze_embeddings: args.freeze_embeddings || base_shape.freeze_embeddings,
+    };
+    let cost_model = CostModel::for_checkpoint(&global, shape);
+    let space = SearchSpace {
+        heads: args.heads.clone(),
+        head_dim: args.head_dim.clone(),
+        ffn: args.ffn.clone(),
+    };
+    space.validate()?;
+
+    let requests: Vec<(String, Budget)> = match &budgets_file {
+        Some(budgets) => {
+            let ids: Vec<String> = if args.clients.is_empty() {
+                budgets.clients.iter().map(|c| c.client.clone()).collect()
+            } else {
+                args.clients.clone()
+            };
+            ids.into_iter()
+                .map(|id| match budgets.client(&id) {
+                    Some(c) => Ok((id, c.train)),
+                    None => bail!(
+                        "{}: no client `{id}`",
+                        args.budgets.as_ref().unwrap().display()
+                    ),
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+        None => {
+            let full = global.parameter_count();
+            let max_parameters = args.max_params.or(args
+                .param_fraction
+                .map(|f| (f * full as f64).floor() as u64));
+            let budget = Budget {
+                max_parameters,
+                max_train_memory_bytes: args.max_train_memory,
+            };
+            let ids = if args.clients.is_empty() {
+                vec!["client".to_string()]
+            } else {
+                args.clients.clone()
+            };
+            ids.into_iter().map(|id| (id, budget)).collect()
+        }
+    };
+
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(requests.len() as u64)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "extracting [{bar:30}] {pos}/{len} clients {elapsed}",
+    )?);
+    let full_params = global.parameter_count();
+    let parameters = json!({
+        "global": args.global, "out_dir": args.out_dir, "round": args.round, "seed": args.seed,
+        "strategy": args.strategy, "policy": args.policy, "search_space": space, "training_shape": shape,
+        "budgets": args.budgets,
+    });
+    // Clients in parallel: one client's gathering and hashing overlaps another's writing.
+    let results: Vec<anyhow::Result<String>> = requests
+        .par_iter()
+        .map(|(client, budget)| {
+            let request = ClientRequest {
+                client,
+                budget: *budget,
+                round: args.round,
+                seed: args.seed,
+                strategy: args.strategy,
+                policy: args.policy,
+                space: &space,
+                cost_model: &cost_model,
+            };
+            let target = args.out_dir.join(client);
+            let sub = write_client(&global, &request, &target, parameters.clone())
+                .with_context(|| format!("cannot write {}", target.display()))?;
+            progress.inc(1);
+            Ok(summary_line(client, &sub, full_params))
+        })
+        .collect();
+    let summary = results
+        .into_iter()
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    progress.finish_and_clear();
+    if !args.quiet {
+        for line in summary {
+            eprintln!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// One human-readable line about a client's sub-model.
+fn summary_line(client: &str, sub: &ClientModel, full_params: u64) -> String {
+    let p = sub.checkpoint.parameter_count();
+    let first = sub.choice.layers[0];
+    let widths = if sub.choice.layers.iter().all(|l| *l == first) {
+        format!(
+            "every layer {}h x {}d, ffn {}",
+            first.num_heads, first.head_dim, first.intermediate_size
+        )
+    } else {
+        let per_layer: Vec<String> = sub
+            .choice
+            .layers
+            .iter()
+            .map(|l| format!("{}x{}/{}", l.num_heads, l.head_dim, l.intermediate_size))
+            .collect();
+        format!("heads x dim / ffn per layer: {}", per_layer.join(" "))
+    };
+    format!(
+        "{client:>8}  {:>6.2}M params ({:>5.1}%)  {:>7.1} MiB  {widths}",
+        p as f64 / 1e6,
+        100.0 * p as f64 / full_params as f64,
+        sub.checkpoint.bytes_on_wire() as f64 / (1 << 20) as f64,
+    )
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-extract: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `raffm-extract` as a user runs it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use raffm::checkpoint::{tiny_config, Checkpoint};
+use raffm::config::Family;
+use raffm::cost::{CostModel, TrainingShape};
+use raffm::extract::IndexMap;
+use raffm::pipeline::{make_budgets, Pipeline};
+
+fn extract(args: &[&str], paths: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raffm-extract"));
+    cmd.args(args).arg("--quiet");
+    for (flag, path) in paths {
+        cmd.arg(flag).arg(path);
+    }
+    cmd.output().unwrap()
+}
+
+fn global(dir: &Path) -> Checkpoint {
+    let config = tiny_config(Family::Bert, 3, 24, 4, 40);
+    let labels = vec!["a".to_string(), "b".to_string()];
+    let c = Checkpoint::random(&config, 1, true, false).with_classification_head(&labels, 2);
+    c.save(dir).unwrap();
+    Checkpoint::load(dir).unwrap()
+}
+
+#[test]
+fn a_full_budget_gives_a_bit_identical_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("global");
+    global(&g);
+    let out = dir.path().join("clients");
+    for strategy in ["salient", "static", "rolling", "random"] {
+        let o = extract(
+            &[
+                "--param-fraction",
+                "1",
+                "--clients",
+                strategy,
+                "--strategy",
+                strategy,
+                "--round",
+                "5",
+            ],
+            &[("--global", &g), ("--out-dir", &out)],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            std::fs::read(g.join("model.safetensors")).unwrap(),
+            std::fs::read(out.join(strategy).join("model.safetensors")).unwrap(),
+            "{strategy}: full budget changed the weights"
+        );
+    }
+}
+
+#[test]
+fn a_round_of_clients_from_budgets_json_with_manifests_and_index_maps() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("global");
+    let global = global(&g);
+    let pipeline: Pipeline = serde_json::from_value(serde_json::json!({
+        "name": "t", "model": g, "clients": 6,
+        "tiers": [{"name": "s", "share": 1, "parameter_fraction": 0.75}, {"name": "l", "share": 1, "parameter_fraction": 0.95}]
+    }))
+    .unwrap();
+    let full =
+        CostModel::for_checkpoint(&global, TrainingShape::default()).cost(&global.config.layers);
+    let budgets = make_budgets(&pipeline, full, 0);
+    let budgets_path = dir.path().join("budgets.json");
+    std::fs::write(&budgets_path, serde_json::to_string(&budgets).unwrap()).unwrap();
+    let out = dir.path().join("round-1");
+    let o = extract(
+        &[
+            "--clients",
+            "c001,c004",
+            "--round",
+            "1",
+            "--policy",
+            "sample",
+            "--seed",
+            "9",
+        ],
+        &[
+            ("--global", &g),
+            ("--out-dir", &out),
+            ("--budgets", &budgets_path),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for id in ["c001", "c004"] {
+        let sub = Checkpoint::load(out.join(id)).unwrap();
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(id).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let budget = budgets.client(id).unwrap().train.max_parameters.unwrap();
+        assert!(sub.parameter_count() <= budget);
+        assert_eq!(m["parameter_count"], sub.parameter_count());
+        assert_eq!(m["client"], id);
+        assert_eq!(m["global_sha256"], global.weights_sha256().unwrap());
+        assert_eq!(m["budget"]["max_parameters"], budget);
+        // The index map gathers exactly this sub-model out of the global one.
+        let map: IndexMap = serde_json::from_value(m["index_map"].clone()).unwrap();
+        for (name, index) in &map {
+            assert!(
+                index
+                    .gather(&global.tensors[name])
+                    .bit_eq(&sub.tensors[name]),
+                "{id} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_infeasible_budget_is_a_clear_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("global");
+    global(&g);
+    let out = dir.path().join("clients");
+    let o = extract(
+        &[
+            "--max-params",
+            "10",
+            "--clients",
+            "tiny",
+            "--strategy",
+            "static",
+        ],
+        &[("--global", &g), ("--out-dir", &out)],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("client tiny") && err.contains("infeasible budget (at most 10 parameters)"),
+        "{err}"
+    );
+    assert!(!out.join("tiny").exists());
+}

@@ -1,0 +1,246 @@
+//! Experiment definitions (`pipelines/*.json`) and the client budgets drawn from them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{Cost, TrainingShape};
+use crate::error::{Error, Result};
+use crate::extract::Strategy;
+use crate::rng::SplitMix64;
+use crate::search::{Budget, Policy, SearchSpace};
+
+/// A class of client hardware. Its training budget is a fraction of the full model's
+/// parameters, an absolute training-memory limit, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    pub name: String,
+    /// Relative weight of the tier in the client population.
+    pub share: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_fraction: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_memory_bytes: Option<u64>,
+}
+
+fn default_inference_multiplier() -> f64 {
+    7.0
+}
+
+fn default_strategy() -> Strategy {
+    Strategy::Salient
+}
+
+fn default_policy() -> Policy {
+    Policy::Largest
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// Checkpoint folder of the pre-trained model.
+    pub model: PathBuf,
+    /// Number of clients in the population.
+    pub clients: usize,
+    pub tiers: Vec<Tier>,
+    /// Inference memory budget as a multiple of the training one (paper 4.5.3: about 7x).
+    #[serde(default = "default_inference_multiplier")]
+    pub inference_multiplier: f64,
+    #[serde(default)]
+    pub training: TrainingShape,
+    #[serde(default)]
+    pub search_space: SearchSpace,
+    #[serde(default = "default_strategy")]
+    pub strategy: Strategy,
+    #[serde(default = "default_policy")]
+    pub policy: Policy,
+    /// Anything else (data, rounds, optimiser...) for the stages that read it.
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Pipeline {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let p: Pipeline = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid pipeline: {e}")))?;
+        p.validate().map_err(|m| Error::format(path, m))?;
+        Ok(p)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.clients == 0 {
+            return Err("`clients` must be at least 1".into());
+        }
+        if self.tiers.is_empty() {
+            return Err("`tiers` is empty".into());
+        }
+        for t in &self.tiers {
+            if !(t.share > 0.0) {
+                return Err(format!("tier `{}`: share must be positive", t.name));
+            }
+            if t.parameter_fraction.is_none() && t.train_memory_bytes.is_none() {
+                return Err(format!(
+                    "tier `{}`: give parameter_fraction, train_memory_bytes or both",
+                    t.name
+                ));
+            }
+            if t.parameter_fraction.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+                return Err(format!(
+                    "tier `{}`: parameter_fraction must be in (0, 1]",
+                    t.name
+                ));
+            }
+        }
+        if !(self.inference_multiplier >= 1.0) {
+            return Err("inference_multiplier must be at least 1".into());
+        }
+        self.search_space.validate().map_err(|e| e.to_string())
+    }
+}
+
+/// One client's limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientBudget {
+    pub client: String,
+    pub tier: String,
+    pub train: Budget,
+    pub inference_memory_bytes: u64,
+}
+
+/// `budgets.json`: every client's budget, and what they were computed for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Budgets {
+    pub pipeline: String,
+    pub seed: u64,
+    pub training: TrainingShape,
+    pub inference_multiplier: f64,
+    /// Costs of the full model the fractions refer to.
+    pub full_model: Cost,
+    pub clients: Vec<ClientBudget>,
+}
+
+impl Budgets {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid budgets file: {e}")))
+    }
+
+    pub fn client(&self, id: &str) -> Option<&ClientBudget> {
+        self.clients.iter().find(|c| c.client == id)
+    }
+}
+
+/// Zero-padded client ids, `c000`..`c099` for 100 clients.
+pub fn client_ids(n: usize) -> Vec<String> {
+    let width = (n.max(2) - 1).to_string().len().max(3);
+    (0..n).map(|i| format!("c{i:0width$}")).collect()
+}
+
+/// Assigns tiers to clients in proportion to their shares (largest remainder, so the mix
+/// is exact), in a seeded random order.
+pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets {
+    let n = pipeline.clients;
+    let total: f64 = pipeline.tiers.iter().map(|t| t.share).sum();
+    let quotas: Vec<f64> = pipeline
+        .tiers
+        .iter()
+        .map(|t| t.share / total * n as f64)
+        .collect();
+    let mut counts: Vec<usize> = quotas.iter().map(|q| q.floor() as usize).collect();
+    let mut by_remainder: Vec<usize> = (0..quotas.len()).collect();
+    by_remainder.sort_by(|&a, &b| {
+        (quotas[b] - quotas[b].floor()).total_cmp(&(quotas[a] - quotas[a].floor()))
+    });
+    for &i in by_remainder.iter().take(n - counts.iter().sum::<usize>()) {
+        counts[i] += 1;
+    }
+    let mut assignment: Vec<usize> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &c)| std::iter::repeat_n(i, c))
+        .collect();
+    SplitMix64::derive(seed, "budgets").shuffle(&mut assignment);
+
+    let clients = client_ids(n)
+        .into_iter()
+        .zip(assignment)
+        .map(|(client, t)| {
+            let tier = &pipeline.tiers[t];
+            let max_parameters = tier
+                .parameter_fraction
+                .map(|f| (f * full_model.parameters as f64).floor() as u64);
+            // Without an absolute memory limit, the tier's memory is its fraction of the
+            // full model's training memory; inference gets a multiple of it either way.
+            let train_memory = tier.train_memory_bytes.unwrap_or_else(|| {
+                (tier.parameter_fraction.unwrap_or(1.0) * full_model.train_memory_bytes as f64)
+                    as u64
+            });
+            ClientBudget {
+                client,
+                tier: tier.name.clone(),
+                train: Budget {
+                    max_parameters,
+                    max_train_memory_bytes: tier.train_memory_bytes,
+                },
+                inference_memory_bytes: (pipeline.inference_multiplier * train_memory as f64)
+                    as u64,
+            }
+        })
+        .collect();
+    Budgets {
+        pipeline: pipeline.name.clone(),
+        seed,
+        training: pipeline.training,
+        inference_multiplier: pipeline.inference_multiplier,
+        full_model,
+        clients,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        serde_json::from_value(serde_json::json!({
+            "name": "t", "model": "m", "clients": 10,
+            "tiers": [
+                {"name": "small", "share": 1, "parameter_fraction": 0.5},
+                {"name": "large", "share": 3, "parameter_fraction": 0.9, "train_memory_bytes": 1000}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn full() -> Cost {
+        Cost {
+            parameters: 1000,
+            encoder_parameters: 500,
+            bytes_on_wire: 4000,
+            train_memory_bytes: 10_000,
+            inference_memory_bytes: 5000,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_budgets_and_the_mix_is_exact() {
+        let p = pipeline();
+        let a = make_budgets(&p, full(), 1);
+        assert_eq!(a, make_budgets(&p, full(), 1));
+        assert_ne!(a.clients, make_budgets(&p, full(), 2).clients);
+        let small = a.clients.iter().filter(|c| c.tier == "small").count();
+        assert_eq!((small, a.clients.len() - small), (3, 7)); // 2.5 and 7.5, remainders tie
+        let c = a.clients.iter().find(|c| c.tier == "small").unwrap();
+        assert_eq!(c.train.max_parameters, Some(500));
+        assert_eq!(c.inference_memory_bytes, 35_000); // 7 x (0.5 x 10 000)
+        let c = a.clients.iter().find(|c| c.tier == "large").unwrap();
+        assert_eq!(
+            (c.train.max_train_memory_bytes, c.inference_memory_bytes),
+            (Some(1000), 7000)
+        );
+        assert_eq!(a.clients[0].client, "c000");
+    }
+}

@@ -1,0 +1,69 @@
+//! `raffm-budgets`: draw every client's training and inference budget from a pipeline.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use raffm::checkpoint::CONFIG_FILE;
+use raffm::cost::CostModel;
+use raffm::io::write_file_atomic;
+use raffm::pipeline::{make_budgets, Pipeline};
+use raffm::BertConfig;
+
+/// Turns a pipeline's client tiers into budgets.json: per client, its tier, its training
+/// budget (parameters and/or training memory) and its inference memory budget (the
+/// pipeline's `inference_multiplier` times the training memory, 7x by default). Tiers are
+/// assigned in exact proportion to their shares, in an order drawn from --seed: the same
+/// seed gives the same file.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-budgets", version)]
+struct Args {
+    /// Pipeline definition (pipelines/*.json).
+    #[arg(short, long)]
+    pipeline: PathBuf,
+    /// Where to write budgets.json.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Seed of the tier assignment.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Model folder whose config.json the fractions refer to (default: the pipeline's).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let pipeline = Pipeline::load(&args.pipeline)?;
+    let model = args.model.unwrap_or_else(|| pipeline.model.clone());
+    let config = BertConfig::load(&model.join(CONFIG_FILE))?;
+    let full = CostModel::new(&config, pipeline.training, true, true).cost(&config.layers);
+    let budgets = make_budgets(&pipeline, full, args.seed);
+    let text = serde_json::to_string_pretty(&budgets)?;
+    write_file_atomic(&args.output, format!("{text}\n").as_bytes())?;
+    let mut tiers: Vec<(&str, usize)> = Vec::new();
+    for c in &budgets.clients {
+        match tiers.iter_mut().find(|(t, _)| *t == c.tier) {
+            Some((_, n)) => *n += 1,
+            None => tiers.push((&c.tier, 1)),
+        }
+    }
+    let mix: Vec<String> = tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    eprintln!(
+        "{} clients ({}) -> {}",
+        budgets.clients.len(),
+        mix.join(", "),
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-budgets: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
