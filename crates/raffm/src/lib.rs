@@ -7,19 +7,26 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cost;
+pub mod data;
+pub mod device;
 pub mod error;
+pub mod evaluate;
 pub mod extract;
 pub mod io;
 pub mod layout;
 pub mod manifest;
 pub mod model;
+pub mod partition;
 pub mod pipeline;
 pub mod prioritize;
 pub mod rng;
 pub mod search;
+pub mod sys;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 
+pub use burn;
 pub use checkpoint::Checkpoint;
 pub use config::{BertConfig, Family, LayerArch};
 pub use error::{Error, Result};

@@ -493,6 +493,12 @@ impl<B: Backend> BertForSequenceClassification<B> {
         })
     }
 
+    /// The same model with embeddings that receive no gradients (and so stay as they are).
+    pub fn freeze_embeddings(mut self) -> Self {
+        self.bert.embeddings = self.bert.embeddings.no_grad();
+        self
+    }
+
     /// Logits, `[batch, num_labels]`.
     pub fn forward(&self, batch: &BatchTensors<B>) -> Tensor<B, 2> {
         let pooled = self

@@ -49,6 +49,35 @@ impl SplitMix64 {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// Gamma(shape, 1) by Marsaglia-Tsang; shapes below 1 by the `U^(1/shape)` boost.
+    pub fn gamma(&mut self, shape: f64) -> f64 {
+        assert!(shape > 0.0, "gamma shape must be positive");
+        if shape < 1.0 {
+            let u = 1.0 - self.next_f64(); // (0, 1]
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = (1.0 + c * x).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = 1.0 - self.next_f64();
+            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// A draw from Dirichlet(alpha, ..., alpha) over `n` categories.
+    pub fn dirichlet(&mut self, alpha: f64, n: usize) -> Vec<f64> {
+        let draws: Vec<f64> = (0..n).map(|_| self.gamma(alpha)).collect();
+        let total: f64 = draws.iter().sum();
+        draws.into_iter().map(|g| g / total).collect()
+    }
+
     /// Fisher-Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -80,6 +109,18 @@ mod tests {
         let mut x = SplitMix64::derive(7, "extract");
         let mut y = SplitMix64::derive(7, "train");
         assert_ne!(x.next_u64(), y.next_u64());
+    }
+
+    #[test]
+    fn gamma_has_the_right_mean() {
+        let mut r = SplitMix64::new(3);
+        for shape in [0.3, 1.0, 4.5] {
+            let mean = (0..20_000).map(|_| r.gamma(shape)).sum::<f64>() / 20_000.0;
+            assert!(
+                (mean - shape).abs() < 0.05 * shape.max(1.0),
+                "shape {shape}: mean {mean}"
+            );
+        }
     }
 
     #[test]

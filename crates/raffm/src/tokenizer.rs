@@ -160,3 +160,55 @@ fn model_token_id(model: &WordPiece, token: &str) -> Option<u32> {
     use tokenizers::Model;
     model.token_to_id(token)
 }
+
+/// One tokenized example, unpadded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedRow {
+    pub input_ids: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+}
+
+impl TextTokenizer {
+    /// Tokenizes every input (truncated to `max_len`), without padding.
+    pub fn encode_rows<'s, E>(&self, inputs: Vec<E>, max_len: usize) -> Result<Vec<TokenizedRow>>
+    where
+        E: Into<EncodeInput<'s>> + Send,
+    {
+        let batch = self.encode_batch(inputs, max_len, 0)?;
+        Ok((0..batch.batch)
+            .map(|i| {
+                let row = i * batch.seq..(i + 1) * batch.seq;
+                let len = batch.attention_mask[row.clone()]
+                    .iter()
+                    .filter(|&&m| m == 1)
+                    .count();
+                TokenizedRow {
+                    input_ids: batch.input_ids[row.start..row.start + len].to_vec(),
+                    token_type_ids: batch.token_type_ids[row.start..row.start + len].to_vec(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// Pads rows to the longest of them with `pad_id`.
+pub fn collate(rows: &[&TokenizedRow], pad_id: i64) -> EncodedBatch {
+    let seq = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+    let batch = rows.len();
+    let mut out = EncodedBatch {
+        batch,
+        seq,
+        input_ids: vec![pad_id; batch * seq],
+        token_type_ids: vec![0; batch * seq],
+        attention_mask: vec![0; batch * seq],
+    };
+    for (i, r) in rows.iter().enumerate() {
+        let n = r.input_ids.len();
+        out.input_ids[i * seq..i * seq + n].copy_from_slice(&r.input_ids);
+        out.token_type_ids[i * seq..i * seq + n].copy_from_slice(&r.token_type_ids);
+        out.attention_mask[i * seq..i * seq + n]
+            .iter_mut()
+            .for_each(|m| *m = 1);
+    }
+    out
+}

@@ -1,0 +1,230 @@
+//! `raffm-local-train`: fine-tune a client's sub-model on its shard of the data.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use raffm::data::{tokenize, Dataset, Task};
+use raffm::device::DeviceChoice;
+use raffm::io::{sha256_file, StagingDir};
+use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::partition::Partition;
+use raffm::tokenizer::TextTokenizer;
+use raffm::train::{train, TrainData, TrainOptions};
+use raffm::{with_backend, Checkpoint};
+
+/// Fine-tunes a checkpoint with a classification head (a client's sub-model from
+/// raffm-extract, or any model from raffm-init-head) on one client's examples of a
+/// partition (raffm-partition), and writes the trained checkpoint plus manifest.json:
+/// the input's sha256, client, examples seen, per-step loss, wall time, peak memory, and
+/// bytes downloaded and uploaded. Index maps and the global checkpoint's hash in the
+/// input's manifest are carried over, so raffm-aggregate can place the update.
+///
+/// AdamW with linear warmup and linear decay, gradient clipping by global norm, optional
+/// FedProx (--mu) and frozen embeddings. The data order and dropout are seeded.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-local-train", version, verbatim_doc_comment)]
+struct Args {
+    /// Checkpoint folder to train (with a classification head).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// partition.json from raffm-partition.
+    #[arg(short, long)]
+    partition: PathBuf,
+    /// Client whose examples to train on.
+    #[arg(short, long)]
+    client: String,
+    /// Folder to write the trained checkpoint to.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Use at most this many of the client's examples (the first ones).
+    #[arg(long)]
+    max_examples: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Tokens per example, special tokens included (longer inputs are truncated).
+    #[arg(long, default_value_t = 64)]
+    max_seq_len: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    /// Fraction of the steps spent warming up (linear), then linear decay to zero.
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Clip gradients to this global L2 norm (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// FedProx proximal coefficient (0: FedAvg).
+    #[arg(long, default_value_t = 0.0)]
+    mu: f64,
+    /// Keep the embeddings fixed; they are then not uploaded either.
+    #[arg(long)]
+    freeze_embeddings: bool,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let checkpoint = Checkpoint::load(&args.model)?;
+    let tokenizer = TextTokenizer::from_dir(&args.model)?;
+    let partition = Partition::load(&args.partition)?;
+    let shard = partition
+        .client(&args.client)
+        .with_context(|| format!("{}: no client `{}`", args.partition.display(), args.client))?;
+    let dataset = Dataset::load(&partition.data)?;
+    let mut ids = shard.examples.clone();
+    if let Some(max) = args.max_examples {
+        ids.truncate(max);
+    }
+    if ids.is_empty() {
+        bail!(
+            "client {} has no examples in {}",
+            args.client,
+            args.partition.display()
+        );
+    }
+    let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, args.max_seq_len)?;
+    let options = TrainOptions {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        warmup_ratio: args.warmup_ratio,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        prox_mu: args.mu,
+        freeze_embeddings: args.freeze_embeddings,
+        max_steps: args.max_steps,
+        seed: args.seed,
+    };
+    let data = TrainData {
+        rows: &rows,
+        labels: &labels,
+        pad_id: checkpoint.config.pad_token_id as i64,
+        regression: dataset.task == Task::Regression,
+    };
+
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}",
+    )?);
+    progress.set_prefix(args.client.clone());
+    let started = std::time::Instant::now();
+    let mut examples = 0usize;
+    let on_step = |_step: usize, total: usize, loss: f32| {
+        progress.set_length(total as u64);
+        examples += args.batch_size.min(rows.len());
+        let rate = examples as f64 / started.elapsed().as_secs_f64();
+        progress.set_message(format!("loss {loss:.4}  {rate:.1} ex/s"));
+        progress.inc(1);
+    };
+    let (trained, report) = with_backend!(
+        args.device,
+        B,
+        device,
+        train::<B>(&checkpoint, &data, &options, &device, on_step)?
+    );
+    progress.finish_and_clear();
+
+    let mut manifest = Manifest::new(
+        "local-train",
+        "raffm-local-train",
+        json!({
+            "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
+            "max_examples": args.max_examples, "max_seq_len": args.max_seq_len, "device": args.device.to_string(),
+            "options": options,
+        }),
+    );
+    manifest.seeds.insert("seed".into(), json!(args.seed));
+    manifest.inputs = checkpoint.files.clone();
+    manifest.inputs.push(sha256_file(&args.partition)?);
+    manifest.architecture = Some(json!(trained.config.layers));
+    manifest.parameter_count = Some(trained.parameter_count());
+    manifest.bytes_on_wire = Some(trained.bytes_on_wire());
+    let embedding_bytes: u64 = trained
+        .tensors
+        .iter()
+        .filter(|(n, _)| n.starts_with("embeddings."))
+        .map(|(_, t)| 4 * t.numel() as u64)
+        .sum();
+    let uploaded = trained.bytes_on_wire()
+        - if args.freeze_embeddings {
+            embedding_bytes
+        } else {
+            0
+        };
+    let m = &mut manifest.metrics;
+    m.insert("examples_seen".into(), json!(report.examples_seen));
+    m.insert("steps".into(), json!(report.steps));
+    m.insert("epochs".into(), json!(report.epochs));
+    m.insert("final_loss".into(), json!(report.step_losses.last()));
+    m.insert("wall_seconds".into(), json!(report.wall_seconds));
+    m.insert(
+        "examples_per_second".into(),
+        json!(report.examples_per_second),
+    );
+    m.insert("peak_rss_bytes".into(), json!(raffm::sys::peak_rss_bytes()));
+    m.insert("bytes_downloaded".into(), json!(checkpoint.bytes_on_wire()));
+    m.insert("bytes_uploaded".into(), json!(uploaded));
+    m.insert("step_losses".into(), json!(report.step_losses));
+    let d = &mut manifest.details;
+    d.insert("client".into(), json!(args.client));
+    d.insert("num_examples".into(), json!(ids.len()));
+    // Where the update belongs: carried over from raffm-extract's manifest.
+    if let Ok(extracted) = Manifest::load(&args.model.join(MANIFEST_FILE)) {
+        for key in ["global_sha256", "round", "index_map", "strategy"] {
+            if let Some(v) = extracted.details.get(key) {
+                d.insert(key.into(), v.clone());
+            }
+        }
+    }
+
+    let mut staging = StagingDir::new(&args.output)?;
+    trained.write_into(&mut staging)?;
+    manifest.write_into(&mut staging)?;
+    staging.commit()?;
+    if !args.quiet {
+        eprintln!(
+            "{}: {} steps on {} examples, loss {:.4} -> {:.4}, {:.1} ex/s -> {}",
+            args.client,
+            report.steps,
+            ids.len(),
+            report.step_losses.first().copied().unwrap_or(f32::NAN),
+            report.step_losses.last().copied().unwrap_or(f32::NAN),
+            report.examples_per_second,
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-local-train: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

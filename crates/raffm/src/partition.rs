@@ -1,0 +1,273 @@
+//! Partitioning a training set over clients: `iid`, `dirichlet` (label skew with
+//! concentration `alpha`), `shards` (each client gets k label-sorted shards) and `kshot`
+//! (k examples per class per client). Every scheme is seeded; every example goes to at
+//! most one client (exactly one, except `kshot`, which takes only what it needs).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataSource, Dataset};
+use crate::error::{Error, Result};
+use crate::pipeline::client_ids;
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "scheme")]
+pub enum Scheme {
+    Iid,
+    Dirichlet { alpha: f64 },
+    Shards { per_client: usize },
+    Kshot { k: usize },
+}
+
+/// One client's share of the training set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientShard {
+    pub client: String,
+    pub examples: Vec<usize>,
+    pub label_histogram: Vec<usize>,
+}
+
+/// `partition.json`: the data, its split, and every client's examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Partition {
+    pub data: DataSource,
+    pub data_sha256: String,
+    pub seed: u64,
+    pub scheme: Scheme,
+    pub label_names: Vec<String>,
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub clients: Vec<ClientShard>,
+}
+
+impl Partition {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid partition: {e}")))
+    }
+
+    pub fn client(&self, id: &str) -> Option<&ClientShard> {
+        self.clients.iter().find(|c| c.client == id)
+    }
+}
+
+fn histogram(dataset: &Dataset, ids: &[usize]) -> Vec<usize> {
+    let mut h = vec![0; dataset.num_labels()];
+    for &id in ids {
+        h[dataset.examples[id].label as usize] += 1;
+    }
+    h
+}
+
+/// Assigns `train` (example ids of `dataset`) to `clients` clients by `scheme`.
+pub fn partition(
+    dataset: &Dataset,
+    train: &[usize],
+    clients: usize,
+    scheme: Scheme,
+    seed: u64,
+) -> Result<Vec<ClientShard>> {
+    if clients == 0 {
+        return Err(Error::Invalid("need at least one client".into()));
+    }
+    if !matches!(dataset.task, crate::data::Task::Classification { .. })
+        && !matches!(scheme, Scheme::Iid)
+    {
+        return Err(Error::Invalid(
+            "label-based partitions need a classification task; use iid".into(),
+        ));
+    }
+    let mut rng = SplitMix64::derive(seed, "partition");
+    let classes = dataset.num_labels();
+    let by_class = |rng: &mut SplitMix64| -> Vec<Vec<usize>> {
+        let mut per = vec![Vec::new(); classes];
+        for &id in train {
+            per[dataset.examples[id].label as usize].push(id);
+        }
+        for ids in &mut per {
+            rng.shuffle(ids);
+        }
+        per
+    };
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new(); clients];
+    match scheme {
+        Scheme::Iid => {
+            let mut ids = train.to_vec();
+            rng.shuffle(&mut ids);
+            for (i, id) in ids.into_iter().enumerate() {
+                shards[i % clients].push(id);
+            }
+        }
+        Scheme::Dirichlet { alpha } => {
+            if !(alpha > 0.0) {
+                return Err(Error::Invalid(format!(
+                    "dirichlet alpha must be positive, got {alpha}"
+                )));
+            }
+            // Redraw until every client has an example, as is customary; very small alpha
+            // with many clients may never get there.
+            let mut attempt = 0;
+            loop {
+                shards.iter_mut().for_each(Vec::clear);
+                for ids in by_class(&mut rng) {
+                    let p = rng.dirichlet(alpha, clients);
+                    let mut cumulative = 0.0;
+                    let mut start = 0;
+                    for (c, share) in p.iter().enumerate() {
+                        cumulative += share;
+                        let end = if c + 1 == clients {
+                            ids.len()
+                        } else {
+                            (cumulative * ids.len() as f64).round() as usize
+                        };
+                        shards[c].extend_from_slice(&ids[start..end.max(start)]);
+                        start = end.max(start);
+                    }
+                }
+                if shards.iter().all(|s| !s.is_empty()) {
+                    break;
+                }
+                attempt += 1;
+                if attempt == 1000 {
+                    return Err(Error::Invalid(format!(
+                        "dirichlet alpha {alpha} leaves some of {clients} clients empty after 1000 draws; raise alpha or lower the client count"
+                    )));
+                }
+            }
+        }
+        Scheme::Shards { per_client } => {
+            let sorted: Vec<usize> = by_class(&mut rng).into_iter().flatten().collect();
+            let n = clients * per_client;
+            if per_client == 0 || sorted.len() < n {
+                return Err(Error::Invalid(format!(
+                    "{} examples cannot make {n} non-empty shards",
+                    sorted.len()
+                )));
+            }
+            let mut order: Vec<usize> = (0..n).collect();
+            rng.shuffle(&mut order);
+            for (slot, shard) in order.into_iter().enumerate() {
+                let (start, end) = (shard * sorted.len() / n, (shard + 1) * sorted.len() / n);
+                shards[slot / per_client].extend_from_slice(&sorted[start..end]);
+            }
+        }
+        Scheme::Kshot { k } => {
+            for (class, ids) in by_class(&mut rng).into_iter().enumerate() {
+                if ids.len() < k * clients {
+                    return Err(Error::Invalid(format!(
+                        "class {class} has {} training examples; {k}-shot for {clients} clients needs {}",
+                        ids.len(),
+                        k * clients
+                    )));
+                }
+                for (c, shard) in shards.iter_mut().enumerate() {
+                    shard.extend_from_slice(&ids[c * k..(c + 1) * k]);
+                }
+            }
+        }
+    }
+    Ok(client_ids(clients)
+        .into_iter()
+        .zip(shards)
+        .map(|(client, mut examples)| {
+            examples.sort_unstable();
+            let label_histogram = histogram(dataset, &examples);
+            ClientShard {
+                client,
+                examples,
+                label_histogram,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Example, Input, Task};
+
+    fn dataset(n: usize, classes: usize) -> Dataset {
+        Dataset {
+            task: Task::Classification {
+                labels: (0..classes).map(|c| c.to_string()).collect(),
+            },
+            examples: (0..n)
+                .map(|id| Example {
+                    id,
+                    input: Input::Text(String::new()),
+                    label: (id % classes) as f32,
+                })
+                .collect(),
+        }
+    }
+
+    fn assigned_once(shards: &[ClientShard], train: &[usize]) -> bool {
+        let mut all: Vec<usize> = shards.iter().flat_map(|s| s.examples.clone()).collect();
+        all.sort_unstable();
+        all == train
+    }
+
+    /// Mean over clients of the largest class share: 1/classes is uniform, 1 is one class.
+    fn skew(shards: &[ClientShard]) -> f64 {
+        shards
+            .iter()
+            .map(|s| {
+                *s.label_histogram.iter().max().unwrap() as f64 / s.examples.len().max(1) as f64
+            })
+            .sum::<f64>()
+            / shards.len() as f64
+    }
+
+    #[test]
+    fn iid_sizes_are_balanced_within_one_and_seeded() {
+        let ds = dataset(1003, 4);
+        let train: Vec<usize> = (0..1003).collect();
+        let shards = partition(&ds, &train, 10, Scheme::Iid, 1).unwrap();
+        let sizes: Vec<usize> = shards.iter().map(|s| s.examples.len()).collect();
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
+        assert!(assigned_once(&shards, &train));
+        assert_eq!(shards, partition(&ds, &train, 10, Scheme::Iid, 1).unwrap());
+        assert_ne!(shards, partition(&ds, &train, 10, Scheme::Iid, 2).unwrap());
+    }
+
+    #[test]
+    fn dirichlet_small_alpha_skews_and_large_alpha_is_near_uniform() {
+        let ds = dataset(4000, 4);
+        let train: Vec<usize> = (0..4000).collect();
+        let small = partition(&ds, &train, 10, Scheme::Dirichlet { alpha: 0.1 }, 3).unwrap();
+        let large = partition(&ds, &train, 10, Scheme::Dirichlet { alpha: 1000.0 }, 3).unwrap();
+        assert!(assigned_once(&small, &train) && assigned_once(&large, &train));
+        let (s, l) = (skew(&small), skew(&large));
+        assert!(s > 0.7, "alpha 0.1 skew {s}");
+        assert!(l < 0.3, "alpha 1000 skew {l} (uniform is 0.25)");
+        assert_eq!(
+            small,
+            partition(&ds, &train, 10, Scheme::Dirichlet { alpha: 0.1 }, 3).unwrap()
+        );
+    }
+
+    #[test]
+    fn shards_give_few_labels_per_client_and_kshot_exact_counts() {
+        let ds = dataset(1000, 10);
+        let train: Vec<usize> = (0..1000).collect();
+        let shards = partition(&ds, &train, 20, Scheme::Shards { per_client: 2 }, 0).unwrap();
+        assert!(assigned_once(&shards, &train));
+        assert!(shards
+            .iter()
+            .all(|s| s.label_histogram.iter().filter(|&&n| n > 0).count() <= 2));
+        let kshot = partition(&ds, &train, 5, Scheme::Kshot { k: 3 }, 0).unwrap();
+        assert!(kshot.iter().all(|s| s.label_histogram == vec![3; 10]));
+        let mut all: Vec<usize> = kshot.iter().flat_map(|s| s.examples.clone()).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 150, "k-shot clients share examples");
+        assert!(partition(&ds, &train, 50, Scheme::Kshot { k: 3 }, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("needs 150"));
+    }
+}

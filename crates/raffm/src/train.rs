@@ -1,0 +1,453 @@
+//! Local fine-tuning of a (sub-)model on one client's examples.
+//!
+//! AdamW with linear warmup and linear decay, gradient clipping by the global norm (as
+//! PyTorch's `clip_grad_norm_`), an optional FedProx proximal term `mu/2 * |w - w0|^2`
+//! (applied as `mu * (w - w0)` on the gradients, which is its exact gradient) and optional
+//! frozen embeddings. Data order and dropout are seeded: two runs with the same seed give
+//! bit-identical weights on CPU. burn's CPU backends keep one dropout generator per
+//! process, so reproducibility assumes one training run at a time per process (as the
+//! binaries do).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::nn::loss::{CrossEntropyLossConfig, MseLoss, Reduction};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::model::BertForSequenceClassification;
+use crate::rng::SplitMix64;
+use crate::tokenizer::{collate, TokenizedRow};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    /// Fraction of the steps spent warming up linearly from 0.
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    /// Clip gradients to this global L2 norm.
+    pub max_grad_norm: Option<f64>,
+    /// FedProx proximal coefficient; 0 is plain FedAvg local training.
+    pub prox_mu: f64,
+    pub freeze_embeddings: bool,
+    /// Stop after this many steps (for quick runs and tests).
+    pub max_steps: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 1,
+            batch_size: 32,
+            learning_rate: 5e-5,
+            warmup_ratio: 0.1,
+            weight_decay: 0.01,
+            max_grad_norm: Some(1.0),
+            prox_mu: 0.0,
+            freeze_embeddings: false,
+            max_steps: None,
+            seed: 0,
+        }
+    }
+}
+
+/// Training examples: tokenized rows and their labels (class index or target value).
+pub struct TrainData<'a> {
+    pub rows: &'a [TokenizedRow],
+    pub labels: &'a [f32],
+    pub pad_id: i64,
+    /// True for a regression task (one output, MSE loss).
+    pub regression: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub examples_seen: usize,
+    pub epochs: usize,
+    pub step_losses: Vec<f32>,
+    pub wall_seconds: f64,
+    pub examples_per_second: f64,
+}
+
+/// Learning rate at `step` (0-based) of `total`: linear warmup, then linear decay to 0.
+pub fn learning_rate_at(options: &TrainOptions, step: usize, total: usize) -> f64 {
+    let warmup = (options.warmup_ratio * total as f64).round() as usize;
+    let lr = options.learning_rate;
+    if step < warmup {
+        lr * (step + 1) as f64 / warmup as f64
+    } else {
+        lr * (total - step) as f64 / (total - warmup).max(1) as f64
+    }
+}
+
+/// Collects every parameter's value, flattened, by id.
+struct Snapshot<B: Backend> {
+    values: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Snapshot<B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val().inner();
+        let n = value.shape().num_elements();
+        self.values.insert(param.id, value.reshape([n]));
+    }
+}
+
+/// Adds the proximal gradient and accumulates the squared global gradient norm.
+struct ProxAndNorm<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    start: Option<&'a Snapshot<B>>,
+    mu: f64,
+    squared_norm: Option<Tensor<B, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ProxAndNorm<'_, B::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let Some(mut grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+            return; // frozen
+        };
+        if let Some(start) = self.start {
+            let w = param.val().inner();
+            let dims = w.dims();
+            let w0 = start.values[&param.id].clone().reshape(dims);
+            grad = grad + (w - w0).mul_scalar(self.mu);
+        }
+        let sq = grad.clone().powi_scalar(2).sum(); // [1]
+        self.squared_norm = Some(match self.squared_norm.take() {
+            Some(acc) => acc + sq,
+            None => sq,
+        });
+        self.grads.register::<B::InnerBackend, D>(param.id, grad);
+    }
+}
+
+/// Scales every gradient.
+struct Scale<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, grad.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// Fine-tunes `checkpoint` (which must have a classification head) on `data`; `on_step`
+/// sees every step's index and loss. Returns the trained checkpoint.
+pub fn train<B: AutodiffBackend>(
+    checkpoint: &Checkpoint,
+    data: &TrainData,
+    options: &TrainOptions,
+    device: &B::Device,
+    mut on_step: impl FnMut(usize, usize, f32),
+) -> Result<(Checkpoint, TrainReport)> {
+    let n = data.rows.len();
+    if n == 0 {
+        return Err(Error::Invalid("no training examples".into()));
+    }
+    if options.batch_size == 0 || options.epochs == 0 {
+        return Err(Error::Invalid(
+            "batch size and epochs must be at least 1".into(),
+        ));
+    }
+    let num_labels = checkpoint.config.num_labels;
+    if data.regression != (num_labels == 1) {
+        return Err(Error::Invalid(format!(
+            "the model has {num_labels} outputs, which does not suit this task"
+        )));
+    }
+    if !data.regression {
+        if let Some((i, l)) = data
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l as usize >= num_labels)
+        {
+            return Err(Error::Invalid(format!(
+                "example {i}: label {l} is out of range for a model with {num_labels} labels"
+            )));
+        }
+    }
+    B::seed(device, options.seed);
+    let mut model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
+    if options.freeze_embeddings {
+        model = model.freeze_embeddings();
+    }
+    let start = (options.prox_mu > 0.0).then(|| {
+        let mut s = Snapshot {
+            values: HashMap::new(),
+        };
+        model.visit(&mut s);
+        s
+    });
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(options.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .init();
+    let steps_per_epoch = n.div_ceil(options.batch_size);
+    let total = options
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(steps_per_epoch * options.epochs);
+    let ce = CrossEntropyLossConfig::new().init(device);
+
+    let clock = Instant::now();
+    let mut losses = Vec::with_capacity(total);
+    let mut seen = 0;
+    let mut rng = SplitMix64::derive(options.seed, "train-order");
+    'epochs: for _ in 0..options.epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        for chunk in order.chunks(options.batch_size) {
+            let step = losses.len();
+            if step == total {
+                break 'epochs;
+            }
+            let rows: Vec<&TokenizedRow> = chunk.iter().map(|&i| &data.rows[i]).collect();
+            let batch = collate(&rows, data.pad_id).to_tensors::<B>(device);
+            let logits = model.forward(&batch); // [batch, labels]
+            let labels: Vec<f32> = chunk.iter().map(|&i| data.labels[i]).collect();
+            let loss = if data.regression {
+                let targets =
+                    Tensor::<B, 2>::from_data(TensorData::new(labels, [chunk.len(), 1]), device);
+                MseLoss::new().forward(logits, targets, Reduction::Mean)
+            } else {
+                let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+                ce.forward(
+                    logits,
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [chunk.len()]), device),
+                )
+            };
+            let loss_value = loss.clone().into_scalar().elem::<f64>() as f32;
+            if !loss_value.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "the loss became {loss_value} at step {step}; lower the learning rate"
+                )));
+            }
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut pass = ProxAndNorm {
+                grads: &mut grads,
+                start: start.as_ref(),
+                mu: options.prox_mu,
+                squared_norm: None,
+            };
+            model.visit(&mut pass);
+            if let (Some(max), Some(sq)) = (options.max_grad_norm, pass.squared_norm) {
+                let norm = sq.into_scalar().elem::<f64>().sqrt();
+                if norm > max {
+                    model.visit(&mut Scale {
+                        grads: &mut grads,
+                        factor: max / (norm + 1e-6),
+                    });
+                }
+            }
+            model = optimizer.step(learning_rate_at(options, step, total), model, grads);
+            losses.push(loss_value);
+            seen += chunk.len();
+            on_step(step, total, loss_value);
+        }
+    }
+    let wall_seconds = clock.elapsed().as_secs_f64();
+    let trained = model.valid().to_checkpoint(checkpoint);
+    let report = TrainReport {
+        steps: losses.len(),
+        examples_seen: seen,
+        epochs: options.epochs,
+        step_losses: losses,
+        wall_seconds,
+        examples_per_second: seen as f64 / wall_seconds,
+    };
+    Ok((trained, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::tiny_config;
+    use crate::config::Family;
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
+
+    type B = Autodiff<CpuBackend>;
+
+    fn setup() -> (Checkpoint, Vec<TokenizedRow>, Vec<f32>) {
+        let config = tiny_config(Family::Bert, 2, 32, 4, 64);
+        let labels = vec!["a".to_string(), "b".to_string()];
+        let ckpt = Checkpoint::random(&config, 3, true, false).with_classification_head(&labels, 4);
+        let mut rng = SplitMix64::new(8);
+        let rows: Vec<TokenizedRow> = (0..16)
+            .map(|i| {
+                let len = 4 + i % 6;
+                let mut ids: Vec<i64> = (0..len).map(|_| 5 + rng.below(50) as i64).collect();
+                ids[0] = 2;
+                TokenizedRow {
+                    token_type_ids: vec![0; ids.len()],
+                    input_ids: ids,
+                }
+            })
+            .collect();
+        let labels: Vec<f32> = (0..16).map(|i| (i % 2) as f32).collect();
+        (ckpt, rows, labels)
+    }
+
+    /// burn's CPU backends keep one dropout generator per process: runs must not overlap.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn run(
+        ckpt: &Checkpoint,
+        rows: &[TokenizedRow],
+        labels: &[f32],
+        options: &TrainOptions,
+    ) -> (Checkpoint, TrainReport) {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let data = TrainData {
+            rows,
+            labels,
+            pad_id: 0,
+            regression: false,
+        };
+        train::<B>(ckpt, &data, options, &Default::default(), |_, _, _| {}).unwrap()
+    }
+
+    fn options() -> TrainOptions {
+        TrainOptions {
+            epochs: 30,
+            batch_size: 16,
+            learning_rate: 1e-2,
+            warmup_ratio: 0.0,
+            seed: 5,
+            ..Default::default()
+        }
+    }
+
+    fn distance(a: &Checkpoint, b: &Checkpoint) -> f64 {
+        a.tensors
+            .iter()
+            .map(|(n, t)| {
+                t.data
+                    .iter()
+                    .zip(&b.tensors[n].data)
+                    .map(|(x, y)| ((x - y) as f64).powi(2))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    #[test]
+    fn thirty_steps_on_a_fixed_batch_halve_the_loss() {
+        let (ckpt, rows, labels) = setup();
+        let (_, report) = run(&ckpt, &rows, &labels, &options());
+        assert_eq!(report.steps, 30);
+        let (first, last) = (report.step_losses[0], *report.step_losses.last().unwrap());
+        assert!(last < 0.5 * first, "loss {first} -> {last}");
+    }
+
+    #[test]
+    fn same_seed_gives_bit_identical_weights_and_another_seed_does_not() {
+        let (ckpt, rows, labels) = setup();
+        let mut o = options();
+        o.epochs = 3;
+        o.batch_size = 4; // several batches per epoch, so the data order matters
+        let (a, _) = run(&ckpt, &rows, &labels, &o);
+        let (b, _) = run(&ckpt, &rows, &labels, &o);
+        for (name, t) in &a.tensors {
+            assert!(
+                t.bit_eq(&b.tensors[name]),
+                "{name} differs between identical runs"
+            );
+        }
+        o.seed = 6;
+        let (c, _) = run(&ckpt, &rows, &labels, &o);
+        assert!(distance(&a, &c) > 0.0);
+    }
+
+    #[test]
+    fn fedprox_pulls_weights_toward_the_start() {
+        let (ckpt, rows, labels) = setup();
+        let plain = run(&ckpt, &rows, &labels, &options()).0;
+        let prox = run(
+            &ckpt,
+            &rows,
+            &labels,
+            &TrainOptions {
+                prox_mu: 1.0,
+                ..options()
+            },
+        )
+        .0;
+        let (d_plain, d_prox) = (distance(&plain, &ckpt), distance(&prox, &ckpt));
+        assert!(
+            d_prox < 0.9 * d_plain,
+            "mu=1 moved {d_prox}, mu=0 moved {d_plain}"
+        );
+    }
+
+    #[test]
+    fn frozen_embeddings_come_out_bit_identical() {
+        let (ckpt, rows, labels) = setup();
+        let (out, _) = run(
+            &ckpt,
+            &rows,
+            &labels,
+            &TrainOptions {
+                freeze_embeddings: true,
+                ..options()
+            },
+        );
+        for (name, t) in &ckpt.tensors {
+            let same = t.bit_eq(&out.tensors[name]);
+            assert_eq!(
+                same,
+                name.starts_with("embeddings."),
+                "{name}: frozen={} but changed={}",
+                name.starts_with("embeddings."),
+                !same
+            );
+        }
+    }
+
+    #[test]
+    fn labels_out_of_range_are_an_error() {
+        let (ckpt, rows, mut labels) = setup();
+        labels[3] = 2.0;
+        let data = TrainData {
+            rows: &rows,
+            labels: &labels,
+            pad_id: 0,
+            regression: false,
+        };
+        let e =
+            train::<B>(&ckpt, &data, &options(), &Default::default(), |_, _, _| {}).unwrap_err();
+        assert!(
+            e.to_string().contains("example 3: label 2 is out of range"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let o = TrainOptions {
+            learning_rate: 1.0,
+            warmup_ratio: 0.1,
+            ..Default::default()
+        };
+        let lr: Vec<f64> = (0..100).map(|s| learning_rate_at(&o, s, 100)).collect();
+        assert!((lr[0] - 0.1).abs() < 1e-12 && (lr[9] - 1.0).abs() < 1e-12);
+        assert!(lr[10..].windows(2).all(|w| w[1] < w[0]));
+        assert!(lr[99] > 0.0 && lr[99] < 0.02);
+    }
+}

@@ -1,0 +1,123 @@
+//! `raffm-evaluate`: metrics of a checkpoint on a split of a partitioned dataset.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::data::{tokenize, Dataset};
+use raffm::device::DeviceChoice;
+use raffm::evaluate::{metrics, predict};
+use raffm::io::{sha256_file, write_file_atomic};
+use raffm::partition::Partition;
+use raffm::tokenizer::TextTokenizer;
+use raffm::{with_backend, Checkpoint};
+
+/// Evaluates a checkpoint with a classification head on a split of a partition
+/// (raffm-partition): accuracy, macro-F1 and MCC for classification; Pearson, Spearman
+/// and MSE for regression (a model with one output). Prints the metrics as JSON and, with
+/// --output, writes them atomically with the inputs' hashes.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-evaluate", version, verbatim_doc_comment)]
+struct Args {
+    /// Checkpoint folder.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// partition.json from raffm-partition.
+    #[arg(short, long)]
+    partition: PathBuf,
+    /// Which examples: validation, train, or a client id.
+    #[arg(long, default_value = "validation")]
+    split: String,
+    /// Use at most this many examples (the first ones).
+    #[arg(long)]
+    max_examples: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    max_seq_len: usize,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Also write the metrics to this JSON file.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let checkpoint = Checkpoint::load(&args.model)?;
+    let tokenizer = TextTokenizer::from_dir(&args.model)?;
+    let partition = Partition::load(&args.partition)?;
+    let mut ids = match args.split.as_str() {
+        "validation" => partition.validation.clone(),
+        "train" => partition.train.clone(),
+        client => partition
+            .client(client)
+            .with_context(|| {
+                format!(
+                    "{}: no split or client `{client}`",
+                    args.partition.display()
+                )
+            })?
+            .examples
+            .clone(),
+    };
+    if let Some(max) = args.max_examples {
+        ids.truncate(max);
+    }
+    if ids.is_empty() {
+        bail!("no examples in split `{}`", args.split);
+    }
+    let dataset = Dataset::load(&partition.data)?;
+    let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, args.max_seq_len)?;
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(rows.len() as u64)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "evaluating [{bar:30}] {pos}/{len} {elapsed}<{eta}",
+    )?);
+    let start = std::time::Instant::now();
+    let pad = checkpoint.config.pad_token_id as i64;
+    let outputs = with_backend!(args.device, B, device, {
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        predict::<Inner>(&checkpoint, &rows, pad, args.batch_size, &device, |n| {
+            progress.inc(n as u64)
+        })?
+    });
+    progress.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let result = metrics(&outputs, &labels);
+    let report = json!({
+        "model": args.model,
+        "model_sha256": checkpoint.weights_sha256(),
+        "partition": sha256_file(&args.partition)?,
+        "split": args.split,
+        "metrics": result,
+        "seconds": seconds,
+        "examples_per_second": rows.len() as f64 / seconds,
+    });
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.output {
+        write_file_atomic(path, format!("{text}\n").as_bytes())?;
+    }
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-evaluate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `raffm-init-head`: give a pre-trained encoder a fresh classification head.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Parser;
+use serde_json::json;
+
+use raffm::io::{sha256_file, StagingDir};
+use raffm::manifest::Manifest;
+use raffm::partition::Partition;
+use raffm::Checkpoint;
+
+/// Adds a freshly initialised sequence-classification head (a pooler if the model has
+/// none, and a classifier; N(0, 0.02) weights, zero biases, seeded) to a checkpoint, with
+/// the labels of a partition or given by --labels. This is round 0 of a federated run.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-init-head", version)]
+struct Args {
+    /// Pre-trained checkpoint folder.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Take the label names from this partition.json.
+    #[arg(short, long, conflicts_with = "labels")]
+    partition: Option<PathBuf>,
+    /// Label names, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder to write.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let labels = match &args.partition {
+        Some(p) => Partition::load(p)?.label_names,
+        None => args.labels.clone(),
+    };
+    if labels.is_empty() {
+        bail!("give --partition or --labels");
+    }
+    let checkpoint = Checkpoint::load(&args.model)?;
+    let with_head = checkpoint
+        .clone()
+        .with_classification_head(&labels, args.seed);
+    let mut manifest = Manifest::new(
+        "init-head",
+        "raffm-init-head",
+        json!({"model": args.model, "labels": labels, "output": args.output}),
+    );
+    manifest.seeds.insert("seed".into(), json!(args.seed));
+    manifest.inputs = checkpoint.files.clone();
+    if let Some(p) = &args.partition {
+        manifest.inputs.push(sha256_file(p)?);
+    }
+    manifest.architecture = Some(json!(with_head.config.layers));
+    manifest.parameter_count = Some(with_head.parameter_count());
+    manifest.bytes_on_wire = Some(with_head.bytes_on_wire());
+    let mut staging = StagingDir::new(&args.output)?;
+    with_head.write_into(&mut staging)?;
+    manifest.write_into(&mut staging)?;
+    staging.commit()?;
+    eprintln!(
+        "{} + head for {:?} -> {}",
+        args.model.display(),
+        labels,
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-init-head: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
