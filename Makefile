@@ -1,5 +1,7 @@
 # raffm: Resource-aware Federated Foundation Models as a chain of file transformations.
 #
+#   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/)
+#   make report         validation accuracy and client sizes per round of PIPELINE
 #   make prioritize     prioritize the pre-trained MiniLM (fetches assets, builds)
 #   make test           every test, on the real model (fetches what it needs)
 #   make bench          benchmarks: forward throughput, extraction vs the I/O floor
@@ -24,7 +26,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build assets test bench check-cuda prioritize fmt lint clean FORCE
+.PHONY: help build assets test bench check-cuda prioritize fmt lint clean round round-one round-clients report FORCE
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -48,10 +50,12 @@ $(VENV)/.installed:
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 
-# Binaries are real files for Make: cargo leaves them untouched when nothing changed, so
-# outputs that depend on them are redone only after a change to the code.
+# Binaries are real files for Make, built on demand. Pipeline outputs depend on them
+# order-only: a rebuild does not redo finished rounds. NO_BUILD=1 uses BIN as it is.
+ifeq ($(NO_BUILD),)
 $(BIN)/raffm-%: FORCE
 	@$(CARGO) build $(CARGO_FLAGS) --workspace --bins --quiet
+endif
 
 check-cuda:
 	$(CARGO) check --release --locked --workspace --features cuda
@@ -77,6 +81,88 @@ $(ARTIFACTS)/minilm/prioritized/manifest.json: $(ASSETS)/.fetched $(BIN)/raffm-p
 	$(BIN)/raffm-prioritize --input $(ASSETS)/minilm --output $(@D)
 
 prioritize: $(ARTIFACTS)/minilm/prioritized/manifest.json
+
+# ---- federated rounds ----------------------------------------------------------------------
+#
+# artifacts/<pipeline>/
+#   partition.json budgets.json         data split and client partition; client budgets
+#   round-0/global/                     pre-trained model + fresh classification head
+#   round-0/eval.json                   its validation metrics
+#   round-R/participants.txt            the round's clients
+#   round-R/prioritized/                global(R-1) reordered by salience (salient strategy)
+#   round-R/extracted/<client>/         the client's sub-model, manifest with its index map
+#   round-R/trained/<client>/           after local training, manifest with losses
+#   round-R/global/                     aggregated global model, manifest with metrics
+#
+# Every folder is written atomically, so an interrupted round resumes where it stopped.
+
+PIPELINE      ?= default
+PIPELINE_FILE ?= pipelines/$(PIPELINE).json
+RUN           := $(ARTIFACTS)/$(PIPELINE)
+N             ?= 1
+R             ?= 1
+BINS          := $(addprefix $(BIN)/raffm-,prioritize extract local-train aggregate budgets partition init-head evaluate sample-clients)
+
+# Pipeline settings, for every goal but the developer ones.
+NON_PIPELINE_GOALS := help build assets test bench check-cuda prioritize fmt lint clean
+ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
+$(RUN)/pipeline.mk: $(PIPELINE_FILE) scripts/pipeline_vars.py
+	@mkdir -p $(@D)
+	@$(PYTHON) scripts/pipeline_vars.py $(PIPELINE_FILE) > $@.partial && mv $@.partial $@
+include $(RUN)/pipeline.mk
+endif
+
+RD         = $(RUN)/round-$(R)
+PREV       = $(RUN)/round-$(shell expr $(R) - 1)
+SRC_GLOBAL = $(if $(PL_PRIORITIZE),$(RD)/prioritized,$(PREV)/global)
+comma     := ,
+# The round's clients, once drawn: as written (c001,c007) and as a Make list.
+PARTICIPANTS = $(strip $(file < $(RD)/participants.txt))
+CLIENTS      = $(subst $(comma), ,$(PARTICIPANTS))
+
+round: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
+	@for r in $$(seq 1 $(N)); do $(MAKE) --no-print-directory round-one R=$$r || exit 1; done
+	@$(MAKE) --no-print-directory report
+
+# Two steps, because the clients of a round are known only once they are drawn.
+round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json | $(BINS)
+	@$(MAKE) --no-print-directory $(RD)/participants.txt R=$(R)
+	@$(MAKE) --no-print-directory round-clients R=$(R)
+
+round-clients: $(RD)/global/manifest.json
+
+$(RUN)/partition.json: $(PIPELINE_FILE) | $(BINS)
+	$(BIN)/raffm-partition --data $(PL_DATA) $(if $(PL_DATA_FORMAT),--format $(PL_DATA_FORMAT)) --clients $(PL_CLIENTS) --scheme $(PL_SCHEME) --alpha $(PL_ALPHA) --validation-fraction $(PL_VALIDATION_FRACTION) --seed $(PL_SEED) --output $@
+
+$(RUN)/budgets.json: $(PIPELINE_FILE) | $(BINS)
+	$(BIN)/raffm-budgets --pipeline $(PIPELINE_FILE) --seed $(PL_SEED) --output $@
+
+$(RUN)/round-0/global/manifest.json: $(RUN)/partition.json | $(BINS)
+	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) --output $(@D)
+
+$(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
+	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(if $(PL_EVAL_MAX),--max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN) --quiet --output $@
+
+$(RD)/participants.txt: $(RUN)/budgets.json
+	$(BIN)/raffm-sample-clients --budgets $< --round $(R) --per-round $(PL_PER_ROUND) --seed $(PL_SEED) --output $@
+
+$(RD)/prioritized/manifest.json: $(PREV)/global/manifest.json
+	$(BIN)/raffm-prioritize --input $(PREV)/global --output $(@D) --quiet
+
+$(RD)/extracted/.done: $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
+	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --strategy $(PL_STRATEGY) --policy $(PL_POLICY) --heads $(PL_HEADS) --head-dim $(PL_HEAD_DIM) --ffn $(PL_FFN) --out-dir $(@D) --quiet
+	touch $@
+
+TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
+
+$(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
+	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* --epochs $(PL_EPOCHS) --batch-size $(PL_BATCH_SIZE) --max-seq-len $(PL_MAX_SEQ_LEN) --lr $(PL_LR) --weight-decay $(PL_WEIGHT_DECAY) --mu $(PL_MU) $(PL_FREEZE) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --quiet --output $(@D)
+
+$(RD)/global/manifest.json: $(TRAINED)
+	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) --weighting $(PL_WEIGHTING) --server-lr $(PL_SERVER_LR) --partition $(RUN)/partition.json $(if $(PL_EVAL_MAX),--eval-max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN) --quiet --output $(@D)
+
+report:
+	@$(PYTHON) scripts/report.py $(RUN)
 
 clean:
 	rm -rf $(ARTIFACTS)/*/

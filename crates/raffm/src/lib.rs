@@ -4,6 +4,7 @@
 //! the encoder with per-layer elastic widths is in [`model`]; salience prioritization is in
 //! [`prioritize`]. Every random choice goes through [`rng`], seeded.
 
+pub mod aggregate;
 pub mod checkpoint;
 pub mod config;
 pub mod cost;
@@ -30,6 +31,12 @@ pub use burn;
 pub use checkpoint::Checkpoint;
 pub use config::{BertConfig, Family, LayerArch};
 pub use error::{Error, Result};
+
+/// mimalloc for every binary linking the library: the CPU backends allocate and free
+/// large tensors on every op, and glibc's allocator returns them to the kernel each time
+/// (page faults on every reuse). Measured: +9% training, +40% evaluation on MiniLM.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The CPU backend selected by cargo features: flex (default) or ndarray.
 #[cfg(feature = "flex")]

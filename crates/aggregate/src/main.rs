@@ -1,0 +1,194 @@
+//! `raffm-aggregate`: heterogeneous FedAvg of the round's client updates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Parser;
+use serde_json::json;
+
+use raffm::aggregate::{aggregate, ClientUpdate, Weighting};
+use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::data::{tokenize, Dataset};
+use raffm::device::DeviceChoice;
+use raffm::evaluate::{metrics, predict};
+use raffm::io::{sha256_file, StagingDir};
+use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::partition::Partition;
+use raffm::tokenizer::TextTokenizer;
+use raffm::{with_backend, Checkpoint};
+
+/// Aggregates the round's trained client models into the next global model. Each element
+/// of the global model becomes the weighted mean of the values the clients hold for it,
+/// placed by each client's index map (from raffm-extract, carried by raffm-local-train);
+/// elements no client holds keep their value. Weights are the clients' example counts
+/// (or uniform); --server-lr 1.0 is plain FedAvg.
+///
+/// Every update is checked first: it was extracted from this global checkpoint (sha256 in
+/// its manifest), its shapes match its index map, and every value is finite. A bad update
+/// is an error naming the client, or, with --skip-bad, is left out and recorded.
+///
+/// With --partition the new global model is evaluated on the validation split and the
+/// metrics go into manifest.json.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-aggregate", version, verbatim_doc_comment)]
+struct Args {
+    /// The round's global checkpoint (the one the sub-models were extracted from).
+    #[arg(short, long)]
+    global: PathBuf,
+    /// Trained client folders.
+    #[arg(short, long, num_args = 1.., required = true)]
+    updates: Vec<PathBuf>,
+    /// Folder to write the new global checkpoint to.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Client weights: examples or uniform.
+    #[arg(long, default_value = "examples")]
+    weighting: Weighting,
+    /// Server learning rate: new = old + lr * (mean - old).
+    #[arg(long, default_value_t = 1.0)]
+    server_lr: f64,
+    /// Leave out bad updates (recorded in the manifest) instead of failing.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Evaluate the new global model on this partition's validation split.
+    #[arg(long)]
+    partition: Option<PathBuf>,
+    /// Evaluate on at most this many validation examples.
+    #[arg(long)]
+    eval_max_examples: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    max_seq_len: usize,
+    /// Device for the evaluation: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let global = Checkpoint::load(&args.global)?;
+    let mut accepted = Vec::new();
+    let mut skipped = Vec::new();
+    let mut inputs = global.files.clone();
+    for dir in &args.updates {
+        let update = ClientUpdate::load(dir)?;
+        match update.check(&global) {
+            Ok(()) => {
+                inputs.extend(update.checkpoint.files.iter().cloned());
+                inputs.push(sha256_file(&dir.join(MANIFEST_FILE))?);
+                accepted.push(update);
+            }
+            Err(reason) if args.skip_bad => {
+                eprintln!(
+                    "raffm-aggregate: skipping client {} ({}): {reason}",
+                    update.client,
+                    dir.display()
+                );
+                skipped.push(json!({"client": update.client, "dir": dir, "reason": reason}));
+            }
+            Err(reason) => bail!("client {} ({}): {reason}", update.client, dir.display()),
+        }
+    }
+    if accepted.is_empty() {
+        bail!("no update to aggregate");
+    }
+    let weighted: Vec<(&ClientUpdate, f64)> = accepted
+        .iter()
+        .map(|u| match args.weighting {
+            Weighting::Examples => (u, u.num_examples.max(1) as f64),
+            Weighting::Uniform => (u, 1.0),
+        })
+        .collect();
+    let (next, coverage) = aggregate(&global, &weighted, args.server_lr);
+
+    let mut manifest = Manifest::new(
+        "aggregate",
+        "raffm-aggregate",
+        json!({
+            "global": args.global, "updates": args.updates, "output": args.output, "weighting": args.weighting,
+            "server_lr": args.server_lr, "skip_bad": args.skip_bad, "partition": args.partition,
+            "eval_max_examples": args.eval_max_examples,
+        }),
+    );
+    manifest.inputs = inputs;
+    manifest.architecture = Some(json!(next.config.layers));
+    manifest.parameter_count = Some(next.parameter_count());
+    manifest.bytes_on_wire = Some(next.bytes_on_wire());
+    let clients: Vec<_> = weighted
+        .iter()
+        .map(|(u, w)| {
+            json!({"client": u.client, "weight": w, "parameters": u.checkpoint.parameter_count(), "bytes": u.checkpoint.bytes_on_wire()})
+        })
+        .collect();
+    let mean_params = accepted
+        .iter()
+        .map(|u| u.checkpoint.parameter_count())
+        .sum::<u64>() as f64
+        / accepted.len() as f64;
+    manifest.details.insert("clients".into(), json!(clients));
+    manifest.details.insert("skipped".into(), json!(skipped));
+    manifest.details.insert("coverage".into(), json!(coverage));
+    manifest
+        .metrics
+        .insert("clients".into(), json!(accepted.len()));
+    manifest
+        .metrics
+        .insert("mean_client_parameters".into(), json!(mean_params));
+    manifest
+        .metrics
+        .insert("mean_client_bytes".into(), json!(4.0 * mean_params));
+    manifest.metrics.insert(
+        "updated_fraction".into(),
+        json!(coverage.updated_elements as f64 / coverage.total_elements as f64),
+    );
+
+    if let Some(partition_path) = &args.partition {
+        let partition = Partition::load(partition_path)?;
+        let tokenizer = TextTokenizer::from_dir(&args.global)?;
+        let dataset = Dataset::load(&partition.data)?;
+        let mut ids = partition.validation.clone();
+        if let Some(max) = args.eval_max_examples {
+            ids.truncate(max);
+        }
+        let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, args.max_seq_len)?;
+        let pad = next.config.pad_token_id as i64;
+        let outputs = with_backend!(args.device, B, device, {
+            type Inner = <B as AutodiffBackend>::InnerBackend;
+            predict::<Inner>(&next, &rows, pad, args.batch_size, &device, |_| {})?
+        });
+        let result = metrics(&outputs, &labels);
+        manifest.metrics.insert("validation".into(), json!(result));
+        manifest.inputs.push(sha256_file(partition_path)?);
+        if !args.quiet {
+            eprintln!("validation: {}", serde_json::to_string(&result)?);
+        }
+    }
+
+    let mut staging = StagingDir::new(&args.output)?;
+    next.write_into(&mut staging)?;
+    manifest.write_into(&mut staging)?;
+    staging.commit()?;
+    if !args.quiet {
+        eprintln!(
+            "aggregated {} clients ({} skipped), {:.1}% of the global elements updated -> {}",
+            accepted.len(),
+            skipped.len(),
+            100.0 * coverage.updated_elements as f64 / coverage.total_elements as f64,
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-aggregate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

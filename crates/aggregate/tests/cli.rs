@@ -1,0 +1,161 @@
+//! `raffm-aggregate` rejects bad updates with a message naming the client.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use raffm::checkpoint::{tiny_config, Checkpoint};
+use raffm::config::Family;
+
+fn aggregate(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raffm-aggregate"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .arg("--quiet")
+        .output()
+        .unwrap()
+}
+
+/// A global model and a client update folder extracted from it, as local-train leaves it.
+fn setup(dir: &Path) {
+    let labels = vec!["a".to_string(), "b".to_string()];
+    let global = Checkpoint::random(&tiny_config(Family::Bert, 2, 16, 4, 24), 1, true, false)
+        .with_classification_head(&labels, 0);
+    global.save(dir.join("global")).unwrap();
+    let extract = Command::new(
+        Path::new(env!("CARGO_BIN_EXE_raffm-aggregate")).with_file_name("raffm-extract"),
+    )
+    .args([
+        "--global".as_ref(),
+        dir.join("global").as_os_str(),
+        "--out-dir".as_ref(),
+        dir.join("clients").as_os_str(),
+    ])
+    .args([
+        "--clients",
+        "c001",
+        "--param-fraction",
+        "0.8",
+        "--strategy",
+        "static",
+        "--quiet",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        extract.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extract.stderr)
+    );
+    // "Train" it: move every weight a little, keep the manifest.
+    let mut trained = Checkpoint::load(dir.join("clients/c001")).unwrap();
+    trained
+        .tensors
+        .values_mut()
+        .for_each(|t| t.data.iter_mut().for_each(|v| *v += 0.01));
+    trained.save(dir.join("trained/c001")).unwrap();
+    std::fs::copy(
+        dir.join("clients/c001/manifest.json"),
+        dir.join("trained/c001/manifest.json"),
+    )
+    .unwrap();
+}
+
+fn one_line_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` not in {err}");
+    }
+}
+
+#[test]
+fn good_update_aggregates_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let (global, client, out) = (d.join("global"), d.join("trained/c001"), d.join("next"));
+    let ok = aggregate(&[
+        &"--global",
+        &global,
+        &"--updates",
+        &client,
+        &"--output",
+        &out,
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["metrics"]["clients"], 1);
+    assert!(m["metrics"]["updated_fraction"].as_f64().unwrap() < 1.0);
+
+    // An update from another round: the next global is not what it was extracted from.
+    let stale = aggregate(&[
+        &"--global",
+        &out,
+        &"--updates",
+        &client,
+        &"--output",
+        &d.join("x"),
+    ]);
+    one_line_error(&stale, &["client c001", "another round"]);
+
+    // A NaN in the update.
+    let mut sub = Checkpoint::load(&client).unwrap();
+    sub.tensor_mut("classifier.bias").data[1] = f32::NAN;
+    let nan_dir = d.join("nan");
+    sub.save(&nan_dir).unwrap();
+    std::fs::copy(client.join("manifest.json"), nan_dir.join("manifest.json")).unwrap();
+    one_line_error(
+        &aggregate(&[
+            &"--global",
+            &global,
+            &"--updates",
+            &nan_dir,
+            &"--output",
+            &d.join("x"),
+        ]),
+        &["client c001", "non-finite", "classifier.bias"],
+    );
+
+    // A shape that its index map does not describe.
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(client.join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["index_map"]["encoder.layer.0.intermediate.dense.weight"]["rows"] =
+        serde_json::json!([[0, 3]]);
+    let shape_dir = d.join("shape");
+    Checkpoint::load(&client).unwrap().save(&shape_dir).unwrap();
+    std::fs::write(shape_dir.join("manifest.json"), manifest.to_string()).unwrap();
+    one_line_error(
+        &aggregate(&[
+            &"--global",
+            &global,
+            &"--updates",
+            &shape_dir,
+            &"--output",
+            &d.join("x"),
+        ]),
+        &["client c001", "encoder.layer.0.intermediate.dense.weight"],
+    );
+
+    // --skip-bad leaves them out and records why.
+    let skipped = aggregate(&[
+        &"--global",
+        &global,
+        &"--updates",
+        &client,
+        &nan_dir,
+        &"--skip-bad",
+        &"--output",
+        &d.join("y"),
+    ]);
+    assert!(skipped.status.success());
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("y/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["skipped"].as_array().unwrap().len(), 1);
+    assert!(!d.join("x").exists());
+}

@@ -1,0 +1,109 @@
+//! Aggregation of 10 client sub-models of a BERT-base-sized model (random weights) into
+//! the next global model, against the I/O floor: reading the same files (global + 10
+//! sub-models) and writing one global-sized file. Run with `make bench`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use raffm::aggregate::{aggregate, ClientUpdate};
+use raffm::cost::{CostModel, TrainingShape};
+use raffm::extract::{write_client, ClientRequest, Strategy};
+use raffm::io::StagingDir;
+use raffm::search::{Budget, Policy, SearchSpace};
+use raffm::sys::peak_rss_bytes;
+use raffm::{BertConfig, Checkpoint};
+
+fn main() {
+    let json = serde_json::json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2
+    });
+    let config = BertConfig::from_json(json, Path::new("bert-base")).unwrap();
+    let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
+    let labels = vec!["a".to_string(), "b".to_string()];
+    Checkpoint::random(&config, 0, true, false)
+        .with_classification_head(&labels, 0)
+        .save(dir.path().join("global"))
+        .unwrap();
+    let global = Checkpoint::load(dir.path().join("global")).unwrap();
+    let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
+    let space = SearchSpace::default();
+    let clients: Vec<String> = (0..10).map(|i| format!("c{i:03}")).collect();
+    clients.par_iter().enumerate().for_each(|(i, client)| {
+        let budget = Budget {
+            max_parameters: Some(global.parameter_count() * (50 + 5 * i as u64) / 100),
+            max_train_memory_bytes: None,
+        };
+        let request = ClientRequest {
+            client,
+            budget,
+            round: 1,
+            seed: 0,
+            strategy: Strategy::Random,
+            policy: Policy::Sample,
+            space: &space,
+            cost_model: &cost_model,
+        };
+        write_client(
+            &global,
+            &request,
+            &dir.path().join("clients").join(client),
+            serde_json::json!({}),
+        )
+        .unwrap();
+    });
+    drop(global);
+    let files: Vec<std::path::PathBuf> =
+        std::iter::once(dir.path().join("global/model.safetensors"))
+            .chain(
+                clients
+                    .iter()
+                    .map(|c| dir.path().join("clients").join(c).join("model.safetensors")),
+            )
+            .collect();
+    let bytes_in: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+
+    let start = Instant::now();
+    let mut global_bytes = Vec::new();
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        if global_bytes.is_empty() {
+            global_bytes = bytes;
+        }
+    }
+    let mut staging = StagingDir::new(dir.path().join("floor")).unwrap();
+    staging
+        .write_with("model.safetensors", |w| w.write_all(&global_bytes))
+        .unwrap();
+    staging.commit().unwrap();
+    let floor = start.elapsed().as_secs_f64();
+    drop(global_bytes);
+
+    let start = Instant::now();
+    let global = Checkpoint::load(dir.path().join("global")).unwrap();
+    let updates: Vec<ClientUpdate> = clients
+        .par_iter()
+        .map(|c| ClientUpdate::load(&dir.path().join("clients").join(c)).unwrap())
+        .collect();
+    for u in &updates {
+        u.check(&global).unwrap();
+    }
+    let weighted: Vec<(&ClientUpdate, f64)> = updates.iter().map(|u| (u, 1.0)).collect();
+    let (next, coverage) = aggregate(&global, &weighted, 1.0);
+    next.save(dir.path().join("next")).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    println!(
+        "aggregate 10 clients into BERT-base ({:.0} MB read, {:.0} MB written, {:.1}% of elements updated): {seconds:.2} s; I/O floor {floor:.2} s; ratio {:.2}x; peak RSS {:.0} MiB",
+        bytes_in as f64 / 1e6,
+        next.bytes_on_wire() as f64 / 1e6,
+        100.0 * coverage.updated_elements as f64 / coverage.total_elements as f64,
+        seconds / floor,
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64
+    );
+}

@@ -1,0 +1,67 @@
+//! `raffm-sample-clients`: the participants of a round.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Parser;
+
+use raffm::io::write_file_atomic;
+use raffm::pipeline::Budgets;
+use raffm::rng::SplitMix64;
+
+/// Draws a round's participants uniformly without replacement from the clients of
+/// budgets.json, seeded by --seed and --round (same inputs, same clients; another round,
+/// another draw). Writes them comma-separated, in client order, to --output (or stdout).
+#[derive(Parser, Debug)]
+#[command(name = "raffm-sample-clients", version)]
+struct Args {
+    #[arg(short, long)]
+    budgets: PathBuf,
+    #[arg(short, long)]
+    round: u64,
+    /// Clients per round.
+    #[arg(short = 'n', long)]
+    per_round: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let budgets = Budgets::load(&args.budgets)?;
+    let n = budgets.clients.len();
+    if args.per_round == 0 || args.per_round > n {
+        bail!(
+            "--per-round must be between 1 and the {n} clients of {}",
+            args.budgets.display()
+        );
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::derive(args.seed, &format!("participants/{}", args.round)).shuffle(&mut order);
+    let mut chosen = order[..args.per_round].to_vec();
+    chosen.sort_unstable();
+    let line = chosen
+        .iter()
+        .map(|&i| budgets.clients[i].client.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    match &args.output {
+        Some(path) => {
+            write_file_atomic(path, format!("{line}\n").as_bytes())?;
+        }
+        None => println!("{line}"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raffm-sample-clients: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
