@@ -7,15 +7,13 @@ use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
-use raffm::aggregate::{aggregate, ClientUpdate, Weighting};
+use raffm::aggregate::{Accumulator, ClientUpdate, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
-use raffm::data::{tokenize, Dataset};
 use raffm::device::DeviceChoice;
-use raffm::evaluate::{metrics, predict};
+use raffm::evaluate::evaluate_examples;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
-use raffm::tokenizer::TextTokenizer;
 use raffm::{with_backend, Checkpoint};
 
 /// Aggregates the round's trained client models into the next global model. Each element
@@ -70,39 +68,68 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let global = Checkpoint::load(&args.global)?;
-    let mut accepted = Vec::new();
-    let mut skipped = Vec::new();
+    let mut accumulator = Accumulator::new(&global);
     let mut inputs = global.files.clone();
-    for dir in &args.updates {
-        let update = ClientUpdate::load(dir)?;
-        match update.check(&global) {
-            Ok(()) => {
-                inputs.extend(update.checkpoint.files.iter().cloned());
-                inputs.push(sha256_file(&dir.join(MANIFEST_FILE))?);
-                accepted.push(update);
+    let mut clients = Vec::new();
+    let mut skipped = Vec::new();
+    let mut total_params = 0u64;
+    // One thread reads and checks the next update while this one adds the current: the
+    // work overlaps the reading, and only one update is in memory at a time.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let global = &global;
+        let updates = &args.updates;
+        scope.spawn(move || {
+            for dir in updates {
+                let loaded = ClientUpdate::load(dir).map(|u| {
+                    let verdict = u.check(global);
+                    (u, verdict)
+                });
+                if sender.send((dir, loaded)).is_err() {
+                    break;
+                }
             }
-            Err(reason) if args.skip_bad => {
+        });
+        for (dir, loaded) in receiver {
+            let (update, verdict) = match loaded {
+                Ok(x) => x,
+                Err(e) if args.skip_bad => {
+                    eprintln!("raffm-aggregate: skipping {}: {e}", dir.display());
+                    skipped.push(json!({"dir": dir, "reason": e.to_string()}));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Err(reason) = verdict {
+                if !args.skip_bad {
+                    bail!("client {} ({}): {reason}", update.client, dir.display());
+                }
                 eprintln!(
                     "raffm-aggregate: skipping client {} ({}): {reason}",
                     update.client,
                     dir.display()
                 );
                 skipped.push(json!({"client": update.client, "dir": dir, "reason": reason}));
+                continue;
             }
-            Err(reason) => bail!("client {} ({}): {reason}", update.client, dir.display()),
+            let weight = match args.weighting {
+                Weighting::Examples => update.num_examples.max(1) as f64,
+                Weighting::Uniform => 1.0,
+            };
+            accumulator.add(global, &update, weight);
+            inputs.extend(update.checkpoint.files.iter().cloned());
+            inputs.push(sha256_file(&dir.join(MANIFEST_FILE))?);
+            let params = update.checkpoint.parameter_count();
+            total_params += params;
+            clients.push(json!({"client": update.client, "weight": weight, "parameters": params, "bytes": 4 * params}));
         }
-    }
-    if accepted.is_empty() {
+        Ok(())
+    })?;
+    if clients.is_empty() {
         bail!("no update to aggregate");
     }
-    let weighted: Vec<(&ClientUpdate, f64)> = accepted
-        .iter()
-        .map(|u| match args.weighting {
-            Weighting::Examples => (u, u.num_examples.max(1) as f64),
-            Weighting::Uniform => (u, 1.0),
-        })
-        .collect();
-    let (next, coverage) = aggregate(&global, &weighted, args.server_lr);
+    let (next, coverage) = accumulator.finish(&global, args.server_lr);
+    let mean_params = total_params as f64 / clients.len() as f64;
 
     let mut manifest = Manifest::new(
         "aggregate",
@@ -117,23 +144,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     manifest.architecture = Some(json!(next.config.layers));
     manifest.parameter_count = Some(next.parameter_count());
     manifest.bytes_on_wire = Some(next.bytes_on_wire());
-    let clients: Vec<_> = weighted
-        .iter()
-        .map(|(u, w)| {
-            json!({"client": u.client, "weight": w, "parameters": u.checkpoint.parameter_count(), "bytes": u.checkpoint.bytes_on_wire()})
-        })
-        .collect();
-    let mean_params = accepted
-        .iter()
-        .map(|u| u.checkpoint.parameter_count())
-        .sum::<u64>() as f64
-        / accepted.len() as f64;
     manifest.details.insert("clients".into(), json!(clients));
     manifest.details.insert("skipped".into(), json!(skipped));
     manifest.details.insert("coverage".into(), json!(coverage));
     manifest
         .metrics
-        .insert("clients".into(), json!(accepted.len()));
+        .insert("clients".into(), json!(clients.len()));
     manifest
         .metrics
         .insert("mean_client_parameters".into(), json!(mean_params));
@@ -147,19 +163,23 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(partition_path) = &args.partition {
         let partition = Partition::load(partition_path)?;
-        let tokenizer = TextTokenizer::from_dir(&args.global)?;
-        let dataset = Dataset::load(&partition.data)?;
         let mut ids = partition.validation.clone();
         if let Some(max) = args.eval_max_examples {
             ids.truncate(max);
         }
-        let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, args.max_seq_len)?;
-        let pad = next.config.pad_token_id as i64;
-        let outputs = with_backend!(args.device, B, device, {
+        let result = with_backend!(args.device, B, device, {
             type Inner = <B as AutodiffBackend>::InnerBackend;
-            predict::<Inner>(&next, &rows, pad, args.batch_size, &device, |_| {})?
+            evaluate_examples::<Inner>(
+                &next,
+                &args.global,
+                &partition,
+                &ids,
+                args.max_seq_len,
+                args.batch_size,
+                &device,
+                |_| {},
+            )?
         });
-        let result = metrics(&outputs, &labels);
         manifest.metrics.insert("validation".into(), json!(result));
         manifest.inputs.push(sha256_file(partition_path)?);
         if !args.quiet {
@@ -174,7 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !args.quiet {
         eprintln!(
             "aggregated {} clients ({} skipped), {:.1}% of the global elements updated -> {}",
-            accepted.len(),
+            clients.len(),
             skipped.len(),
             100.0 * coverage.updated_elements as f64 / coverage.total_elements as f64,
             args.output.display()
@@ -184,11 +204,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raffm-aggregate: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    raffm::cli::exit_code("raffm-aggregate", run(Args::parse()))
 }

@@ -4,12 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use raffm::checkpoint::{tiny_config, Checkpoint};
-use raffm::config::Family;
-
-const WORDS: [&str; 12] = [
-    "good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "film", "movie", "the", "a",
-];
+use raffm::fixtures::{tiny_reviews, tiny_text_model};
 
 fn bin_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_raffm-aggregate"))
@@ -20,32 +15,8 @@ fn bin_dir() -> PathBuf {
 
 /// Model, data and pipeline file of the tiny pipeline.
 fn fixture(dir: &Path) -> PathBuf {
-    let model = dir.join("model");
-    Checkpoint::random(&tiny_config(Family::Bert, 2, 32, 4, 64), 1, true, false)
-        .save(&model)
-        .unwrap();
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .map(String::from)
-        .to_vec();
-    vocab.extend(WORDS.map(String::from));
-    vocab.extend((vocab.len()..64).map(|i| format!("[unused{i}]")));
-    std::fs::write(model.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    let lines: Vec<String> = (0..120)
-        .map(|i| {
-            let positive = i % 2 == 0;
-            let word = if positive {
-                WORDS[i % 4]
-            } else {
-                WORDS[4 + i % 4]
-            };
-            format!(
-                "{{\"text\": \"the {} was {word}\", \"label\": {}}}",
-                WORDS[8 + i % 2],
-                positive as u8
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("reviews.jsonl"), lines.join("\n") + "\n").unwrap();
+    let model = tiny_text_model(&dir.join("model"));
+    tiny_reviews(&dir.join("reviews.jsonl"), 120);
     let pipeline = serde_json::json!({
         "name": "tiny", "model": model, "clients": 6,
         "data": {"path": dir.join("reviews.jsonl"), "format": "jsonl", "validation_fraction": 0.2},

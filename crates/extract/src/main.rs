@@ -234,11 +234,5 @@ fn summary_line(client: &str, sub: &ClientModel, full_params: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raffm-extract: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    raffm::cli::exit_code("raffm-extract", run(Args::parse()))
 }

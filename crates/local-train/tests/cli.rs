@@ -4,12 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::{tiny_config, Checkpoint};
-use raffm::config::Family;
-
-const WORDS: [&str; 12] = [
-    "good", "great", "fine", "fun", "bad", "awful", "dull", "poor", "film", "movie", "the", "a",
-];
+use raffm::fixtures::{tiny_reviews, tiny_text_model};
+use raffm::Checkpoint;
 
 fn bin(name: &str) -> std::path::PathBuf {
     // Sibling binaries of this crate's own, built by the same `cargo test --workspace`.
@@ -36,33 +32,8 @@ fn ok(out: Output) -> Output {
 
 /// A tiny model folder (random weights, vocab.txt) and a JSONL dataset of 60 reviews.
 fn fixture(dir: &Path) {
-    let model = dir.join("model");
-    let config = tiny_config(Family::Bert, 2, 32, 4, 64);
-    Checkpoint::random(&config, 1, true, false)
-        .save(&model)
-        .unwrap();
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .map(String::from)
-        .to_vec();
-    vocab.extend(WORDS.map(String::from));
-    vocab.extend((vocab.len()..64).map(|i| format!("[unused{i}]")));
-    std::fs::write(model.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
-    let lines: Vec<String> = (0..60)
-        .map(|i| {
-            let positive = i % 2 == 0;
-            let word = if positive {
-                WORDS[i % 4]
-            } else {
-                WORDS[4 + i % 4]
-            };
-            format!(
-                "{{\"text\": \"the {} was {word}\", \"label\": {}}}",
-                WORDS[8 + i % 2],
-                positive as u8
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("reviews.jsonl"), lines.join("\n") + "\n").unwrap();
+    tiny_text_model(&dir.join("model"));
+    tiny_reviews(&dir.join("reviews.jsonl"), 60);
 }
 
 #[test]

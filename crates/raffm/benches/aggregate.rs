@@ -2,7 +2,6 @@
 //! the next global model, against the I/O floor: reading the same files (global + 10
 //! sub-models) and writing one global-sized file. Run with `make bench`.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 

@@ -3,7 +3,6 @@
 //! weights once and writing the same number of bytes as the 10 sub-models, through the
 //! same buffered, fsynced writes. Run with `make bench`.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -24,12 +23,7 @@ fn bert_base() -> BertConfig {
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    raffm::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
 }
 
 fn main() {

@@ -10,12 +10,7 @@ use raffm::tokenizer::EncodedBatch;
 use raffm::{Checkpoint, CpuBackend};
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    raffm::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
 }
 
 fn main() {

@@ -55,9 +55,16 @@ impl ClientUpdate {
     /// Reads a client's trained folder (checkpoint + local-train manifest). An update
     /// without an index map is a full model (every index).
     pub fn load(dir: &Path) -> Result<Self> {
-        let checkpoint = Checkpoint::load(dir)?;
+        // Not re-hashed: the producing stage's manifest records the hashes of its outputs.
+        let mut checkpoint = Checkpoint::load_with(dir, false)?;
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = Manifest::load(&manifest_path)?;
+        checkpoint.files = manifest
+            .outputs
+            .iter()
+            .filter(|f| !f.path.ends_with(MANIFEST_FILE))
+            .cloned()
+            .collect();
         let detail = |k: &str| manifest.details.get(k);
         let client = detail("client")
             .and_then(|v| v.as_str())
@@ -164,93 +171,133 @@ pub struct Coverage {
     pub total_elements: u64,
 }
 
+/// Running weighted sums of client values over the global model, one update at a time:
+/// memory stays at the global model plus the sums, however many clients there are.
+pub struct Accumulator {
+    /// Per global tensor: weighted sums (f64, so means are exact) and weights.
+    sums: Vec<(String, Vec<f64>, Vec<f32>)>,
+}
+
+impl Accumulator {
+    pub fn new(global: &Checkpoint) -> Self {
+        let sums = global
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), vec![0f64; t.numel()], vec![0f32; t.numel()]))
+            .collect();
+        Self { sums }
+    }
+
+    /// Adds a checked update with weight `w` (tensors in parallel). A client contributes to
+    /// the tensors it holds; a partial update leaves the others alone.
+    pub fn add(&mut self, global: &Checkpoint, update: &ClientUpdate, w: f64) {
+        self.sums.par_iter_mut().for_each(|(name, sum, weight)| {
+            if let (Some(sub), Some(index)) = (
+                update.checkpoint.tensors.get(name.as_str()),
+                update.index_map.get(name.as_str()),
+            ) {
+                scatter_add(
+                    &global.tensors[name.as_str()].shape,
+                    sub,
+                    index,
+                    w,
+                    sum,
+                    weight,
+                );
+            }
+        });
+    }
+
+    /// The new global model: the weighted mean where any client contributed, the old value
+    /// elsewhere (bit for bit).
+    pub fn finish(self, global: &Checkpoint, server_lr: f64) -> (Checkpoint, Coverage) {
+        let results: Vec<(String, HostTensor, u64)> = self
+            .sums
+            .into_par_iter()
+            .map(|(name, sum, weight)| {
+                let old = &global.tensors[&name];
+                let mut data = old.data.clone();
+                let mut updated = 0;
+                for ((value, s), w) in data.iter_mut().zip(&sum).zip(&weight) {
+                    if *w > 0.0 {
+                        let mean = s / *w as f64;
+                        *value = if server_lr == 1.0 {
+                            mean as f32
+                        } else {
+                            (*value as f64 + server_lr * (mean - *value as f64)) as f32
+                        };
+                        updated += 1;
+                    }
+                }
+                let shape = old.shape.clone();
+                (name, HostTensor::new(shape, data), updated)
+            })
+            .collect();
+        let mut out = global.clone();
+        out.files.clear();
+        let mut coverage = Coverage {
+            updated_elements: 0,
+            total_elements: 0,
+        };
+        for (name, tensor, updated) in results {
+            coverage.updated_elements += updated;
+            coverage.total_elements += tensor.numel() as u64;
+            out.tensors.insert(name, tensor);
+        }
+        (out, coverage)
+    }
+}
+
 /// Aggregates checked `updates` (with their weights) into a new global model.
 pub fn aggregate(
     global: &Checkpoint,
     updates: &[(&ClientUpdate, f64)],
     server_lr: f64,
 ) -> (Checkpoint, Coverage) {
-    let names: Vec<&String> = global.tensors.keys().collect();
-    let results: Vec<(String, HostTensor, u64)> = names
-        .par_iter()
-        .map(|name| {
-            let old = &global.tensors[*name];
-            // A client contributes to the tensors it holds (a partial update leaves the rest).
-            let holders = updates.iter().filter_map(|(u, w)| {
-                Some((
-                    u.checkpoint.tensors.get(*name)?,
-                    u.index_map.get(*name)?,
-                    *w,
-                ))
-            });
-            let (tensor, updated) = aggregate_tensor(old, holders, server_lr);
-            ((*name).clone(), tensor, updated)
-        })
-        .collect();
-    let mut out = global.clone();
-    out.files.clear();
-    let mut coverage = Coverage {
-        updated_elements: 0,
-        total_elements: 0,
-    };
-    for (name, tensor, updated) in results {
-        coverage.updated_elements += updated;
-        coverage.total_elements += tensor.numel() as u64;
-        out.tensors.insert(name, tensor);
+    let mut acc = Accumulator::new(global);
+    for (u, w) in updates {
+        acc.add(global, u, *w);
     }
-    (out, coverage)
+    acc.finish(global, server_lr)
 }
 
-/// Scatter-adds every client's sub-tensor into f64 sums and weights, then averages.
-fn aggregate_tensor<'a>(
-    old: &HostTensor,
-    updates: impl Iterator<Item = (&'a HostTensor, &'a TensorIndex, f64)>,
-    server_lr: f64,
-) -> (HostTensor, u64) {
-    let cols = old.shape.get(1).copied().unwrap_or(1);
-    let row_len: usize = old.shape[1..].iter().product::<usize>().max(1);
-    let mut sum = vec![0f64; old.numel()];
-    let mut weight = vec![0f64; old.numel()];
-    for (sub, index, w) in updates {
-        let rows: Vec<usize> = index
-            .rows
-            .as_ref()
-            .map_or_else(|| (0..old.shape[0]).collect(), |r| r.0.clone());
-        let sub_row_len: usize = sub.shape[1..].iter().product::<usize>().max(1);
-        for (i, &r) in rows.iter().enumerate() {
-            let src = &sub.data[i * sub_row_len..(i + 1) * sub_row_len];
-            let base = r * row_len;
-            match &index.cols {
-                None => {
-                    for (k, &v) in src.iter().enumerate() {
-                        sum[base + k] += w * v as f64;
-                        weight[base + k] += w;
-                    }
+/// Scatter-adds one client's sub-tensor, placed by its index, into the sums and weights.
+fn scatter_add(
+    global_shape: &[usize],
+    sub: &HostTensor,
+    index: &TensorIndex,
+    w: f64,
+    sum: &mut [f64],
+    weight: &mut [f32],
+) {
+    let row_len: usize = global_shape[1..].iter().product::<usize>().max(1);
+    let sub_row_len: usize = sub.shape[1..].iter().product::<usize>().max(1);
+    let rows: Vec<usize> = index
+        .rows
+        .as_ref()
+        .map_or_else(|| (0..global_shape[0]).collect(), |r| r.0.clone());
+    let wf = w as f32;
+    for (i, &r) in rows.iter().enumerate() {
+        let src = &sub.data[i * sub_row_len..(i + 1) * sub_row_len];
+        let (sum, weight) = (
+            &mut sum[r * row_len..(r + 1) * row_len],
+            &mut weight[r * row_len..(r + 1) * row_len],
+        );
+        match &index.cols {
+            None => {
+                for ((s, k), &v) in sum.iter_mut().zip(weight.iter_mut()).zip(src) {
+                    *s += w * v as f64;
+                    *k += wf;
                 }
-                Some(c) => {
-                    debug_assert_eq!(row_len, cols);
-                    for (&col, &v) in c.0.iter().zip(src) {
-                        sum[base + col] += w * v as f64;
-                        weight[base + col] += w;
-                    }
+            }
+            Some(cols) => {
+                for (&c, &v) in cols.0.iter().zip(src) {
+                    sum[c] += w * v as f64;
+                    weight[c] += wf;
                 }
             }
         }
     }
-    let mut data = old.data.clone();
-    let mut updated = 0;
-    for (k, value) in data.iter_mut().enumerate() {
-        if weight[k] > 0.0 {
-            let mean = sum[k] / weight[k];
-            *value = if server_lr == 1.0 {
-                mean as f32
-            } else {
-                (*value as f64 + server_lr * (mean - *value as f64)) as f32
-            };
-            updated += 1;
-        }
-    }
-    (HostTensor::new(old.shape.clone(), data), updated)
 }
 
 #[cfg(test)]

@@ -157,8 +157,14 @@ impl Checkpoint {
             .unwrap_or_else(|| panic!("checkpoint was validated but has no `{name}`"))
     }
 
-    /// Reads and validates a checkpoint folder.
+    /// Reads and validates a checkpoint folder, hashing its files.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(dir, true)
+    }
+
+    /// Reads and validates a checkpoint folder; `hash: false` skips the sha256 of its files
+    /// (for inputs whose hashes their producer's manifest already records).
+    pub fn load_with(dir: impl AsRef<Path>, hash: bool) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::format(dir, "no such checkpoint folder"));
@@ -177,18 +183,22 @@ impl Checkpoint {
             ));
         }
         let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let files = vec![
-            FileRecord {
-                path: config_path.display().to_string(),
-                sha256: sha256_bytes(&config_bytes),
-                bytes: config_bytes.len() as u64,
-            },
-            FileRecord {
-                path: weights_path.display().to_string(),
-                sha256: sha256_bytes(&bytes),
-                bytes: bytes.len() as u64,
-            },
-        ];
+        let files = if hash {
+            vec![
+                FileRecord {
+                    path: config_path.display().to_string(),
+                    sha256: sha256_bytes(&config_bytes),
+                    bytes: config_bytes.len() as u64,
+                },
+                FileRecord {
+                    path: weights_path.display().to_string(),
+                    sha256: sha256_bytes(&bytes),
+                    bytes: bytes.len() as u64,
+                },
+            ]
+        } else {
+            Vec::new()
+        };
         let (tensors, prefixed, ignored) = read_safetensors(&weights_path, &bytes, config.family)?;
         let checkpoint = Checkpoint {
             config,

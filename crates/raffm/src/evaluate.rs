@@ -56,6 +56,27 @@ pub fn predict<B: Backend>(
     Ok(outputs)
 }
 
+/// Metrics of `checkpoint` on the examples `ids` of a partition's dataset, tokenized with
+/// the tokenizer of `tokenizer_dir`. `on_batch` sees the size of every batch done.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_examples<B: Backend>(
+    checkpoint: &Checkpoint,
+    tokenizer_dir: &std::path::Path,
+    partition: &crate::partition::Partition,
+    ids: &[usize],
+    max_seq_len: usize,
+    batch_size: usize,
+    device: &B::Device,
+    on_batch: impl FnMut(usize),
+) -> Result<Metrics> {
+    let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
+    let dataset = crate::data::Dataset::load(&partition.data)?;
+    let (rows, labels) = crate::data::tokenize(&dataset, ids, &tokenizer, max_seq_len)?;
+    let pad = checkpoint.config.pad_token_id as i64;
+    let outputs = predict::<B>(checkpoint, &rows, pad, batch_size, device, on_batch)?;
+    Ok(metrics(&outputs, &labels))
+}
+
 /// Classification metrics from predicted and true class indices.
 pub fn classification_metrics(predicted: &[usize], truth: &[usize], classes: usize) -> Metrics {
     let n = truth.len();

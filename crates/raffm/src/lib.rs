@@ -6,6 +6,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod cost;
 pub mod data;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod extract;
+pub mod fixtures;
 pub mod io;
 pub mod layout;
 pub mod manifest;

@@ -9,12 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
-use raffm::data::{tokenize, Dataset};
 use raffm::device::DeviceChoice;
-use raffm::evaluate::{metrics, predict};
+use raffm::evaluate::evaluate_examples;
 use raffm::io::{sha256_file, write_file_atomic};
 use raffm::partition::Partition;
-use raffm::tokenizer::TextTokenizer;
 use raffm::{with_backend, Checkpoint};
 
 /// Evaluates a checkpoint with a classification head on a split of a partition
@@ -52,7 +50,6 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let checkpoint = Checkpoint::load(&args.model)?;
-    let tokenizer = TextTokenizer::from_dir(&args.model)?;
     let partition = Partition::load(&args.partition)?;
     let mut ids = match args.split.as_str() {
         "validation" => partition.validation.clone(),
@@ -74,27 +71,30 @@ fn run(args: Args) -> anyhow::Result<()> {
     if ids.is_empty() {
         bail!("no examples in split `{}`", args.split);
     }
-    let dataset = Dataset::load(&partition.data)?;
-    let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, args.max_seq_len)?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(rows.len() as u64)
+        ProgressBar::new(ids.len() as u64)
     };
     progress.set_style(ProgressStyle::with_template(
         "evaluating [{bar:30}] {pos}/{len} {elapsed}<{eta}",
     )?);
     let start = std::time::Instant::now();
-    let pad = checkpoint.config.pad_token_id as i64;
-    let outputs = with_backend!(args.device, B, device, {
+    let result = with_backend!(args.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
-        predict::<Inner>(&checkpoint, &rows, pad, args.batch_size, &device, |n| {
-            progress.inc(n as u64)
-        })?
+        evaluate_examples::<Inner>(
+            &checkpoint,
+            &args.model,
+            &partition,
+            &ids,
+            args.max_seq_len,
+            args.batch_size,
+            &device,
+            |n| progress.inc(n as u64),
+        )?
     });
     progress.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let result = metrics(&outputs, &labels);
     let report = json!({
         "model": args.model,
         "model_sha256": checkpoint.weights_sha256(),
@@ -102,7 +102,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "split": args.split,
         "metrics": result,
         "seconds": seconds,
-        "examples_per_second": rows.len() as f64 / seconds,
+        "examples_per_second": ids.len() as f64 / seconds,
     });
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.output {
@@ -113,11 +113,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raffm-evaluate: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    raffm::cli::exit_code("raffm-evaluate", run(Args::parse()))
 }

@@ -73,11 +73,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raffm-init-head: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    raffm::cli::exit_code("raffm-init-head", run(Args::parse()))
 }

@@ -57,11 +57,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raffm-sample-clients: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    raffm::cli::exit_code("raffm-sample-clients", run(Args::parse()))
 }
