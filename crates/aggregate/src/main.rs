@@ -3,16 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
-use raffm::aggregate::{Accumulator, ClientUpdate, Weighting};
+use raffm::aggregate::{aggregate_dirs, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::device::DeviceChoice;
 use raffm::evaluate::evaluate_examples;
 use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::manifest::Manifest;
 use raffm::partition::Partition;
 use raffm::{with_backend, Checkpoint};
 
@@ -68,68 +67,30 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let global = Checkpoint::load(&args.global)?;
-    let mut accumulator = Accumulator::new(&global);
-    let mut inputs = global.files.clone();
-    let mut clients = Vec::new();
-    let mut skipped = Vec::new();
-    let mut total_params = 0u64;
-    // One thread reads and checks the next update while this one adds the current: the
-    // work overlaps the reading, and only one update is in memory at a time.
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let global = &global;
-        let updates = &args.updates;
-        scope.spawn(move || {
-            for dir in updates {
-                let loaded = ClientUpdate::load(dir).map(|u| {
-                    let verdict = u.check(global);
-                    (u, verdict)
-                });
-                if sender.send((dir, loaded)).is_err() {
-                    break;
-                }
-            }
-        });
-        for (dir, loaded) in receiver {
-            let (update, verdict) = match loaded {
-                Ok(x) => x,
-                Err(e) if args.skip_bad => {
-                    eprintln!("raffm-aggregate: skipping {}: {e}", dir.display());
-                    skipped.push(json!({"dir": dir, "reason": e.to_string()}));
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if let Err(reason) = verdict {
-                if !args.skip_bad {
-                    bail!("client {} ({}): {reason}", update.client, dir.display());
-                }
-                eprintln!(
-                    "raffm-aggregate: skipping client {} ({}): {reason}",
-                    update.client,
-                    dir.display()
-                );
-                skipped.push(json!({"client": update.client, "dir": dir, "reason": reason}));
-                continue;
-            }
-            let weight = match args.weighting {
-                Weighting::Examples => update.num_examples.max(1) as f64,
-                Weighting::Uniform => 1.0,
-            };
-            accumulator.add(global, &update, weight);
-            inputs.extend(update.checkpoint.files.iter().cloned());
-            inputs.push(sha256_file(&dir.join(MANIFEST_FILE))?);
-            let params = update.checkpoint.parameter_count();
-            total_params += params;
-            clients.push(json!({"client": update.client, "weight": weight, "parameters": params, "bytes": 4 * params}));
-        }
-        Ok(())
-    })?;
-    if clients.is_empty() {
-        bail!("no update to aggregate");
+    let outcome = aggregate_dirs(
+        &global,
+        &args.updates,
+        args.weighting,
+        args.server_lr,
+        args.skip_bad,
+    )?;
+    for s in &outcome.skipped {
+        let who = s
+            .client
+            .as_deref()
+            .map_or(String::new(), |c| format!("client {c} "));
+        eprintln!(
+            "raffm-aggregate: skipped {who}({}): {}",
+            s.dir.display(),
+            s.reason
+        );
     }
-    let (next, coverage) = accumulator.finish(&global, args.server_lr);
-    let mean_params = total_params as f64 / clients.len() as f64;
+    let next = &outcome.model;
+    let coverage = &outcome.coverage;
+    let mean_params = outcome.clients.iter().map(|c| c.parameters).sum::<u64>() as f64
+        / outcome.clients.len() as f64;
+    let mut inputs = global.files.clone();
+    inputs.extend(outcome.inputs.iter().cloned());
 
     let mut manifest = Manifest::new(
         "aggregate",
@@ -144,12 +105,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     manifest.architecture = Some(json!(next.config.layers));
     manifest.parameter_count = Some(next.parameter_count());
     manifest.bytes_on_wire = Some(next.bytes_on_wire());
-    manifest.details.insert("clients".into(), json!(clients));
-    manifest.details.insert("skipped".into(), json!(skipped));
+    manifest
+        .details
+        .insert("clients".into(), json!(outcome.clients));
+    manifest
+        .details
+        .insert("skipped".into(), json!(outcome.skipped));
     manifest.details.insert("coverage".into(), json!(coverage));
     manifest
         .metrics
-        .insert("clients".into(), json!(clients.len()));
+        .insert("clients".into(), json!(outcome.clients.len()));
     manifest
         .metrics
         .insert("mean_client_parameters".into(), json!(mean_params));
@@ -194,8 +159,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !args.quiet {
         eprintln!(
             "aggregated {} clients ({} skipped), {:.1}% of the global elements updated -> {}",
-            clients.len(),
-            skipped.len(),
+            outcome.clients.len(),
+            outcome.skipped.len(),
             100.0 * coverage.updated_elements as f64 / coverage.total_elements as f64,
             args.output.display()
         );

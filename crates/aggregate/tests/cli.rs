@@ -142,6 +142,20 @@ fn good_update_aggregates_and_bad_ones_are_named() {
         &["client c001", "encoder.layer.0.intermediate.dense.weight"],
     );
 
+    // The same client twice.
+    one_line_error(
+        &aggregate(&[
+            &"--global",
+            &global,
+            &"--updates",
+            &client,
+            &client,
+            &"--output",
+            &d.join("x"),
+        ]),
+        &["client c001", "given twice"],
+    );
+
     // --skip-bad leaves them out and records why.
     let skipped = aggregate(&[
         &"--global",

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use raffm::aggregate::{aggregate, ClientUpdate};
+use raffm::aggregate::{aggregate_dirs, Weighting};
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::extract::{write_client, ClientRequest, Strategy};
 use raffm::io::StagingDir;
@@ -86,15 +86,12 @@ fn main() {
 
     let start = Instant::now();
     let global = Checkpoint::load(dir.path().join("global")).unwrap();
-    let updates: Vec<ClientUpdate> = clients
-        .par_iter()
-        .map(|c| ClientUpdate::load(&dir.path().join("clients").join(c)).unwrap())
+    let dirs: Vec<std::path::PathBuf> = clients
+        .iter()
+        .map(|c| dir.path().join("clients").join(c))
         .collect();
-    for u in &updates {
-        u.check(&global).unwrap();
-    }
-    let weighted: Vec<(&ClientUpdate, f64)> = updates.iter().map(|u| (u, 1.0)).collect();
-    let (next, coverage) = aggregate(&global, &weighted, 1.0);
+    let outcome = aggregate_dirs(&global, &dirs, Weighting::Uniform, 1.0, false).unwrap();
+    let (next, coverage) = (outcome.model, outcome.coverage);
     next.save(dir.path().join("next")).unwrap();
     let seconds = start.elapsed().as_secs_f64();
     println!(

@@ -152,7 +152,7 @@ impl ClientUpdate {
                     g.shape
                 ));
             }
-            if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+            if let Some(i) = first_non_finite(&t.data) {
                 return Err(format!(
                     "tensor `{name}` has a non-finite value ({}) at element {i}",
                     t.data[i]
@@ -161,6 +161,22 @@ impl ClientUpdate {
         }
         Ok(())
     }
+}
+
+/// Index of the first NaN or infinity. Scans in branch-free chunks (which vectorize) and
+/// searches element by element only in a chunk that has one.
+fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 4096;
+    data.chunks(CHUNK).enumerate().find_map(|(k, chunk)| {
+        let all_finite = chunk.iter().fold(true, |ok, v| ok & v.is_finite());
+        (!all_finite).then(|| {
+            k * CHUNK
+                + chunk
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .expect("chunk has one")
+        })
+    })
 }
 
 /// Per-tensor statistics of an aggregation.
@@ -246,6 +262,123 @@ impl Accumulator {
         }
         (out, coverage)
     }
+}
+
+/// A client that took part in an aggregation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contribution {
+    pub client: String,
+    pub weight: f64,
+    pub parameters: u64,
+}
+
+/// An update that was left out, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub dir: PathBuf,
+    pub client: Option<String>,
+    pub reason: String,
+}
+
+/// The result of aggregating a round's update folders.
+pub struct Outcome {
+    pub model: Checkpoint,
+    pub coverage: Coverage,
+    pub clients: Vec<Contribution>,
+    pub skipped: Vec<Skipped>,
+    /// Every update file read, with the hash its producer recorded.
+    pub inputs: Vec<crate::io::FileRecord>,
+}
+
+/// Reads, checks and aggregates the update folders `dirs` into the next global model.
+/// One thread reads and checks the next update while the other adds the current one, so
+/// reading overlaps the arithmetic and one update at a time is in memory. A bad update is
+/// an error naming the client, or with `skip_bad` is left out and recorded.
+pub fn aggregate_dirs(
+    global: &Checkpoint,
+    dirs: &[PathBuf],
+    weighting: Weighting,
+    server_lr: f64,
+    skip_bad: bool,
+) -> Result<Outcome> {
+    let mut accumulator = Accumulator::new(global);
+    let mut clients: Vec<Contribution> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut inputs = Vec::new();
+    std::thread::scope(|scope| -> Result<()> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for dir in dirs {
+                let loaded = ClientUpdate::load(dir).map(|u| {
+                    let verdict = u.check(global);
+                    (u, verdict)
+                });
+                if sender.send((dir, loaded)).is_err() {
+                    break; // the receiver stopped on an error
+                }
+            }
+        });
+        for (dir, loaded) in receiver {
+            let (update, verdict) = match loaded {
+                Ok(x) => x,
+                Err(e) if skip_bad => {
+                    skipped.push(Skipped {
+                        dir: dir.clone(),
+                        client: None,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let verdict =
+                verdict.and_then(
+                    |()| match clients.iter().any(|c| c.client == update.client) {
+                        true => Err("given twice; each client counts once per round".to_string()),
+                        false => Ok(()),
+                    },
+                );
+            if let Err(reason) = verdict {
+                if !skip_bad {
+                    return Err(Error::Invalid(format!(
+                        "client {} ({}): {reason}",
+                        update.client,
+                        dir.display()
+                    )));
+                }
+                skipped.push(Skipped {
+                    dir: dir.clone(),
+                    client: Some(update.client.clone()),
+                    reason,
+                });
+                continue;
+            }
+            let weight = match weighting {
+                Weighting::Examples => update.num_examples.max(1) as f64,
+                Weighting::Uniform => 1.0,
+            };
+            accumulator.add(global, &update, weight);
+            inputs.extend(update.checkpoint.files.iter().cloned());
+            inputs.push(crate::io::sha256_file(&dir.join(MANIFEST_FILE))?);
+            clients.push(Contribution {
+                client: update.client.clone(),
+                weight,
+                parameters: update.checkpoint.parameter_count(),
+            });
+        }
+        Ok(())
+    })?;
+    if clients.is_empty() {
+        return Err(Error::Invalid("no update to aggregate".into()));
+    }
+    let (model, coverage) = accumulator.finish(global, server_lr);
+    Ok(Outcome {
+        model,
+        coverage,
+        clients,
+        skipped,
+        inputs,
+    })
 }
 
 /// Aggregates checked `updates` (with their weights) into a new global model.

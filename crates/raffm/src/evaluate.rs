@@ -35,6 +35,7 @@ pub fn predict<B: Backend>(
     device: &B::Device,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
+    crate::tokenizer::check_vocab(rows, checkpoint.config.vocab_size)?;
     let model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].input_ids.len());

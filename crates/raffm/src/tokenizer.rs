@@ -191,6 +191,21 @@ impl TextTokenizer {
     }
 }
 
+/// Checks that every token id fits the model's embedding table (a tokenizer from another
+/// model would otherwise fail deep inside the embedding lookup).
+pub fn check_vocab(rows: &[TokenizedRow], vocab_size: usize) -> Result<()> {
+    let too_large = rows
+        .iter()
+        .flat_map(|r| &r.input_ids)
+        .find(|&&id| id < 0 || id as usize >= vocab_size);
+    match too_large {
+        Some(id) => Err(Error::Invalid(format!(
+            "token id {id} is outside the model's vocabulary of {vocab_size}: the tokenizer does not belong to this model"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Pads rows to the longest of them with `pad_id`.
 pub fn collate(rows: &[&TokenizedRow], pad_id: i64) -> EncodedBatch {
     let seq = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
@@ -211,4 +226,32 @@ pub fn collate(rows: &[&TokenizedRow], pad_id: i64) -> EncodedBatch {
             .for_each(|m| *m = 1);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collate_pads_and_check_vocab_catches_foreign_ids() {
+        let a = TokenizedRow {
+            input_ids: vec![2, 7, 3],
+            token_type_ids: vec![0, 0, 0],
+        };
+        let b = TokenizedRow {
+            input_ids: vec![2, 3],
+            token_type_ids: vec![0, 1],
+        };
+        let batch = collate(&[&a, &b], 9);
+        assert_eq!(batch.input_ids, vec![2, 7, 3, 2, 3, 9]);
+        assert_eq!(batch.attention_mask, vec![1, 1, 1, 1, 1, 0]);
+        assert_eq!(batch.token_type_ids, vec![0, 0, 0, 0, 1, 0]);
+        assert_eq!(batch.row_ids(1), vec![2, 3]);
+        assert!(check_vocab(&[a.clone()], 8).is_ok());
+        let e = check_vocab(&[a], 7).unwrap_err().to_string();
+        assert!(
+            e.contains("token id 7") && e.contains("vocabulary of 7"),
+            "{e}"
+        );
+    }
 }

@@ -181,6 +181,7 @@ pub fn train<B: AutodiffBackend>(
             )));
         }
     }
+    crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size)?;
     B::seed(device, options.seed);
     let mut model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
     if options.freeze_embeddings {
