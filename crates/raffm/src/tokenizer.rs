@@ -121,6 +121,16 @@ impl TextTokenizer {
     where
         E: Into<EncodeInput<'s>> + Send,
     {
+        let rows = self.encode_rows(inputs, max_len)?;
+        Ok(collate(&rows.iter().collect::<Vec<_>>(), pad_id))
+    }
+
+    /// Tokenizes every input (truncated to `max_len`), without padding.
+    pub fn encode_rows<'s, E>(&self, inputs: Vec<E>, max_len: usize) -> Result<Vec<TokenizedRow>>
+    where
+        E: Into<EncodeInput<'s>> + Send,
+    {
+        // The file's own truncation and padding settings would fight ours.
         let mut tokenizer = self.inner.clone();
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -132,27 +142,13 @@ impl TextTokenizer {
         let encodings = tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| Error::format(&self.source, format!("tokenization failed: {e}")))?;
-        let batch = encodings.len();
-        let seq = encodings
+        Ok(encodings
             .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0);
-        let mut out = EncodedBatch {
-            batch,
-            seq,
-            input_ids: vec![pad_id; batch * seq],
-            token_type_ids: vec![0; batch * seq],
-            attention_mask: vec![0; batch * seq],
-        };
-        for (row, enc) in encodings.iter().enumerate() {
-            for (j, (&id, &ty)) in enc.get_ids().iter().zip(enc.get_type_ids()).enumerate() {
-                out.input_ids[row * seq + j] = id as i64;
-                out.token_type_ids[row * seq + j] = ty as i64;
-                out.attention_mask[row * seq + j] = 1;
-            }
-        }
-        Ok(out)
+            .map(|e| TokenizedRow {
+                input_ids: e.get_ids().iter().map(|&id| id as i64).collect(),
+                token_type_ids: e.get_type_ids().iter().map(|&t| t as i64).collect(),
+            })
+            .collect())
     }
 }
 
@@ -166,29 +162,6 @@ fn model_token_id(model: &WordPiece, token: &str) -> Option<u32> {
 pub struct TokenizedRow {
     pub input_ids: Vec<i64>,
     pub token_type_ids: Vec<i64>,
-}
-
-impl TextTokenizer {
-    /// Tokenizes every input (truncated to `max_len`), without padding.
-    pub fn encode_rows<'s, E>(&self, inputs: Vec<E>, max_len: usize) -> Result<Vec<TokenizedRow>>
-    where
-        E: Into<EncodeInput<'s>> + Send,
-    {
-        let batch = self.encode_batch(inputs, max_len, 0)?;
-        Ok((0..batch.batch)
-            .map(|i| {
-                let row = i * batch.seq..(i + 1) * batch.seq;
-                let len = batch.attention_mask[row.clone()]
-                    .iter()
-                    .filter(|&&m| m == 1)
-                    .count();
-                TokenizedRow {
-                    input_ids: batch.input_ids[row.start..row.start + len].to_vec(),
-                    token_type_ids: batch.token_type_ids[row.start..row.start + len].to_vec(),
-                }
-            })
-            .collect())
-    }
 }
 
 /// Checks that every token id fits the model's embedding table (a tokenizer from another
