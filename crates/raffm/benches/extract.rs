@@ -7,9 +7,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use raffm::cost::{CostModel, TrainingShape};
-use raffm::extract::{extract_for_client, write_client, ClientRequest, Strategy};
+use raffm::extract::{write_client, ClientRequest, Strategy};
 use raffm::io::StagingDir;
-use raffm::search::{Budget, Policy, SearchSpace};
+use raffm::rng::SplitMix64;
+use raffm::search::{choose, Budget, Policy, SearchSpace};
 use raffm::{BertConfig, Checkpoint};
 use rayon::prelude::*;
 
@@ -26,6 +27,30 @@ fn peak_rss_mib() -> f64 {
     raffm::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
 }
 
+/// A client whose budget is `fraction` of the global model's parameters.
+fn request<'a>(
+    client: &'a str,
+    fraction: f64,
+    global: &Checkpoint,
+    space: &'a SearchSpace,
+    cost_model: &'a CostModel,
+) -> ClientRequest<'a> {
+    let max_parameters = Some((global.parameter_count() as f64 * fraction) as u64);
+    ClientRequest {
+        client,
+        budget: Budget {
+            max_parameters,
+            max_train_memory_bytes: None,
+        },
+        round: 0,
+        seed: 0,
+        strategy: Strategy::Salient,
+        policy: Policy::Largest,
+        space,
+        cost_model,
+    }
+}
+
 fn main() {
     let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
     let global_dir = dir.path().join("global");
@@ -36,32 +61,26 @@ fn main() {
         .unwrap();
     let fractions = [0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0];
 
-    // The floor: read the global weights, write as many bytes as the sub-models hold.
+    // The floor: read the global weights, write as many bytes as the sub-models will hold
+    // (the cost model's exact count, so nothing is extracted twice).
     let out_bytes: Vec<u64> = {
         let global = Checkpoint::load(&global_dir).unwrap();
         let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
         let space = SearchSpace::default();
         fractions
             .iter()
-            .map(|f| {
-                let budget = Budget {
-                    max_parameters: Some((global.parameter_count() as f64 * f) as u64),
-                    max_train_memory_bytes: None,
-                };
-                let request = ClientRequest {
-                    client: "x",
-                    budget,
-                    round: 0,
-                    seed: 0,
-                    strategy: Strategy::Salient,
-                    policy: Policy::Largest,
-                    space: &space,
-                    cost_model: &cost_model,
-                };
-                extract_for_client(&global, &request)
-                    .unwrap()
-                    .checkpoint
-                    .bytes_on_wire()
+            .map(|&f| {
+                let r = request("x", f, &global, &space, &cost_model);
+                choose(
+                    &cost_model,
+                    &space,
+                    &r.budget,
+                    r.policy,
+                    &mut SplitMix64::new(0),
+                )
+                .unwrap()
+                .cost
+                .bytes_on_wire
             })
             .collect()
     };
@@ -82,25 +101,12 @@ fn main() {
     let global = Checkpoint::load(&global_dir).unwrap();
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
     let space = SearchSpace::default();
-    fractions.par_iter().enumerate().for_each(|(i, f)| {
-        let budget = Budget {
-            max_parameters: Some((global.parameter_count() as f64 * f) as u64),
-            max_train_memory_bytes: None,
-        };
+    fractions.par_iter().enumerate().for_each(|(i, &f)| {
         let client = format!("c{i:03}");
-        let request = ClientRequest {
-            client: &client,
-            budget,
-            round: 0,
-            seed: 0,
-            strategy: Strategy::Salient,
-            policy: Policy::Largest,
-            space: &space,
-            cost_model: &cost_model,
-        };
+        let r = request(&client, f, &global, &space, &cost_model);
         write_client(
             &global,
-            &request,
+            &r,
             &dir.path().join("clients").join(&client),
             serde_json::json!({}),
         )

@@ -95,14 +95,12 @@ fn measure(config: &str, mode: &str) {
             ..Default::default()
         };
         let mut first_step_done = None;
-        let start = Instant::now();
-        train::<Autodiff<CpuBackend>>(&checkpoint, &data, &options, &device, |step, _, _| {
-            if step == 0 {
+        train::<Autodiff<CpuBackend>>(&checkpoint, &data, &options, &device, |step| {
+            if step.index == 0 {
                 first_step_done = Some(Instant::now()); // the first step warms up
             }
         })
         .unwrap();
-        let _ = start;
         let seconds = first_step_done.unwrap().elapsed().as_secs_f64();
         (
             format!("train    batch {batch} x seq {SEQ}"),

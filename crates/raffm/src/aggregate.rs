@@ -43,7 +43,6 @@ impl std::str::FromStr for Weighting {
 #[derive(Debug, Clone)]
 pub struct ClientUpdate {
     pub client: String,
-    pub dir: PathBuf,
     pub checkpoint: Checkpoint,
     pub index_map: IndexMap,
     /// sha256 of the global weights the sub-model was extracted from.
@@ -93,7 +92,6 @@ impl ClientUpdate {
         };
         Ok(Self {
             client,
-            dir: dir.to_path_buf(),
             global_sha256: detail("global_sha256")
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
@@ -460,7 +458,6 @@ mod tests {
         }
         ClientUpdate {
             client: format!("c{seed}"),
-            dir: PathBuf::new(),
             checkpoint: trained,
             index_map: map,
             global_sha256: global.weights_sha256().map(str::to_string),

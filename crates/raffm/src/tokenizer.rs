@@ -130,6 +130,10 @@ impl TextTokenizer {
     where
         E: Into<EncodeInput<'s>> + Send,
     {
+        // Room for [CLS] and [SEP] at least; shorter makes empty rows.
+        if max_len < 2 {
+            return Err(Error::Invalid(format!("a maximum sequence length of {max_len} leaves no room for the special tokens (need at least 2)")));
+        }
         // The file's own truncation and padding settings would fight ours.
         let mut tokenizer = self.inner.clone();
         tokenizer
@@ -226,5 +230,19 @@ mod tests {
             e.contains("token id 7") && e.contains("vocabulary of 7"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_sequence_length_below_two_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = crate::fixtures::tiny_text_model(dir.path());
+        let tokenizer = TextTokenizer::from_dir(&model).unwrap();
+        let rows = tokenizer.encode_rows(vec!["the film was good"], 2).unwrap();
+        assert_eq!(rows[0].input_ids.len(), 2);
+        let e = tokenizer
+            .encode_rows(vec!["the film"], 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maximum sequence length of 1"), "{e}");
     }
 }

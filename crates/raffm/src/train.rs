@@ -78,6 +78,16 @@ pub struct TrainReport {
     pub examples_per_second: f64,
 }
 
+/// What `train` reports after every optimizer step.
+#[derive(Debug, Clone, Copy)]
+pub struct Step {
+    /// 0-based index of the step just taken.
+    pub index: usize,
+    pub total: usize,
+    pub loss: f32,
+    pub examples_seen: usize,
+}
+
 /// Learning rate at `step` (0-based) of `total`: linear warmup, then linear decay to 0.
 pub fn learning_rate_at(options: &TrainOptions, step: usize, total: usize) -> f64 {
     let warmup = (options.warmup_ratio * total as f64).round() as usize;
@@ -146,13 +156,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
 }
 
 /// Fine-tunes `checkpoint` (which must have a classification head) on `data`; `on_step`
-/// sees every step's index and loss. Returns the trained checkpoint.
+/// sees every step. Returns the trained checkpoint.
 pub fn train<B: AutodiffBackend>(
     checkpoint: &Checkpoint,
     data: &TrainData,
     options: &TrainOptions,
     device: &B::Device,
-    mut on_step: impl FnMut(usize, usize, f32),
+    mut on_step: impl FnMut(Step),
 ) -> Result<(Checkpoint, TrainReport)> {
     let n = data.rows.len();
     if n == 0 {
@@ -258,7 +268,12 @@ pub fn train<B: AutodiffBackend>(
             model = optimizer.step(learning_rate_at(options, step, total), model, grads);
             losses.push(loss_value);
             seen += chunk.len();
-            on_step(step, total, loss_value);
+            on_step(Step {
+                index: step,
+                total,
+                loss: loss_value,
+                examples_seen: seen,
+            });
         }
     }
     let wall_seconds = clock.elapsed().as_secs_f64();
@@ -320,7 +335,7 @@ mod tests {
             pad_id: 0,
             regression: false,
         };
-        train::<B>(ckpt, &data, options, &Default::default(), |_, _, _| {}).unwrap()
+        train::<B>(ckpt, &data, options, &Default::default(), |_| {}).unwrap()
     }
 
     fn options() -> TrainOptions {
@@ -431,8 +446,7 @@ mod tests {
             pad_id: 0,
             regression: false,
         };
-        let e =
-            train::<B>(&ckpt, &data, &options(), &Default::default(), |_, _, _| {}).unwrap_err();
+        let e = train::<B>(&ckpt, &data, &options(), &Default::default(), |_| {}).unwrap_err();
         assert!(
             e.to_string().contains("example 3: label 2 is out of range"),
             "{e}"
