@@ -6,14 +6,20 @@
 //! is plain FedAvg and assigns the mean itself. Sums are kept in f64, so identical
 //! updates average back to exactly themselves.
 
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{decode_f32, map_file, Checkpoint, CONFIG_FILE, WEIGHTS_FILE};
+use crate::config::{BertConfig, Family};
 use crate::error::{Error, Result};
-use crate::extract::{IndexMap, TensorIndex};
+use crate::extract::{IndexMap, Indices, TensorIndex};
+use crate::io::FileRecord;
+use crate::layout;
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::tensor::HostTensor;
 
@@ -39,26 +45,144 @@ impl std::str::FromStr for Weighting {
     }
 }
 
+/// A client's trained tensors by canonical name. Little-endian F32 data, which is what
+/// our stages write, is used in place from the mapped file: aggregation reads each update
+/// once, straight from the page cache. Other dtypes are decoded.
+pub struct UpdateWeights {
+    map: Option<memmap2::Mmap>,
+    tensors: BTreeMap<String, UpdateTensor>,
+}
+
+struct UpdateTensor {
+    shape: Vec<usize>,
+    data: UpdateData,
+}
+
+enum UpdateData {
+    /// Byte range in the mapped file, 4-byte aligned.
+    Mapped(Range<usize>),
+    Owned(Vec<f32>),
+}
+
+impl UpdateWeights {
+    /// Reads the safetensors file `path` of a checkpoint of `family`.
+    pub fn read(path: &Path, family: Family) -> Result<Self> {
+        let map = map_file(path)?;
+        let mut tensors = BTreeMap::new();
+        {
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                Error::format(
+                    path,
+                    format!("not a valid safetensors file ({e}); is it truncated?"),
+                )
+            })?;
+            let base = map.as_ptr() as usize;
+            for (hf_name, view) in st.tensors() {
+                let Some((canonical, _)) = layout::to_canonical(family, &hf_name) else {
+                    continue;
+                };
+                let raw = view.data();
+                let in_place = view.dtype() == Dtype::F32
+                    && cfg!(target_endian = "little")
+                    && bytemuck::try_cast_slice::<u8, f32>(raw).is_ok();
+                let data = if in_place {
+                    let start = raw.as_ptr() as usize - base;
+                    UpdateData::Mapped(start..start + raw.len())
+                } else {
+                    UpdateData::Owned(decode_f32(path, &hf_name, &view)?)
+                };
+                let tensor = UpdateTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                };
+                if tensors.insert(canonical.clone(), tensor).is_some() {
+                    return Err(Error::format(
+                        path,
+                        format!("two tensors map to `{canonical}` (the second is `{hf_name}`)"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            map: Some(map),
+            tensors,
+        })
+    }
+
+    /// The tensors of an in-memory checkpoint (tests, library users).
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Self {
+        let tensors = checkpoint
+            .tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let tensor = UpdateTensor {
+                    shape: t.shape,
+                    data: UpdateData::Owned(t.data),
+                };
+                (name, tensor)
+            })
+            .collect();
+        Self { map: None, tensors }
+    }
+
+    /// Shape and values of tensor `name`.
+    pub fn get(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        let t = self.tensors.get(name)?;
+        let data = match &t.data {
+            UpdateData::Owned(v) => v.as_slice(),
+            UpdateData::Mapped(range) => {
+                let map = self.map.as_ref().expect("mapped data has a map");
+                bytemuck::cast_slice(&map[range.clone()])
+            }
+        };
+        Some((&t.shape, data))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn parameter_count(&self) -> u64 {
+        self.tensors
+            .values()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+}
+
 /// A trained client model with what is needed to place it.
-#[derive(Debug, Clone)]
 pub struct ClientUpdate {
     pub client: String,
-    pub checkpoint: Checkpoint,
+    pub weights: UpdateWeights,
     pub index_map: IndexMap,
     /// sha256 of the global weights the sub-model was extracted from.
     pub global_sha256: Option<String>,
     pub num_examples: u64,
+    /// The update's files with the hashes its producer recorded.
+    pub files: Vec<FileRecord>,
 }
 
 impl ClientUpdate {
     /// Reads a client's trained folder (checkpoint + local-train manifest). An update
     /// without an index map is a full model (every index).
     pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::format(dir, "no such checkpoint folder"));
+        }
+        let config_path = dir.join(CONFIG_FILE);
+        let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config_json = serde_json::from_slice(&config_bytes)
+            .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
+        let config = BertConfig::from_json(config_json, &config_path)?;
         // Not re-hashed: the producing stage's manifest records the hashes of its outputs.
-        let mut checkpoint = Checkpoint::load_with(dir, false)?;
+        let weights = UpdateWeights::read(&dir.join(WEIGHTS_FILE), config.family)?;
         let manifest_path = dir.join(MANIFEST_FILE);
         let manifest = Manifest::load(&manifest_path)?;
-        checkpoint.files = manifest
+        let files = manifest
             .outputs
             .iter()
             .filter(|f| !f.path.ends_with(MANIFEST_FILE))
@@ -76,19 +200,7 @@ impl ClientUpdate {
         let index_map = match detail("index_map") {
             Some(v) => serde_json::from_value(v.clone())
                 .map_err(|e| Error::format(&manifest_path, format!("invalid index_map: {e}")))?,
-            None => checkpoint
-                .tensors
-                .keys()
-                .map(|k| {
-                    (
-                        k.clone(),
-                        TensorIndex {
-                            rows: None,
-                            cols: None,
-                        },
-                    )
-                })
-                .collect(),
+            None => full_index_map(&weights),
         };
         Ok(Self {
             client,
@@ -96,8 +208,9 @@ impl ClientUpdate {
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
             num_examples: detail("num_examples").and_then(|v| v.as_u64()).unwrap_or(0),
-            checkpoint,
+            weights,
             index_map,
+            files,
         })
     }
 
@@ -115,11 +228,11 @@ impl ClientUpdate {
             (None, Some(_)) => return Err("its manifest does not say which global model it came from".into()),
             _ => {}
         }
-        if self.index_map.len() != self.checkpoint.tensors.len() {
+        if self.index_map.len() != self.weights.len() {
             return Err(format!(
                 "index map has {} tensors, the checkpoint {}",
                 self.index_map.len(),
-                self.checkpoint.tensors.len()
+                self.weights.len()
             ));
         }
         for (name, index) in &self.index_map {
@@ -127,38 +240,57 @@ impl ClientUpdate {
                 .tensors
                 .get(name)
                 .ok_or_else(|| format!("tensor `{name}` is not in the global model"))?;
-            let t = self
-                .checkpoint
-                .tensors
+            let (shape, data) = self
+                .weights
                 .get(name)
                 .ok_or_else(|| format!("index map names `{name}`, which the update lacks"))?;
             let want = index.sub_shape(&g.shape);
-            if t.shape != want {
+            if shape != want {
                 return Err(format!(
-                    "tensor `{name}` has shape {:?} but its index map places {:?} into {:?}",
-                    t.shape, want, g.shape
-                ));
-            }
-            let bounds = |idx: &Option<crate::extract::Indices>, n: usize| {
-                idx.as_ref().is_none_or(|i| i.0.iter().all(|&k| k < n))
-            };
-            if !bounds(&index.rows, g.shape[0])
-                || !bounds(&index.cols, *g.shape.get(1).unwrap_or(&1))
-            {
-                return Err(format!(
-                    "index map of `{name}` points outside the global tensor {:?}",
+                    "tensor `{name}` has shape {shape:?} but its index map places {want:?} into {:?}",
                     g.shape
                 ));
             }
-            if let Some(i) = first_non_finite(&t.data) {
+            // Each global element once at most: a repeated index would count a client twice.
+            let distinct_in = |idx: &Option<Indices>, n: usize| {
+                idx.as_ref().is_none_or(|i| {
+                    let mut seen = vec![false; n];
+                    i.0.iter()
+                        .all(|&k| k < n && !std::mem::replace(&mut seen[k], true))
+                })
+            };
+            if !distinct_in(&index.rows, g.shape[0])
+                || !distinct_in(&index.cols, *g.shape.get(1).unwrap_or(&1))
+            {
+                return Err(format!(
+                    "index map of `{name}` repeats an index or points outside the global tensor {:?}",
+                    g.shape
+                ));
+            }
+            if let Some(i) = first_non_finite(data) {
                 return Err(format!(
                     "tensor `{name}` has a non-finite value ({}) at element {i}",
-                    t.data[i]
+                    data[i]
                 ));
             }
         }
         Ok(())
     }
+}
+
+/// Every tensor whole: the index map of a full-model update.
+fn full_index_map(weights: &UpdateWeights) -> IndexMap {
+    weights
+        .tensors
+        .keys()
+        .map(|k| {
+            let all = TensorIndex {
+                rows: None,
+                cols: None,
+            };
+            (k.clone(), all)
+        })
+        .collect()
 }
 
 /// Index of the first NaN or infinity. Scans in branch-free chunks (which vectorize) and
@@ -188,36 +320,142 @@ pub struct Coverage {
 /// Running weighted sums of client values over the global model, one update at a time:
 /// memory stays at the global model plus the sums, however many clients there are.
 pub struct Accumulator {
-    /// Per global tensor: weighted sums (f64, so means are exact) and weights.
-    sums: Vec<(String, Vec<f64>, Vec<f32>)>,
+    tensors: Vec<TensorSums>,
+}
+
+/// The sums of one global tensor, seen as rows (a 1-D tensor has rows of one element).
+///
+/// An element's total weight is the sum of the weights of the clients that hold it. A
+/// client holds a set of rows and, in each, the same columns, so the total weight of a
+/// row depends only on which clients hold some of that row. Rows keep an id of that set
+/// and the weights are worked out once per distinct set at the end, instead of being
+/// summed element by element with every update.
+struct TensorSums {
+    name: String,
+    row_len: usize,
+    /// Weighted sums of client values; f64, so identical updates average to themselves.
+    sums: Vec<f64>,
+    /// Per row, an id into `sets`.
+    row_set: Vec<u32>,
+    /// Sets of holders (positions in `holders`), in the order they arose; 0 is empty.
+    sets: Vec<Vec<u32>>,
+    /// (set, holder) -> the set with that holder added.
+    grown: HashMap<(u32, u32), u32>,
+    /// The clients that hold part of this tensor: weight and columns (`None`: all).
+    holders: Vec<(f64, Option<Indices>)>,
+}
+
+impl TensorSums {
+    fn new(name: &str, t: &HostTensor) -> Self {
+        let rows = t.shape.first().copied().unwrap_or(1);
+        Self {
+            name: name.to_string(),
+            row_len: t.numel() / rows.max(1),
+            sums: vec![0.0; t.numel()],
+            row_set: vec![0; rows],
+            sets: vec![Vec::new()],
+            grown: HashMap::new(),
+            holders: Vec::new(),
+        }
+    }
+
+    /// Adds a client's sub-tensor `sub`, placed by `index`, with weight `w`.
+    fn add(&mut self, sub: &[f32], index: &TensorIndex, w: f64) {
+        let holder = self.holders.len() as u32;
+        self.holders.push((w, index.cols.clone()));
+        let sub_row_len = index.cols.as_ref().map_or(self.row_len, |c| c.0.len());
+        let rows = index.rows.as_ref().map(|r| r.0.as_slice());
+        let row_count = rows.map_or(self.row_set.len(), <[usize]>::len);
+        for i in 0..row_count {
+            let r = rows.map_or(i, |rows| rows[i]);
+            let src = &sub[i * sub_row_len..(i + 1) * sub_row_len];
+            let sum = &mut self.sums[r * self.row_len..(r + 1) * self.row_len];
+            match &index.cols {
+                None => sum
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(s, &v)| *s += w * v as f64),
+                Some(cols) => {
+                    for (&c, &v) in cols.0.iter().zip(src) {
+                        sum[c] += w * v as f64;
+                    }
+                }
+            }
+            let set = self.row_set[r];
+            self.row_set[r] = match self.grown.get(&(set, holder)) {
+                Some(&grown) => grown,
+                None => {
+                    let mut members = self.sets[set as usize].clone();
+                    members.push(holder);
+                    let grown = self.sets.len() as u32;
+                    self.sets.push(members);
+                    self.grown.insert((set, holder), grown);
+                    grown
+                }
+            };
+        }
+    }
+
+    /// The new values: the weighted mean where a client contributed, `old` elsewhere.
+    fn finish(self, old: &HostTensor, server_lr: f64) -> (HostTensor, u64) {
+        let mut weights_of_set: Vec<Option<Vec<f64>>> = vec![None; self.sets.len()];
+        let mut data = old.data.clone();
+        let mut updated = 0u64;
+        for (r, &set) in self.row_set.iter().enumerate() {
+            if set == 0 {
+                continue;
+            }
+            let weights = weights_of_set[set as usize].get_or_insert_with(|| {
+                let mut weights = vec![0.0; self.row_len];
+                for &h in &self.sets[set as usize] {
+                    let (w, cols) = &self.holders[h as usize];
+                    match cols {
+                        None => weights.iter_mut().for_each(|x| *x += w),
+                        Some(cols) => cols.0.iter().for_each(|&c| weights[c] += w),
+                    }
+                }
+                weights
+            });
+            let span = r * self.row_len..(r + 1) * self.row_len;
+            for ((value, s), &w) in data[span.clone()]
+                .iter_mut()
+                .zip(&self.sums[span])
+                .zip(weights.iter())
+            {
+                if w > 0.0 {
+                    let mean = s / w;
+                    *value = if server_lr == 1.0 {
+                        mean as f32
+                    } else {
+                        (*value as f64 + server_lr * (mean - *value as f64)) as f32
+                    };
+                    updated += 1;
+                }
+            }
+        }
+        (HostTensor::new(old.shape.clone(), data), updated)
+    }
 }
 
 impl Accumulator {
     pub fn new(global: &Checkpoint) -> Self {
-        let sums = global
+        let tensors = global
             .tensors
-            .iter()
-            .map(|(n, t)| (n.clone(), vec![0f64; t.numel()], vec![0f32; t.numel()]))
+            .par_iter()
+            .map(|(name, t)| TensorSums::new(name, t))
             .collect();
-        Self { sums }
+        Self { tensors }
     }
 
     /// Adds a checked update with weight `w` (tensors in parallel). A client contributes to
     /// the tensors it holds; a partial update leaves the others alone.
-    pub fn add(&mut self, global: &Checkpoint, update: &ClientUpdate, w: f64) {
-        self.sums.par_iter_mut().for_each(|(name, sum, weight)| {
-            if let (Some(sub), Some(index)) = (
-                update.checkpoint.tensors.get(name.as_str()),
-                update.index_map.get(name.as_str()),
+    pub fn add(&mut self, update: &ClientUpdate, w: f64) {
+        self.tensors.par_iter_mut().for_each(|sums| {
+            if let (Some((_, sub)), Some(index)) = (
+                update.weights.get(&sums.name),
+                update.index_map.get(&sums.name),
             ) {
-                scatter_add(
-                    &global.tensors[name.as_str()].shape,
-                    sub,
-                    index,
-                    w,
-                    sum,
-                    weight,
-                );
+                sums.add(sub, index, w);
             }
         });
     }
@@ -226,29 +464,22 @@ impl Accumulator {
     /// elsewhere (bit for bit).
     pub fn finish(self, global: &Checkpoint, server_lr: f64) -> (Checkpoint, Coverage) {
         let results: Vec<(String, HostTensor, u64)> = self
-            .sums
+            .tensors
             .into_par_iter()
-            .map(|(name, sum, weight)| {
-                let old = &global.tensors[&name];
-                let mut data = old.data.clone();
-                let mut updated = 0;
-                for ((value, s), w) in data.iter_mut().zip(&sum).zip(&weight) {
-                    if *w > 0.0 {
-                        let mean = s / *w as f64;
-                        *value = if server_lr == 1.0 {
-                            mean as f32
-                        } else {
-                            (*value as f64 + server_lr * (mean - *value as f64)) as f32
-                        };
-                        updated += 1;
-                    }
-                }
-                let shape = old.shape.clone();
-                (name, HostTensor::new(shape, data), updated)
+            .map(|sums| {
+                let name = sums.name.clone();
+                let (tensor, updated) = sums.finish(&global.tensors[&name], server_lr);
+                (name, tensor, updated)
             })
             .collect();
-        let mut out = global.clone();
-        out.files.clear();
+        let mut out = Checkpoint {
+            config: global.config.clone(),
+            tensors: BTreeMap::new(),
+            prefixed: global.prefixed,
+            source: global.source.clone(),
+            files: Vec::new(),
+            ignored: global.ignored.clone(),
+        };
         let mut coverage = Coverage {
             updated_elements: 0,
             total_elements: 0,
@@ -355,13 +586,13 @@ pub fn aggregate_dirs(
                 Weighting::Examples => update.num_examples.max(1) as f64,
                 Weighting::Uniform => 1.0,
             };
-            accumulator.add(global, &update, weight);
-            inputs.extend(update.checkpoint.files.iter().cloned());
+            accumulator.add(&update, weight);
+            inputs.extend(update.files.iter().cloned());
             inputs.push(crate::io::sha256_file(&dir.join(MANIFEST_FILE))?);
             clients.push(Contribution {
                 client: update.client.clone(),
                 weight,
-                parameters: update.checkpoint.parameter_count(),
+                parameters: update.weights.parameter_count(),
             });
         }
         Ok(())
@@ -387,48 +618,9 @@ pub fn aggregate(
 ) -> (Checkpoint, Coverage) {
     let mut acc = Accumulator::new(global);
     for (u, w) in updates {
-        acc.add(global, u, *w);
+        acc.add(u, *w);
     }
     acc.finish(global, server_lr)
-}
-
-/// Scatter-adds one client's sub-tensor, placed by its index, into the sums and weights.
-fn scatter_add(
-    global_shape: &[usize],
-    sub: &HostTensor,
-    index: &TensorIndex,
-    w: f64,
-    sum: &mut [f64],
-    weight: &mut [f32],
-) {
-    let row_len: usize = global_shape[1..].iter().product::<usize>().max(1);
-    let sub_row_len: usize = sub.shape[1..].iter().product::<usize>().max(1);
-    let rows: Vec<usize> = index
-        .rows
-        .as_ref()
-        .map_or_else(|| (0..global_shape[0]).collect(), |r| r.0.clone());
-    let wf = w as f32;
-    for (i, &r) in rows.iter().enumerate() {
-        let src = &sub.data[i * sub_row_len..(i + 1) * sub_row_len];
-        let (sum, weight) = (
-            &mut sum[r * row_len..(r + 1) * row_len],
-            &mut weight[r * row_len..(r + 1) * row_len],
-        );
-        match &index.cols {
-            None => {
-                for ((s, k), &v) in sum.iter_mut().zip(weight.iter_mut()).zip(src) {
-                    *s += w * v as f64;
-                    *k += wf;
-                }
-            }
-            Some(cols) => {
-                for (&c, &v) in cols.0.iter().zip(src) {
-                    sum[c] += w * v as f64;
-                    weight[c] += wf;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -436,7 +628,7 @@ mod tests {
     use super::*;
     use crate::checkpoint::tiny_config;
     use crate::config::Family;
-    use crate::extract::{extract, index_map, select, Indices, Strategy};
+    use crate::extract::{extract, index_map, select, Strategy};
 
     fn global() -> Checkpoint {
         let mut g = Checkpoint::random(&tiny_config(Family::Bert, 2, 16, 4, 24), 1, true, true);
@@ -449,23 +641,39 @@ mod tests {
         g
     }
 
-    fn update(global: &Checkpoint, sub: Checkpoint, map: IndexMap, seed: u64) -> ClientUpdate {
-        // A "trained" sub-model: its own random values in the selected places.
+    /// A "trained" sub-model: its own random values in the selected places, then `edit`.
+    fn update_with(
+        global: &Checkpoint,
+        sub: Checkpoint,
+        map: IndexMap,
+        seed: u64,
+        edit: impl FnOnce(&mut Checkpoint),
+    ) -> ClientUpdate {
         let noise = Checkpoint::random(&sub.config, seed, true, true);
         let mut trained = sub;
         for (name, t) in trained.tensors.iter_mut() {
             t.data.clone_from(&noise.tensors[name].data);
         }
+        edit(&mut trained);
         ClientUpdate {
             client: format!("c{seed}"),
-            checkpoint: trained,
+            weights: UpdateWeights::from_checkpoint(trained),
             index_map: map,
             global_sha256: global.weights_sha256().map(str::to_string),
             num_examples: 10,
+            files: Vec::new(),
         }
     }
 
-    fn full_update(global: &Checkpoint, seed: u64) -> ClientUpdate {
+    fn update(global: &Checkpoint, sub: Checkpoint, map: IndexMap, seed: u64) -> ClientUpdate {
+        update_with(global, sub, map, seed, |_| {})
+    }
+
+    fn full_update_with(
+        global: &Checkpoint,
+        seed: u64,
+        edit: impl FnOnce(&mut Checkpoint),
+    ) -> ClientUpdate {
         let map = index_map(
             global,
             &select(
@@ -477,7 +685,15 @@ mod tests {
                 "x",
             ),
         );
-        update(global, global.clone(), map, seed)
+        update_with(global, global.clone(), map, seed, edit)
+    }
+
+    fn full_update(global: &Checkpoint, seed: u64) -> ClientUpdate {
+        full_update_with(global, seed, |_| {})
+    }
+
+    fn values<'a>(u: &'a ClientUpdate, name: &str) -> &'a [f32] {
+        u.weights.get(name).unwrap().1
     }
 
     #[test]
@@ -485,8 +701,12 @@ mod tests {
         let g = global();
         let u = full_update(&g, 5);
         let (out, coverage) = aggregate(&g, &[(&u, 3.0), (&u, 7.0), (&u, 1.0)], 1.0);
-        for (name, t) in &u.checkpoint.tensors {
-            assert!(t.bit_eq(&out.tensors[name]), "{name}");
+        for (name, t) in &out.tensors {
+            assert_eq!(
+                bytemuck::cast_slice::<f32, u32>(values(&u, name)),
+                bytemuck::cast_slice::<f32, u32>(&t.data),
+                "{name}"
+            );
         }
         assert_eq!(coverage.updated_elements, coverage.total_elements);
     }
@@ -512,22 +732,9 @@ mod tests {
         };
         let (a_sub, a_map) = half(0..12);
         let (b_sub, b_map) = half(12..24);
-        let mut a = update(&g, a_sub, a_map, 0);
-        let mut b = update(&g, b_sub, b_map, 0);
-        a.checkpoint
-            .tensors
-            .get_mut(name)
-            .unwrap()
-            .data
-            .iter_mut()
-            .for_each(|v| *v = 1.0);
-        b.checkpoint
-            .tensors
-            .get_mut(name)
-            .unwrap()
-            .data
-            .iter_mut()
-            .for_each(|v| *v = 2.0);
+        let fill = |value: f32| move |c: &mut Checkpoint| c.tensor_mut(name).data.fill(value);
+        let a = update_with(&g, a_sub, a_map, 0, fill(1.0));
+        let b = update_with(&g, b_sub, b_map, 0, fill(2.0));
         let (out, coverage) = aggregate(&g, &[(&a, 1.0), (&b, 5.0)], 1.0);
         let t = &out.tensors[name];
         assert!(
@@ -563,41 +770,29 @@ mod tests {
         let (wa, wb) = (30.0, 10.0);
         let (out, _) = aggregate(&g, &[(&a, wa), (&b, wb)], 1.0);
         let name = "encoder.layer.1.intermediate.dense.weight"; // [24, 16], a holds rows 0..10
-        let (ta, tb, to) = (
-            &a.checkpoint.tensors[name],
-            &b.checkpoint.tensors[name],
-            &out.tensors[name],
-        );
+        let (ta, tb, to) = (values(&a, name), values(&b, name), &out.tensors[name].data);
         for r in 0..24 {
             for c in 0..16 {
                 let want = if r < 10 {
-                    ((wa * ta.data[r * 16 + c] as f64 + wb * tb.data[r * 16 + c] as f64)
-                        / (wa + wb)) as f32
+                    ((wa * ta[r * 16 + c] as f64 + wb * tb[r * 16 + c] as f64) / (wa + wb)) as f32
                 } else {
-                    tb.data[r * 16 + c]
+                    tb[r * 16 + c]
                 };
-                assert_eq!(to.data[r * 16 + c], want, "({r}, {c})");
+                assert_eq!(to[r * 16 + c], want, "({r}, {c})");
             }
         }
         // Output projection: a holds columns of kept heads/channels only.
         let o = "encoder.layer.1.attention.output.dense.weight"; // [16, 16]
         let cols = &a.index_map[o].cols.as_ref().unwrap().0;
-        let (ta, tb, to) = (
-            &a.checkpoint.tensors[o],
-            &b.checkpoint.tensors[o],
-            &out.tensors[o],
-        );
+        let (ta, tb, to) = (values(&a, o), values(&b, o), &out.tensors[o].data);
         for (j, &c) in cols.iter().enumerate() {
-            let want = ((wa * ta.data[3 * cols.len() + j] as f64 + wb * tb.data[3 * 16 + c] as f64)
+            let want = ((wa * ta[3 * cols.len() + j] as f64 + wb * tb[3 * 16 + c] as f64)
                 / (wa + wb)) as f32;
-            assert_eq!(to.data[3 * 16 + c], want);
+            assert_eq!(to[3 * 16 + c], want);
         }
         // Server learning rate: halfway from the old value to the mean.
         let (half, _) = aggregate(&g, &[(&b, 1.0)], 0.5);
-        let (old, new) = (
-            g.tensors[name].data[0] as f64,
-            b.checkpoint.tensors[name].data[0] as f64,
-        );
+        let (old, new) = (g.tensors[name].data[0] as f64, values(&b, name)[0] as f64);
         let v = (old + 0.5 * (new - old)) as f32;
         assert_eq!(half.tensors[name].data[0], v);
     }
@@ -608,27 +803,31 @@ mod tests {
         let mut other_round = full_update(&g, 1);
         other_round.global_sha256 = Some("ab".repeat(32));
         assert!(other_round.check(&g).unwrap_err().contains("another round"));
-        let mut nan = full_update(&g, 2);
-        nan.checkpoint
-            .tensors
-            .get_mut("pooler.dense.bias")
-            .unwrap()
-            .data[3] = f32::NAN;
+        let nan = full_update_with(&g, 2, |c| {
+            c.tensor_mut("pooler.dense.bias").data[3] = f32::NAN
+        });
         let e = nan.check(&g).unwrap_err();
         assert!(
             e.contains("pooler.dense.bias") && e.contains("non-finite") && e.contains("element 3"),
             "{e}"
         );
-        let mut shape = full_update(&g, 3);
-        let t = shape
-            .checkpoint
-            .tensors
-            .get_mut("classifier.weight")
-            .unwrap();
-        *t = HostTensor::zeros(vec![3, 16]);
+        let shape = full_update_with(&g, 3, |c| {
+            *c.tensor_mut("classifier.weight") = HostTensor::zeros(vec![3, 16]);
+        });
         let e = shape.check(&g).unwrap_err();
         assert!(
             e.contains("classifier.weight") && e.contains("[3, 16]"),
+            "{e}"
+        );
+        let mut repeated = full_update(&g, 5);
+        repeated
+            .index_map
+            .get_mut("pooler.dense.bias")
+            .unwrap()
+            .rows = Some(Indices((0..16).map(|i| i / 2).collect()));
+        let e = repeated.check(&g).unwrap_err();
+        assert!(
+            e.contains("pooler.dense.bias") && e.contains("repeats"),
             "{e}"
         );
         assert!(full_update(&g, 4).check(&g).is_ok());

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::json;
 
@@ -182,9 +183,20 @@ impl Checkpoint {
                 "missing; the folder has only pytorch_model.bin (convert it to safetensors first)",
             ));
         }
-        let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let files = if hash {
-            vec![
+        let bytes = map_file(&weights_path)?;
+        // Hashing (one core) runs beside decoding (the other): together they take as long
+        // as the slower of the two instead of their sum.
+        let (weights_sha256, decoded) = std::thread::scope(|scope| {
+            let hasher = hash.then(|| scope.spawn(|| sha256_bytes(&bytes)));
+            let decoded = read_safetensors(&weights_path, &bytes, config.family);
+            (
+                hasher.map(|h| h.join().expect("hashing does not panic")),
+                decoded,
+            )
+        });
+        let (tensors, prefixed, ignored) = decoded?;
+        let files = match weights_sha256 {
+            Some(sha256) => vec![
                 FileRecord {
                     path: config_path.display().to_string(),
                     sha256: sha256_bytes(&config_bytes),
@@ -192,14 +204,12 @@ impl Checkpoint {
                 },
                 FileRecord {
                     path: weights_path.display().to_string(),
-                    sha256: sha256_bytes(&bytes),
+                    sha256,
                     bytes: bytes.len() as u64,
                 },
-            ]
-        } else {
-            Vec::new()
+            ],
+            None => Vec::new(),
         };
-        let (tensors, prefixed, ignored) = read_safetensors(&weights_path, &bytes, config.family)?;
         let checkpoint = Checkpoint {
             config,
             tensors,
@@ -358,29 +368,7 @@ fn read_safetensors(path: &Path, bytes: &[u8], family: Family) -> Result<ReadTen
             continue;
         };
         prefixed |= has_prefix;
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 if cfg!(target_endian = "little") => bytemuck::pod_collect_to_vec(&raw),
-            Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            other => {
-                return Err(Error::format(
-                    path,
-                    format!("tensor `{hf_name}` has dtype {other:?}; model weights must be F32, F16, BF16 or F64"),
-                ))
-            }
-        };
+        let data = decode_f32(path, &hf_name, &view)?;
         let tensor = HostTensor::new(view.shape().to_vec(), data);
         if tensors.insert(canonical.clone(), tensor).is_some() {
             return Err(Error::format(
@@ -391,6 +379,44 @@ fn read_safetensors(path: &Path, bytes: &[u8], family: Family) -> Result<ReadTen
     }
     ignored.sort();
     Ok((tensors, prefixed, ignored))
+}
+
+/// A tensor's values as f32, widened from F16, BF16 or F64 where needed.
+pub(crate) fn decode_f32(path: &Path, hf_name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
+    let raw = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 if cfg!(target_endian = "little") => bytemuck::pod_collect_to_vec(&raw),
+        Dtype::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => raw
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => {
+            return Err(Error::format(
+                path,
+                format!("tensor `{hf_name}` has dtype {other:?}; model weights must be F32, F16, BF16 or F64"),
+            ))
+        }
+    })
+}
+
+/// Maps a file read-only. Reading a checkpoint through the page cache this way saves a
+/// copy of every byte and the page faults of a fresh buffer.
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the mapping is only read. Stages never modify a written file in place: they
+    // write a staging folder and rename it over the old one, which leaves a mapped old
+    // file intact until it is unmapped.
+    // Every byte is read, so the pages are mapped up front rather than one fault at a time.
+    unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| Error::io(path, e))
 }
 
 /// Streams a safetensors file: 8-byte header length, JSON header, then the F32 data of

@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -42,32 +43,42 @@ pub fn sha256_file(path: &Path) -> Result<FileRecord> {
     })
 }
 
-/// A writer that hashes what passes through it.
-pub struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
+/// Writes a file in chunks and hashes them on a second thread: hashing a large checkpoint
+/// costs about as much as writing it, so the two overlap.
+struct HashingWriter<'a> {
+    file: &'a File,
+    chunk: Vec<u8>,
+    to_hasher: mpsc::SyncSender<Vec<u8>>,
     bytes: u64,
 }
 
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
+impl HashingWriter<'_> {
+    const CHUNK: usize = 4 << 20;
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
         }
+        (&mut &*self.file).write_all(&self.chunk)?;
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(Self::CHUNK));
+        self.to_hasher
+            .send(chunk)
+            .map_err(|_| io::Error::other("the hashing thread stopped"))
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl Write for HashingWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        let n = buf.len().min(Self::CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
         self.bytes += n as u64;
+        if self.chunk.len() == Self::CHUNK {
+            self.send_chunk()?;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.send_chunk()
     }
 }
 
@@ -123,18 +134,34 @@ impl StagingDir {
     ) -> Result<FileRecord> {
         let path = self.staging.join(name);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file));
-        fill(&mut writer).map_err(|e| Error::io(&path, e))?;
-        writer.flush().map_err(|e| Error::io(&path, e))?;
+        let (filled, digest, bytes) = std::thread::scope(|scope| {
+            let (to_hasher, chunks) = mpsc::sync_channel::<Vec<u8>>(2);
+            let hasher = scope.spawn(move || {
+                let mut hasher = Sha256::new();
+                chunks.iter().for_each(|chunk| hasher.update(&chunk));
+                hasher.finalize()
+            });
+            let mut writer = HashingWriter {
+                file: &file,
+                chunk: Vec::with_capacity(HashingWriter::CHUNK),
+                to_hasher,
+                bytes: 0,
+            };
+            let filled = fill(&mut writer).and_then(|()| writer.flush());
+            let bytes = writer.bytes;
+            drop(writer); // ends the hasher's loop
+            (
+                filled,
+                hasher.join().expect("hashing does not panic"),
+                bytes,
+            )
+        });
+        filled.map_err(|e| Error::io(&path, e))?;
         let record = FileRecord {
             path: self.target.join(name).display().to_string(),
-            sha256: hex(&writer.hasher.finalize()),
-            bytes: writer.bytes,
+            sha256: hex(&digest),
+            bytes,
         };
-        let file = writer
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
         self.written.push(record.clone());
         Ok(record)
