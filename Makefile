@@ -1,7 +1,9 @@
 # raffm: Resource-aware Federated Foundation Models as a chain of file transformations.
 #
 #   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/)
-#   make report         validation accuracy and client sizes per round of PIPELINE
+#   make deploy N=5     deploy round 5's model to every client (largest that fits for inference)
+#   make ablation N=5   SPP ablation: sub-models of round 5's model with and without prioritization
+#   make report         Markdown report with charts of PIPELINES (default: PIPELINE)
 #   make prioritize     prioritize the pre-trained MiniLM (fetches assets, builds)
 #   make test           every test, on the real model (fetches what it needs)
 #   make bench          benchmarks: forward throughput, extraction vs the I/O floor
@@ -26,7 +28,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build assets test bench check-cuda prioritize fmt lint clean round round-one round-clients report FORCE
+.PHONY: help build assets test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report FORCE
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -101,7 +103,8 @@ PIPELINE_FILE ?= pipelines/$(PIPELINE).json
 RUN           := $(ARTIFACTS)/$(PIPELINE)
 N             ?= 1
 R             ?= 1
-BINS          := $(addprefix $(BIN)/raffm-,prioritize extract local-train aggregate budgets partition init-head evaluate sample-clients)
+BINS          := $(addprefix $(BIN)/raffm-,prioritize extract local-train aggregate budgets partition init-head evaluate sample-clients deploy-scale spp-ablation report)
+PIPELINES     ?= $(PIPELINE)
 
 # Pipeline settings, for every goal but the developer ones.
 NON_PIPELINE_GOALS := help build assets test bench check-cuda prioritize fmt lint clean
@@ -124,10 +127,12 @@ round: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
 	@for r in $$(seq 1 $(N)); do $(MAKE) --no-print-directory round-one R=$$r || exit 1; done
 	@$(MAKE) --no-print-directory report
 
-# Two steps, because the clients of a round are known only once they are drawn.
+# Two steps, because the clients of a round are known only once they are drawn. Then the
+# pipeline's metrics.jsonl is rewritten from the manifests (a line per finished round).
 round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json | $(BINS)
 	@$(MAKE) --no-print-directory $(RD)/participants.txt R=$(R)
 	@$(MAKE) --no-print-directory round-clients R=$(R)
+	@$(BIN)/raffm-report metrics $(RUN) --csv
 
 round-clients: $(RD)/global/manifest.json
 
@@ -161,8 +166,36 @@ $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
 $(RD)/global/manifest.json: $(TRAINED)
 	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) --weighting $(PL_WEIGHTING) --server-lr $(PL_SERVER_LR) --partition $(RUN)/partition.json $(if $(PL_EVAL_MAX),--eval-max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN) --quiet --output $(@D)
 
-report:
-	@$(PYTHON) scripts/report.py $(RUN)
+# ---- after the rounds: deployment, SPP ablation, report ------------------------------------
+#
+# artifacts/<pipeline>/round-R/deploy/    per client: the deployed model; summary.json, .csv
+# artifacts/<pipeline>/round-R/spp.json   sub-models with and without prioritization
+# artifacts/<pipeline>/report/report.md  charts and tables (several PIPELINES: artifacts/report/)
+
+SPACE_FLAGS = --heads $(PL_HEADS) --head-dim $(PL_HEAD_DIM) --ffn $(PL_FFN)
+EVAL_FLAGS  = $(if $(PL_EVAL_MAX),--eval-max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN)
+
+deploy: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
+	@$(MAKE) --no-print-directory round N=$(N)
+	@$(MAKE) --no-print-directory $(RUN)/round-$(N)/deploy/manifest.json
+	@$(MAKE) --no-print-directory report
+
+ablation: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
+	@$(MAKE) --no-print-directory round N=$(N)
+	@$(MAKE) --no-print-directory $(RUN)/round-$(N)/spp.json
+	@$(MAKE) --no-print-directory report
+
+$(RUN)/round-%/deploy/manifest.json: $(RUN)/round-%/global/manifest.json
+	$(BIN)/raffm-deploy-scale --global $(<D) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --strategy $(PL_STRATEGY) --round $* --seed $(PL_SEED) $(SPACE_FLAGS) $(EVAL_FLAGS) --output $(@D)
+
+$(RUN)/round-%/spp.json: $(RUN)/round-%/global/manifest.json
+	$(BIN)/raffm-spp-ablation --global $(<D) --partition $(RUN)/partition.json --seed $(PL_SEED) $(SPACE_FLAGS) $(EVAL_FLAGS) --output $@
+
+# One pipeline's report goes into its folder; several pipelines' into artifacts/report.
+REPORT_DIR = $(if $(filter 1,$(words $(PIPELINES))),$(ARTIFACTS)/$(strip $(PIPELINES))/report,$(ARTIFACTS)/report)
+
+report: | $(BIN)/raffm-report
+	$(BIN)/raffm-report build --runs $(PIPELINES:%=$(ARTIFACTS)/%) --output $(REPORT_DIR)
 
 clean:
 	rm -rf $(ARTIFACTS)/*/

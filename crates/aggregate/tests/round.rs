@@ -33,9 +33,13 @@ fn fixture(dir: &Path) -> PathBuf {
 }
 
 fn make_round(pipeline: &Path, artifacts: &Path, n: usize) -> String {
+    make("round", pipeline, artifacts, n)
+}
+
+fn make(goal: &str, pipeline: &Path, artifacts: &Path, n: usize) -> String {
     let out = Command::new("make")
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .arg("round")
+        .arg(goal)
         .arg(format!("N={n}"))
         .arg("PIPELINE=tiny")
         .arg(format!("PIPELINE_FILE={}", pipeline.display()))
@@ -49,7 +53,7 @@ fn make_round(pipeline: &Path, artifacts: &Path, n: usize) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "make round failed:\n{text}");
+    assert!(out.status.success(), "make {goal} failed:\n{text}");
     text
 }
 
@@ -82,7 +86,8 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
         serde_json::from_slice(&read(a.join("tiny/round-2/global/manifest.json"))).unwrap();
     assert!(m["metrics"]["validation"]["accuracy"].is_number(), "{m}");
     assert_eq!(m["metrics"]["clients"], 3);
-    assert!(a.join("tiny/report.json").is_file() && a.join("tiny/accuracy.svg").is_file());
+    let metrics = String::from_utf8(read(a.join("tiny/metrics.jsonl"))).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "rounds 0 to 2:\n{metrics}");
 
     // A second call does nothing.
     let stamp = |p: PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
@@ -106,4 +111,120 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     assert_eq!(resumed.matches("raffm-local-train").count(), 1, "{resumed}");
     assert_eq!(stamp(kept), kept_time);
     assert_eq!(read(global(&a, 2)), read(global(&b, 2)));
+}
+
+fn json(p: PathBuf) -> serde_json::Value {
+    serde_json::from_slice(&read(p)).unwrap()
+}
+
+/// A picture the report links: an SVG with something drawn in it.
+fn assert_valid_svg(path: &Path) {
+    let text = String::from_utf8(read(path.to_path_buf())).unwrap();
+    assert!(
+        text.trim_start().starts_with("<svg") || text.trim_start().starts_with("<?xml"),
+        "{} is not SVG",
+        path.display()
+    );
+    assert!(
+        text.trim_end().ends_with("</svg>"),
+        "{} is cut short",
+        path.display()
+    );
+    assert!(
+        ["<polyline", "<path", "<circle", "<rect"]
+            .iter()
+            .any(|e| text.contains(e)),
+        "{} draws nothing",
+        path.display()
+    );
+}
+
+#[test]
+fn deploy_ablation_and_report_after_the_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = fixture(dir.path());
+    let a = dir.path().join("a");
+    make("deploy", &pipeline, &a, 1);
+    make("ablation", &pipeline, &a, 1);
+
+    // Every client gets a deployed model no smaller than its training sub-model, within
+    // its inference budget, written as a checkpoint of exactly that size.
+    let summary = json(a.join("tiny/round-1/deploy/summary.json"));
+    let clients = summary["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 6);
+    for c in clients {
+        let (train, deployed) = (&c["train"], &c["deployed"]);
+        let p = |m: &serde_json::Value| m["parameters"].as_u64().unwrap();
+        assert!(p(deployed) >= p(train), "{c}");
+        assert!(
+            deployed["inference_memory_bytes"].as_u64() <= c["inference_budget_bytes"].as_u64(),
+            "{c}"
+        );
+        let model = raffm::Checkpoint::load(deployed["path"].as_str().unwrap()).unwrap();
+        assert_eq!(model.parameter_count(), p(deployed));
+        assert!(deployed["accuracy"].is_number() && train["accuracy"].is_number());
+    }
+    let csv = String::from_utf8(read(a.join("tiny/round-1/deploy/summary.csv"))).unwrap();
+    assert_eq!(csv.lines().count(), 7);
+
+    // A tight inference budget: clients keep at least what they trained, and a larger
+    // model is deployed only where it fits.
+    let tight = dir.path().join("tight");
+    let out = Command::new(bin_dir().join("raffm-deploy-scale"))
+        .args(["--global", a.join("tiny/round-1/global").to_str().unwrap()])
+        .args(["--budgets", a.join("tiny/budgets.json").to_str().unwrap()])
+        .args([
+            "--partition",
+            a.join("tiny/partition.json").to_str().unwrap(),
+        ])
+        .args(["--inference-multiplier", "0.01", "--quiet"])
+        .args(["--output", tight.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for c in json(tight.join("summary.json"))["clients"]
+        .as_array()
+        .unwrap()
+    {
+        let (t, d) = (&c["train"]["parameters"], &c["deployed"]["parameters"]);
+        assert!(
+            d == t
+                || c["deployed"]["inference_memory_bytes"].as_u64()
+                    <= c["inference_budget_bytes"].as_u64(),
+            "{c}"
+        );
+    }
+
+    // The ablation evaluates every configuration with and without prioritization.
+    let spp = json(a.join("tiny/round-1/spp.json"));
+    let rows = spp["rows"].as_array().unwrap();
+    // The tiny model cannot go down to 25% of its encoder: that fraction is skipped.
+    assert_eq!(
+        rows.len(),
+        2 * 3,
+        "2 feasible fractions x (largest + 2 samples)"
+    );
+    assert_eq!(spp["skipped"][0]["fraction"], 0.25);
+    assert!(rows
+        .iter()
+        .all(|r| r["accuracy_spp"].is_number() && r["accuracy_no_spp"].is_number()));
+
+    // The report names the pipeline and links pictures that exist and are drawn.
+    let report_dir = a.join("tiny/report");
+    let report = String::from_utf8(read(report_dir.join("report.md"))).unwrap();
+    assert!(report.contains("tiny"));
+    let linked: Vec<&str> = report
+        .split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .filter(|link| link.ends_with(".svg"))
+        .collect();
+    assert!(linked.len() >= 5, "expected five charts, found {linked:?}");
+    for link in linked {
+        assert_valid_svg(&report_dir.join(link));
+    }
 }

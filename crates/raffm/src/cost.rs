@@ -171,18 +171,10 @@ impl CostModel {
             .map(LayerTotals::of)
             .fold(LayerTotals::default(), LayerTotals::plus);
         let parameters = self.parameters_of(totals);
-        let (h, b, s) = (
-            self.config.hidden_size as u64,
-            self.shape.batch_size as u64,
-            self.shape.max_seq_len as u64,
-        );
         // Inference holds one layer's activations at a time: the largest layer's.
         let layer_activations = layers
             .iter()
-            .map(|l| {
-                let t = LayerTotals::of(l);
-                b * s * (3 * h + 3 * t.attention_width + t.ffn_width) + b * t.heads * s * s
-            })
+            .map(|l| self.layer_activations(l))
             .max()
             .unwrap_or(0);
         Cost {
@@ -192,6 +184,17 @@ impl CostModel {
             train_memory_bytes: self.train_memory_of(totals),
             inference_memory_bytes: F32 * (parameters + layer_activations),
         }
+    }
+
+    /// Activations (elements) one layer of this width holds during inference.
+    pub fn layer_activations(&self, layer: &LayerArch) -> u64 {
+        let (h, b, s) = (
+            self.config.hidden_size as u64,
+            self.shape.batch_size as u64,
+            self.shape.max_seq_len as u64,
+        );
+        let t = LayerTotals::of(layer);
+        b * s * (3 * h + 3 * t.attention_width + t.ffn_width) + b * t.heads * s * s
     }
 
     /// The exact parameter count, computed from tensor shapes rather than the formula.

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused a read or write.
-    #[error("{}: {source}", path.display())]
+    // The cause is in the message and deliberately not a `source`: anyhow's one-line
+    // format (`{:#}`) would print it twice.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file exists but its contents are not what we need (bad JSON, truncated
     /// safetensors, a tensor whose shape disagrees with `config.json`, ...).
@@ -30,7 +31,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause: source,
         }
     }
 

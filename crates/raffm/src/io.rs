@@ -121,6 +121,11 @@ impl StagingDir {
         })
     }
 
+    /// Where the folder is being written (files and subfolders may be added here).
+    pub fn path(&self) -> &Path {
+        &self.staging
+    }
+
     /// The folder's final path.
     pub fn target(&self) -> &Path {
         &self.target

@@ -156,6 +156,91 @@ pub fn choose(
         .iter()
         .map(|l| space.layer_options(l))
         .collect();
+    choose_among(model, &options, budget, policy, rng)
+}
+
+/// The largest configuration whose inference memory fits `max_bytes` (and `budget`).
+///
+/// Inference memory is the weights plus the largest layer's activations, which is not
+/// linear in the layer totals. So for every activation level `a` a layer can have, the
+/// search keeps the options at or below `a` and asks for at most `max_bytes / 4 - a`
+/// parameters; the best over all levels is the exact optimum.
+pub fn choose_for_inference(
+    model: &CostModel,
+    space: &SearchSpace,
+    budget: &Budget,
+    max_bytes: u64,
+) -> Result<Choice> {
+    space.validate()?;
+    let options: Vec<Vec<LayerArch>> = model
+        .config()
+        .layers
+        .iter()
+        .map(|l| space.layer_options(l))
+        .collect();
+    let mut levels: Vec<u64> = options
+        .iter()
+        .flatten()
+        .map(|o| model.layer_activations(o))
+        .collect();
+    levels.sort_unstable();
+    levels.dedup();
+    let mut best: Option<Choice> = None;
+    for level in levels {
+        let Some(max_parameters) = (max_bytes / 4).checked_sub(level) else {
+            break;
+        };
+        let capped: Vec<Vec<LayerArch>> = options
+            .iter()
+            .map(|o| {
+                o.iter()
+                    .copied()
+                    .filter(|o| model.layer_activations(o) <= level)
+                    .collect()
+            })
+            .collect();
+        if capped.iter().any(Vec::is_empty) {
+            continue;
+        }
+        let capped_budget = Budget {
+            max_parameters: Some(
+                budget
+                    .max_parameters
+                    .map_or(max_parameters, |m| m.min(max_parameters)),
+            ),
+            ..*budget
+        };
+        let mut rng = SplitMix64::new(0); // unused by `largest`
+        if let Ok(choice) = choose_among(model, &capped, &capped_budget, Policy::Largest, &mut rng)
+        {
+            if best
+                .as_ref()
+                .is_none_or(|b| choice.cost.parameters > b.cost.parameters)
+            {
+                best = Some(choice);
+            }
+        }
+    }
+    best.ok_or_else(|| {
+        Error::Invalid(format!(
+            "infeasible inference budget ({:.1} MiB{}): no sub-model in the search space fits",
+            max_bytes as f64 / (1 << 20) as f64,
+            match budget.max_parameters.or(budget.max_train_memory_bytes) {
+                Some(_) => format!(", {budget}"),
+                None => String::new(),
+            }
+        ))
+    })
+}
+
+/// The search of [`choose`] over given per-layer options.
+fn choose_among(
+    model: &CostModel,
+    options: &[Vec<LayerArch>],
+    budget: &Budget,
+    policy: Policy,
+    rng: &mut SplitMix64,
+) -> Result<Choice> {
     let smallest: Vec<LayerTotals> = options
         .iter()
         .map(|o| {
@@ -362,6 +447,46 @@ mod tests {
                 assert_eq!(choice.feasible_configurations as usize, feasible.len());
             }
         }
+    }
+
+    #[test]
+    fn inference_choice_is_the_brute_force_optimum_and_fits() {
+        let (model, space, configs) = small_problem();
+        let full = model.cost(&model.config().layers);
+        let smallest = configs
+            .iter()
+            .map(|c| model.cost(c).inference_memory_bytes)
+            .min()
+            .unwrap();
+        let mut distinct_answers = std::collections::BTreeSet::new();
+        for step in 0..=20 {
+            // From below the smallest sub-model to above the full model.
+            let max_bytes = smallest - 1 + (full.inference_memory_bytes + 2 - smallest) * step / 20;
+            let best = configs
+                .iter()
+                .map(|c| model.cost(c))
+                .filter(|k| k.inference_memory_bytes <= max_bytes)
+                .map(|k| k.parameters)
+                .max();
+            let result = choose_for_inference(&model, &space, &Budget::default(), max_bytes);
+            match best {
+                None => assert!(result
+                    .unwrap_err()
+                    .to_string()
+                    .contains("infeasible inference budget")),
+                Some(best) => {
+                    let choice = result.unwrap();
+                    assert_eq!(choice.cost.parameters, best, "budget {max_bytes} bytes");
+                    assert!(choice.cost.inference_memory_bytes <= max_bytes);
+                    distinct_answers.insert(best);
+                }
+            }
+        }
+        assert!(
+            distinct_answers.len() >= 5,
+            "the sweep is too coarse to test much"
+        );
+        assert!(distinct_answers.contains(&full.parameters));
     }
 
     #[test]

@@ -1,0 +1,398 @@
+//! `raffm-deploy-scale`: after the last round, every client gets the largest sub-model of
+//! the final global model that its inference budget allows.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+
+use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::checkpoint::Checkpoint;
+use raffm::cost::CostModel;
+use raffm::deploy::plan_client;
+use raffm::device::DeviceChoice;
+use raffm::evaluate::{evaluate_examples, Metrics};
+use raffm::extract::{ClientModel, ClientRequest, Strategy};
+use raffm::io::{sha256_file, StagingDir};
+use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::partition::Partition;
+use raffm::pipeline::Budgets;
+use raffm::prioritize::prioritize;
+use raffm::search::{Policy, SearchSpace};
+use raffm::tensor::Norm;
+use raffm::with_backend;
+
+/// Deploys the final global model to every client in budgets.json. For each client it
+/// extracts two sub-models: the one its training budget allows (what it trained during
+/// the rounds) and the largest one its inference budget allows (inference needs far less
+/// memory than training: activations of one layer, no gradients or optimizer state), never
+/// smaller than the first. The deployed model is written to OUTPUT/<client>/; both are
+/// evaluated on the validation split.
+///
+/// The inference budget is budgets.json's (the pipeline's inference_multiplier times the
+/// tier's training memory); --inference-multiplier rescales it.
+///
+/// Writes OUTPUT/summary.json and OUTPUT/summary.csv (client, tier, sizes, accuracies),
+/// and OUTPUT/manifest.json. The folder is written atomically.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-deploy-scale", version, verbatim_doc_comment)]
+struct Args {
+    /// Final global checkpoint (e.g. artifacts/default/round-5/global).
+    #[arg(short, long)]
+    global: PathBuf,
+    /// budgets.json (raffm-budgets): every client's tier and budgets.
+    #[arg(short, long)]
+    budgets: PathBuf,
+    /// partition.json: the validation split to evaluate on.
+    #[arg(short, long)]
+    partition: PathBuf,
+    /// Folder to write (e.g. artifacts/default/deploy).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Clients to deploy to, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    clients: Vec<String>,
+    /// Inference budget as this multiple of the client's training memory (default: the
+    /// multiplier budgets.json was made with).
+    #[arg(long)]
+    inference_multiplier: Option<f64>,
+    /// Index strategy. `salient` prioritizes the global model first unless it already is.
+    #[arg(long, default_value = "salient")]
+    strategy: Strategy,
+    /// Norm of the salience scores when prioritizing.
+    #[arg(long, default_value = "l1")]
+    norm: Norm,
+    /// Round the model comes from (moves rolling windows, seeds random indices).
+    #[arg(long, default_value_t = 0)]
+    round: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Search space: fractions of the global heads per layer.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
+    heads: Vec<f64>,
+    /// Search space: fractions of the global head dimension.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,1")]
+    head_dim: Vec<f64>,
+    /// Search space: fractions of the global FFN width.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
+    ffn: Vec<f64>,
+    /// Evaluate on at most this many validation examples.
+    #[arg(long)]
+    eval_max_examples: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 64)]
+    max_seq_len: usize,
+    /// Device for the evaluation: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// One model in the summary.
+#[derive(Debug, Clone, Serialize)]
+struct ModelSummary {
+    parameters: u64,
+    bytes: u64,
+    train_memory_bytes: u64,
+    inference_memory_bytes: u64,
+    architecture: Vec<raffm::LayerArch>,
+    accuracy: Option<f64>,
+    macro_f1: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClientSummary {
+    client: String,
+    tier: String,
+    inference_budget_bytes: u64,
+    train: ModelSummary,
+    deployed: ModelSummary,
+}
+
+#[derive(Debug, Serialize)]
+struct TierSummary {
+    tier: String,
+    clients: usize,
+    train_parameters: u64,
+    train_accuracy: Option<f64>,
+    deployed_parameters: u64,
+    deployed_accuracy: Option<f64>,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut global = Checkpoint::load(&args.global)?;
+    let budgets = Budgets::load(&args.budgets)?;
+    let partition = Partition::load(&args.partition)?;
+    let space = SearchSpace {
+        heads: args.heads.clone(),
+        head_dim: args.head_dim.clone(),
+        ffn: args.ffn.clone(),
+    };
+    space.validate()?;
+    let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
+        .map(|m| m.stage)
+        .unwrap_or_default();
+    let prioritized_here = args.strategy == Strategy::Salient && stage != "prioritize";
+    if prioritized_here {
+        let files = global.files.clone();
+        global = prioritize(&global, args.norm, |_| {}).0;
+        global.files = files; // the deployed models come from these files, reordered
+    }
+    let cost_model = CostModel::for_checkpoint(&global, budgets.training);
+    let clients: Vec<&raffm::pipeline::ClientBudget> = if args.clients.is_empty() {
+        budgets.clients.iter().collect()
+    } else {
+        args.clients
+            .iter()
+            .map(|id| {
+                budgets
+                    .client(id)
+                    .with_context(|| format!("{}: no client `{id}`", args.budgets.display()))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let scale = match args.inference_multiplier {
+        Some(m) if !(m > 0.0 && m.is_finite()) => {
+            bail!("--inference-multiplier must be positive, got {m}")
+        }
+        Some(m) => m / budgets.inference_multiplier,
+        None => 1.0,
+    };
+    let mut ids = partition.validation.clone();
+    if let Some(max) = args.eval_max_examples {
+        ids.truncate(max);
+    }
+    if ids.is_empty() {
+        bail!(
+            "{}: the validation split is empty",
+            args.partition.display()
+        );
+    }
+
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(clients.len() as u64)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "deploying [{bar:30}] {pos}/{len} clients {elapsed}<{eta} {msg}",
+    )?);
+    let mut staging = StagingDir::new(&args.output)?;
+    let mut summaries = Vec::new();
+    // Clients of a tier usually get the same sub-models: evaluate each distinct one once.
+    let mut evaluated: BTreeMap<String, Metrics> = BTreeMap::new();
+    with_backend!(args.device, B, device, {
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        let mut evaluate = |model: &ClientModel| -> anyhow::Result<Metrics> {
+            let key = serde_json::to_string(&(&model.choice.layers, &model.selections))?;
+            if let Some(m) = evaluated.get(&key) {
+                return Ok(m.clone());
+            }
+            progress.set_message(format!(
+                "evaluating {:.2}M parameters",
+                model.checkpoint.parameter_count() as f64 / 1e6
+            ));
+            let m = evaluate_examples::<Inner>(
+                &model.checkpoint,
+                &args.global,
+                &partition,
+                &ids,
+                args.max_seq_len,
+                args.batch_size,
+                &device,
+                |_| {},
+            )?;
+            evaluated.insert(key, m.clone());
+            Ok(m)
+        };
+        for budget in &clients {
+            let request = ClientRequest {
+                client: &budget.client,
+                budget: budget.train,
+                round: args.round,
+                seed: args.seed,
+                strategy: args.strategy,
+                policy: Policy::Largest,
+                space: &space,
+                cost_model: &cost_model,
+            };
+            let inference_budget = (budget.inference_memory_bytes as f64 * scale) as u64;
+            let plan = plan_client(&global, &request, inference_budget)?;
+            let target = args.output.join(&budget.client);
+            let mut client_dir = StagingDir::new(staging.path().join(&budget.client))?;
+            plan.deployed.checkpoint.write_into(&mut client_dir)?;
+            let mut manifest = plan.deployed.manifest(
+                &global,
+                &request,
+                json!({"global": args.global, "budgets": args.budgets, "inference_budget_bytes": inference_budget}),
+            );
+            manifest.stage = "deploy-scale".into();
+            manifest.tool = "raffm-deploy-scale".into();
+            manifest
+                .details
+                .insert("inference_budget_bytes".into(), json!(inference_budget));
+            manifest.details.insert("tier".into(), json!(budget.tier));
+            manifest.write_into(&mut client_dir)?;
+            client_dir.commit()?;
+            let summary = |model: &ClientModel, metrics: Metrics, path: Option<PathBuf>| {
+                let cost = &model.choice.cost;
+                ModelSummary {
+                    parameters: cost.parameters,
+                    bytes: cost.bytes_on_wire,
+                    train_memory_bytes: cost.train_memory_bytes,
+                    inference_memory_bytes: cost.inference_memory_bytes,
+                    architecture: model.choice.layers.clone(),
+                    accuracy: metrics.accuracy,
+                    macro_f1: metrics.macro_f1,
+                    path,
+                }
+            };
+            let train = summary(&plan.train, evaluate(&plan.train)?, None);
+            let deployed = summary(&plan.deployed, evaluate(&plan.deployed)?, Some(target));
+            summaries.push(ClientSummary {
+                client: budget.client.clone(),
+                tier: budget.tier.clone(),
+                inference_budget_bytes: inference_budget,
+                train,
+                deployed,
+            });
+            progress.inc(1);
+        }
+    });
+    progress.finish_and_clear();
+
+    let tiers = tier_summaries(&summaries);
+    let summary = json!({
+        "global": args.global,
+        "global_sha256": global.weights_sha256(),
+        "round": round_of(&args.global),
+        "strategy": args.strategy,
+        "prioritized_here": prioritized_here,
+        "inference_multiplier": args.inference_multiplier.unwrap_or(budgets.inference_multiplier),
+        "evaluation": {"split": "validation", "examples": ids.len()},
+        "clients": summaries,
+        "tiers": tiers,
+    });
+    staging.write(
+        "summary.json",
+        format!("{}\n", serde_json::to_string_pretty(&summary)?).as_bytes(),
+    )?;
+    staging.write("summary.csv", summary_csv(&summaries).as_bytes())?;
+    let mut manifest = Manifest::new(
+        "deploy-scale",
+        "raffm-deploy-scale",
+        json!({
+            "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
+            "inference_multiplier": args.inference_multiplier, "strategy": args.strategy, "norm": args.norm,
+            "round": args.round, "seed": args.seed, "search_space": space, "eval_max_examples": args.eval_max_examples,
+        }),
+    );
+    manifest.seeds.insert("seed".into(), json!(args.seed));
+    manifest.inputs = global.files.clone();
+    manifest.inputs.push(sha256_file(&args.budgets)?);
+    manifest.inputs.push(sha256_file(&args.partition)?);
+    manifest
+        .metrics
+        .insert("clients".into(), json!(summaries.len()));
+    manifest.details.insert("tiers".into(), json!(tiers));
+    manifest.write_into(&mut staging)?;
+    staging.commit()?;
+    if !args.quiet {
+        print_tiers(&tiers);
+    }
+    Ok(())
+}
+
+/// Per tier: the first client's sizes (every client of a tier has the same budget) and
+/// the mean accuracies.
+fn tier_summaries(clients: &[ClientSummary]) -> Vec<TierSummary> {
+    let mut order: Vec<&str> = Vec::new();
+    for c in clients {
+        if !order.contains(&c.tier.as_str()) {
+            order.push(&c.tier);
+        }
+    }
+    let mean = |values: Vec<Option<f64>>| -> Option<f64> {
+        let v: Vec<f64> = values.into_iter().collect::<Option<_>>()?;
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut tiers: Vec<TierSummary> = order
+        .into_iter()
+        .map(|tier| {
+            let of_tier: Vec<&ClientSummary> = clients.iter().filter(|c| c.tier == tier).collect();
+            TierSummary {
+                tier: tier.to_string(),
+                clients: of_tier.len(),
+                train_parameters: of_tier[0].train.parameters,
+                train_accuracy: mean(of_tier.iter().map(|c| c.train.accuracy).collect()),
+                deployed_parameters: of_tier[0].deployed.parameters,
+                deployed_accuracy: mean(of_tier.iter().map(|c| c.deployed.accuracy).collect()),
+            }
+        })
+        .collect();
+    tiers.sort_by_key(|t| t.train_parameters);
+    tiers
+}
+
+fn summary_csv(clients: &[ClientSummary]) -> String {
+    let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
+    let mut csv = String::from(
+        "client,tier,inference_budget_bytes,train_parameters,train_bytes,train_accuracy,deployed_parameters,deployed_bytes,deployed_inference_memory_bytes,deployed_accuracy\n",
+    );
+    for c in clients {
+        csv += &format!(
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            c.client,
+            c.tier,
+            c.inference_budget_bytes,
+            c.train.parameters,
+            c.train.bytes,
+            f(c.train.accuracy),
+            c.deployed.parameters,
+            c.deployed.bytes,
+            c.deployed.inference_memory_bytes,
+            f(c.deployed.accuracy)
+        );
+    }
+    csv
+}
+
+fn print_tiers(tiers: &[TierSummary]) {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    println!("tier        clients  trained params  accuracy  deployed params  accuracy");
+    for t in tiers {
+        println!(
+            "{:<10}  {:>7}  {:>13.2}M  {:>8}  {:>14.2}M  {:>8}",
+            t.tier,
+            t.clients,
+            t.train_parameters as f64 / 1e6,
+            f(t.train_accuracy),
+            t.deployed_parameters as f64 / 1e6,
+            f(t.deployed_accuracy)
+        );
+    }
+}
+
+/// The round number of a `.../round-R/global` folder, if it is one.
+fn round_of(global: &Path) -> Option<u64> {
+    global
+        .parent()?
+        .file_name()?
+        .to_str()?
+        .strip_prefix("round-")?
+        .parse()
+        .ok()
+}
+
+fn main() -> ExitCode {
+    raffm::cli::exit_code("raffm-deploy-scale", run(Args::parse()))
+}
