@@ -64,7 +64,9 @@ check-cuda:
 
 # ---- tests ---------------------------------------------------------------------------------
 
+# The pipeline tests drive every stage binary through make: build them all first.
 test: assets $(VENV)/.installed
+	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
 bench: assets
