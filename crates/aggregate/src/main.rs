@@ -8,7 +8,7 @@ use serde_json::json;
 
 use raffm::aggregate::{aggregate_dirs, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
-use raffm::device::DeviceChoice;
+use raffm::cli::EvalArgs;
 use raffm::evaluate::evaluate_examples;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::Manifest;
@@ -51,16 +51,8 @@ struct Args {
     /// Evaluate the new global model on this partition's validation split.
     #[arg(long)]
     partition: Option<PathBuf>,
-    /// Evaluate on at most this many validation examples.
-    #[arg(long)]
-    eval_max_examples: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 64)]
-    max_seq_len: usize,
-    /// Device for the evaluation: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    eval: EvalArgs,
     #[arg(short, long)]
     quiet: bool,
 }
@@ -98,7 +90,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         json!({
             "global": args.global, "updates": args.updates, "output": args.output, "weighting": args.weighting,
             "server_lr": args.server_lr, "skip_bad": args.skip_bad, "partition": args.partition,
-            "eval_max_examples": args.eval_max_examples,
+            "eval_max_examples": args.eval.eval_max_examples,
         }),
     );
     manifest.inputs = inputs;
@@ -128,19 +120,16 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     if let Some(partition_path) = &args.partition {
         let partition = Partition::load(partition_path)?;
-        let mut ids = partition.validation.clone();
-        if let Some(max) = args.eval_max_examples {
-            ids.truncate(max);
-        }
-        let result = with_backend!(args.device, B, device, {
+        let ids = args.eval.validation_ids(&partition, partition_path)?;
+        let result = with_backend!(args.eval.device, B, device, {
             type Inner = <B as AutodiffBackend>::InnerBackend;
             evaluate_examples::<Inner>(
                 &next,
                 &args.global,
                 &partition,
                 &ids,
-                args.max_seq_len,
-                args.batch_size,
+                args.eval.max_seq_len,
+                args.eval.batch_size,
                 &device,
                 |_| {},
             )?

@@ -2,7 +2,7 @@
 //! the final global model that its inference budget allows.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -13,17 +13,17 @@ use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::checkpoint::Checkpoint;
+use raffm::cli::{EvalArgs, SpaceArgs};
 use raffm::cost::CostModel;
 use raffm::deploy::plan_client;
-use raffm::device::DeviceChoice;
-use raffm::evaluate::{evaluate_examples, Metrics};
+use raffm::evaluate::{EvalSet, Metrics};
 use raffm::extract::{ClientModel, ClientRequest, Strategy};
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
-use raffm::pipeline::Budgets;
+use raffm::pipeline::{round_of, Budgets};
 use raffm::prioritize::prioritize;
-use raffm::search::{Policy, SearchSpace};
+use raffm::search::Policy;
 use raffm::tensor::Norm;
 use raffm::with_backend;
 
@@ -72,25 +72,10 @@ struct Args {
     round: u64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Search space: fractions of the global heads per layer.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    heads: Vec<f64>,
-    /// Search space: fractions of the global head dimension.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,1")]
-    head_dim: Vec<f64>,
-    /// Search space: fractions of the global FFN width.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    ffn: Vec<f64>,
-    /// Evaluate on at most this many validation examples.
-    #[arg(long)]
-    eval_max_examples: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 64)]
-    max_seq_len: usize,
-    /// Device for the evaluation: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    space: SpaceArgs,
+    #[command(flatten)]
+    eval: EvalArgs,
     #[arg(short, long)]
     quiet: bool,
 }
@@ -132,12 +117,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut global = Checkpoint::load(&args.global)?;
     let budgets = Budgets::load(&args.budgets)?;
     let partition = Partition::load(&args.partition)?;
-    let space = SearchSpace {
-        heads: args.heads.clone(),
-        head_dim: args.head_dim.clone(),
-        ffn: args.ffn.clone(),
-    };
-    space.validate()?;
+    let space = args.space.space()?;
     let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
         .map(|m| m.stage)
         .unwrap_or_default();
@@ -167,16 +147,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(m) => m / budgets.inference_multiplier,
         None => 1.0,
     };
-    let mut ids = partition.validation.clone();
-    if let Some(max) = args.eval_max_examples {
-        ids.truncate(max);
-    }
-    if ids.is_empty() {
-        bail!(
-            "{}: the validation split is empty",
-            args.partition.display()
-        );
-    }
+    let ids = args.eval.validation_ids(&partition, &args.partition)?;
+    let examples = EvalSet::load(&args.global, &partition, &ids, args.eval.max_seq_len)?;
 
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -190,7 +162,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     // Clients of a tier usually get the same sub-models: evaluate each distinct one once.
     let mut evaluated: BTreeMap<String, Metrics> = BTreeMap::new();
-    with_backend!(args.device, B, device, {
+    with_backend!(args.eval.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         let mut evaluate = |model: &ClientModel| -> anyhow::Result<Metrics> {
             let key = serde_json::to_string(&(&model.choice.layers, &model.selections))?;
@@ -201,13 +173,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "evaluating {:.2}M parameters",
                 model.checkpoint.parameter_count() as f64 / 1e6
             ));
-            let m = evaluate_examples::<Inner>(
+            let m = examples.evaluate::<Inner>(
                 &model.checkpoint,
-                &args.global,
-                &partition,
-                &ids,
-                args.max_seq_len,
-                args.batch_size,
+                args.eval.batch_size,
                 &device,
                 |_| {},
             )?;
@@ -293,7 +261,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         json!({
             "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
             "inference_multiplier": args.inference_multiplier, "strategy": args.strategy, "norm": args.norm,
-            "round": args.round, "seed": args.seed, "search_space": space, "eval_max_examples": args.eval_max_examples,
+            "round": args.round, "seed": args.seed, "search_space": space, "eval_max_examples": args.eval.eval_max_examples,
         }),
     );
     manifest.seeds.insert("seed".into(), json!(args.seed));
@@ -380,17 +348,6 @@ fn print_tiers(tiers: &[TierSummary]) {
             f(t.deployed_accuracy)
         );
     }
-}
-
-/// The round number of a `.../round-R/global` folder, if it is one.
-fn round_of(global: &Path) -> Option<u64> {
-    global
-        .parent()?
-        .file_name()?
-        .to_str()?
-        .strip_prefix("round-")?
-        .parse()
-        .ok()
 }
 
 fn main() -> ExitCode {

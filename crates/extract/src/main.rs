@@ -8,11 +8,12 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use raffm::cli::SpaceArgs;
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::extract::{write_client, ClientModel, ClientRequest, Strategy};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::pipeline::Budgets;
-use raffm::search::{Budget, Policy, SearchSpace};
+use raffm::search::{Budget, Policy};
 use raffm::Checkpoint;
 use rayon::prelude::*;
 
@@ -76,15 +77,8 @@ struct Args {
     /// The memory estimate assumes frozen embeddings (no gradients or optimizer state).
     #[arg(long)]
     freeze_embeddings: bool,
-    /// Search space: fractions of the global heads per layer.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    heads: Vec<f64>,
-    /// Search space: fractions of the global head dimension.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,1")]
-    head_dim: Vec<f64>,
-    /// Search space: fractions of the global FFN width.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    ffn: Vec<f64>,
+    #[command(flatten)]
+    space: SpaceArgs,
     /// No progress bar or summary.
     #[arg(short, long)]
     quiet: bool,
@@ -118,12 +112,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         freeze_embeddings: args.freeze_embeddings || base_shape.freeze_embeddings,
     };
     let cost_model = CostModel::for_checkpoint(&global, shape);
-    let space = SearchSpace {
-        heads: args.heads.clone(),
-        head_dim: args.head_dim.clone(),
-        ffn: args.ffn.clone(),
-    };
-    space.validate()?;
+    let space = args.space.space()?;
 
     let requests: Vec<(String, Budget)> = match &budgets_file {
         Some(budgets) => {

@@ -36,6 +36,36 @@ fn fixture(dir: &Path) {
     tiny_reviews(&dir.join("reviews.jsonl"), 60);
 }
 
+/// The fixture's reviews over two clients, written to `partition`.
+fn two_client_partition(d: &Path, partition: &Path) {
+    ok(run(
+        "raffm-partition",
+        &[
+            &"--data",
+            &d.join("reviews.jsonl"),
+            &"--clients",
+            &"2",
+            &"--output",
+            &partition,
+        ],
+    ));
+}
+
+/// The fixture model with a fresh neg/pos head, written to `head`.
+fn init_head(d: &Path, head: &Path) {
+    ok(run(
+        "raffm-init-head",
+        &[
+            &"--model",
+            &d.join("model"),
+            &"--labels",
+            &"neg,pos",
+            &"--output",
+            &head,
+        ],
+    ));
+}
+
 #[test]
 fn partition_init_train_evaluate() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,28 +193,8 @@ fn frozen_embeddings_are_not_uploaded_and_stay_identical() {
     let d = dir.path();
     fixture(d);
     let (partition, head, trained) = (d.join("p.json"), d.join("head"), d.join("trained"));
-    ok(run(
-        "raffm-partition",
-        &[
-            &"--data",
-            &d.join("reviews.jsonl"),
-            &"--clients",
-            &"2",
-            &"--output",
-            &partition,
-        ],
-    ));
-    ok(run(
-        "raffm-init-head",
-        &[
-            &"--model",
-            &d.join("model"),
-            &"--labels",
-            &"neg,pos",
-            &"--output",
-            &head,
-        ],
-    ));
+    two_client_partition(d, &partition);
+    init_head(d, &head);
     ok(run(
         "raffm-local-train",
         &[
@@ -235,17 +245,7 @@ fn user_errors_are_one_line() {
     let d = dir.path();
     fixture(d);
     let partition = d.join("p.json");
-    ok(run(
-        "raffm-partition",
-        &[
-            &"--data",
-            &d.join("reviews.jsonl"),
-            &"--clients",
-            &"2",
-            &"--output",
-            &partition,
-        ],
-    ));
+    two_client_partition(d, &partition);
     let check = |out: Output, needles: &[&str]| {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
@@ -273,17 +273,7 @@ fn user_errors_are_one_line() {
         &["no classification head", "raffm-init-head"],
     );
     let head = d.join("head");
-    ok(run(
-        "raffm-init-head",
-        &[
-            &"--model",
-            &d.join("model"),
-            &"--labels",
-            &"neg,pos",
-            &"--output",
-            &head,
-        ],
-    ));
+    init_head(d, &head);
     check(
         run(
             "raffm-local-train",

@@ -14,8 +14,8 @@ use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{decode_f32, map_file, Checkpoint, CONFIG_FILE, WEIGHTS_FILE};
-use crate::config::{BertConfig, Family};
+use crate::checkpoint::{decode_f32, map_file, read_config, Checkpoint, WEIGHTS_FILE};
+use crate::config::Family;
 use crate::error::{Error, Result};
 use crate::extract::{IndexMap, Indices, TensorIndex};
 use crate::io::FileRecord;
@@ -162,7 +162,8 @@ pub struct ClientUpdate {
     /// sha256 of the global weights the sub-model was extracted from.
     pub global_sha256: Option<String>,
     pub num_examples: u64,
-    /// The update's files with the hashes its producer recorded.
+    /// The update's files: weights and config with the hashes its producer recorded, and
+    /// the manifest itself.
     pub files: Vec<FileRecord>,
 }
 
@@ -170,23 +171,17 @@ impl ClientUpdate {
     /// Reads a client's trained folder (checkpoint + local-train manifest). An update
     /// without an index map is a full model (every index).
     pub fn load(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::format(dir, "no such checkpoint folder"));
-        }
-        let config_path = dir.join(CONFIG_FILE);
-        let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config_json = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
-        let config = BertConfig::from_json(config_json, &config_path)?;
+        let (config, _, _) = read_config(dir)?;
         // Not re-hashed: the producing stage's manifest records the hashes of its outputs.
         let weights = UpdateWeights::read(&dir.join(WEIGHTS_FILE), config.family)?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::load(&manifest_path)?;
+        let (manifest, manifest_record) = Manifest::load_recorded(&manifest_path)?;
         let files = manifest
             .outputs
             .iter()
             .filter(|f| !f.path.ends_with(MANIFEST_FILE))
             .cloned()
+            .chain([manifest_record])
             .collect();
         let detail = |k: &str| manifest.details.get(k);
         let client = detail("client")
@@ -244,6 +239,12 @@ impl ClientUpdate {
                 .weights
                 .get(name)
                 .ok_or_else(|| format!("index map names `{name}`, which the update lacks"))?;
+            if index.cols.is_some() && g.shape.len() < 2 {
+                return Err(format!(
+                    "index map of `{name}` selects columns of a tensor of shape {:?}",
+                    g.shape
+                ));
+            }
             let want = index.sub_shape(&g.shape);
             if shape != want {
                 return Err(format!(
@@ -588,7 +589,6 @@ pub fn aggregate_dirs(
             };
             accumulator.add(&update, weight);
             inputs.extend(update.files.iter().cloned());
-            inputs.push(crate::io::sha256_file(&dir.join(MANIFEST_FILE))?);
             clients.push(Contribution {
                 client: update.client.clone(),
                 weight,
@@ -828,6 +828,17 @@ mod tests {
         let e = repeated.check(&g).unwrap_err();
         assert!(
             e.contains("pooler.dense.bias") && e.contains("repeats"),
+            "{e}"
+        );
+        let mut columns_of_a_vector = full_update(&g, 6);
+        columns_of_a_vector
+            .index_map
+            .get_mut("pooler.dense.bias")
+            .unwrap()
+            .cols = Some(Indices(vec![0]));
+        let e = columns_of_a_vector.check(&g).unwrap_err();
+        assert!(
+            e.contains("pooler.dense.bias") && e.contains("columns"),
             "{e}"
         );
         assert!(full_update(&g, 4).check(&g).is_ok());

@@ -167,14 +167,7 @@ impl Checkpoint {
     /// (for inputs whose hashes their producer's manifest already records).
     pub fn load_with(dir: impl AsRef<Path>, hash: bool) -> Result<Self> {
         let dir = dir.as_ref();
-        if !dir.is_dir() {
-            return Err(Error::format(dir, "no such checkpoint folder"));
-        }
-        let config_path = dir.join(CONFIG_FILE);
-        let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config_json = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
-        let config = BertConfig::from_json(config_json, &config_path)?;
+        let (config, config_path, config_bytes) = read_config(dir)?;
 
         let weights_path = dir.join(WEIGHTS_FILE);
         if !weights_path.exists() && dir.join("pytorch_model.bin").exists() {
@@ -406,6 +399,19 @@ pub(crate) fn decode_f32(path: &Path, hf_name: &str, view: &TensorView<'_>) -> R
             ))
         }
     })
+}
+
+/// A checkpoint folder's `config.json`: the config, its path and its bytes (to hash).
+pub(crate) fn read_config(dir: &Path) -> Result<(BertConfig, PathBuf, Vec<u8>)> {
+    if !dir.is_dir() {
+        return Err(Error::format(dir, "no such checkpoint folder"));
+    }
+    let config_path = dir.join(CONFIG_FILE);
+    let config_bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config_json = serde_json::from_slice(&config_bytes)
+        .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
+    let config = BertConfig::from_json(config_json, &config_path)?;
+    Ok((config, config_path, config_bytes))
 }
 
 /// Maps a file read-only. Reading a checkpoint through the page cache this way saves a

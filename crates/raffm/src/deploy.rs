@@ -11,44 +11,14 @@ use crate::checkpoint::Checkpoint;
 use crate::config::LayerArch;
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
-use crate::extract::{extract, index_map, select, ClientModel, ClientRequest, Strategy};
-use crate::search::{choose_for_inference, Budget, Choice, Policy, SearchSpace};
+use crate::extract::{extract_layers, ClientModel, ClientRequest, Strategy};
+use crate::search::{choose_for_inference, Budget, Policy, SearchSpace};
 
 /// A client's training-time and deployed sub-models.
 pub struct ClientDeployment {
     pub train: ClientModel,
     pub deployed: ClientModel,
     pub inference_budget_bytes: u64,
-}
-
-/// The sub-model of `global` with per-layer widths `layers`, its indices chosen by the
-/// request's strategy.
-pub fn sub_model(
-    global: &Checkpoint,
-    request: &ClientRequest,
-    layers: &[LayerArch],
-) -> Result<ClientModel> {
-    let selections = select(
-        request.strategy,
-        &global.config.layers,
-        layers,
-        request.round,
-        request.seed,
-        request.client,
-    );
-    let map = index_map(global, &selections);
-    let checkpoint = extract(global, layers, &map)?;
-    Ok(ClientModel {
-        client: request.client.to_string(),
-        choice: Choice {
-            layers: layers.to_vec(),
-            cost: request.cost_model.cost(layers),
-            feasible_configurations: f64::NAN,
-        },
-        selections,
-        index_map: map,
-        checkpoint,
-    })
 }
 
 /// Plans one client's deployment. `request.budget` is the training budget; the request's
@@ -73,7 +43,7 @@ pub fn plan_client(
     // A client can always run what it trained, whatever the inference budget says.
     let deployed = match for_inference {
         Ok(choice) if choice.cost.parameters > train.choice.cost.parameters => {
-            sub_model(global, request, &choice.layers)?
+            extract_layers(global, request, &choice.layers)?
         }
         _ => train.clone(),
     };
@@ -118,8 +88,8 @@ pub fn spp_pair(
         space,
         cost_model,
     };
-    let with = sub_model(prioritized, &request(Strategy::Salient), layers)?;
-    let without = sub_model(global, &request(Strategy::Random), layers)?;
+    let with = extract_layers(prioritized, &request(Strategy::Salient), layers)?;
+    let without = extract_layers(global, &request(Strategy::Random), layers)?;
     Ok((with.checkpoint, without.checkpoint))
 }
 

@@ -57,6 +57,49 @@ pub fn predict<B: Backend>(
     Ok(outputs)
 }
 
+/// Labelled examples tokenized once, to evaluate any number of checkpoints on.
+pub struct EvalSet {
+    pub rows: Vec<TokenizedRow>,
+    pub labels: Vec<f32>,
+}
+
+impl EvalSet {
+    /// The examples `ids` of a partition's dataset, tokenized with the tokenizer of
+    /// `tokenizer_dir`.
+    pub fn load(
+        tokenizer_dir: &std::path::Path,
+        partition: &crate::partition::Partition,
+        ids: &[usize],
+        max_seq_len: usize,
+    ) -> Result<Self> {
+        let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
+        let dataset = crate::data::Dataset::load(&partition.data)?;
+        let (rows, labels) = crate::data::tokenize(&dataset, ids, &tokenizer, max_seq_len)?;
+        Ok(Self { rows, labels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Metrics of `checkpoint` on these examples. `on_batch` sees the size of every batch.
+    pub fn evaluate<B: Backend>(
+        &self,
+        checkpoint: &Checkpoint,
+        batch_size: usize,
+        device: &B::Device,
+        on_batch: impl FnMut(usize),
+    ) -> Result<Metrics> {
+        let pad = checkpoint.config.pad_token_id as i64;
+        let outputs = predict::<B>(checkpoint, &self.rows, pad, batch_size, device, on_batch)?;
+        Ok(metrics(&outputs, &self.labels))
+    }
+}
+
 /// Metrics of `checkpoint` on the examples `ids` of a partition's dataset, tokenized with
 /// the tokenizer of `tokenizer_dir`. `on_batch` sees the size of every batch done.
 #[allow(clippy::too_many_arguments)]
@@ -70,12 +113,8 @@ pub fn evaluate_examples<B: Backend>(
     device: &B::Device,
     on_batch: impl FnMut(usize),
 ) -> Result<Metrics> {
-    let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
-    let dataset = crate::data::Dataset::load(&partition.data)?;
-    let (rows, labels) = crate::data::tokenize(&dataset, ids, &tokenizer, max_seq_len)?;
-    let pad = checkpoint.config.pad_token_id as i64;
-    let outputs = predict::<B>(checkpoint, &rows, pad, batch_size, device, on_batch)?;
-    Ok(metrics(&outputs, &labels))
+    EvalSet::load(tokenizer_dir, partition, ids, max_seq_len)?
+        .evaluate::<B>(checkpoint, batch_size, device, on_batch)
 }
 
 /// Classification metrics from predicted and true class indices.

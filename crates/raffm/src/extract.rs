@@ -422,21 +422,37 @@ pub fn extract_for_client(global: &Checkpoint, request: &ClientRequest) -> Resul
         &mut rng,
     )
     .map_err(|e| Error::Invalid(format!("client {}: {e}", request.client)))?;
+    let model = extract_layers(global, request, &choice.layers)?;
+    // The search's record, which also counts the feasible configurations.
+    Ok(ClientModel { choice, ..model })
+}
+
+/// The sub-model of `global` with per-layer widths `layers`, its indices chosen by the
+/// request's strategy (the request's budget and policy are not used).
+pub fn extract_layers(
+    global: &Checkpoint,
+    request: &ClientRequest,
+    layers: &[LayerArch],
+) -> Result<ClientModel> {
     let selections = select(
         request.strategy,
         &global.config.layers,
-        &choice.layers,
+        layers,
         request.round,
         request.seed,
         request.client,
     );
-    let index_map = index_map(global, &selections);
-    let checkpoint = extract(global, &choice.layers, &index_map)?;
+    let map = index_map(global, &selections);
+    let checkpoint = extract(global, layers, &map)?;
     Ok(ClientModel {
         client: request.client.to_string(),
-        choice,
+        choice: crate::search::Choice {
+            layers: layers.to_vec(),
+            cost: request.cost_model.cost(layers),
+            feasible_configurations: f64::NAN,
+        },
         selections,
-        index_map,
+        index_map: map,
         checkpoint,
     })
 }

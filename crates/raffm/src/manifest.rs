@@ -69,8 +69,19 @@ impl Manifest {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("invalid manifest: {e}")))
+        Ok(Self::load_recorded(path)?.0)
+    }
+
+    /// The manifest with the record of the file (hash, size), read once.
+    pub fn load_recorded(path: &Path) -> Result<(Self, FileRecord)> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::format(path, format!("invalid manifest: {e}")))?;
+        let record = FileRecord {
+            path: path.display().to_string(),
+            sha256: crate::io::sha256_bytes(&bytes),
+            bytes: bytes.len() as u64,
+        };
+        Ok((manifest, record))
     }
 }

@@ -139,6 +139,17 @@ pub fn client_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("c{i:0width$}")).collect()
 }
 
+/// The round a stage folder belongs to: R for `.../round-R/<stage>`.
+pub fn round_of(stage_dir: &Path) -> Option<u64> {
+    stage_dir
+        .parent()?
+        .file_name()?
+        .to_str()?
+        .strip_prefix("round-")?
+        .parse()
+        .ok()
+}
+
 /// Assigns tiers to clients in proportion to their shares (largest remainder, so the mix
 /// is exact), in a seeded random order.
 pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets {

@@ -149,14 +149,19 @@ pub fn choose(
     policy: Policy,
     rng: &mut SplitMix64,
 ) -> Result<Choice> {
+    let options = layer_options(model, space)?;
+    choose_among(model, &options, budget, policy, rng)
+}
+
+/// Every layer's options in the space, checked.
+fn layer_options(model: &CostModel, space: &SearchSpace) -> Result<Vec<Vec<LayerArch>>> {
     space.validate()?;
-    let options: Vec<Vec<LayerArch>> = model
+    Ok(model
         .config()
         .layers
         .iter()
         .map(|l| space.layer_options(l))
-        .collect();
-    choose_among(model, &options, budget, policy, rng)
+        .collect())
 }
 
 /// The largest configuration whose inference memory fits `max_bytes` (and `budget`).
@@ -171,13 +176,7 @@ pub fn choose_for_inference(
     budget: &Budget,
     max_bytes: u64,
 ) -> Result<Choice> {
-    space.validate()?;
-    let options: Vec<Vec<LayerArch>> = model
-        .config()
-        .layers
-        .iter()
-        .map(|l| space.layer_options(l))
-        .collect();
+    let options = layer_options(model, space)?;
     let mut levels: Vec<u64> = options
         .iter()
         .flatten()

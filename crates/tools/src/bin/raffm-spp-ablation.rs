@@ -9,15 +9,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::cli::{EvalArgs, SpaceArgs};
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::deploy::{spp_budget, spp_pair};
-use raffm::device::DeviceChoice;
-use raffm::evaluate::evaluate_examples;
+use raffm::evaluate::EvalSet;
 use raffm::io::{sha256_file, write_file_atomic};
 use raffm::partition::Partition;
+use raffm::pipeline::round_of;
 use raffm::prioritize::prioritize;
 use raffm::rng::SplitMix64;
-use raffm::search::{choose, Policy, SearchSpace};
+use raffm::search::{choose, Policy};
 use raffm::tensor::Norm;
 use raffm::{with_backend, Checkpoint};
 
@@ -56,25 +57,10 @@ struct Args {
     /// Norm of the salience scores.
     #[arg(long, default_value = "l1")]
     norm: Norm,
-    /// Search space: fractions of the global heads per layer.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    heads: Vec<f64>,
-    /// Search space: fractions of the global head dimension.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,1")]
-    head_dim: Vec<f64>,
-    /// Search space: fractions of the global FFN width.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    ffn: Vec<f64>,
-    /// Evaluate on at most this many validation examples.
-    #[arg(long)]
-    eval_max_examples: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 64)]
-    max_seq_len: usize,
-    /// Device for the evaluation: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    space: SpaceArgs,
+    #[command(flatten)]
+    eval: EvalArgs,
     #[arg(short, long)]
     quiet: bool,
 }
@@ -85,25 +71,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let global = Checkpoint::load(&args.global)?;
     let partition = Partition::load(&args.partition)?;
-    let space = SearchSpace {
-        heads: args.heads.clone(),
-        head_dim: args.head_dim.clone(),
-        ffn: args.ffn.clone(),
-    };
-    space.validate()?;
+    let space = args.space.space()?;
     let (prioritized, _) = prioritize(&global, args.norm, |_| {});
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
     let full = cost_model.cost(&global.config.layers);
-    let mut ids = partition.validation.clone();
-    if let Some(max) = args.eval_max_examples {
-        ids.truncate(max);
-    }
-    if ids.is_empty() {
-        bail!(
-            "{}: the validation split is empty",
-            args.partition.display()
-        );
-    }
+    let ids = args.eval.validation_ids(&partition, &args.partition)?;
+    let examples = EvalSet::load(&args.global, &partition, &ids, args.eval.max_seq_len)?;
 
     // Every configuration to try: (fraction, kind, sample index, layers).
     // A fraction below the smallest sub-model of the space is skipped, not an error.
@@ -144,19 +117,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         "evaluating [{bar:30}] {pos}/{len} sub-models {elapsed}<{eta}",
     )?);
     let mut rows = Vec::new();
-    with_backend!(args.device, B, device, {
+    with_backend!(args.eval.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         let accuracy = |model: &Checkpoint| -> anyhow::Result<Option<f64>> {
-            let metrics = evaluate_examples::<Inner>(
-                model,
-                &args.global,
-                &partition,
-                &ids,
-                args.max_seq_len,
-                args.batch_size,
-                &device,
-                |_| {},
-            )?;
+            let metrics =
+                examples.evaluate::<Inner>(model, args.eval.batch_size, &device, |_| {})?;
             progress.inc(1);
             Ok(metrics.accuracy)
         };
@@ -182,8 +147,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "global": args.global,
         "global_sha256": global.weights_sha256(),
         "partition": sha256_file(&args.partition)?,
-        "round": args.global.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("round-")).and_then(|r| r.parse::<u64>().ok()),
+        "round": round_of(&args.global),
         "norm": args.norm,
         "seed": args.seed,
         "without_spp": "random indices (seeded), same architecture",

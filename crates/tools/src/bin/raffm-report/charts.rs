@@ -11,7 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::data::{DeploySummary, Run, SppSummary, GIB, MIB};
+use crate::data::{DeploySummary, Evaluation, Run, SppSummary, GIB, MIB};
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 type Px = (i32, i32);
@@ -305,6 +305,15 @@ fn decimals(span: f64) -> usize {
         1
     } else {
         0
+    }
+}
+
+/// The accuracy axis label: which split, how many examples.
+fn accuracy_label(evaluation: &Evaluation) -> String {
+    let split = evaluation.split.as_deref().unwrap_or("validation");
+    match evaluation.examples {
+        Some(n) => format!("{split} accuracy ({n} examples)"),
+        None => format!("{split} accuracy"),
     }
 }
 
@@ -698,13 +707,7 @@ pub fn deployment(name: &str, deploy: &DeploySummary) -> anyhow::Result<String> 
             .x_label_area_size(58)
             .y_label_area_size(78)
             .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
-        let ydesc = match deploy.evaluation.examples {
-            Some(n) => format!(
-                "{} accuracy ({n} examples)",
-                deploy.evaluation.split.as_deref().unwrap_or("validation")
-            ),
-            None => "validation accuracy".to_string(),
-        };
+        let ydesc = accuracy_label(&deploy.evaluation);
         chart
             .configure_mesh()
             .x_desc("model parameters (millions)")
@@ -812,13 +815,7 @@ pub fn spp(name: &str, spp: &SppSummary) -> anyhow::Result<String> {
             .x_label_area_size(58)
             .y_label_area_size(78)
             .build_cartesian_2d(Ticked::new(x_lo..x_hi, fractions.clone()), y_lo..y_hi)?;
-        let ydesc = match spp.evaluation.examples {
-            Some(n) => format!(
-                "{} accuracy ({n} examples)",
-                spp.evaluation.split.as_deref().unwrap_or("validation")
-            ),
-            None => "validation accuracy".to_string(),
-        };
+        let ydesc = accuracy_label(&spp.evaluation);
         chart
             .configure_mesh()
             .x_desc("encoder-layer parameters kept (%; embeddings always whole)")
