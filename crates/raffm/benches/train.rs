@@ -4,6 +4,8 @@
 //! (batch 64); FFN width 768: 37 examples/s training.
 //!
 //! Each configuration runs in its own process so its peak resident memory is its own.
+//! Throughput is the median over steps after the first; `steal` is the share of CPU time
+//! the hypervisor gave to other guests meanwhile (a shared VM's noise).
 //! Run with `make bench`.
 
 use std::process::Command;
@@ -77,11 +79,25 @@ fn rows(n: usize) -> (Vec<TokenizedRow>, Vec<f32>) {
     (rows, (0..n).map(|i| (i % 2) as f32).collect())
 }
 
+/// (steal, total) CPU jiffies from /proc/stat: time the hypervisor gave to other guests.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
 fn measure(config: &str, mode: &str) {
+    let jiffies_before = cpu_jiffies();
     let checkpoint = model(config);
     let device = Default::default();
     let (line, throughput) = if mode == "train" {
-        let (batch, steps) = (32, 6);
+        let (batch, steps) = (32, 8);
         let (rows, labels) = rows(batch * (steps + 1));
         let data = TrainData {
             rows: &rows,
@@ -94,28 +110,38 @@ fn measure(config: &str, mode: &str) {
             max_steps: Some(steps + 1),
             ..Default::default()
         };
-        let mut first_step_done = None;
-        train::<Autodiff<CpuBackend>>(&checkpoint, &data, &options, &device, |step| {
-            if step.index == 0 {
-                first_step_done = Some(Instant::now()); // the first step warms up
-            }
+        // Step times after the first (which warms up); the median resists the noise of a
+        // shared machine better than the mean.
+        let mut ends = Vec::new();
+        train::<Autodiff<CpuBackend>>(&checkpoint, &data, &options, &device, |_| {
+            ends.push(Instant::now())
         })
         .unwrap();
-        let seconds = first_step_done.unwrap().elapsed().as_secs_f64();
+        let mut seconds: Vec<f64> = ends
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        seconds.sort_by(f64::total_cmp);
         (
             format!("train    batch {batch} x seq {SEQ}"),
-            (batch * steps) as f64 / seconds,
+            batch as f64 / seconds[seconds.len() / 2],
         )
     } else {
-        let (batch, batches) = (64, 4);
+        let (batch, batches) = (64, 9);
         let (rows, _) = rows(batch * batches);
-        let _ =
-            predict::<CpuBackend>(&checkpoint, &rows[..batch], 0, batch, &device, |_| {}).unwrap();
-        let start = Instant::now();
-        let _ = predict::<CpuBackend>(&checkpoint, &rows, 0, batch, &device, |_| {}).unwrap();
+        let mut ends = vec![Instant::now()];
+        let _ = predict::<CpuBackend>(&checkpoint, &rows, 0, batch, &device, |_| {
+            ends.push(Instant::now())
+        })
+        .unwrap();
+        let mut seconds: Vec<f64> = ends[1..] // the first batch warms up
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_secs_f64())
+            .collect();
+        seconds.sort_by(f64::total_cmp);
         (
             format!("evaluate batch {batch} x seq {SEQ}"),
-            (batch * batches) as f64 / start.elapsed().as_secs_f64(),
+            batch as f64 / seconds[seconds.len() / 2],
         )
     };
     let reference = match (config, mode) {
@@ -124,8 +150,14 @@ fn measure(config: &str, mode: &str) {
         ("ffn768", "train") => Some(37.0),
         _ => None,
     };
+    let steal = match (jiffies_before, cpu_jiffies()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+            format!("  steal {:.0}%", 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64)
+        }
+        _ => String::new(),
+    };
     println!(
-        "{line}  {config:>6} ({:>5.2}M params): {throughput:>6.1} examples/s{}  peak RSS {:>5.0} MiB",
+        "{line}  {config:>6} ({:>5.2}M params): {throughput:>6.1} examples/s{}  peak RSS {:>5.0} MiB{steal}",
         checkpoint.parameter_count() as f64 / 1e6,
         reference.map_or(String::new(), |r| format!(" ({:.2}x PyTorch's {r})", throughput / r)),
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,

@@ -1,11 +1,11 @@
 //! Metrics of a checkpoint on labelled examples: accuracy, macro-F1 and MCC for
 //! classification; Pearson, Spearman and MSE for regression.
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
+use crate::fused::FusedOps;
 use crate::model::BertForSequenceClassification;
 use crate::tokenizer::{collate, TokenizedRow};
 
@@ -27,7 +27,7 @@ pub struct Metrics {
 }
 
 /// Model outputs for every row, in order; rows are batched by length to save padding.
-pub fn predict<B: Backend>(
+pub fn predict<B: FusedOps>(
     checkpoint: &Checkpoint,
     rows: &[TokenizedRow],
     pad_id: i64,
@@ -87,7 +87,7 @@ impl EvalSet {
     }
 
     /// Metrics of `checkpoint` on these examples. `on_batch` sees the size of every batch.
-    pub fn evaluate<B: Backend>(
+    pub fn evaluate<B: FusedOps>(
         &self,
         checkpoint: &Checkpoint,
         batch_size: usize,
@@ -103,7 +103,7 @@ impl EvalSet {
 /// Metrics of `checkpoint` on the examples `ids` of a partition's dataset, tokenized with
 /// the tokenizer of `tokenizer_dir`. `on_batch` sees the size of every batch done.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_examples<B: Backend>(
+pub fn evaluate_examples<B: FusedOps>(
     checkpoint: &Checkpoint,
     tokenizer_dir: &std::path::Path,
     partition: &crate::partition::Partition,

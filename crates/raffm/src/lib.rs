@@ -16,6 +16,7 @@ pub mod error;
 pub mod evaluate;
 pub mod extract;
 pub mod fixtures;
+pub mod fused;
 pub mod inspect;
 pub mod io;
 pub mod layout;

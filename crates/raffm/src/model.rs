@@ -14,6 +14,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Activation, BertConfig, Family, LayerArch};
 use crate::error::{Error, Result};
+use crate::fused::{AttentionOptions, FusedOps};
 use crate::layout::layer_tensor;
 use crate::tensor::HostTensor;
 
@@ -77,6 +78,16 @@ fn transpose(t: &HostTensor) -> HostTensor {
         }
     }
     HostTensor::new(vec![cols, rows], data)
+}
+
+/// A Linear on `[batch, seq, in]` as one `[batch * seq, in]` matmul. burn's Linear on a
+/// 3-D input runs a batched matmul that broadcasts the weight, and its weight gradient
+/// then materialises one `[in, out]` product per batch row before summing them.
+fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, width] = x.dims();
+    let y = linear.forward(x.reshape([batch * seq, width])); // [batch * seq, out]
+    let out = y.dims()[1];
+    y.reshape([batch, seq, out])
 }
 
 /// Collects a module's tensors back to the host under canonical names.
@@ -182,7 +193,9 @@ impl<B: Backend> BertEmbeddings<B> {
             }
         }
     }
+}
 
+impl<B: FusedOps> BertEmbeddings<B> {
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -194,7 +207,7 @@ impl<B: Backend> BertEmbeddings<B> {
         if let Some(token_types) = &self.token_type_embeddings {
             x = x + token_types.forward(token_type_ids);
         }
-        self.dropout.forward(self.layer_norm.forward(x))
+        B::fused_dropout(self.layer_norm.forward(x), self.dropout.prob)
     }
 }
 
@@ -211,25 +224,19 @@ pub struct BertSelfAttention<B: Backend> {
     scale: f64,
 }
 
-impl<B: Backend> BertSelfAttention<B> {
-    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [batch, seq, _] = x.dims();
-        x.reshape([batch, seq, self.num_heads, self.head_dim]) // [batch, seq, heads, head_dim]
-            .swap_dims(1, 2) // [batch, heads, seq, head_dim]
-    }
-
-    /// `mask_bias`: 0 for visible keys, a large negative number for padding.
-    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [batch, seq, _] = hidden.dims();
-        let q = self.split_heads(self.query.forward(hidden.clone())); // [batch, heads, seq, head_dim]
-        let k = self.split_heads(self.key.forward(hidden.clone())); // [batch, heads, seq, head_dim]
-        let v = self.split_heads(self.value.forward(hidden)); // [batch, heads, seq, head_dim]
-        let scores = q.matmul(k.transpose()).mul_scalar(self.scale) + mask_bias; // [batch, heads, seq, seq]
-        let probs = self.dropout.forward(activation::softmax(scores, 3));
-        probs
-            .matmul(v) // [batch, heads, seq, head_dim]
-            .swap_dims(1, 2) // [batch, seq, heads, head_dim]
-            .reshape([batch, seq, self.num_heads * self.head_dim])
+impl<B: FusedOps> BertSelfAttention<B> {
+    /// `mask_bias`: `[batch, seq]`, 0 for visible keys, a large negative number for padding.
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 2>) -> Tensor<B, 3> {
+        let q = linear_tokens(&self.query, hidden.clone()); // [batch, seq, heads * head_dim]
+        let k = linear_tokens(&self.key, hidden.clone()); // [batch, seq, heads * head_dim]
+        let v = linear_tokens(&self.value, hidden); // [batch, seq, heads * head_dim]
+        let options = AttentionOptions {
+            num_heads: self.num_heads,
+            head_dim: self.head_dim,
+            scale: self.scale,
+            dropout: self.dropout.prob,
+        };
+        B::fused_attention(q, k, v, mask_bias, &options) // [batch, seq, heads * head_dim]
     }
 }
 
@@ -238,13 +245,20 @@ impl<B: Backend> BertSelfAttention<B> {
 pub struct BertSelfOutput<B: Backend> {
     dense: Linear<B>,
     layer_norm: LayerNorm<B>,
+    layer_norm_eps: f64,
     dropout: Dropout,
 }
 
-impl<B: Backend> BertSelfOutput<B> {
+impl<B: FusedOps> BertSelfOutput<B> {
     pub fn forward(&self, attended: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.dropout.forward(self.dense.forward(attended)); // [batch, seq, hidden]
-        self.layer_norm.forward(x + residual)
+        let x = linear_tokens(&self.dense, attended); // [batch, seq, hidden]
+        B::fused_add_layer_norm(
+            x,
+            residual,
+            &self.layer_norm,
+            self.layer_norm_eps,
+            self.dropout.prob,
+        )
     }
 }
 
@@ -254,8 +268,8 @@ pub struct BertAttention<B: Backend> {
     output: BertSelfOutput<B>,
 }
 
-impl<B: Backend> BertAttention<B> {
-    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+impl<B: FusedOps> BertAttention<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 2>) -> Tensor<B, 3> {
         let attended = self.self_attention.forward(hidden.clone(), mask_bias);
         self.output.forward(attended, hidden)
     }
@@ -269,11 +283,11 @@ pub struct BertIntermediate<B: Backend> {
     activation: Activation,
 }
 
-impl<B: Backend> BertIntermediate<B> {
+impl<B: FusedOps> BertIntermediate<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.dense.forward(hidden); // [batch, seq, ffn]
+        let x = linear_tokens(&self.dense, hidden); // [batch, seq, ffn]
         match self.activation {
-            Activation::Gelu => activation::gelu(x),
+            Activation::Gelu => B::fused_gelu(x),
             Activation::GeluTanh => activation::gelu_approximate(x),
             Activation::Relu => activation::relu(x),
         }
@@ -285,13 +299,20 @@ impl<B: Backend> BertIntermediate<B> {
 pub struct BertOutput<B: Backend> {
     dense: Linear<B>,
     layer_norm: LayerNorm<B>,
+    layer_norm_eps: f64,
     dropout: Dropout,
 }
 
-impl<B: Backend> BertOutput<B> {
+impl<B: FusedOps> BertOutput<B> {
     pub fn forward(&self, intermediate: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.dropout.forward(self.dense.forward(intermediate)); // [batch, seq, hidden]
-        self.layer_norm.forward(x + residual)
+        let x = linear_tokens(&self.dense, intermediate); // [batch, seq, hidden]
+        B::fused_add_layer_norm(
+            x,
+            residual,
+            &self.layer_norm,
+            self.layer_norm_eps,
+            self.dropout.prob,
+        )
     }
 }
 
@@ -321,6 +342,7 @@ impl<B: Backend> BertLayer<B> {
                 output: BertSelfOutput {
                     dense: l.linear(&name("attention.output.dense")),
                     layer_norm: l.layer_norm(&name("attention.output.LayerNorm"), eps),
+                    layer_norm_eps: eps,
                     dropout: dropout(),
                 },
             },
@@ -331,6 +353,7 @@ impl<B: Backend> BertLayer<B> {
             output: BertOutput {
                 dense: l.linear(&name("output.dense")),
                 layer_norm: l.layer_norm(&name("output.LayerNorm"), eps),
+                layer_norm_eps: eps,
                 dropout: dropout(),
             },
         }
@@ -354,8 +377,10 @@ impl<B: Backend> BertLayer<B> {
         e.linear(&name("output.dense"), &self.output.dense);
         e.layer_norm(&name("output.LayerNorm"), &self.output.layer_norm);
     }
+}
 
-    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+impl<B: FusedOps> BertLayer<B> {
+    pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 2>) -> Tensor<B, 3> {
         let attended = self.attention.forward(hidden, mask_bias); // [batch, seq, hidden]
         let intermediate = self.intermediate.forward(attended.clone()); // [batch, seq, ffn]
         self.output.forward(intermediate, attended)
@@ -439,12 +464,12 @@ impl<B: Backend> BertModel<B> {
             e.linear("pooler.dense", &p.dense);
         }
     }
+}
 
+impl<B: FusedOps> BertModel<B> {
     pub fn forward(&self, batch: &BatchTensors<B>) -> EncoderOutput<B> {
-        let [b, s] = batch.input_ids.dims();
         let mask_bias = (batch.attention_mask.clone().float().neg().add_scalar(1.0))
-            .mul_scalar(MASKED)
-            .reshape([b, 1, 1, s]); // [batch, 1, 1, seq]
+            .mul_scalar(MASKED); // [batch, seq]
         let mut hidden = self
             .embeddings
             .forward(batch.input_ids.clone(), batch.token_type_ids.clone()); // [batch, seq, hidden]
@@ -499,16 +524,6 @@ impl<B: Backend> BertForSequenceClassification<B> {
         self
     }
 
-    /// Logits, `[batch, num_labels]`.
-    pub fn forward(&self, batch: &BatchTensors<B>) -> Tensor<B, 2> {
-        let pooled = self
-            .bert
-            .forward(batch)
-            .pooler_output
-            .expect("classification model has a pooler");
-        self.classifier.forward(self.dropout.forward(pooled))
-    }
-
     /// The model's weights as a checkpoint with `template`'s config and metadata.
     pub fn to_checkpoint(&self, template: &Checkpoint) -> Checkpoint {
         let mut e = Exporter::default();
@@ -518,6 +533,19 @@ impl<B: Backend> BertForSequenceClassification<B> {
         out.tensors = e.tensors.into_iter().collect();
         out.files.clear();
         out
+    }
+}
+
+impl<B: FusedOps> BertForSequenceClassification<B> {
+    /// Logits, `[batch, num_labels]`.
+    pub fn forward(&self, batch: &BatchTensors<B>) -> Tensor<B, 2> {
+        let pooled = self
+            .bert
+            .forward(batch)
+            .pooler_output
+            .expect("classification model has a pooler");
+        self.classifier
+            .forward(B::fused_dropout(pooled, self.dropout.prob))
     }
 }
 

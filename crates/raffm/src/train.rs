@@ -13,13 +13,15 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::nn::loss::{CrossEntropyLossConfig, MseLoss, Reduction};
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::fused::{self, FusedAdamW, FusedOps};
 use crate::model::BertForSequenceClassification;
 use crate::rng::SplitMix64;
 use crate::tokenizer::{collate, TokenizedRow};
@@ -157,13 +159,16 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
 
 /// Fine-tunes `checkpoint` (which must have a classification head) on `data`; `on_step`
 /// sees every step. Returns the trained checkpoint.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffBackend + FusedOps>(
     checkpoint: &Checkpoint,
     data: &TrainData,
     options: &TrainOptions,
     device: &B::Device,
     mut on_step: impl FnMut(Step),
-) -> Result<(Checkpoint, TrainReport)> {
+) -> Result<(Checkpoint, TrainReport)>
+where
+    B::InnerBackend: FusedOps,
+{
     let n = data.rows.len();
     if n == 0 {
         return Err(Error::Invalid("no training examples".into()));
@@ -193,6 +198,7 @@ pub fn train<B: AutodiffBackend>(
     }
     crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size)?;
     B::seed(device, options.seed);
+    fused::seed_dropout(options.seed);
     let mut model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
     if options.freeze_embeddings {
         model = model.freeze_embeddings();
@@ -204,10 +210,12 @@ pub fn train<B: AutodiffBackend>(
         model.visit(&mut s);
         s
     });
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(options.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .init();
+    let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
+        beta_1: 0.9,
+        beta_2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: options.weight_decay,
+    });
     let steps_per_epoch = n.div_ceil(options.batch_size);
     let total = options
         .max_steps
