@@ -152,7 +152,10 @@ fn measure(config: &str, mode: &str) {
     };
     let steal = match (jiffies_before, cpu_jiffies()) {
         (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
-            format!("  steal {:.0}%", 100.0 * (s1 - s0) as f64 / (t1 - t0) as f64)
+            format!(
+                "  steal {:.0}%",
+                100.0 * (s1 - s0) as f64 / (t1 - t0) as f64
+            )
         }
         _ => String::new(),
     };

@@ -468,8 +468,8 @@ impl<B: Backend> BertModel<B> {
 
 impl<B: FusedOps> BertModel<B> {
     pub fn forward(&self, batch: &BatchTensors<B>) -> EncoderOutput<B> {
-        let mask_bias = (batch.attention_mask.clone().float().neg().add_scalar(1.0))
-            .mul_scalar(MASKED); // [batch, seq]
+        let mask_bias =
+            (batch.attention_mask.clone().float().neg().add_scalar(1.0)).mul_scalar(MASKED); // [batch, seq]
         let mut hidden = self
             .embeddings
             .forward(batch.input_ids.clone(), batch.token_type_ids.clone()); // [batch, seq, hidden]

@@ -128,8 +128,13 @@ impl FusedOps for Flex {
         mask_bias: Tensor<Self, 2>,
         options: &AttentionOptions,
     ) -> Tensor<Self, 3> {
-        let [q, k, v, bias] = [primitive(q), primitive(k), primitive(v), primitive(mask_bias)]
-            .map(|t| contiguous(&t));
+        let [q, k, v, bias] = [
+            primitive(q),
+            primitive(k),
+            primitive(v),
+            primitive(mask_bias),
+        ]
+        .map(|t| contiguous(&t));
         let shape = attention_shape(&q, options);
         wrap(attention_forward(&shape, [&q, &k, &v], &bias, None).0)
     }

@@ -79,7 +79,8 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
@@ -87,7 +88,13 @@ pub fn exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `shifted`'s bits are ROUND's plus n (one ulp is 1 in [2^23, 2^24)): the integer n
+    // without a float-to-int conversion, which would not vectorise.
+    let biased_exponent = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    p * f32::from_bits(biased_exponent << 23)
 }
 
 /// `erf(x)` with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26), and
@@ -468,7 +475,9 @@ impl Strided {
     }
     fn check(&self, len: usize, rows: usize, cols: usize) {
         assert!(
-            rows == 0 || cols == 0 || self.offset + (rows - 1) * self.row + (cols - 1) * self.col < len,
+            rows == 0
+                || cols == 0
+                || self.offset + (rows - 1) * self.row + (cols - 1) * self.col < len,
             "strided matrix out of bounds"
         );
     }
@@ -599,7 +608,16 @@ pub fn attention(
                 let square = Strided::rows(0, seq);
                 // [seq, head_dim] · [head_dim, seq]
                 let (qh, kh) = (Strided::rows(col, width), Strided::rows(col, width));
-                matmul((seq, seq, head_dim), p, square, q, qh, k, kh.transposed(), 1.0);
+                matmul(
+                    (seq, seq, head_dim),
+                    p,
+                    square,
+                    q,
+                    qh,
+                    k,
+                    kh.transposed(),
+                    1.0,
+                );
                 softmax_rows(p, &bias[b * seq..(b + 1) * seq], shape.scale);
                 let weights: &[f32] = match (&mut dropped, mask) {
                     (Some(buf), Some(m)) => {
@@ -637,7 +655,12 @@ pub fn attention_backward(
         .enumerate()
         .for_each(|(b, ((dq, dk), dv))| {
             let rows = b * tokens..(b + 1) * tokens;
-            let (q, k, v, g) = (&q[rows.clone()], &k[rows.clone()], &v[rows.clone()], &grad[rows]);
+            let (q, k, v, g) = (
+                &q[rows.clone()],
+                &k[rows.clone()],
+                &v[rows.clone()],
+                &grad[rows],
+            );
             let probs = &saved.probs[b * per_row..(b + 1) * per_row];
             let mut weights = vec![0.0; seq * seq];
             let mut grad_scores = vec![0.0; seq * seq];
@@ -654,13 +677,49 @@ pub fn attention_backward(
                 };
                 let head = Strided::rows(h * head_dim, width);
                 // dv = weightsᵀ · grad: [seq, seq] · [seq, head_dim]
-                matmul((seq, head_dim, seq), dv, head, weights, square.transposed(), g, head, 1.0);
+                matmul(
+                    (seq, head_dim, seq),
+                    dv,
+                    head,
+                    weights,
+                    square.transposed(),
+                    g,
+                    head,
+                    1.0,
+                );
                 // d weights = grad · vᵀ: [seq, head_dim] · [head_dim, seq]
-                matmul((seq, seq, head_dim), &mut grad_scores, square, g, head, v, head.transposed(), 1.0);
+                matmul(
+                    (seq, seq, head_dim),
+                    &mut grad_scores,
+                    square,
+                    g,
+                    head,
+                    v,
+                    head.transposed(),
+                    1.0,
+                );
                 softmax_backward_rows(&mut grad_scores, p, mask, first, seq, shape.scale);
                 // dq = d scores · k, dk = d scoresᵀ · q: [seq, seq] · [seq, head_dim]
-                matmul((seq, head_dim, seq), dq, head, &grad_scores, square, k, head, 1.0);
-                matmul((seq, head_dim, seq), dk, head, &grad_scores, square.transposed(), q, head, 1.0);
+                matmul(
+                    (seq, head_dim, seq),
+                    dq,
+                    head,
+                    &grad_scores,
+                    square,
+                    k,
+                    head,
+                    1.0,
+                );
+                matmul(
+                    (seq, head_dim, seq),
+                    dk,
+                    head,
+                    &grad_scores,
+                    square.transposed(),
+                    q,
+                    head,
+                    1.0,
+                );
             }
         });
     [dq, dk, dv]
@@ -711,7 +770,9 @@ pub fn adamw(
     moment_2: &mut [f32],
     step: &AdamWStep,
 ) {
-    assert!(param.len() == grad.len() && param.len() == moment_1.len() && param.len() == moment_2.len());
+    assert!(
+        param.len() == grad.len() && param.len() == moment_1.len() && param.len() == moment_2.len()
+    );
     assert!(step.time >= 1, "AdamW steps count from 1");
     let t = step.time.min(i32::MAX as usize) as i32;
     let c = AdamWCoefficients {
@@ -745,7 +806,10 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -763,7 +827,10 @@ mod tests {
             let x = i as f64 / 100.0;
             let reference = libm_erf(x);
             let ours = erf_and_gaussian(x as f32).0 as f64;
-            assert!((ours - reference).abs() < 3e-7, "erf({x}) = {ours}, {reference}");
+            assert!(
+                (ours - reference).abs() < 3e-7,
+                "erf({x}) = {ours}, {reference}"
+            );
         }
     }
 
@@ -798,7 +865,11 @@ mod tests {
         for i in (0..x.len()).step_by(97) {
             let h = 1e-5;
             let slope = (f(x[i] as f64 + h) - f(x[i] as f64 - h)) / (2.0 * h);
-            assert!((dx[i] as f64 - grad[i] as f64 * slope).abs() < 1e-5, "at {}", x[i]);
+            assert!(
+                (dx[i] as f64 - grad[i] as f64 * slope).abs() < 1e-5,
+                "at {}",
+                x[i]
+            );
         }
     }
 
@@ -826,7 +897,8 @@ mod tests {
         let n = 70_001;
         let (mut param, grad) = (random(n, 20), random(n, 21));
         let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
-        let mut reference: Vec<(f64, f64, f64)> = param.iter().map(|&p| (p as f64, 0.0, 0.0)).collect();
+        let mut reference: Vec<(f64, f64, f64)> =
+            param.iter().map(|&p| (p as f64, 0.0, 0.0)).collect();
         for time in 1..=3 {
             let step = AdamWStep {
                 learning_rate: 1e-2,
@@ -847,7 +919,11 @@ mod tests {
                 *p -= step.learning_rate * m_hat / (v_hat.sqrt() + 1e-8);
             }
         }
-        let worst = param.iter().zip(&reference).map(|(a, (b, _, _))| (*a as f64 - b).abs()).fold(0.0, f64::max);
+        let worst = param
+            .iter()
+            .zip(&reference)
+            .map(|(a, (b, _, _))| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
         assert!(worst < 1e-6, "{worst}");
     }
 
@@ -871,7 +947,10 @@ mod tests {
             let mean = z.iter().sum::<f64>() / width as f64;
             let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / width as f64;
             let rstd = 1.0 / (var + 1e-12).sqrt();
-            out.extend((0..width).map(|i| ((z[i] - mean) * rstd * gamma[i] as f64 + beta[i] as f64) as f32));
+            out.extend(
+                (0..width)
+                    .map(|i| ((z[i] - mean) * rstd * gamma[i] as f64 + beta[i] as f64) as f32),
+            );
         }
         out
     }
@@ -900,15 +979,24 @@ mod tests {
             let (mut plus, mut minus) = (residual.clone(), residual.clone());
             plus[j] += h;
             minus[j] -= h;
-            let numeric = (loss(&y, &plus, &gamma, &beta) - loss(&y, &minus, &gamma, &beta)) / (2.0 * h as f64);
-            assert!((grad_z[j] as f64 - numeric).abs() < 2e-3, "residual {j}: {} vs {numeric}", grad_z[j]);
+            let numeric = (loss(&y, &plus, &gamma, &beta) - loss(&y, &minus, &gamma, &beta))
+                / (2.0 * h as f64);
+            assert!(
+                (grad_z[j] as f64 - numeric).abs() < 2e-3,
+                "residual {j}: {} vs {numeric}",
+                grad_z[j]
+            );
         }
         for j in [0, 5, width - 1] {
             let (mut plus, mut minus) = (gamma.clone(), gamma.clone());
             plus[j] += h;
             minus[j] -= h;
-            let numeric = (loss(&y, &residual, &plus, &beta) - loss(&y, &residual, &minus, &beta)) / (2.0 * h as f64);
-            assert!((grad_gamma[j] as f64 - numeric).abs() < 1e-2 * numeric.abs().max(1.0), "gamma {j}");
+            let numeric = (loss(&y, &residual, &plus, &beta) - loss(&y, &residual, &minus, &beta))
+                / (2.0 * h as f64);
+            assert!(
+                (grad_gamma[j] as f64 - numeric).abs() < 1e-2 * numeric.abs().max(1.0),
+                "gamma {j}"
+            );
             let expected: f64 = (0..rows).map(|r| w[r * width + j] as f64).sum();
             assert!((grad_beta[j] as f64 - expected).abs() < 1e-3, "beta {j}");
         }
@@ -923,16 +1011,27 @@ mod tests {
         bias: &[f32],
         mask: Option<&DropoutMask>,
     ) -> Vec<f32> {
-        let AttentionShape { batch, seq, heads, head_dim, scale } = *shape;
+        let AttentionShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+            scale,
+        } = *shape;
         let width = heads * head_dim;
         let mut out = vec![0.0f32; batch * seq * width];
         for b in 0..batch {
             for h in 0..heads {
                 for i in 0..seq {
-                    let at = |t: &[f32], j: usize, c: usize| t[(b * seq + j) * width + h * head_dim + c] as f64;
+                    let at = |t: &[f32], j: usize, c: usize| {
+                        t[(b * seq + j) * width + h * head_dim + c] as f64
+                    };
                     let scores: Vec<f64> = (0..seq)
                         .map(|j| {
-                            (0..head_dim).map(|c| at(q, i, c) * at(k, j, c)).sum::<f64>() * scale as f64
+                            (0..head_dim)
+                                .map(|c| at(q, i, c) * at(k, j, c))
+                                .sum::<f64>()
+                                * scale as f64
                                 + bias[b * seq + j] as f64
                         })
                         .collect();
@@ -956,7 +1055,13 @@ mod tests {
 
     #[test]
     fn attention_matches_the_reference_and_its_gradients_match_differences() {
-        let shape = AttentionShape { batch: 3, seq: 7, heads: 2, head_dim: 5, scale: 0.4 };
+        let shape = AttentionShape {
+            batch: 3,
+            seq: 7,
+            heads: 2,
+            head_dim: 5,
+            scale: 0.4,
+        };
         let n = shape.batch * shape.tokens();
         let (q, k, v) = (random(n, 10), random(n, 11), random(n, 12));
         let mut bias = vec![0.0f32; shape.batch * shape.seq];
@@ -966,7 +1071,11 @@ mod tests {
             let mut out = vec![0.0; n];
             let saved = attention(&shape, &q, &k, &v, &bias, mask.as_ref(), &mut out);
             let reference = attention_reference(&shape, &q, &k, &v, &bias, mask.as_ref());
-            assert!(max_diff(&out, &reference) < 1e-5, "{:?}", max_diff(&out, &reference));
+            assert!(
+                max_diff(&out, &reference) < 1e-5,
+                "{:?}",
+                max_diff(&out, &reference)
+            );
 
             let w = random(n, 13);
             let grads = attention_backward(&shape, &q, &k, &v, &saved, mask.as_ref(), &w);
