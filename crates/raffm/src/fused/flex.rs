@@ -71,7 +71,8 @@ fn attention_forward(
     [q, k, v]: [&FlexTensor; 3],
     mask_bias: &FlexTensor,
     mask: Option<&DropoutMask>,
-) -> (FlexTensor, AttentionSaved) {
+    save: bool,
+) -> (FlexTensor, Option<AttentionSaved>) {
     let mut out = vec![0.0; q.layout().num_elements()];
     let saved = kernels::attention(
         shape,
@@ -81,6 +82,7 @@ fn attention_forward(
         values(mask_bias),
         mask,
         &mut out,
+        save,
     );
     (flex_tensor(out, dims(q)), saved)
 }
@@ -89,7 +91,8 @@ fn layer_norm_forward(
     [y, residual, gamma, beta]: [&FlexTensor; 4],
     eps: f64,
     mask: Option<&DropoutMask>,
-) -> (FlexTensor, LayerNormSaved) {
+    save: bool,
+) -> (FlexTensor, Option<LayerNormSaved>) {
     let mut out = vec![0.0; y.layout().num_elements()];
     let saved = kernels::add_layer_norm(
         values(y),
@@ -99,6 +102,7 @@ fn layer_norm_forward(
         eps as f32,
         mask,
         &mut out,
+        save,
     );
     (flex_tensor(out, dims(y)), saved)
 }
@@ -136,7 +140,7 @@ impl FusedOps for Flex {
         ]
         .map(|t| contiguous(&t));
         let shape = attention_shape(&q, options);
-        wrap(attention_forward(&shape, [&q, &k, &v], &bias, None).0)
+        wrap(attention_forward(&shape, [&q, &k, &v], &bias, None, false).0)
     }
 
     fn fused_add_layer_norm(
@@ -155,7 +159,7 @@ impl FusedOps for Flex {
         ]
         .map(|t| contiguous(&t));
         let [y, residual, gamma, beta] = &inputs;
-        wrap(layer_norm_forward([y, residual, gamma, beta], eps, None).0)
+        wrap(layer_norm_forward([y, residual, gamma, beta], eps, None, false).0)
     }
 
     fn fused_adamw<const D: usize>(
@@ -375,23 +379,27 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
         let shape = attention_shape(&inputs[0], options);
         let mask = DropoutMask::new(options.dropout, next_dropout_key());
         let [iq, ik, iv] = &inputs;
-        let (out, saved) = attention_forward(&shape, [iq, ik, iv], &bias, mask.as_ref());
+        let forward = |save| attention_forward(&shape, [iq, ik, iv], &bias, mask.as_ref(), save);
         wrap(
             match AttentionBackward
                 .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish(
-                    AttentionState {
-                        shape,
-                        inputs,
-                        saved: Arc::new(saved),
-                        mask,
-                    },
-                    out,
-                ),
-                OpsKind::UnTracked(prep) => prep.finish(out),
+                OpsKind::Tracked(prep) => {
+                    let (out, saved) = forward(true);
+                    let saved = Arc::new(saved.expect("saved on request"));
+                    prep.finish(
+                        AttentionState {
+                            shape,
+                            inputs: inputs.clone(),
+                            saved,
+                            mask,
+                        },
+                        out,
+                    )
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(false).0),
             },
         )
     }
@@ -413,23 +421,26 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
         let inputs = nodes.each_ref().map(|t| contiguous(&t.primitive));
         let mask = DropoutMask::new(prob, next_dropout_key());
         let [iy, ir, ig, ib] = &inputs;
-        let (out, saved) = layer_norm_forward([iy, ir, ig, ib], eps, mask.as_ref());
+        let forward = |save| layer_norm_forward([iy, ir, ig, ib], eps, mask.as_ref(), save);
         wrap(
             match LayerNormBackward
                 .prepare::<C>(nodes.each_ref().map(|t| t.node.clone()))
                 .compute_bound()
                 .stateful()
             {
-                OpsKind::Tracked(prep) => prep.finish(
-                    LayerNormState {
-                        saved: Arc::new(saved),
-                        gamma: ig.clone(),
-                        mask,
-                        shape: dims(iy),
-                    },
-                    out,
-                ),
-                OpsKind::UnTracked(prep) => prep.finish(out),
+                OpsKind::Tracked(prep) => {
+                    let (out, saved) = forward(true);
+                    prep.finish(
+                        LayerNormState {
+                            saved: Arc::new(saved.expect("saved on request")),
+                            gamma: ig.clone(),
+                            mask,
+                            shape: dims(iy),
+                        },
+                        out,
+                    )
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(false).0),
             },
         )
     }

@@ -126,31 +126,47 @@ fn gelu_and_slope(x: f32) -> (f32, f32) {
     (x * cdf, cdf + x * FRAC_1_SQRT_2PI * gaussian)
 }
 
-/// Sum with 16 partial sums, so it vectorises.
+/// `sum(f(a[i], b[i]))` with 16 partial sums, so it vectorises.
 #[inline(always)]
-fn sum(xs: impl Iterator<Item = f32>) -> f32 {
+fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; 16];
-    for (i, x) in xs.enumerate() {
-        lanes[i % 16] += x;
+    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = (a_chunks.remainder().iter())
+        .zip(b_chunks.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for l in 0..16 {
+            lanes[l] += f(x[l], y[l]);
+        }
     }
-    lanes.iter().sum()
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Sum with 16 partial sums.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    sum_zip(a, a, |x, _| x)
+}
+
+/// Maximum with 16 partial maxima.
+#[inline(always)]
+fn max(a: &[f32]) -> f32 {
+    let mut lanes = [f32::MIN; 16];
+    let chunks = a.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(f32::MIN, |m, &x| m.max(x));
+    for x in chunks {
+        for l in 0..16 {
+            lanes[l] = lanes[l].max(x[l]);
+        }
+    }
+    lanes.iter().fold(tail, |m, &x| m.max(x))
 }
 
 /// Dot product with 16 partial sums.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 16];
-    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = (a_chunks.remainder().iter())
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for l in 0..16 {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
+    sum_zip(a, b, |x, y| x * y)
 }
 
 // ---- dropout ------------------------------------------------------------------------------
@@ -300,8 +316,8 @@ multiversion! {
                     }
                 }
             }
-            let mean = sum(z.iter().copied()) / width as f32;
-            let var = sum(z.iter().map(|&v| (v - mean) * (v - mean))) / width as f32;
+            let mean = sum(z) / width as f32;
+            let var = sum_zip(z, z, |v, _| (v - mean) * (v - mean)) / width as f32;
             let rstd = 1.0 / (var + eps).sqrt();
             inv_std[r] = rstd;
             for (((o, z), &g), &b) in out[span].iter_mut().zip(z.iter_mut()).zip(gamma).zip(beta) {
@@ -313,7 +329,9 @@ multiversion! {
 }
 
 /// `out = LayerNorm(dropout(y) + residual)` over rows of `gamma.len()`, with the biased
-/// variance as PyTorch. `mask` indexes the elements of `y`.
+/// variance as PyTorch. `mask` indexes the elements of `y`. With `save` it also returns
+/// what the backward pass needs; inference does without.
+#[allow(clippy::too_many_arguments)]
 pub fn add_layer_norm(
     y: &[f32],
     residual: &[f32],
@@ -322,36 +340,45 @@ pub fn add_layer_norm(
     eps: f32,
     mask: Option<&DropoutMask>,
     out: &mut [f32],
-) -> LayerNormSaved {
+    save: bool,
+) -> Option<LayerNormSaved> {
     let width = gamma.len();
     assert!(beta.len() == width && y.len() == residual.len() && y.len() == out.len());
     assert_eq!(y.len() % width, 0, "rows of {width}");
+    let rows = rows_per_task(width);
+    let chunk = rows * width;
+    let run = |c: usize, out: &mut [f32], normalized: &mut [f32], inv_std: &mut [f32]| {
+        let span = c * chunk..c * chunk + out.len();
+        add_layer_norm_chunk(
+            &y[span.clone()],
+            &residual[span],
+            gamma,
+            beta,
+            eps,
+            mask,
+            c * chunk,
+            out,
+            normalized,
+            inv_std,
+        );
+    };
+    if !save {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+            let (mut normalized, mut inv_std) = (vec![0.0; out.len()], vec![0.0; rows]);
+            run(c, out, &mut normalized, &mut inv_std);
+        });
+        return None;
+    }
     let mut saved = LayerNormSaved {
         normalized: vec![0.0; y.len()],
         inv_std: vec![0.0; y.len() / width],
     };
-    let rows = rows_per_task(width);
-    let chunk = rows * width;
     out.par_chunks_mut(chunk)
         .zip(saved.normalized.par_chunks_mut(chunk))
         .zip(saved.inv_std.par_chunks_mut(rows))
         .enumerate()
-        .for_each(|(c, ((out, normalized), inv_std))| {
-            let span = c * chunk..c * chunk + out.len();
-            add_layer_norm_chunk(
-                &y[span.clone()],
-                &residual[span],
-                gamma,
-                beta,
-                eps,
-                mask,
-                c * chunk,
-                out,
-                normalized,
-                inv_std,
-            );
-        });
-    saved
+        .for_each(|(c, ((out, normalized), inv_std))| run(c, out, normalized, inv_std));
+    Some(saved)
 }
 
 multiversion! {
@@ -367,16 +394,16 @@ multiversion! {
         let width = gamma.len();
         for (r, &rstd) in inv_std.iter().enumerate() {
             let span = r * width..(r + 1) * width;
-            let (g, xhat) = (&grad[span.clone()], &normalized[span.clone()]);
+            let (g, xhat, dz) = (&grad[span.clone()], &normalized[span.clone()], &mut grad_z[span]);
             for i in 0..width {
                 grad_gamma[i] += g[i] * xhat[i];
                 grad_beta[i] += g[i];
+                dz[i] = g[i] * gamma[i]; // the gradient at the normalised value, for now
             }
-            let mean_gx = sum(g.iter().zip(gamma).map(|(g, w)| g * w)) / width as f32;
-            let mean_gx_xhat =
-                sum(g.iter().zip(gamma).zip(xhat).map(|((g, w), x)| g * w * x)) / width as f32;
-            for ((dz, (&g, &w)), &x) in grad_z[span].iter_mut().zip(g.iter().zip(gamma)).zip(xhat) {
-                *dz = rstd * (g * w - mean_gx - x * mean_gx_xhat);
+            let mean_dxhat = sum(dz) / width as f32;
+            let mean_dxhat_xhat = dot(dz, xhat) / width as f32;
+            for (dz, &x) in dz.iter_mut().zip(xhat) {
+                *dz = rstd * (*dz - mean_dxhat - x * mean_dxhat_xhat);
             }
         }
     }
@@ -530,15 +557,14 @@ multiversion! {
     /// Scores to probabilities in place, row by row: `softmax(scale * s + bias)`.
     fn softmax_rows(scores: &mut [f32], bias: &[f32], scale: f32) {
         for row in scores.chunks_exact_mut(bias.len()) {
-            let mut max = f32::MIN;
             for (s, &b) in row.iter_mut().zip(bias) {
                 *s = *s * scale + b;
-                max = max.max(*s);
             }
+            let top = max(row);
             for s in row.iter_mut() {
-                *s = exp(*s - max);
+                *s = exp(*s - top);
             }
-            let inv = 1.0 / sum(row.iter().copied());
+            let inv = 1.0 / sum(row);
             row.iter_mut().for_each(|s| *s *= inv);
         }
     }
@@ -587,51 +613,60 @@ pub fn attention(
     bias: &[f32],
     mask: Option<&DropoutMask>,
     out: &mut [f32],
-) -> AttentionSaved {
+    save: bool,
+) -> Option<AttentionSaved> {
     let AttentionShape { seq, head_dim, .. } = *shape;
     let (width, tokens, per_row) = (shape.width(), shape.tokens(), shape.probs());
     for t in [q, k, v, &*out] {
         assert_eq!(t.len(), shape.batch * tokens, "attention input size");
     }
     assert_eq!(bias.len(), shape.batch * seq, "attention bias size");
+    let run = |b: usize, out: &mut [f32], probs: &mut [f32]| {
+        let rows = b * tokens..(b + 1) * tokens;
+        let (q, k, v) = (&q[rows.clone()], &k[rows.clone()], &v[rows]);
+        let mut dropped = mask.map(|_| vec![0.0; seq * seq]);
+        for h in 0..shape.heads {
+            let col = h * head_dim;
+            let p = &mut probs[h * seq * seq..(h + 1) * seq * seq];
+            let square = Strided::rows(0, seq);
+            // [seq, head_dim] · [head_dim, seq]
+            let (qh, kh) = (Strided::rows(col, width), Strided::rows(col, width));
+            matmul(
+                (seq, seq, head_dim),
+                p,
+                square,
+                q,
+                qh,
+                k,
+                kh.transposed(),
+                1.0,
+            );
+            softmax_rows(p, &bias[b * seq..(b + 1) * seq], shape.scale);
+            let weights: &[f32] = match (&mut dropped, mask) {
+                (Some(buf), Some(m)) => {
+                    masked_copy(p, m, (b * shape.heads + h) * seq * seq, buf);
+                    buf
+                }
+                _ => p,
+            };
+            // [seq, seq] · [seq, head_dim]
+            let vh = Strided::rows(col, width);
+            matmul((seq, head_dim, seq), out, vh, weights, square, v, vh, 1.0);
+        }
+    };
+    if !save {
+        // Inference keeps one batch row's probabilities at a time instead of all of them.
+        out.par_chunks_mut(tokens)
+            .enumerate()
+            .for_each(|(b, out)| run(b, out, &mut vec![0.0; per_row]));
+        return None;
+    }
     let mut probs = vec![0.0; shape.batch * per_row];
     out.par_chunks_mut(tokens)
         .zip(probs.par_chunks_mut(per_row))
         .enumerate()
-        .for_each(|(b, (out, probs))| {
-            let rows = b * tokens..(b + 1) * tokens;
-            let (q, k, v) = (&q[rows.clone()], &k[rows.clone()], &v[rows]);
-            let mut dropped = mask.map(|_| vec![0.0; seq * seq]);
-            for h in 0..shape.heads {
-                let col = h * head_dim;
-                let p = &mut probs[h * seq * seq..(h + 1) * seq * seq];
-                let square = Strided::rows(0, seq);
-                // [seq, head_dim] · [head_dim, seq]
-                let (qh, kh) = (Strided::rows(col, width), Strided::rows(col, width));
-                matmul(
-                    (seq, seq, head_dim),
-                    p,
-                    square,
-                    q,
-                    qh,
-                    k,
-                    kh.transposed(),
-                    1.0,
-                );
-                softmax_rows(p, &bias[b * seq..(b + 1) * seq], shape.scale);
-                let weights: &[f32] = match (&mut dropped, mask) {
-                    (Some(buf), Some(m)) => {
-                        masked_copy(p, m, (b * shape.heads + h) * seq * seq, buf);
-                        buf
-                    }
-                    _ => p,
-                };
-                // [seq, seq] · [seq, head_dim]
-                let vh = Strided::rows(col, width);
-                matmul((seq, head_dim, seq), out, vh, weights, square, v, vh, 1.0);
-            }
-        });
-    AttentionSaved { probs }
+        .for_each(|(b, (out, probs))| run(b, out, probs));
+    Some(AttentionSaved { probs })
 }
 
 /// Gradients of [`attention`] with respect to q, k and v, from the output's gradient.
@@ -963,7 +998,17 @@ mod tests {
         let mask = DropoutMask::new(0.2, 9).unwrap();
         let factors: Vec<f32> = (0..y.len()).map(|i| mask.factor(i)).collect();
         let mut out = vec![0.0; y.len()];
-        let saved = add_layer_norm(&y, &residual, &gamma, &beta, 1e-12, Some(&mask), &mut out);
+        let saved = add_layer_norm(
+            &y,
+            &residual,
+            &gamma,
+            &beta,
+            1e-12,
+            Some(&mask),
+            &mut out,
+            true,
+        )
+        .unwrap();
         let reference = layer_norm_reference(&y, &residual, &gamma, &beta, &factors);
         assert!(max_diff(&out, &reference) < 2e-5);
 
@@ -1069,7 +1114,8 @@ mod tests {
         bias[2 * shape.seq - 2] = -1e9;
         for mask in [None, DropoutMask::new(0.3, 5)] {
             let mut out = vec![0.0; n];
-            let saved = attention(&shape, &q, &k, &v, &bias, mask.as_ref(), &mut out);
+            let saved =
+                attention(&shape, &q, &k, &v, &bias, mask.as_ref(), &mut out, true).unwrap();
             let reference = attention_reference(&shape, &q, &k, &v, &bias, mask.as_ref());
             assert!(
                 max_diff(&out, &reference) < 1e-5,
