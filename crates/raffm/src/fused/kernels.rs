@@ -71,10 +71,16 @@ fn simd_level() -> u8 {
 // ---- scalar math the compiler can vectorise ------------------------------------------------
 
 /// `e^x` to about 2 ulp: range reduction by ln 2, a degree-7 Taylor polynomial on
-/// |r| <= ln2/2, and the power of two built in the exponent bits. Inputs are clamped to
-/// the range of normal floats, so `exp(-1e9)` is 1.2e-38 rather than 0.
+/// |r| <= ln2/2, and the power of two built in the exponent bits.
+///
+/// Below `e^-80` (1.8e-35) the result is exactly 0. A softmax weight that small is far below
+/// f32 resolution next to the row's largest weight (1), and keeping it would leave
+/// subnormal numbers in the probabilities: masked keys (bias -1e9) then made every
+/// matmul that reads them stall on subnormal arithmetic, 10x slower end to end.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
+    const FLUSH_BELOW: f32 = -80.0;
+    let flush = x < FLUSH_BELOW;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
@@ -94,7 +100,12 @@ pub fn exp(x: f32) -> f32 {
         .to_bits()
         .wrapping_sub(ROUND.to_bits())
         .wrapping_add(127);
-    p * f32::from_bits(biased_exponent << 23)
+    let value = p * f32::from_bits(biased_exponent << 23);
+    if flush {
+        0.0
+    } else {
+        value
+    }
 }
 
 /// `erf(x)` with absolute error below 1.5e-7 (Abramowitz & Stegun 7.1.26), and
@@ -857,7 +868,17 @@ mod tests {
                 "exp({x}) = {ours}, libm {reference}"
             );
         }
-        assert!(exp(-1e9) < 1e-37 && exp(-1e9) >= 0.0);
+        // No subnormal results: tiny values are flushed to exactly 0.
+        assert_eq!(exp(-1e9), 0.0);
+        assert_eq!(exp(-80.5), 0.0);
+        for i in 0..2000 {
+            let y = exp(-i as f32 / 10.0);
+            assert!(
+                y == 0.0 || y.is_normal(),
+                "exp({}) = {y:e}",
+                -i as f32 / 10.0
+            );
+        }
         for i in -600..600 {
             let x = i as f64 / 100.0;
             let reference = libm_erf(x);
@@ -1116,6 +1137,11 @@ mod tests {
             let mut out = vec![0.0; n];
             let saved =
                 attention(&shape, &q, &k, &v, &bias, mask.as_ref(), &mut out, true).unwrap();
+            // Padding gets exactly zero weight (no subnormals to slow the matmuls down).
+            let seq = shape.seq;
+            for row in saved.probs.chunks_exact(seq).take(shape.heads * seq) {
+                assert_eq!(row[seq - 1], 0.0, "first batch row, padded last key");
+            }
             let reference = attention_reference(&shape, &q, &k, &v, &bias, mask.as_ref());
             assert!(
                 max_diff(&out, &reference) < 1e-5,
