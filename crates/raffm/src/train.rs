@@ -4,9 +4,10 @@
 //! PyTorch's `clip_grad_norm_`), an optional FedProx proximal term `mu/2 * |w - w0|^2`
 //! (applied as `mu * (w - w0)` on the gradients, which is its exact gradient) and optional
 //! frozen embeddings. Data order and dropout are seeded: two runs with the same seed give
-//! bit-identical weights on CPU. burn's CPU backends keep one dropout generator per
-//! process, so reproducibility assumes one training run at a time per process (as the
-//! binaries do).
+//! bit-identical weights on CPU. Dropout's seed (burn's generator, and on flex the fused
+//! kernels' key, see [`crate::fused::seed_dropout`]) is per process, so reproducibility
+//! assumes one training run at a time per process (as the binaries do). AdamW is
+//! [`FusedAdamW`]: PyTorch's update, one pass per parameter on flex.
 
 use std::collections::HashMap;
 use std::time::Instant;

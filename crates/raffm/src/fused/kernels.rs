@@ -2,7 +2,7 @@
 //!
 //! Each kernel does in one pass over memory what burn's composed ops do in several, and
 //! splits its rows over rayon's threads. The math is written without branches or libm
-//! calls so that the compiler vectorises it; [`multiversion!`] compiles each kernel for
+//! calls so that the compiler vectorises it; `multiversion!` compiles each kernel for
 //! AVX-512 and AVX2 besides the baseline and picks one at run time. Reductions keep 16
 //! partial sums, since the compiler may not reorder float additions itself.
 //!
