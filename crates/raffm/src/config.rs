@@ -241,6 +241,19 @@ impl BertConfig {
 
     /// Checks the per-layer architecture against the full model's dimensions.
     fn validate(&self) -> std::result::Result<(), String> {
+        let dropouts = [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            (
+                "attention_probs_dropout_prob",
+                Some(self.attention_probs_dropout_prob),
+            ),
+            ("classifier_dropout", self.classifier_dropout),
+        ];
+        for (name, p) in dropouts {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                return Err(format!("{name} {p} is outside [0, 1)"));
+            }
+        }
         if self.layers.len() != self.num_hidden_layers {
             return Err(format!(
                 "`{ELASTIC_KEY}.layers` has {} entries but num_hidden_layers is {}",
@@ -457,6 +470,14 @@ mod tests {
         v["num_attention_heads"] = json!(5);
         let e = BertConfig::from_json(v, Path::new("config.json")).unwrap_err();
         assert!(e.to_string().contains("not a multiple"), "{e}");
+        let mut v = minilm_like();
+        v["attention_probs_dropout_prob"] = json!(1.0);
+        let e = BertConfig::from_json(v, Path::new("config.json")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("attention_probs_dropout_prob 1 is outside"),
+            "{e}"
+        );
         let c = BertConfig::from_json(minilm_like(), Path::new("c.json")).unwrap();
         let too_wide = LayerArch {
             num_heads: 13,

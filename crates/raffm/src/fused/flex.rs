@@ -10,18 +10,18 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::nn::LayerNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor as Primitive;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 
 use super::kernels::{self, AttentionSaved, AttentionShape, DropoutMask, LayerNormSaved};
 use super::{next_dropout_key, AdamWStep, AttentionOptions, FusedOps};
 
-use burn::tensor::ops::FloatTensor as Primitive;
-
-fn primitive<B: burn::tensor::backend::Backend, const D: usize>(x: Tensor<B, D>) -> Primitive<B> {
+fn primitive<B: Backend, const D: usize>(x: Tensor<B, D>) -> Primitive<B> {
     x.into_primitive().tensor()
 }
 
-fn wrap<B: burn::tensor::backend::Backend, const D: usize>(x: Primitive<B>) -> Tensor<B, D> {
+fn wrap<B: Backend, const D: usize>(x: Primitive<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
@@ -108,9 +108,7 @@ fn layer_norm_forward(
 }
 
 /// The norm's gamma and beta as tensors of the backend `B`.
-fn norm_parameters<B: burn::tensor::backend::Backend>(
-    norm: &LayerNorm<B>,
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
+fn norm_parameters<B: Backend>(norm: &LayerNorm<B>) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let beta = norm.beta.as_ref().expect("HF layer norms have biases");
     (norm.gamma.val(), beta.val())
 }
