@@ -25,11 +25,6 @@ fn wrap<B: Backend, const D: usize>(x: Primitive<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(x))
 }
 
-/// The tensor's elements in row-major order (copied only when its layout is strided).
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
 fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("the fused kernels take contiguous f32 tensors")
@@ -49,7 +44,8 @@ fn gelu_forward(x: &FlexTensor) -> FlexTensor {
     flex_tensor(y, dims(x))
 }
 
-fn dropout_forward(x: &FlexTensor, mask: &DropoutMask) -> FlexTensor {
+/// `x` times the mask's factors (dropout forward, and its backward on the gradient).
+fn apply_mask(x: &FlexTensor, mask: &DropoutMask) -> FlexTensor {
     let mut y = values(x).to_vec();
     kernels::apply_dropout(&mut y, mask);
     flex_tensor(y, dims(x))
@@ -116,7 +112,7 @@ fn norm_parameters<B: Backend>(norm: &LayerNorm<B>) -> (Tensor<B, 1>, Tensor<B, 
 /// Inference: no dropout, no saved state.
 impl FusedOps for Flex {
     fn fused_gelu(x: Tensor<Self, 3>) -> Tensor<Self, 3> {
-        wrap(gelu_forward(&contiguous(&primitive(x))))
+        wrap(gelu_forward(&primitive(x).to_contiguous()))
     }
 
     fn fused_dropout<const D: usize>(x: Tensor<Self, D>, _prob: f64) -> Tensor<Self, D> {
@@ -136,7 +132,7 @@ impl FusedOps for Flex {
             primitive(v),
             primitive(mask_bias),
         ]
-        .map(|t| contiguous(&t));
+        .map(|t| t.to_contiguous());
         let shape = attention_shape(&q, options);
         wrap(attention_forward(&shape, [&q, &k, &v], &bias, None, false).0)
     }
@@ -155,7 +151,7 @@ impl FusedOps for Flex {
             primitive(gamma),
             primitive(beta),
         ]
-        .map(|t| contiguous(&t));
+        .map(|t| t.to_contiguous());
         let [y, residual, gamma, beta] = &inputs;
         wrap(layer_norm_forward([y, residual, gamma, beta], eps, None, false).0)
     }
@@ -166,7 +162,7 @@ impl FusedOps for Flex {
         moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
         step: &AdamWStep,
     ) -> [Tensor<Self, D>; 3] {
-        let grad = contiguous(&primitive(grad));
+        let grad = primitive(grad).to_contiguous();
         let (mut m, mut v) = match moments {
             Some((m, v)) => (owned(primitive(m)), owned(primitive(v))),
             None => {
@@ -212,7 +208,7 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let x = ops.state;
         register!(grads, &ops.parents[0], {
             let mut out = vec![0.0; x.layout().num_elements()];
@@ -229,25 +225,33 @@ impl Backward<Flex, 1> for DropoutBackward {
     type State = DropoutMask;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = contiguous(&grads.consume::<Flex>(&ops.node));
-        register!(grads, &ops.parents[0], dropout_forward(&grad, &ops.state));
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        register!(grads, &ops.parents[0], apply_mask(&grad, &ops.state));
     }
 }
 
-#[derive(Clone)]
+/// Saved activations, shared and printed by type only (burn's graph wants `Clone + Debug`).
+struct Saved<T>(Arc<T>);
+
+// By hand: a derive would ask for `T: Clone`, and cloning only shares the Arc.
+impl<T> Clone for Saved<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T> std::fmt::Debug for Saved<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::any::type_name::<T>())
+    }
+}
+
+#[derive(Clone, Debug)]
 struct AttentionState {
     shape: AttentionShape,
     inputs: [FlexTensor; 3],
-    saved: Arc<AttentionSaved>,
+    saved: Saved<AttentionSaved>,
     mask: Option<DropoutMask>,
-}
-
-impl std::fmt::Debug for AttentionState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttentionState")
-            .field("shape", &self.shape)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug)]
@@ -257,7 +261,7 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = AttentionState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = contiguous(&grads.consume::<Flex>(&ops.node));
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
         let AttentionState {
             shape,
             inputs: [q, k, v],
@@ -269,7 +273,7 @@ impl Backward<Flex, 3> for AttentionBackward {
             values(&q),
             values(&k),
             values(&v),
-            &saved,
+            &saved.0,
             mask.as_ref(),
             values(&grad),
         );
@@ -279,20 +283,11 @@ impl Backward<Flex, 3> for AttentionBackward {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct LayerNormState {
-    saved: Arc<LayerNormSaved>,
+    saved: Saved<LayerNormSaved>,
     gamma: FlexTensor,
     mask: Option<DropoutMask>,
-    shape: Vec<usize>,
-}
-
-impl std::fmt::Debug for LayerNormState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerNormState")
-            .field("shape", &self.shape)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug)]
@@ -302,23 +297,18 @@ impl Backward<Flex, 4> for LayerNormBackward {
     type State = LayerNormState;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = contiguous(&grads.consume::<Flex>(&ops.node));
-        let LayerNormState {
-            saved,
-            gamma,
-            mask,
-            shape,
-        } = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let LayerNormState { saved, gamma, mask } = ops.state;
         let (grad_z, grad_gamma, grad_beta) =
-            kernels::add_layer_norm_backward(values(&grad), &saved, values(&gamma));
+            kernels::add_layer_norm_backward(values(&grad), &saved.0, values(&gamma));
         let width = grad_gamma.len();
         let [y, residual, gamma_node, beta_node] = &ops.parents;
-        let grad_z = flex_tensor(grad_z, shape);
+        let grad_z = flex_tensor(grad_z, dims(&grad)); // y's shape
         register!(
             grads,
             y,
             match &mask {
-                Some(m) => dropout_forward(&grad_z, m),
+                Some(m) => apply_mask(&grad_z, m),
                 None => grad_z.clone(),
             }
         );
@@ -332,7 +322,7 @@ impl Backward<Flex, 4> for LayerNormBackward {
 impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
     fn fused_gelu(x: Tensor<Self, 3>) -> Tensor<Self, 3> {
         let x = primitive(x);
-        let input = contiguous(&x.primitive);
+        let input = x.primitive.to_contiguous();
         let y = gelu_forward(&input);
         wrap(
             match GeluBackward
@@ -351,7 +341,7 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
             return x;
         };
         let x = primitive(x);
-        let y = dropout_forward(&contiguous(&x.primitive), &mask);
+        let y = apply_mask(&x.primitive.to_contiguous(), &mask);
         wrap(
             match DropoutBackward
                 .prepare::<C>([x.node.clone()])
@@ -372,8 +362,8 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
         options: &AttentionOptions,
     ) -> Tensor<Self, 3> {
         let [q, k, v] = [primitive(q), primitive(k), primitive(v)];
-        let inputs = [&q, &k, &v].map(|t| contiguous(&t.primitive));
-        let bias = contiguous(&primitive(mask_bias).primitive);
+        let inputs = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
+        let bias = primitive(mask_bias).primitive.to_contiguous();
         let shape = attention_shape(&inputs[0], options);
         let mask = DropoutMask::new(options.dropout, next_dropout_key());
         let [iq, ik, iv] = &inputs;
@@ -386,7 +376,7 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
             {
                 OpsKind::Tracked(prep) => {
                     let (out, saved) = forward(true);
-                    let saved = Arc::new(saved.expect("saved on request"));
+                    let saved = Saved(Arc::new(saved.expect("saved on request")));
                     prep.finish(
                         AttentionState {
                             shape,
@@ -416,7 +406,7 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
             primitive(gamma),
             primitive(beta),
         ];
-        let inputs = nodes.each_ref().map(|t| contiguous(&t.primitive));
+        let inputs = nodes.each_ref().map(|t| t.primitive.to_contiguous());
         let mask = DropoutMask::new(prob, next_dropout_key());
         let [iy, ir, ig, ib] = &inputs;
         let forward = |save| layer_norm_forward([iy, ir, ig, ib], eps, mask.as_ref(), save);
@@ -430,10 +420,9 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
                     let (out, saved) = forward(true);
                     prep.finish(
                         LayerNormState {
-                            saved: Arc::new(saved.expect("saved on request")),
+                            saved: Saved(Arc::new(saved.expect("saved on request"))),
                             gamma: ig.clone(),
                             mask,
-                            shape: dims(iy),
                         },
                         out,
                     )

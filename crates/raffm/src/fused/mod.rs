@@ -87,10 +87,9 @@ pub trait FusedOps: Backend {
         y: Tensor<Self, 3>,
         residual: Tensor<Self, 3>,
         norm: &LayerNorm<Self>,
-        eps: f64,
+        _eps: f64,
         prob: f64,
     ) -> Tensor<Self, 3> {
-        let _ = eps;
         composed::add_layer_norm(y, residual, norm, prob)
     }
 
