@@ -120,6 +120,8 @@ endif
 RD         = $(RUN)/round-$(R)
 PREV       = $(RUN)/round-$(shell expr $(R) - 1)
 SRC_GLOBAL = $(if $(PL_PRIORITIZE),$(RD)/prioritized,$(PREV)/global)
+# `--flag value` where the pipeline gives the value; otherwise the binary's default.
+opt        = $(if $(2),$(1) $(2))
 comma     := ,
 # The round's clients, once drawn: as written (c001,c007) and as a Make list.
 PARTICIPANTS = $(strip $(file < $(RD)/participants.txt))
@@ -139,7 +141,7 @@ round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json | $(BINS)
 round-clients: $(RD)/global/manifest.json
 
 $(RUN)/partition.json: $(PIPELINE_FILE) | $(BINS)
-	$(BIN)/raffm-partition --data $(PL_DATA) $(if $(PL_DATA_FORMAT),--format $(PL_DATA_FORMAT)) --clients $(PL_CLIENTS) --scheme $(PL_SCHEME) --alpha $(PL_ALPHA) --validation-fraction $(PL_VALIDATION_FRACTION) --seed $(PL_SEED) --output $@
+	$(BIN)/raffm-partition --data $(PL_DATA) $(call opt,--format,$(PL_DATA_FORMAT)) --clients $(PL_CLIENTS) $(call opt,--scheme,$(PL_SCHEME)) $(call opt,--alpha,$(PL_ALPHA)) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --seed $(PL_SEED) --output $@
 
 $(RUN)/budgets.json: $(PIPELINE_FILE) | $(BINS)
 	$(BIN)/raffm-budgets --pipeline $(PIPELINE_FILE) --seed $(PL_SEED) --output $@
@@ -148,7 +150,7 @@ $(RUN)/round-0/global/manifest.json: $(RUN)/partition.json | $(BINS)
 	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
-	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(if $(PL_EVAL_MAX),--max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN) --quiet --output $@
+	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
 
 $(RD)/participants.txt: $(RUN)/budgets.json
 	$(BIN)/raffm-sample-clients --budgets $< --round $(R) --per-round $(PL_PER_ROUND) --seed $(PL_SEED) --output $@
@@ -157,16 +159,16 @@ $(RD)/prioritized/manifest.json: $(PREV)/global/manifest.json
 	$(BIN)/raffm-prioritize --input $(PREV)/global --output $(@D) --quiet
 
 $(RD)/extracted/.done: $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
-	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --strategy $(PL_STRATEGY) --policy $(PL_POLICY) --heads $(PL_HEADS) --head-dim $(PL_HEAD_DIM) --ffn $(PL_FFN) --out-dir $(@D) --quiet
+	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --out-dir $(@D) --quiet
 	touch $@
 
 TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
 
 $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
-	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* --epochs $(PL_EPOCHS) --batch-size $(PL_BATCH_SIZE) --max-seq-len $(PL_MAX_SEQ_LEN) --lr $(PL_LR) --weight-decay $(PL_WEIGHT_DECAY) --mu $(PL_MU) $(PL_FREEZE) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --quiet --output $(@D)
+	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --quiet --output $(@D)
 
 $(RD)/global/manifest.json: $(TRAINED)
-	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) --weighting $(PL_WEIGHTING) --server-lr $(PL_SERVER_LR) --partition $(RUN)/partition.json $(if $(PL_EVAL_MAX),--eval-max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN) --quiet --output $(@D)
+	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) $(call opt,--weighting,$(PL_WEIGHTING)) $(call opt,--server-lr,$(PL_SERVER_LR)) --partition $(RUN)/partition.json $(EVAL_FLAGS) --quiet --output $(@D)
 
 # ---- after the rounds: deployment, SPP ablation, report ------------------------------------
 #
@@ -174,8 +176,7 @@ $(RD)/global/manifest.json: $(TRAINED)
 # artifacts/<pipeline>/round-R/spp.json   sub-models with and without prioritization
 # artifacts/<pipeline>/report/report.md  charts and tables (several PIPELINES: artifacts/report/)
 
-SPACE_FLAGS = --heads $(PL_HEADS) --head-dim $(PL_HEAD_DIM) --ffn $(PL_FFN)
-EVAL_FLAGS  = $(if $(PL_EVAL_MAX),--eval-max-examples $(PL_EVAL_MAX)) --max-seq-len $(PL_MAX_SEQ_LEN)
+EVAL_FLAGS  = $(call opt,--eval-max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN))
 
 deploy: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
 	@$(MAKE) --no-print-directory round N=$(N)
@@ -188,10 +189,10 @@ ablation: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
 	@$(MAKE) --no-print-directory report
 
 $(RUN)/round-%/deploy/manifest.json: $(RUN)/round-%/global/manifest.json
-	$(BIN)/raffm-deploy-scale --global $(<D) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --strategy $(PL_STRATEGY) --round $* --seed $(PL_SEED) $(SPACE_FLAGS) $(EVAL_FLAGS) --output $(@D)
+	$(BIN)/raffm-deploy-scale --global $(<D) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --round $* --seed $(PL_SEED) $(EVAL_FLAGS) --output $(@D)
 
 $(RUN)/round-%/spp.json: $(RUN)/round-%/global/manifest.json
-	$(BIN)/raffm-spp-ablation --global $(<D) --partition $(RUN)/partition.json --seed $(PL_SEED) $(SPACE_FLAGS) $(EVAL_FLAGS) --output $@
+	$(BIN)/raffm-spp-ablation --global $(<D) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --seed $(PL_SEED) $(EVAL_FLAGS) --output $@
 
 # One pipeline's report goes into its folder; several pipelines' into artifacts/report.
 REPORT_DIR = $(if $(filter 1,$(words $(PIPELINES))),$(ARTIFACTS)/$(strip $(PIPELINES))/report,$(ARTIFACTS)/report)

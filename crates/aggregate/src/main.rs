@@ -94,7 +94,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
     );
     manifest.inputs = inputs;
-    manifest.architecture = Some(json!(next.config.layers));
+    manifest.architecture = Some(next.config.widths());
     manifest.parameter_count = Some(next.parameter_count());
     manifest.bytes_on_wire = Some(next.bytes_on_wire());
     manifest
@@ -124,7 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let result = with_backend!(args.eval.device, B, device, {
             type Inner = <B as AutodiffBackend>::InnerBackend;
             evaluate_examples::<Inner>(
-                &next,
+                next,
                 &args.global,
                 &partition,
                 &ids,
@@ -156,6 +156,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-aggregate", run(Args::parse()))

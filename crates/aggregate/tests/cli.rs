@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::{tiny_config, Checkpoint};
-use raffm::config::Family;
+use raffm::checkpoint::Checkpoint;
+use raffm::families::bert::{tiny_model, Variant};
 
 fn aggregate(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_raffm-aggregate"))
@@ -17,7 +17,7 @@ fn aggregate(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
 /// A global model and a client update folder extracted from it, as local-train leaves it.
 fn setup(dir: &Path) {
     let labels = vec!["a".to_string(), "b".to_string()];
-    let global = Checkpoint::random(&tiny_config(Family::Bert, 2, 16, 4, 24), 1, true, false)
+    let global = Checkpoint::random(&tiny_model(Variant::Bert, 2, 16, 4, 24, false), 1)
         .with_classification_head(&labels, 0);
     global.save(dir.join("global")).unwrap();
     let extract = Command::new(
@@ -52,11 +52,12 @@ fn setup(dir: &Path) {
         .values_mut()
         .for_each(|t| t.data.iter_mut().for_each(|v| *v += 0.01));
     trained.save(dir.join("trained/c001")).unwrap();
-    std::fs::copy(
-        dir.join("clients/c001/manifest.json"),
-        dir.join("trained/c001/manifest.json"),
+    let mut manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("clients/c001/manifest.json")).unwrap(),
     )
     .unwrap();
+    manifest["num_examples"] = serde_json::json!(10);
+    std::fs::write(dir.join("trained/c001/manifest.json"), manifest.to_string()).unwrap();
 }
 
 fn one_line_error(out: &Output, needles: &[&str]) {
@@ -103,9 +104,10 @@ fn good_update_aggregates_and_bad_ones_are_named() {
     ]);
     one_line_error(&stale, &["client c001", "another round"]);
 
-    // A NaN in the update.
+    // A NaN in the update, in the last tensor of the model.
     let mut sub = Checkpoint::load(&client).unwrap();
-    sub.tensor_mut("classifier.bias").data[1] = f32::NAN;
+    let last = sub.config.tensors().pop().unwrap().name;
+    sub.tensor_mut(&last).data[1] = f32::NAN;
     let nan_dir = d.join("nan");
     sub.save(&nan_dir).unwrap();
     std::fs::copy(client.join("manifest.json"), nan_dir.join("manifest.json")).unwrap();
@@ -118,15 +120,15 @@ fn good_update_aggregates_and_bad_ones_are_named() {
             &"--output",
             &d.join("x"),
         ]),
-        &["client c001", "non-finite", "classifier.bias"],
+        &["client c001", "non-finite", &last],
     );
 
     // A shape that its index map does not describe.
     let mut manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(client.join("manifest.json")).unwrap())
             .unwrap();
-    manifest["index_map"]["encoder.layer.0.intermediate.dense.weight"]["rows"] =
-        serde_json::json!([[0, 3]]);
+    let matrix = sub.config.tensors()[0].name.clone();
+    manifest["placement"]["index_map"][&matrix]["dims"][0] = serde_json::json!([[0, 3]]);
     let shape_dir = d.join("shape");
     Checkpoint::load(&client).unwrap().save(&shape_dir).unwrap();
     std::fs::write(shape_dir.join("manifest.json"), manifest.to_string()).unwrap();
@@ -139,7 +141,7 @@ fn good_update_aggregates_and_bad_ones_are_named() {
             &"--output",
             &d.join("x"),
         ]),
-        &["client c001", "encoder.layer.0.intermediate.dense.weight"],
+        &["client c001", &matrix],
     );
 
     // The same client twice.

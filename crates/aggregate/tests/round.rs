@@ -21,7 +21,10 @@ fn fixture(dir: &Path) -> PathBuf {
         "name": "tiny", "model": model, "clients": 6,
         "data": {"path": dir.join("reviews.jsonl"), "format": "jsonl", "validation_fraction": 0.2},
         "partition": {"scheme": "iid"},
-        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.8}, {"name": "full", "share": 1, "parameter_fraction": 1.0}],
+        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.6, "memory_bytes": 12_000_000},
+                  {"name": "full", "share": 1, "parameter_fraction": 1.0}],
+        "search_space": {"heads": [0.5, 1.0], "head_dim": [0.5, 1.0], "ffn": [0.5, 1.0],
+                         "hidden": [0.5, 0.75, 1.0], "layers": [0.5, 1.0]},
         "strategy": "salient", "policy": "largest",
         "rounds": {"clients_per_round": 3},
         "local": {"epochs": 1, "batch_size": 8, "max_seq_len": 16, "lr": 1e-3},
@@ -148,27 +151,49 @@ fn deploy_ablation_and_report_after_the_rounds() {
     make("ablation", &pipeline, &a, 1);
 
     // Every client gets a deployed model no smaller than its training sub-model, within
-    // its inference budget, written as a checkpoint of exactly that size.
+    // its device memory, written as a checkpoint of exactly that size; clients with the
+    // same model share its file.
     let summary = json(a.join("tiny/round-1/deploy/summary.json"));
     let clients = summary["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 6);
+    let fits = |c: &serde_json::Value, m: &serde_json::Value, cost: &str| {
+        c["device_memory_bytes"]
+            .as_u64()
+            .is_none_or(|d| m[cost].as_u64().unwrap() <= d)
+    };
+    let mut by_size: std::collections::BTreeMap<u64, Vec<PathBuf>> = Default::default();
     for c in clients {
         let (train, deployed) = (&c["train"], &c["deployed"]);
         let p = |m: &serde_json::Value| m["parameters"].as_u64().unwrap();
         assert!(p(deployed) >= p(train), "{c}");
-        assert!(
-            deployed["inference_memory_bytes"].as_u64() <= c["inference_budget_bytes"].as_u64(),
-            "{c}"
-        );
-        let model = raffm::Checkpoint::load(deployed["path"].as_str().unwrap()).unwrap();
+        assert!(fits(c, train, "train_memory_bytes"), "{c}");
+        assert!(fits(c, deployed, "inference_memory_bytes"), "{c}");
+        let path = PathBuf::from(deployed["path"].as_str().unwrap());
+        let model = raffm::Checkpoint::load(&path).unwrap();
         assert_eq!(model.parameter_count(), p(deployed));
         assert!(deployed["accuracy"].is_number() && train["accuracy"].is_number());
+        by_size
+            .entry(p(deployed))
+            .or_default()
+            .push(path.join("model.safetensors"));
+    }
+    {
+        use std::os::unix::fs::MetadataExt;
+        let shared = by_size
+            .values()
+            .find(|paths| paths.len() > 1)
+            .expect("two clients share a model");
+        let inode = |p: &PathBuf| std::fs::metadata(p).unwrap().ino();
+        assert!(
+            shared.iter().all(|p| inode(p) == inode(&shared[0])),
+            "copies, not links"
+        );
     }
     let csv = String::from_utf8(read(a.join("tiny/round-1/deploy/summary.csv"))).unwrap();
     assert_eq!(csv.lines().count(), 7);
 
-    // A tight inference budget: clients keep at least what they trained, and a larger
-    // model is deployed only where it fits.
+    // A tight device memory: clients keep at least what they trained, and a larger model
+    // is deployed only where it fits.
     let tight = dir.path().join("tight");
     let out = Command::new(bin_dir().join("raffm-deploy-scale"))
         .args(["--global", a.join("tiny/round-1/global").to_str().unwrap()])
@@ -177,7 +202,7 @@ fn deploy_ablation_and_report_after_the_rounds() {
             "--partition",
             a.join("tiny/partition.json").to_str().unwrap(),
         ])
-        .args(["--inference-multiplier", "0.01", "--quiet"])
+        .args(["--memory-scale", "0.3", "--quiet"])
         .args(["--output", tight.to_str().unwrap()])
         .output()
         .unwrap();
@@ -192,9 +217,7 @@ fn deploy_ablation_and_report_after_the_rounds() {
     {
         let (t, d) = (&c["train"]["parameters"], &c["deployed"]["parameters"]);
         assert!(
-            d == t
-                || c["deployed"]["inference_memory_bytes"].as_u64()
-                    <= c["inference_budget_bytes"].as_u64(),
+            d == t || fits(c, &c["deployed"], "inference_memory_bytes"),
             "{c}"
         );
     }
@@ -202,13 +225,14 @@ fn deploy_ablation_and_report_after_the_rounds() {
     // The ablation evaluates every configuration with and without prioritization.
     let spp = json(a.join("tiny/round-1/spp.json"));
     let rows = spp["rows"].as_array().unwrap();
-    // The tiny model cannot go down to 25% of its encoder: that fraction is skipped.
+    // Fractions below the smallest sub-model of the space are skipped and recorded.
+    let skipped = spp["skipped"].as_array().unwrap().len();
     assert_eq!(
         rows.len(),
-        2 * 3,
-        "2 feasible fractions x (largest + 2 samples)"
+        (3 - skipped) * 3,
+        "feasible fractions x (largest + 2 samples)"
     );
-    assert_eq!(spp["skipped"][0]["fraction"], 0.25);
+    assert!(skipped < 3);
     assert!(rows
         .iter()
         .all(|r| r["accuracy_spp"].is_number() && r["accuracy_no_spp"].is_number()));

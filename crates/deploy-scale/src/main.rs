@@ -2,7 +2,7 @@
 //! the final global model that its inference budget allows.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -25,45 +25,46 @@ use raffm::pipeline::{round_of, Budgets};
 use raffm::prioritize::prioritize;
 use raffm::search::Policy;
 use raffm::tensor::Norm;
-use raffm::with_backend;
+use raffm::{with_backend, Widths};
 
 /// Deploys the final global model to every client in budgets.json. For each client it
 /// extracts two sub-models: the one its training budget allows (what it trained during
-/// the rounds) and the largest one its inference budget allows (inference needs far less
-/// memory than training: activations of one layer, no gradients or optimizer state), never
-/// smaller than the first. The deployed model is written to OUTPUT/<client>/; both are
-/// evaluated on the validation split.
+/// the rounds) and the largest one whose inference cost fits the same device memory
+/// (inference needs far less memory than training: the activations of one layer, no
+/// gradients or optimizer state), never smaller than the first. The deployed model is
+/// written to OUTPUT/<client>/; both are evaluated on the validation split. Clients that
+/// get the same model share its files (hard links).
 ///
-/// The inference budget is budgets.json's (the pipeline's inference_multiplier times the
-/// tier's training memory); --inference-multiplier rescales it.
+/// The device memory is the tier's `memory_bytes` in budgets.json (unlimited where a tier
+/// gives none); --memory-scale multiplies it, for what-if studies.
 ///
-/// Writes OUTPUT/summary.json and OUTPUT/summary.csv (client, tier, sizes, accuracies),
-/// and OUTPUT/manifest.json. The folder is written atomically.
+/// Writes OUTPUT/summary.json and OUTPUT/summary.csv (client, tier, sizes, memory,
+/// accuracies), and OUTPUT/manifest.json. The folder is written atomically.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-deploy-scale", version, verbatim_doc_comment)]
 struct Args {
     /// Final global checkpoint (e.g. artifacts/default/round-5/global).
     #[arg(short, long)]
     global: PathBuf,
-    /// budgets.json (raffm-budgets): every client's tier and budgets.
+    /// budgets.json (raffm-budgets): every client's tier, budgets and the search space.
     #[arg(short, long)]
     budgets: PathBuf,
     /// partition.json: the validation split to evaluate on.
     #[arg(short, long)]
     partition: PathBuf,
-    /// Folder to write (e.g. artifacts/default/deploy).
+    /// Folder to write (e.g. artifacts/default/round-5/deploy).
     #[arg(short, long)]
     output: PathBuf,
     /// Clients to deploy to, comma-separated (default: all).
     #[arg(long, value_delimiter = ',')]
     clients: Vec<String>,
-    /// Inference budget as this multiple of the client's training memory (default: the
-    /// multiplier budgets.json was made with).
+    /// Multiply every device memory by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    memory_scale: f64,
+    /// Index strategy (default: budgets.json's). `salient` prioritizes the global model
+    /// first unless it already is.
     #[arg(long)]
-    inference_multiplier: Option<f64>,
-    /// Index strategy. `salient` prioritizes the global model first unless it already is.
-    #[arg(long, default_value = "salient")]
-    strategy: Strategy,
+    strategy: Option<Strategy>,
     /// Norm of the salience scores when prioritizing.
     #[arg(long, default_value = "l1")]
     norm: Norm,
@@ -87,7 +88,7 @@ struct ModelSummary {
     bytes: u64,
     train_memory_bytes: u64,
     inference_memory_bytes: u64,
-    architecture: Vec<raffm::LayerArch>,
+    architecture: Widths,
     accuracy: Option<f64>,
     macro_f1: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,7 +99,7 @@ struct ModelSummary {
 struct ClientSummary {
     client: String,
     tier: String,
-    inference_budget_bytes: u64,
+    device_memory_bytes: Option<u64>,
     train: ModelSummary,
     deployed: ModelSummary,
 }
@@ -107,21 +108,38 @@ struct ClientSummary {
 struct TierSummary {
     tier: String,
     clients: usize,
+    device_memory_bytes: Option<u64>,
     train_parameters: u64,
     train_accuracy: Option<f64>,
+    /// Training memory over inference memory of the training sub-model (the paper's
+    /// "about 7x").
+    train_to_inference_memory: f64,
     deployed_parameters: u64,
     deployed_accuracy: Option<f64>,
 }
 
+/// The files of a deployed model already written (into the folder of `client`), to link
+/// instead of writing again.
+struct Written {
+    client: String,
+    records: Vec<raffm::io::FileRecord>,
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.memory_scale > 0.0 && args.memory_scale.is_finite()) {
+        bail!("--memory-scale must be positive, got {}", args.memory_scale);
+    }
     let mut global = Checkpoint::load(&args.global)?;
     let budgets = Budgets::load(&args.budgets)?;
     let partition = Partition::load(&args.partition)?;
-    let space = args.space.space()?;
+    let space = args
+        .space
+        .space(&budgets.search_space, global.config.axes())?;
+    let strategy = args.strategy.unwrap_or(budgets.strategy);
     let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
         .map(|m| m.stage)
         .unwrap_or_default();
-    let prioritized_here = args.strategy == Strategy::Salient && stage != "prioritize";
+    let prioritized_here = strategy == Strategy::Salient && stage != "prioritize";
     if prioritized_here {
         let files = global.files.clone();
         global = prioritize(&global, args.norm, |_| {}).0;
@@ -140,13 +158,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?
     };
-    let scale = match args.inference_multiplier {
-        Some(m) if !(m > 0.0 && m.is_finite()) => {
-            bail!("--inference-multiplier must be positive, got {m}")
-        }
-        Some(m) => m / budgets.inference_multiplier,
-        None => 1.0,
-    };
     let ids = args.eval.validation_ids(&partition, &args.partition)?;
     let examples = EvalSet::load(&args.global, &partition, &ids, args.eval.max_seq_len)?;
 
@@ -160,12 +171,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     )?);
     let mut staging = StagingDir::new(&args.output)?;
     let mut summaries = Vec::new();
-    // Clients of a tier usually get the same sub-models: evaluate each distinct one once.
+    // Clients of a tier usually get the same sub-models: evaluate and write each once.
     let mut evaluated: BTreeMap<String, Metrics> = BTreeMap::new();
+    let mut written: BTreeMap<String, Written> = BTreeMap::new();
+    let key = |model: &ClientModel| -> anyhow::Result<String> {
+        Ok(serde_json::to_string(&(
+            &model.choice.widths,
+            &model.selection,
+        ))?)
+    };
     with_backend!(args.eval.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         let mut evaluate = |model: &ClientModel| -> anyhow::Result<Metrics> {
-            let key = serde_json::to_string(&(&model.choice.layers, &model.selections))?;
+            let key = key(model)?;
             if let Some(m) = evaluated.get(&key) {
                 return Ok(m.clone());
             }
@@ -188,26 +206,51 @@ fn run(args: Args) -> anyhow::Result<()> {
                 budget: budget.train,
                 round: args.round,
                 seed: args.seed,
-                strategy: args.strategy,
+                strategy,
                 policy: Policy::Largest,
+                depth_policy: budgets.depth_policy,
                 space: &space,
                 cost_model: &cost_model,
             };
-            let inference_budget = (budget.inference_memory_bytes as f64 * scale) as u64;
-            let plan = plan_client(&global, &request, inference_budget)?;
+            let device_memory = budget
+                .device_memory_bytes
+                .map(|m| (m as f64 * args.memory_scale) as u64);
+            let plan = plan_client(&global, &request, device_memory)?;
             let target = args.output.join(&budget.client);
-            let mut client_dir = StagingDir::new(staging.path().join(&budget.client))?;
-            plan.deployed.checkpoint.write_into(&mut client_dir)?;
+            let mut client_dir = staging.nested(&budget.client)?;
+            let model_key = key(&plan.deployed)?;
+            match written.get(&model_key) {
+                Some(first) => {
+                    for record in &first.records {
+                        let name = Path::new(&record.path)
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .context("a written file has a name")?;
+                        let existing = staging.path().join(&first.client).join(name);
+                        client_dir.link(name, &existing, record)?;
+                    }
+                }
+                None => {
+                    plan.deployed.checkpoint.write_into(&mut client_dir)?;
+                    written.insert(
+                        model_key,
+                        Written {
+                            client: budget.client.clone(),
+                            records: client_dir.records().to_vec(),
+                        },
+                    );
+                }
+            }
             let mut manifest = plan.deployed.manifest(
                 &global,
                 &request,
-                json!({"global": args.global, "budgets": args.budgets, "inference_budget_bytes": inference_budget}),
-            );
+                json!({"global": args.global, "budgets": args.budgets, "device_memory_bytes": device_memory}),
+            )?;
             manifest.stage = "deploy-scale".into();
             manifest.tool = "raffm-deploy-scale".into();
             manifest
                 .details
-                .insert("inference_budget_bytes".into(), json!(inference_budget));
+                .insert("device_memory_bytes".into(), json!(device_memory));
             manifest.details.insert("tier".into(), json!(budget.tier));
             manifest.write_into(&mut client_dir)?;
             client_dir.commit()?;
@@ -218,7 +261,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     bytes: cost.bytes_on_wire,
                     train_memory_bytes: cost.train_memory_bytes,
                     inference_memory_bytes: cost.inference_memory_bytes,
-                    architecture: model.choice.layers.clone(),
+                    architecture: model.choice.widths.clone(),
                     accuracy: metrics.accuracy,
                     macro_f1: metrics.macro_f1,
                     path,
@@ -229,7 +272,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             summaries.push(ClientSummary {
                 client: budget.client.clone(),
                 tier: budget.tier.clone(),
-                inference_budget_bytes: inference_budget,
+                device_memory_bytes: device_memory,
                 train,
                 deployed,
             });
@@ -243,9 +286,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         "global": args.global,
         "global_sha256": global.weights_sha256(),
         "round": round_of(&args.global),
-        "strategy": args.strategy,
+        "strategy": strategy,
         "prioritized_here": prioritized_here,
-        "inference_multiplier": args.inference_multiplier.unwrap_or(budgets.inference_multiplier),
+        "memory_scale": args.memory_scale,
         "evaluation": {"split": "validation", "examples": ids.len()},
         "clients": summaries,
         "tiers": tiers,
@@ -260,7 +303,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "raffm-deploy-scale",
         json!({
             "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
-            "inference_multiplier": args.inference_multiplier, "strategy": args.strategy, "norm": args.norm,
+            "memory_scale": args.memory_scale, "strategy": strategy, "norm": args.norm,
             "round": args.round, "seed": args.seed, "search_space": space, "eval_max_examples": args.eval.eval_max_examples,
         }),
     );
@@ -271,6 +314,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     manifest
         .metrics
         .insert("clients".into(), json!(summaries.len()));
+    manifest
+        .metrics
+        .insert("distinct_models".into(), json!(written.len()));
     manifest.details.insert("tiers".into(), json!(tiers));
     manifest.write_into(&mut staging)?;
     staging.commit()?;
@@ -297,12 +343,16 @@ fn tier_summaries(clients: &[ClientSummary]) -> Vec<TierSummary> {
         .into_iter()
         .map(|tier| {
             let of_tier: Vec<&ClientSummary> = clients.iter().filter(|c| c.tier == tier).collect();
+            let first = &of_tier[0];
             TierSummary {
                 tier: tier.to_string(),
                 clients: of_tier.len(),
-                train_parameters: of_tier[0].train.parameters,
+                device_memory_bytes: first.device_memory_bytes,
+                train_parameters: first.train.parameters,
                 train_accuracy: mean(of_tier.iter().map(|c| c.train.accuracy).collect()),
-                deployed_parameters: of_tier[0].deployed.parameters,
+                train_to_inference_memory: first.train.train_memory_bytes as f64
+                    / first.train.inference_memory_bytes as f64,
+                deployed_parameters: first.deployed.parameters,
                 deployed_accuracy: mean(of_tier.iter().map(|c| c.deployed.accuracy).collect()),
             }
         })
@@ -314,16 +364,19 @@ fn tier_summaries(clients: &[ClientSummary]) -> Vec<TierSummary> {
 fn summary_csv(clients: &[ClientSummary]) -> String {
     let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     let mut csv = String::from(
-        "client,tier,inference_budget_bytes,train_parameters,train_bytes,train_accuracy,deployed_parameters,deployed_bytes,deployed_inference_memory_bytes,deployed_accuracy\n",
+        "client,tier,device_memory_bytes,train_parameters,train_bytes,train_memory_bytes,train_inference_memory_bytes,train_accuracy,deployed_parameters,deployed_bytes,deployed_inference_memory_bytes,deployed_accuracy\n",
     );
     for c in clients {
         csv += &format!(
-            "{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.client,
             c.tier,
-            c.inference_budget_bytes,
+            c.device_memory_bytes
+                .map_or(String::new(), |m| m.to_string()),
             c.train.parameters,
             c.train.bytes,
+            c.train.train_memory_bytes,
+            c.train.inference_memory_bytes,
             f(c.train.accuracy),
             c.deployed.parameters,
             c.deployed.bytes,
@@ -336,19 +389,29 @@ fn summary_csv(clients: &[ClientSummary]) -> String {
 
 fn print_tiers(tiers: &[TierSummary]) {
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
-    println!("tier        clients  trained params  accuracy  deployed params  accuracy");
+    let mib = |m: Option<u64>| {
+        m.map_or("unlimited".into(), |m| {
+            format!("{:.0} MiB", m as f64 / (1 << 20) as f64)
+        })
+    };
+    println!("tier        clients     device  trained params  train/infer  accuracy  deployed params  accuracy");
     for t in tiers {
         println!(
-            "{:<10}  {:>7}  {:>13.2}M  {:>8}  {:>14.2}M  {:>8}",
+            "{:<10}  {:>7}  {:>9}  {:>13.2}M  {:>10.1}x  {:>8}  {:>14.2}M  {:>8}",
             t.tier,
             t.clients,
+            mib(t.device_memory_bytes),
             t.train_parameters as f64 / 1e6,
+            t.train_to_inference_memory,
             f(t.train_accuracy),
             t.deployed_parameters as f64 / 1e6,
             f(t.deployed_accuracy)
         );
     }
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-deploy-scale", run(Args::parse()))

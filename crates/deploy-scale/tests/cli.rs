@@ -12,7 +12,7 @@ fn help_describes_the_stage() {
     let out = deploy_scale().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("inference budget") && text.contains("--inference-multiplier"));
+    assert!(text.contains("device memory") && text.contains("--memory-scale"));
 }
 
 #[test]

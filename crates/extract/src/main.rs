@@ -10,28 +10,32 @@ use serde_json::json;
 
 use raffm::cli::SpaceArgs;
 use raffm::cost::{CostModel, TrainingShape};
-use raffm::extract::{write_client, ClientModel, ClientRequest, Strategy};
+use raffm::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Strategy};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::pipeline::Budgets;
 use raffm::search::{Budget, Policy};
 use raffm::Checkpoint;
 use rayon::prelude::*;
 
-/// Extracts one sub-model per client from a global checkpoint. For each client it picks a
-/// per-layer configuration (heads, head dimension, FFN width) from the search space that
-/// fits the client's budget, by --policy (largest: the most parameters that fit; sample:
-/// uniform among the configurations that fit, seeded), chooses which global indices to keep
-/// by --strategy, and writes OUT_DIR/<client>/ as a checkpoint folder plus manifest.json
-/// with the budget, the configuration, its costs, the global checkpoint's sha256 and the
-/// index map (for every tensor, the global rows/columns it came from).
+/// Extracts one sub-model per client from a global checkpoint. For each client it picks
+/// widths for every elastic axis (hidden size, depth, and per layer heads, head dimension
+/// and FFN width) from the search space that fit the client's budget, by --policy
+/// (largest: the most parameters that fit; sample: uniform among the configurations that
+/// fit, seeded), chooses which global indices to keep by --strategy and which layers by
+/// --depth-policy, and writes OUT_DIR/<client>/ as a checkpoint folder plus manifest.json
+/// with the budget, the widths, their costs, the global checkpoint's sha256 and the index
+/// map (for every tensor, the global tensor and indices it came from).
 ///
 /// Strategies: salient (RaFFM: leading indices of a prioritized model), static (HeteroFL:
 /// leading indices of the model as is), rolling (FedRolex: a window that advances one index
-/// per round), random (seeded per round, client and layer).
+/// per round), random (seeded per round, client and layer). Depth policies: even (evenly
+/// spaced layers), top (the top layers dropped), salience (the layers of largest weights).
 ///
-/// Budgets come from --budgets budgets.json (see raffm-budgets) for many clients in one
-/// call, the global model read once; or from --max-params / --param-fraction /
-/// --max-train-memory for a single client named by --client.
+/// Budgets come from --budgets budgets.json (see raffm-budgets), which also gives the
+/// search space, strategy, policies and training shape the pipeline chose, for many
+/// clients in one call, the global model read once; or from --max-params /
+/// --param-fraction / --max-train-memory for a single client named by --client. Options
+/// given here override budgets.json.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-extract", version, verbatim_doc_comment)]
 struct Args {
@@ -62,12 +66,17 @@ struct Args {
     /// Seed of the `sample` policy and the `random` strategy.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Index strategy: salient, static, rolling or random.
-    #[arg(long, default_value = "salient")]
-    strategy: Strategy,
-    /// Configuration policy: largest or sample.
-    #[arg(long, default_value = "largest")]
-    policy: Policy,
+    /// Index strategy: salient, static, rolling or random (default: budgets.json's, else
+    /// salient).
+    #[arg(long)]
+    strategy: Option<Strategy>,
+    /// Configuration policy: largest or sample (default: budgets.json's, else largest).
+    #[arg(long)]
+    policy: Option<Policy>,
+    /// Which layers a shallower sub-model keeps: even, top or salience (default:
+    /// budgets.json's, else even).
+    #[arg(long)]
+    depth_policy: Option<DepthPolicy>,
     /// Training batch size the memory estimate assumes (default: budgets.json's, else 32).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -86,7 +95,24 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let global = Checkpoint::load(&args.global)?;
-    if args.strategy == Strategy::Salient {
+    let budgets_file = args
+        .budgets
+        .as_ref()
+        .map(|p| Budgets::load(p))
+        .transpose()?;
+    let strategy = args
+        .strategy
+        .or(budgets_file.as_ref().map(|b| b.strategy))
+        .unwrap_or(Strategy::Salient);
+    let policy = args
+        .policy
+        .or(budgets_file.as_ref().map(|b| b.policy))
+        .unwrap_or(Policy::Largest);
+    let depth_policy = args
+        .depth_policy
+        .or(budgets_file.as_ref().map(|b| b.depth_policy))
+        .unwrap_or_default();
+    if strategy == Strategy::Salient {
         let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
             .map(|m| m.stage)
             .unwrap_or_default();
@@ -97,11 +123,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let budgets_file = args
-        .budgets
-        .as_ref()
-        .map(|p| Budgets::load(p))
-        .transpose()?;
     let base_shape = budgets_file
         .as_ref()
         .map(|b| b.training)
@@ -112,7 +133,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         freeze_embeddings: args.freeze_embeddings || base_shape.freeze_embeddings,
     };
     let cost_model = CostModel::for_checkpoint(&global, shape);
-    let space = args.space.space()?;
+    let base_space = budgets_file
+        .as_ref()
+        .map(|b| b.search_space.clone())
+        .unwrap_or_default();
+    let space = args.space.space(&base_space, global.config.axes())?;
 
     let requests: Vec<(String, Budget)> = match &budgets_file {
         Some(budgets) => {
@@ -160,8 +185,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     let full_params = global.parameter_count();
     let parameters = json!({
         "global": args.global, "out_dir": args.out_dir, "round": args.round, "seed": args.seed,
-        "strategy": args.strategy, "policy": args.policy, "search_space": space, "training_shape": shape,
-        "budgets": args.budgets,
+        "strategy": strategy, "policy": policy, "depth_policy": depth_policy, "search_space": space,
+        "training_shape": shape, "budgets": args.budgets,
     });
     // Clients in parallel: one client's gathering and hashing overlaps another's writing.
     let results: Vec<anyhow::Result<String>> = requests
@@ -172,8 +197,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 budget: *budget,
                 round: args.round,
                 seed: args.seed,
-                strategy: args.strategy,
-                policy: args.policy,
+                strategy,
+                policy,
+                depth_policy,
                 space: &space,
                 cost_model: &cost_model,
             };
@@ -199,28 +225,17 @@ fn run(args: Args) -> anyhow::Result<()> {
 /// One human-readable line about a client's sub-model.
 fn summary_line(client: &str, sub: &ClientModel, full_params: u64) -> String {
     let p = sub.checkpoint.parameter_count();
-    let first = sub.choice.layers[0];
-    let widths = if sub.choice.layers.iter().all(|l| *l == first) {
-        format!(
-            "every layer {}h x {}d, ffn {}",
-            first.num_heads, first.head_dim, first.intermediate_size
-        )
-    } else {
-        let per_layer: Vec<String> = sub
-            .choice
-            .layers
-            .iter()
-            .map(|l| format!("{}x{}/{}", l.num_heads, l.head_dim, l.intermediate_size))
-            .collect();
-        format!("heads x dim / ffn per layer: {}", per_layer.join(" "))
-    };
     format!(
-        "{client:>8}  {:>6.2}M params ({:>5.1}%)  {:>7.1} MiB  {widths}",
+        "{client:>8}  {:>6.2}M params ({:>5.1}%)  {:>7.1} MiB  {}",
         p as f64 / 1e6,
         100.0 * p as f64 / full_params as f64,
         sub.checkpoint.bytes_on_wire() as f64 / (1 << 20) as f64,
+        sub.choice.widths.summary(),
     )
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-extract", run(Args::parse()))

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::{tiny_config, Checkpoint};
-use raffm::config::Family;
+use raffm::checkpoint::Checkpoint;
 use raffm::cost::{CostModel, TrainingShape};
-use raffm::extract::IndexMap;
+use raffm::elastic::index::IndexMap;
+use raffm::families::bert::{tiny_model, Variant};
 use raffm::pipeline::{make_budgets, Pipeline};
 
 fn extract(args: &[&str], paths: &[(&str, &Path)]) -> Output {
@@ -19,9 +19,9 @@ fn extract(args: &[&str], paths: &[(&str, &Path)]) -> Output {
 }
 
 fn global(dir: &Path) -> Checkpoint {
-    let config = tiny_config(Family::Bert, 3, 24, 4, 40);
+    let config = tiny_model(Variant::Bert, 3, 24, 4, 40, false);
     let labels = vec!["a".to_string(), "b".to_string()];
-    let c = Checkpoint::random(&config, 1, true, false).with_classification_head(&labels, 2);
+    let c = Checkpoint::random(&config, 1).with_classification_head(&labels, 2);
     c.save(dir).unwrap();
     Checkpoint::load(dir).unwrap()
 }
@@ -62,11 +62,14 @@ fn a_round_of_clients_from_budgets_json_with_manifests_and_index_maps() {
     let global = global(&g);
     let pipeline: Pipeline = serde_json::from_value(serde_json::json!({
         "name": "t", "model": g, "clients": 6,
-        "tiers": [{"name": "s", "share": 1, "parameter_fraction": 0.75}, {"name": "l", "share": 1, "parameter_fraction": 0.95}]
+        "tiers": [{"name": "s", "share": 1, "parameter_fraction": 0.6}, {"name": "l", "share": 1, "parameter_fraction": 0.95}],
+        "search_space": {"heads": [0.5, 1.0], "head_dim": [0.5, 1.0], "ffn": [0.5, 1.0],
+                         "hidden": [0.5, 0.75, 1.0], "layers": [0.67, 1.0]},
+        "depth_policy": "top"
     }))
     .unwrap();
     let full =
-        CostModel::for_checkpoint(&global, TrainingShape::default()).cost(&global.config.layers);
+        CostModel::for_checkpoint(&global, TrainingShape::default()).cost(&global.config.widths());
     let budgets = make_budgets(&pipeline, full, 0);
     let budgets_path = dir.path().join("budgets.json");
     std::fs::write(&budgets_path, serde_json::to_string(&budgets).unwrap()).unwrap();
@@ -103,15 +106,21 @@ fn a_round_of_clients_from_budgets_json_with_manifests_and_index_maps() {
         let budget = budgets.client(id).unwrap().train.max_parameters.unwrap();
         assert!(sub.parameter_count() <= budget);
         assert_eq!(m["parameter_count"], sub.parameter_count());
-        assert_eq!(m["client"], id);
-        assert_eq!(m["global_sha256"], global.weights_sha256().unwrap());
+        assert_eq!(sub.parameter_count(), sub.config.parameter_count());
+        assert_eq!(m["placement"]["client"], id);
+        assert_eq!(
+            m["placement"]["global_sha256"],
+            global.weights_sha256().unwrap()
+        );
         assert_eq!(m["budget"]["max_parameters"], budget);
+        assert_eq!(m["depth_policy"], "top");
         // The index map gathers exactly this sub-model out of the global one.
-        let map: IndexMap = serde_json::from_value(m["index_map"].clone()).unwrap();
+        let map: IndexMap = serde_json::from_value(m["placement"]["index_map"].clone()).unwrap();
+        assert_eq!(map.len(), sub.tensors.len());
         for (name, index) in &map {
             assert!(
                 index
-                    .gather(&global.tensors[name])
+                    .gather(&global.tensors[index.source(name)])
                     .bit_eq(&sub.tensors[name]),
                 "{id} {name}"
             );

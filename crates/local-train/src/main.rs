@@ -10,6 +10,7 @@ use serde_json::json;
 
 use raffm::data::{tokenize, Dataset, Task};
 use raffm::device::DeviceChoice;
+use raffm::elastic::TensorKind;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
@@ -84,6 +85,21 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let checkpoint = Checkpoint::load(&args.model)?;
+    let manifest_path = args.model.join(MANIFEST_FILE);
+    let extracted = match manifest_path.is_file() {
+        true => Some(Manifest::load(&manifest_path)?),
+        false => None,
+    };
+    if let Some(p) = extracted.as_ref().and_then(|m| m.placement.as_ref()) {
+        if p.client != args.client {
+            bail!(
+                "{}: the sub-model was extracted for client {}, not {}",
+                manifest_path.display(),
+                p.client,
+                args.client
+            );
+        }
+    }
     let tokenizer = TextTokenizer::from_dir(&args.model)?;
     let partition = Partition::load(&args.partition)?;
     let shard = partition
@@ -117,7 +133,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let data = TrainData {
         rows: &rows,
         labels: &labels,
-        pad_id: checkpoint.config.pad_token_id as i64,
+        pad_id: checkpoint.config.pad_token_id() as i64,
         regression: dataset.task == Task::Regression,
     };
 
@@ -157,14 +173,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     manifest.seeds.insert("seed".into(), json!(args.seed));
     manifest.inputs = checkpoint.files.clone();
     manifest.inputs.push(sha256_file(&args.partition)?);
-    manifest.architecture = Some(json!(trained.config.layers));
+    manifest.architecture = Some(trained.config.widths());
     manifest.parameter_count = Some(trained.parameter_count());
     manifest.bytes_on_wire = Some(trained.bytes_on_wire());
     let embedding_bytes: u64 = trained
-        .tensors
+        .config
+        .tensors()
         .iter()
-        .filter(|(n, _)| n.starts_with("embeddings."))
-        .map(|(_, t)| 4 * t.numel() as u64)
+        .filter(|t| t.kind == TensorKind::Embedding)
+        .map(|t| 4 * trained.tensor(&t.name).numel() as u64)
         .sum();
     let uploaded = trained.bytes_on_wire()
         - if args.freeze_embeddings {
@@ -186,17 +203,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     m.insert("bytes_downloaded".into(), json!(checkpoint.bytes_on_wire()));
     m.insert("bytes_uploaded".into(), json!(uploaded));
     m.insert("step_losses".into(), json!(report.step_losses));
-    let d = &mut manifest.details;
-    d.insert("client".into(), json!(args.client));
-    d.insert("num_examples".into(), json!(ids.len()));
+    manifest.details.insert("client".into(), json!(args.client));
+    manifest.num_examples = Some(ids.len() as u64);
     // Where the update belongs: carried over from raffm-extract's manifest.
-    if let Ok(extracted) = Manifest::load(&args.model.join(MANIFEST_FILE)) {
-        for key in ["global_sha256", "round", "index_map", "strategy"] {
-            if let Some(v) = extracted.details.get(key) {
-                d.insert(key.into(), v.clone());
-            }
-        }
-    }
+    manifest.placement = extracted.and_then(|m| m.placement);
 
     let mut staging = StagingDir::new(&args.output)?;
     trained.write_into(&mut staging)?;
@@ -216,6 +226,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-local-train", run(Args::parse()))

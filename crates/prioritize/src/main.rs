@@ -14,10 +14,11 @@ use raffm::prioritize::prioritize;
 use raffm::tensor::Norm;
 use raffm::Checkpoint;
 
-/// Reorders every elastic axis of a BERT-family checkpoint by channel salience, keeping the
-/// network's function: heads by head salience, Q/K channels inside each head with one shared
-/// permutation, V channels with the matching columns of the attention output projection,
-/// and FFN neurons. Afterwards the leading heads/channels/neurons of every layer are the
+/// Reorders every permutable elastic axis of a checkpoint by channel salience, keeping the
+/// network's function. For the BERT family: hidden channels (with every tensor on the
+/// residual stream, LayerNorms included), heads by head salience, Q/K channels inside each
+/// head with one shared permutation, V channels with the matching columns of the attention
+/// output projection, and FFN neurons. Afterwards the leading indices of every axis are the
 /// most salient, so `raffm-extract --strategy salient` can take leading ranges.
 ///
 /// Writes OUTPUT as a checkpoint folder (config.json, model.safetensors, tokenizer files)
@@ -47,12 +48,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         ProgressBar::new(0)
     };
     progress.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} layers {elapsed}")
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} axes {elapsed}")
             .expect("valid template"),
     );
     progress.set_message("loading");
     let checkpoint = Checkpoint::load(&args.input)?;
-    progress.set_length(checkpoint.config.layers.len() as u64);
+    progress.set_length(raffm::prioritize::salience_instances(&checkpoint.config) as u64);
     progress.set_message("prioritizing");
     let (prioritized, permutations) = prioritize(&checkpoint, args.norm, |_| progress.inc(1));
     progress.set_message("writing");
@@ -63,13 +64,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         json!({"input": args.input, "output": args.output, "norm": args.norm}),
     );
     manifest.inputs = checkpoint.files.clone();
-    manifest.architecture = Some(serde_json::to_value(&prioritized.config.layers)?);
+    manifest.architecture = Some(prioritized.config.widths());
     manifest.parameter_count = Some(prioritized.parameter_count());
     manifest.bytes_on_wire = Some(prioritized.bytes_on_wire());
     let moved = permutations.iter().filter(|p| !p.is_identity()).count();
     manifest
         .metrics
-        .insert("layers_reordered".into(), json!(moved));
+        .insert("axes_reordered".into(), json!(moved));
     manifest
         .details
         .insert("permutations".into(), serde_json::to_value(&permutations)?);
@@ -88,7 +89,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
     if !args.quiet {
         eprintln!(
-            "prioritized {} layers ({} reordered) by {:?} salience -> {}",
+            "prioritized {} axes ({} reordered) by {:?} salience -> {}",
             permutations.len(),
             moved,
             args.norm,
@@ -97,6 +98,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-prioritize", run(Args::parse()))

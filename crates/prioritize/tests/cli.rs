@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::{tiny_config, Checkpoint};
-use raffm::config::Family;
-use raffm::prioritize::{is_prioritized, layer_salience};
+use raffm::checkpoint::Checkpoint;
+use raffm::elastic::index::Kept;
+use raffm::families::bert::{tiny_model, Variant};
+use raffm::prioritize::{is_prioritized, salience};
 use raffm::tensor::Norm;
 
 fn prioritize(args: &[&std::ffi::OsStr]) -> Output {
@@ -26,10 +27,8 @@ fn run(input: &Path, output: &Path) -> Output {
 }
 
 fn tiny(dir: &Path) {
-    let config = tiny_config(Family::Bert, 2, 16, 4, 24);
-    Checkpoint::random(&config, 4, true, false)
-        .save(dir)
-        .unwrap();
+    let config = tiny_model(Variant::Bert, 2, 16, 4, 24, false);
+    Checkpoint::random(&config, 4).save(dir).unwrap();
 }
 
 /// A failed run: non-zero exit, exactly one line on stderr mentioning every `needle`,
@@ -78,9 +77,7 @@ fn writes_a_prioritized_checkpoint_with_its_manifest() {
         String::from_utf8_lossy(&out.stderr)
     );
     let result = Checkpoint::load(&output).unwrap();
-    for layer in 0..2 {
-        assert!(is_prioritized(&layer_salience(&result, layer, Norm::L2)));
-    }
+    assert!(is_prioritized(&salience(&result, Norm::L2)));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(output.join("manifest.json")).unwrap())
             .unwrap();
@@ -98,10 +95,24 @@ fn writes_a_prioritized_checkpoint_with_its_manifest() {
         .unwrap()
         .iter()
         .any(|o| o["sha256"] == output_sha.as_str()));
+    // Hidden channels, then per layer heads, Q/K and V channels per head, FFN neurons.
     let perms = manifest["permutations"].as_array().unwrap();
-    assert_eq!(perms.len(), 2);
-    assert_eq!(perms[0]["heads"].as_array().unwrap().len(), 4);
-    assert_eq!(perms[0]["ffn_neurons"].as_array().unwrap().len(), 24);
+    assert_eq!(perms.len(), 1 + 2 * 4);
+    let kept = |i: usize| serde_json::from_value::<Kept>(perms[i]["order"].clone()).unwrap();
+    assert_eq!(
+        (perms[0]["axis"].as_str(), kept(0).len()),
+        (Some("hidden"), 16)
+    );
+    assert_eq!(
+        (perms[1]["axis"].as_str(), perms[1]["layer"].as_u64()),
+        (Some("heads"), Some(0))
+    );
+    assert_eq!(kept(1).len(), 4);
+    assert!(matches!(kept(2), Kept::PerParent(p) if p.len() == 4));
+    assert_eq!(
+        (perms[4]["axis"].as_str(), kept(4).len()),
+        (Some("ffn"), 24)
+    );
     assert_eq!(manifest["parameter_count"], result.parameter_count());
 }
 
@@ -153,12 +164,7 @@ fn config_and_weights_disagree() {
     assert_clean_failure(
         &run(&input, &output),
         &output,
-        &[
-            "model.safetensors",
-            "encoder.layer.0.intermediate.dense.weight",
-            "[24, 16]",
-            "[32, 16]",
-        ],
+        &["model.safetensors", "layer.0", "[24, 16]", "[32, 16]"],
     );
 }
 

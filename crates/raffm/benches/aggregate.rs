@@ -14,17 +14,20 @@ use raffm::extract::{write_client, ClientRequest, Strategy};
 use raffm::io::StagingDir;
 use raffm::search::{Budget, Policy, SearchSpace};
 use raffm::sys::peak_rss_bytes;
-use raffm::{BertConfig, Checkpoint};
+use raffm::{Checkpoint, ModelConfig};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let json = serde_json::json!({
         "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 2
     });
-    let config = BertConfig::from_json(json, Path::new("bert-base")).unwrap();
+    let config = ModelConfig::from_json(json, Path::new("bert-base")).unwrap();
     let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
     let labels = vec!["a".to_string(), "b".to_string()];
-    Checkpoint::random(&config, 0, true, false)
+    Checkpoint::random(&config, 0)
         .with_classification_head(&labels, 0)
         .save(dir.path().join("global"))
         .unwrap();
@@ -44,6 +47,7 @@ fn main() {
             seed: 0,
             strategy: Strategy::Random,
             policy: Policy::Sample,
+            depth_policy: Default::default(),
             space: &space,
             cost_model: &cost_model,
         };

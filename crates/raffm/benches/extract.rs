@@ -7,20 +7,20 @@ use std::path::Path;
 use std::time::Instant;
 
 use raffm::cost::{CostModel, TrainingShape};
-use raffm::extract::{write_client, ClientRequest, Strategy};
+use raffm::extract::{depth_plan, write_client, ClientRequest, Strategy};
 use raffm::io::StagingDir;
 use raffm::rng::SplitMix64;
 use raffm::search::{choose, Budget, Policy, SearchSpace};
-use raffm::{BertConfig, Checkpoint};
+use raffm::{Checkpoint, ModelConfig};
 use rayon::prelude::*;
 
-fn bert_base() -> BertConfig {
+fn bert_base() -> ModelConfig {
     let json = serde_json::json!({
         "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
         "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
         "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12
     });
-    BertConfig::from_json(json, Path::new("bert-base")).unwrap()
+    ModelConfig::from_json(json, Path::new("bert-base")).unwrap()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -46,16 +46,20 @@ fn request<'a>(
         seed: 0,
         strategy: Strategy::Salient,
         policy: Policy::Largest,
+        depth_policy: Default::default(),
         space,
         cost_model,
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
     let global_dir = dir.path().join("global");
     let labels = vec!["a".to_string(), "b".to_string()];
-    Checkpoint::random(&bert_base(), 0, true, false)
+    Checkpoint::random(&bert_base(), 0)
         .with_classification_head(&labels, 0)
         .save(&global_dir)
         .unwrap();
@@ -71,11 +75,13 @@ fn main() {
             .iter()
             .map(|&f| {
                 let r = request("x", f, &global, &space, &cost_model);
+                let plan = depth_plan(&global, r.depth_policy);
                 choose(
                     &cost_model,
                     &space,
                     &r.budget,
                     r.policy,
+                    &plan,
                     &mut SplitMix64::new(0),
                 )
                 .unwrap()

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use raffm::model::BertForSequenceClassification;
+use raffm::families::bert::model::BertForSequenceClassification;
 use raffm::rng::SplitMix64;
 use raffm::tokenizer::EncodedBatch;
 use raffm::{Checkpoint, CpuBackend};
@@ -12,6 +12,9 @@ use raffm::{Checkpoint, CpuBackend};
 fn peak_rss_mib() -> f64 {
     raffm::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let assets = std::env::var("RAFFM_ASSETS")

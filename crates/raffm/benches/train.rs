@@ -12,13 +12,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use raffm::burn::backend::Autodiff;
-use raffm::config::LayerArch;
-use raffm::extract::{extract, index_map, select, Strategy};
-use raffm::model::BertForSequenceClassification;
+use raffm::extract::{extract, select, selection_map, Strategy};
+use raffm::families::bert::model::BertForSequenceClassification;
 use raffm::rng::SplitMix64;
 use raffm::sys::peak_rss_bytes;
 use raffm::tokenizer::{collate, TokenizedRow};
 use raffm::train::{train, TrainData, TrainOptions};
+use raffm::Axis;
 use raffm::{Checkpoint, CpuBackend};
 
 const SEQ: usize = 64;
@@ -30,37 +30,33 @@ fn model(config: &str) -> Checkpoint {
     let full = Checkpoint::load(std::path::Path::new(&assets).join("minilm"))
         .unwrap_or_else(|e| panic!("{e} (run `make assets`)"))
         .with_classification_head(&labels, 0);
-    let layers: Vec<LayerArch> = match config {
-        "half" => full
-            .config
-            .layers
-            .iter()
-            .map(|l| LayerArch {
-                num_heads: l.num_heads / 2,
-                head_dim: l.head_dim,
-                intermediate_size: l.intermediate_size / 2,
-            })
-            .collect(),
-        "ffn768" => full
-            .config
-            .layers
-            .iter()
-            .map(|l| LayerArch {
-                intermediate_size: 768,
-                ..*l
-            })
-            .collect(),
-        _ => return full,
-    };
-    let selections = select(
+    let mut widths = full.config.widths();
+    for layer in &mut widths.layers {
+        match config {
+            "half" => {
+                layer.set(Axis::Heads, layer.get(Axis::Heads) / 2);
+                layer.set(Axis::Ffn, layer.get(Axis::Ffn) / 2);
+            }
+            "ffn768" => layer.set(Axis::Ffn, 768),
+            _ => return full,
+        }
+    }
+    let global = full.config.widths();
+    let selection = select(
+        &full.config,
         Strategy::Static,
-        &full.config.layers,
-        &layers,
+        &global,
+        &widths,
         0,
         0,
         "bench",
     );
-    extract(&full, &layers, &index_map(&full, &selections)).unwrap()
+    extract(
+        &full,
+        &widths,
+        &selection_map(&full.config, &widths, &selection),
+    )
+    .unwrap()
 }
 
 /// Rows of 16 to SEQ tokens, every fourth one SEQ long: batches are padded to SEQ (a
@@ -179,6 +175,9 @@ fn measure(config: &str, mode: &str) {
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
     );
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args()

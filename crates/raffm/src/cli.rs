@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::device::DeviceChoice;
+use crate::elastic::{Axis, AxisSpec};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 use crate::search::SearchSpace;
@@ -20,29 +21,46 @@ pub fn exit_code<E: std::fmt::Display>(tool: &str, result: Result<(), E>) -> Exi
     }
 }
 
+/// One axis of the search space on the command line: `AXIS=F,F,...` (`heads=0.5,1`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisFractions(pub Axis, pub Vec<f64>);
+
+impl std::str::FromStr for AxisFractions {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (axis, fractions) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected AXIS=F,F,... (like heads=0.5,1), got `{s}`"))?;
+        let fractions = fractions
+            .split(',')
+            .map(|f| {
+                f.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("`{f}` in `{s}` is not a number"))
+            })
+            .collect::<std::result::Result<Vec<f64>, String>>()?;
+        Ok(AxisFractions(axis.trim().parse()?, fractions))
+    }
+}
+
 /// The sub-model search space as options, shared by the binaries that search it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SpaceArgs {
-    /// Search space: fractions of the global heads per layer.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    pub heads: Vec<f64>,
-    /// Search space: fractions of the global head dimension.
-    #[arg(long, value_delimiter = ',', default_value = "0.5,0.75,1")]
-    pub head_dim: Vec<f64>,
-    /// Search space: fractions of the global FFN width.
-    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75,1")]
-    pub ffn: Vec<f64>,
+    /// Search space of one axis, as fractions of the global width: AXIS=F,F,... Repeat for
+    /// more axes (--space hidden=0.5,0.75,1 --space layers=0.5,1). Axes not given keep the
+    /// space of budgets.json where there is one, else the built-in default.
+    #[arg(long = "space", value_name = "AXIS=F,F,...")]
+    pub space: Vec<AxisFractions>,
 }
 
 impl SpaceArgs {
-    /// The search space, checked.
-    pub fn space(&self) -> Result<SearchSpace> {
-        let space = SearchSpace {
-            heads: self.heads.clone(),
-            head_dim: self.head_dim.clone(),
-            ffn: self.ffn.clone(),
-        };
-        space.validate()?;
+    /// `base` with the axes given on the command line replaced, checked for `axes`.
+    pub fn space(&self, base: &SearchSpace, axes: &[AxisSpec]) -> Result<SearchSpace> {
+        let mut space = base.clone();
+        for AxisFractions(axis, fractions) in &self.space {
+            space.0.insert(*axis, fractions.clone());
+        }
+        space.validate(axes)?;
         Ok(space)
     }
 }

@@ -1,30 +1,28 @@
 //! What a sub-model costs a client: parameters, bytes on the wire, and an estimate of the
 //! memory that training and inference need.
 //!
-//! Parameters are exact (the count of the tensors a checkpoint of that config holds; a
-//! test checks it against written files). Memory is an estimate, in float32 bytes:
+//! Parameters are exact: a sum over the tensors of the family's description at the
+//! sub-model's widths (a test checks it against written files). Memory is an estimate, in
+//! float32 bytes:
 //!
 //! * training = weights + gradients + AdamW's two moments (of the trained parameters)
-//!   + activations kept for the backward pass;
+//!   + the activations kept for the backward pass;
 //! * inference = weights + the activations of one layer at a time.
 //!
-//! Activations per encoder layer for `T = batch * seq` tokens, with attention width
-//! `a = heads * head_dim`, FFN width `f` and hidden size `h`: the layer input, Q, K, V,
-//! the attention context, the attention output before and after LayerNorm, the FFN's
-//! pre- and post-activation, and the FFN output before and after LayerNorm,
-//! `T * (5h + 4a + 2f)` values, plus the attention scores and probabilities,
-//! `2 * batch * heads * seq^2`. Embeddings keep `2 * T * h`. Dropout masks, the
-//! allocator's slack and the framework's workspace are not counted.
+//! Activations are a small per-family function (see the family's `layer_activations`).
+//! Costs split into a part outside the layers, which depends only on the global widths
+//! (hidden size), and one term per layer: the search adds layers up one by one.
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::parameter_count;
-use crate::config::{BertConfig, LayerArch};
+use crate::elastic::{AxisSizes, TensorKind, TensorSpec, Widths};
+use crate::families::ModelConfig;
 
 const F32: u64 = 4;
 
 /// The training shape the memory estimate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainingShape {
     pub batch_size: usize,
     pub max_seq_len: usize,
@@ -46,232 +44,211 @@ impl Default for TrainingShape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
     pub parameters: u64,
-    /// Parameters outside the embedding tables (what changes with the elastic widths).
-    pub encoder_parameters: u64,
+    /// Parameters of the layers (what per-layer widths and depth change).
+    pub layer_parameters: u64,
     pub bytes_on_wire: u64,
     pub train_memory_bytes: u64,
     pub inference_memory_bytes: u64,
 }
 
+/// The costs of the tensors outside the layers, for given global widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterCost {
+    pub parameters: u64,
+    /// Of which embeddings (not trained when frozen).
+    pub embedding_parameters: u64,
+    /// Activations they keep for training.
+    pub train_activations: u64,
+}
+
+/// The costs of one layer, for given global widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LayerCost {
+    pub parameters: u64,
+    pub train_activations: u64,
+    pub inference_activations: u64,
+}
+
 /// The cost model of one global model and training shape.
 #[derive(Debug, Clone)]
 pub struct CostModel {
-    config: BertConfig,
+    config: ModelConfig,
     pub shape: TrainingShape,
-    /// Whether checkpoints carry a pooler, and a classifier.
-    pub pooler: bool,
-    pub classifier: bool,
-}
-
-/// The per-layer quantities that costs are linear in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct LayerTotals {
-    pub heads: u64,
-    pub attention_width: u64,
-    pub ffn_width: u64,
-}
-
-impl LayerTotals {
-    pub fn of(arch: &LayerArch) -> Self {
-        Self {
-            heads: arch.num_heads as u64,
-            attention_width: arch.attention_width() as u64,
-            ffn_width: arch.intermediate_size as u64,
-        }
-    }
-
-    pub fn plus(self, other: Self) -> Self {
-        Self {
-            heads: self.heads + other.heads,
-            attention_width: self.attention_width + other.attention_width,
-            ffn_width: self.ffn_width + other.ffn_width,
-        }
-    }
-
-    pub fn minus(self, other: Self) -> Option<Self> {
-        Some(Self {
-            heads: self.heads.checked_sub(other.heads)?,
-            attention_width: self.attention_width.checked_sub(other.attention_width)?,
-            ffn_width: self.ffn_width.checked_sub(other.ffn_width)?,
-        })
-    }
+    /// The description's tensors outside the layers, and those of one layer.
+    outer_tensors: Vec<TensorSpec>,
+    layer_tensors: Vec<TensorSpec>,
 }
 
 impl CostModel {
-    pub fn new(config: &BertConfig, shape: TrainingShape, pooler: bool, classifier: bool) -> Self {
+    pub fn new(config: &ModelConfig, shape: TrainingShape) -> Self {
+        let (before, after) = config.outer_tensors();
         Self {
             config: config.clone(),
             shape,
-            pooler,
-            classifier,
+            outer_tensors: before.into_iter().chain(after).collect(),
+            layer_tensors: config.layer_tensors(0),
         }
     }
 
-    /// The cost model of sub-models of `global` (same embeddings, pooler and head).
+    /// The cost model of sub-models of `global`.
     pub fn for_checkpoint(global: &crate::Checkpoint, shape: TrainingShape) -> Self {
-        Self::new(
-            &global.config,
-            shape,
-            global.has_pooler(),
-            global.has_classifier(),
-        )
+        Self::new(&global.config, shape)
     }
 
-    pub fn config(&self) -> &BertConfig {
+    /// The global model's config.
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
-    fn embedding_parameters(&self) -> u64 {
-        let c = &self.config;
-        ((c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * c.hidden_size
-            + 2 * c.hidden_size) as u64
+    fn batch_and_seq(&self) -> (u64, u64) {
+        (self.shape.batch_size as u64, self.shape.max_seq_len as u64)
     }
 
-    /// Parameters of a configuration given its layer totals (summed over layers).
-    pub fn parameters_of(&self, totals: LayerTotals) -> u64 {
-        let c = &self.config;
-        let (h, layers) = (c.hidden_size as u64, c.num_hidden_layers as u64);
-        // Per layer: Q, K, V (a*h + a each), output (h*a + h), two LayerNorms (2h each),
-        // FFN in (f*h + f) and out (h*f + h).
-        let layer_params =
-            totals.attention_width * (4 * h + 3) + totals.ffn_width * (2 * h + 1) + layers * 6 * h;
-        let pooler = if self.pooler { h * h + h } else { 0 };
-        let classifier = if self.classifier {
-            (c.num_labels as u64) * (h + 1)
-        } else {
-            0
+    /// Costs outside the layers at global widths `global`.
+    pub fn outer(&self, global: &AxisSizes) -> OuterCost {
+        let widths = Widths {
+            global: global.clone(),
+            layers: Vec::new(),
+            global_layers: Vec::new(),
         };
-        let head_params = pooler + classifier;
-        self.embedding_parameters() + layer_params + head_params
-    }
-
-    /// Training memory estimate given the layer totals.
-    pub fn train_memory_of(&self, totals: LayerTotals) -> u64 {
-        let c = &self.config;
-        let (h, layers) = (c.hidden_size as u64, c.num_hidden_layers as u64);
-        let parameters = self.parameters_of(totals);
-        let trained = if self.shape.freeze_embeddings {
-            parameters - self.embedding_parameters()
-        } else {
-            parameters
-        };
-        let (b, s) = (self.shape.batch_size as u64, self.shape.max_seq_len as u64);
-        let tokens = b * s;
-        let kept_activations = tokens
-            * (5 * h * layers + 4 * totals.attention_width + 2 * totals.ffn_width)
-            + 2 * b * totals.heads * s * s
-            + 2 * tokens * h;
-        F32 * (parameters + 3 * trained + kept_activations)
-    }
-
-    /// Every cost of a configuration.
-    pub fn cost(&self, layers: &[LayerArch]) -> Cost {
-        let totals = layers
-            .iter()
-            .map(LayerTotals::of)
-            .fold(LayerTotals::default(), LayerTotals::plus);
-        let parameters = self.parameters_of(totals);
-        // Inference holds one layer's activations at a time: the largest layer's.
-        let layer_activations = layers
-            .iter()
-            .map(|l| self.layer_activations(l))
-            .max()
-            .unwrap_or(0);
-        Cost {
+        let axes = self.config.axes();
+        let (mut parameters, mut embedding_parameters) = (0, 0);
+        for t in &self.outer_tensors {
+            let n = widths.shape(axes, t).iter().product::<usize>() as u64;
+            parameters += n;
+            if t.kind == TensorKind::Embedding {
+                embedding_parameters += n;
+            }
+        }
+        let (b, s) = self.batch_and_seq();
+        OuterCost {
             parameters,
-            encoder_parameters: parameters - self.embedding_parameters(),
-            bytes_on_wire: F32 * parameters,
-            train_memory_bytes: self.train_memory_of(totals),
-            inference_memory_bytes: F32 * (parameters + layer_activations),
+            embedding_parameters,
+            train_activations: self.config.outer_activations(global, b, s),
         }
     }
 
-    /// Activations (elements) one layer of this width holds during inference.
-    pub fn layer_activations(&self, layer: &LayerArch) -> u64 {
-        let (h, b, s) = (
-            self.config.hidden_size as u64,
-            self.shape.batch_size as u64,
-            self.shape.max_seq_len as u64,
-        );
-        let t = LayerTotals::of(layer);
-        b * s * (3 * h + 3 * t.attention_width + t.ffn_width) + b * t.heads * s * s
+    /// Costs of one layer of widths `layer` at global widths `global`.
+    pub fn layer(&self, global: &AxisSizes, layer: &AxisSizes) -> LayerCost {
+        let widths = Widths {
+            global: global.clone(),
+            layers: vec![layer.clone()],
+            global_layers: vec![0],
+        };
+        let parameters = widths.parameter_count(self.config.axes(), &self.layer_tensors);
+        let (b, s) = self.batch_and_seq();
+        let activations = self.config.layer_activations(global, layer, b, s);
+        LayerCost {
+            parameters,
+            train_activations: activations.train,
+            inference_activations: activations.inference,
+        }
     }
 
-    /// The exact parameter count, computed from tensor shapes rather than the formula.
-    pub fn counted_parameters(&self, layers: &[LayerArch]) -> u64 {
-        let sub = self
-            .config
-            .with_layers(layers.to_vec())
-            .expect("valid layers");
-        parameter_count(&sub, self.pooler, self.classifier)
+    /// Training memory of a model whose layers add up to `layer_parameters` and
+    /// `layer_activations`.
+    pub fn train_memory(
+        &self,
+        outer: &OuterCost,
+        layer_parameters: u64,
+        layer_activations: u64,
+    ) -> u64 {
+        let parameters = outer.parameters + layer_parameters;
+        let trained = if self.shape.freeze_embeddings {
+            parameters - outer.embedding_parameters
+        } else {
+            parameters
+        };
+        F32 * (parameters + 3 * trained + outer.train_activations + layer_activations)
+    }
+
+    /// Every cost of a model with these widths.
+    pub fn cost(&self, widths: &Widths) -> Cost {
+        let outer = self.outer(&widths.global);
+        let layers: Vec<LayerCost> = widths
+            .layers
+            .iter()
+            .map(|l| self.layer(&widths.global, l))
+            .collect();
+        let layer_parameters: u64 = layers.iter().map(|l| l.parameters).sum();
+        let train_activations: u64 = layers.iter().map(|l| l.train_activations).sum();
+        // Inference holds one layer's activations at a time: the largest layer's.
+        let inference_activations = layers
+            .iter()
+            .map(|l| l.inference_activations)
+            .max()
+            .unwrap_or(0);
+        let parameters = outer.parameters + layer_parameters;
+        Cost {
+            parameters,
+            layer_parameters,
+            bytes_on_wire: F32 * parameters,
+            train_memory_bytes: self.train_memory(&outer, layer_parameters, train_activations),
+            inference_memory_bytes: F32 * (parameters + inference_activations),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tiny_config;
-    use crate::config::Family;
+    use crate::elastic::Axis;
+    use crate::families::bert::config::full_layer;
+    use crate::families::bert::{tiny_model, Variant};
+
+    fn widths(hidden: usize, layers: Vec<AxisSizes>) -> Widths {
+        Widths {
+            global: AxisSizes::of(&[(Axis::Hidden, hidden)]),
+            global_layers: (0..layers.len()).collect(),
+            layers,
+        }
+    }
 
     #[test]
-    fn formula_counts_the_same_parameters_as_the_tensor_shapes() {
-        let config = tiny_config(Family::Bert, 3, 24, 4, 40);
-        let model = CostModel::new(&config, TrainingShape::default(), true, true);
-        let layers = vec![
-            LayerArch {
-                num_heads: 1,
-                head_dim: 3,
-                intermediate_size: 7,
-            },
-            LayerArch {
-                num_heads: 4,
-                head_dim: 6,
-                intermediate_size: 40,
-            },
-            LayerArch {
-                num_heads: 2,
-                head_dim: 5,
-                intermediate_size: 1,
-            },
-        ];
+    fn costs_count_the_same_parameters_as_the_tensor_shapes() {
+        let config = tiny_model(Variant::Bert, 3, 24, 4, 40, true);
+        let model = CostModel::new(&config, TrainingShape::default());
+        let sub = widths(
+            17,
+            vec![
+                full_layer(1, 3, 7),
+                full_layer(4, 6, 40),
+                full_layer(2, 5, 1),
+            ],
+        );
+        for w in [sub.clone(), config.widths()] {
+            let counted = config.with_widths(&w).unwrap().parameter_count();
+            assert_eq!(model.cost(&w).parameters, counted);
+        }
+        let shallow = widths(24, vec![full_layer(4, 6, 40)]);
+        let cost = model.cost(&shallow);
         assert_eq!(
-            model.cost(&layers).parameters,
-            model.counted_parameters(&layers)
+            cost.parameters,
+            config.with_widths(&shallow).unwrap().parameter_count()
         );
         assert_eq!(
-            model.cost(&config.layers).parameters,
-            model.counted_parameters(&config.layers)
-        );
-        let pooler_only = CostModel::new(&config, TrainingShape::default(), true, false);
-        assert_eq!(
-            pooler_only.cost(&layers).parameters,
-            pooler_only.counted_parameters(&layers)
+            3 * cost.layer_parameters,
+            model.cost(&config.widths()).layer_parameters
         );
     }
 
     #[test]
-    fn memory_grows_with_width_and_batch_and_shrinks_with_frozen_embeddings() {
-        let config = tiny_config(Family::Bert, 2, 24, 4, 40);
-        let small = vec![
-            LayerArch {
-                num_heads: 2,
-                head_dim: 6,
-                intermediate_size: 20
-            };
-            2
-        ];
-        let base = CostModel::new(&config, TrainingShape::default(), true, true);
-        assert!(
-            base.cost(&small).train_memory_bytes < base.cost(&config.layers).train_memory_bytes
-        );
+    fn memory_grows_with_width_depth_and_batch_and_shrinks_with_frozen_embeddings() {
+        let config = tiny_model(Variant::Bert, 2, 24, 4, 40, true);
+        let small = widths(24, vec![full_layer(2, 6, 20); 2]);
+        let base = CostModel::new(&config, TrainingShape::default());
+        let full = base.cost(&config.widths());
+        assert!(base.cost(&small).train_memory_bytes < full.train_memory_bytes);
+        let narrow = widths(12, vec![full_layer(2, 6, 20); 2]);
+        assert!(base.cost(&narrow).train_memory_bytes < base.cost(&small).train_memory_bytes);
+        let shallow = widths(24, vec![full_layer(2, 6, 20)]);
+        assert!(base.cost(&shallow).train_memory_bytes < base.cost(&small).train_memory_bytes);
         let big_batch = CostModel::new(
             &config,
             TrainingShape {
                 batch_size: 64,
                 ..Default::default()
             },
-            true,
-            true,
         );
         assert!(big_batch.cost(&small).train_memory_bytes > base.cost(&small).train_memory_bytes);
         let frozen = CostModel::new(
@@ -280,8 +257,6 @@ mod tests {
                 freeze_embeddings: true,
                 ..Default::default()
             },
-            true,
-            true,
         );
         assert!(frozen.cost(&small).train_memory_bytes < base.cost(&small).train_memory_bytes);
         assert!(base.cost(&small).inference_memory_bytes < base.cost(&small).train_memory_bytes);

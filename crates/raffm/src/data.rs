@@ -406,6 +406,36 @@ pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usi
     (train, validation)
 }
 
+/// Tokenizes the examples `ids` of a text dataset; returns rows and labels.
+pub fn tokenize(
+    dataset: &Dataset,
+    ids: &[usize],
+    tokenizer: &crate::tokenizer::TextTokenizer,
+    max_len: usize,
+) -> Result<(Vec<crate::tokenizer::TokenizedRow>, Vec<f32>)> {
+    let mut inputs: Vec<tokenizers::EncodeInput> = Vec::with_capacity(ids.len());
+    let mut labels = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let example = dataset.get(id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "example id {id} is not in the dataset ({} examples)",
+                dataset.examples.len()
+            ))
+        })?;
+        inputs.push(match &example.input {
+            Input::Text(t) => t.as_str().into(),
+            Input::Pair(a, b) => (a.as_str(), b.as_str()).into(),
+            Input::Image { .. } => {
+                return Err(Error::Invalid(
+                    "image examples need a vision model; this is a text encoder".into(),
+                ))
+            }
+        });
+        labels.push(example.label);
+    }
+    Ok((tokenizer.encode_rows(inputs, max_len)?, labels))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,34 +602,4 @@ mod tests {
         all.sort_unstable();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
     }
-}
-
-/// Tokenizes the examples `ids` of a text dataset; returns rows and labels.
-pub fn tokenize(
-    dataset: &Dataset,
-    ids: &[usize],
-    tokenizer: &crate::tokenizer::TextTokenizer,
-    max_len: usize,
-) -> Result<(Vec<crate::tokenizer::TokenizedRow>, Vec<f32>)> {
-    let mut inputs: Vec<tokenizers::EncodeInput> = Vec::with_capacity(ids.len());
-    let mut labels = Vec::with_capacity(ids.len());
-    for &id in ids {
-        let example = dataset.get(id).ok_or_else(|| {
-            Error::Invalid(format!(
-                "example id {id} is not in the dataset ({} examples)",
-                dataset.examples.len()
-            ))
-        })?;
-        inputs.push(match &example.input {
-            Input::Text(t) => t.as_str().into(),
-            Input::Pair(a, b) => (a.as_str(), b.as_str()).into(),
-            Input::Image { .. } => {
-                return Err(Error::Invalid(
-                    "image examples need a vision model; this is a text encoder".into(),
-                ))
-            }
-        });
-        labels.push(example.label);
-    }
-    Ok((tokenizer.encode_rows(inputs, max_len)?, labels))
 }

@@ -18,8 +18,21 @@ pub enum Error {
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     /// `config.json` names an architecture we do not implement.
-    #[error("{}: unknown model_type `{model_type}` (supported: bert, roberta, xlm-roberta, camembert, distilbert)", path.display())]
-    UnknownModelType { path: PathBuf, model_type: String },
+    #[error("{}: unknown model_type `{model_type}` (supported: {supported})", path.display())]
+    UnknownModelType {
+        path: PathBuf,
+        model_type: String,
+        supported: &'static str,
+    },
+    /// No sub-model of the search space fits a budget.
+    #[error("{}infeasible {budget}: {reason}", client.as_ref().map(|c| format!("client {c}: ")).unwrap_or_default())]
+    Infeasible {
+        client: Option<String>,
+        /// The budget, in words (`budget (at most 5000000 parameters)`).
+        budget: String,
+        /// What the smallest candidate needs.
+        reason: String,
+    },
     /// An argument or a combination of inputs that cannot work, not tied to one file.
     #[error("{0}")]
     Invalid(String),
@@ -32,6 +45,19 @@ impl Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             cause: source,
+        }
+    }
+
+    /// The error, said of one client: an infeasible budget names it; other errors get it
+    /// as a prefix.
+    pub fn for_client(self, client: &str) -> Self {
+        match self {
+            Error::Infeasible { budget, reason, .. } => Error::Infeasible {
+                client: Some(client.to_string()),
+                budget,
+                reason,
+            },
+            other => Error::Invalid(format!("client {client}: {other}")),
         }
     }
 

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
+use crate::families::bert::model::BertForSequenceClassification;
 use crate::fused::FusedOps;
-use crate::model::BertForSequenceClassification;
 use crate::tokenizer::{collate, TokenizedRow};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,7 +35,7 @@ pub fn predict<B: FusedOps>(
     device: &B::Device,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
-    crate::tokenizer::check_vocab(rows, checkpoint.config.vocab_size)?;
+    crate::tokenizer::check_vocab(rows, checkpoint.config.vocab_size())?;
     let model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].input_ids.len());
@@ -94,7 +94,7 @@ impl EvalSet {
         device: &B::Device,
         on_batch: impl FnMut(usize),
     ) -> Result<Metrics> {
-        let pad = checkpoint.config.pad_token_id as i64;
+        let pad = checkpoint.config.pad_token_id() as i64;
         let outputs = predict::<B>(checkpoint, &self.rows, pad, batch_size, device, on_batch)?;
         Ok(metrics(&outputs, &self.labels))
     }

@@ -1,18 +1,22 @@
-//! Sub-model extraction as index selection (paper eq. 6).
+//! Sub-model extraction as index selection (paper eq. 6), over every axis of the family's
+//! elastic description.
 //!
-//! A [`LayerSelection`] says which heads, Q/K channels, V channels and FFN neurons of a
-//! global layer a sub-model keeps; the [`IndexMap`] derived from it says, for every
-//! tensor of the sub-model, which rows and columns of the global tensor it came from.
+//! [`select`] chooses which indices of every axis a sub-model of given [`Widths`] keeps,
+//! by the index [`Strategy`] and, for depth, the [`DepthPolicy`]; the
+//! [`IndexMap`](crate::elastic::index::IndexMap) derived from the selection says, for every
+//! tensor of the sub-model, which global tensor and which of its indices it came from.
 //! Extraction gathers by that map; aggregation scatters back by the same map.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{expected_shapes, Checkpoint};
-use crate::config::LayerArch;
+use crate::checkpoint::Checkpoint;
+use crate::contract::Placement;
+use crate::elastic::index::{index_map, IndexMap, Kept, Selection};
+use crate::elastic::{Axis, Scope, Widths};
 use crate::error::{Error, Result};
-use crate::layout::layer_tensor;
+use crate::families::ModelConfig;
 use crate::rng::SplitMix64;
 use crate::tensor::HostTensor;
 
@@ -45,14 +49,57 @@ impl std::str::FromStr for Strategy {
     }
 }
 
-/// The global indices one sub-model layer keeps. Q/K channels are shared by Q and K (and
-/// by every kept head); V channels go with the output projection's columns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerSelection {
-    pub heads: Vec<usize>,
-    pub qk_channels: Vec<usize>,
-    pub v_channels: Vec<usize>,
-    pub ffn_neurons: Vec<usize>,
+/// Which layers a sub-model with fewer layers keeps. Layers are never reordered: they are
+/// not interchangeable, so depth follows this policy whatever the index strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthPolicy {
+    /// Evenly spaced, starting with the first (DistilBERT's choice).
+    #[default]
+    Even,
+    /// The first ones: the top layers are dropped.
+    Top,
+    /// The layers of the largest mean absolute weight, in model order.
+    Salience,
+}
+
+impl std::str::FromStr for DepthPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "even" => Ok(DepthPolicy::Even),
+            "top" => Ok(DepthPolicy::Top),
+            "salience" => Ok(DepthPolicy::Salience),
+            _ => Err(format!(
+                "unknown depth policy `{s}` (expected even, top or salience)"
+            )),
+        }
+    }
+}
+
+impl DepthPolicy {
+    /// The global layers, in order, that a sub-model of `depth` of `total` layers keeps;
+    /// `scores` are the layers' salience (used by [`DepthPolicy::Salience`]).
+    pub fn layers(self, total: usize, depth: usize, scores: &[f64]) -> Vec<usize> {
+        let depth = depth.clamp(1, total);
+        match self {
+            DepthPolicy::Top => (0..depth).collect(),
+            DepthPolicy::Even => (0..depth).map(|i| i * total / depth).collect(),
+            DepthPolicy::Salience => {
+                let mut kept = crate::prioritize::descending_order(scores);
+                kept.truncate(depth);
+                kept.sort_unstable();
+                kept
+            }
+        }
+    }
+
+    /// For every depth `0..=total`, the layers kept (index 0 is empty).
+    pub fn plan(self, total: usize, scores: &[f64]) -> Vec<Vec<usize>> {
+        std::iter::once(Vec::new())
+            .chain((1..=total).map(|d| self.layers(total, d, scores)))
+            .collect()
+    }
 }
 
 /// `take` indices of `0..n`, for the strategy.
@@ -76,163 +123,82 @@ fn pick(strategy: Strategy, n: usize, take: usize, round: u64, rng: &mut SplitMi
     }
 }
 
-/// Chooses the kept indices of every layer of a sub-model with widths `sub` from a global
-/// model with widths `global`. `random` draws from `(seed, round, client)`.
+/// Chooses the kept indices of every axis of a sub-model with widths `sub` (whose
+/// `global_layers` say which global layers it keeps) from a global model with widths
+/// `global`. `random` draws from `(seed, round, client)`.
 pub fn select(
+    config: &ModelConfig,
     strategy: Strategy,
-    global: &[LayerArch],
-    sub: &[LayerArch],
+    global: &Widths,
+    sub: &Widths,
     round: u64,
     seed: u64,
     client: &str,
-) -> Vec<LayerSelection> {
-    global
-        .iter()
-        .zip(sub)
-        .enumerate()
-        .map(|(layer, (g, s))| {
-            let mut rng = SplitMix64::derive(seed, &format!("select/{round}/{client}/{layer}"));
-            LayerSelection {
-                heads: pick(strategy, g.num_heads, s.num_heads, round, &mut rng),
-                qk_channels: pick(strategy, g.head_dim, s.head_dim, round, &mut rng),
-                v_channels: pick(strategy, g.head_dim, s.head_dim, round, &mut rng),
-                ffn_neurons: pick(
-                    strategy,
-                    g.intermediate_size,
-                    s.intermediate_size,
-                    round,
-                    &mut rng,
-                ),
-            }
-        })
-        .collect()
-}
-
-/// A list of indices, written as `[start, length]` runs so leading ranges stay tiny.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Indices(pub Vec<usize>);
-
-impl Serialize for Indices {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let mut runs: Vec<[usize; 2]> = Vec::new();
-        for &i in &self.0 {
-            match runs.last_mut() {
-                Some([start, len]) if *start + *len == i => *len += 1,
-                _ => runs.push([i, 1]),
-            }
-        }
-        runs.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Indices {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let runs = Vec::<[usize; 2]>::deserialize(d)?;
-        Ok(Indices(
-            runs.into_iter()
-                .flat_map(|[start, len]| start..start + len)
-                .collect(),
-        ))
-    }
-}
-
-/// Which rows and columns of a global tensor a sub-model tensor holds (`None`: all).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TensorIndex {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rows: Option<Indices>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cols: Option<Indices>,
-}
-
-impl TensorIndex {
-    const ALL: TensorIndex = TensorIndex {
-        rows: None,
-        cols: None,
+) -> Selection {
+    let axes = config.axes();
+    let own_width = |a: &&crate::elastic::AxisSpec| a.permutable && a.width_of != Axis::Layers;
+    let mut rng = SplitMix64::derive(seed, &format!("select/{round}/{client}"));
+    let mut selection = Selection {
+        layers: sub.global_layers.clone(),
+        ..Selection::default()
     };
-
-    /// The sub-tensor of `global` this index selects.
-    pub fn gather(&self, global: &HostTensor) -> HostTensor {
-        let t = match &self.rows {
-            Some(rows) => global.select_rows(&rows.0),
-            None => global.clone(),
-        };
-        match &self.cols {
-            Some(cols) => t.select_cols(&cols.0),
-            None => t,
-        }
+    for spec in axes
+        .iter()
+        .filter(own_width)
+        .filter(|a| a.scope == Scope::Global)
+    {
+        let (n, take) = (
+            global.global.get(spec.width_of),
+            sub.global.get(spec.width_of),
+        );
+        let kept = pick(strategy, n, take, round, &mut rng);
+        selection.global.insert(spec.axis, Kept::shared(kept));
     }
-
-    /// The shape `gather` gives for a global tensor of shape `global`.
-    pub fn sub_shape(&self, global: &[usize]) -> Vec<usize> {
-        let mut shape = global.to_vec();
-        if let Some(rows) = &self.rows {
-            shape[0] = rows.0.len();
+    for (layer, &g) in sub.global_layers.iter().enumerate() {
+        let mut rng = SplitMix64::derive(seed, &format!("select/{round}/{client}/{g}"));
+        let mut kept = BTreeMap::new();
+        for spec in axes
+            .iter()
+            .filter(own_width)
+            .filter(|a| a.scope == Scope::Layer)
+        {
+            let n = global.layers[g].get(spec.width_of);
+            let take = sub.layers[layer].get(spec.width_of);
+            kept.insert(
+                spec.axis,
+                Kept::shared(pick(strategy, n, take, round, &mut rng)),
+            );
         }
-        if let Some(cols) = &self.cols {
-            shape[1] = cols.0.len();
-        }
-        shape
+        selection.per_layer.push(kept);
     }
+    selection
 }
 
-/// Canonical tensor name -> where the sub-model's tensor sits in the global one.
-pub type IndexMap = BTreeMap<String, TensorIndex>;
-
-/// The index map of a selection on a global model with per-layer widths `global`.
-pub fn index_map(global: &Checkpoint, selections: &[LayerSelection]) -> IndexMap {
-    let config = &global.config;
-    let mut map: IndexMap = expected_shapes(config, global.has_pooler(), global.has_classifier())
-        .into_iter()
-        .map(|(name, _)| (name, TensorIndex::ALL))
-        .collect();
-    for (layer, (arch, sel)) in config.layers.iter().zip(selections).enumerate() {
-        let rows_of = |channels: &[usize]| {
-            Indices(
-                sel.heads
-                    .iter()
-                    .flat_map(|&h| channels.iter().map(move |&c| h * arch.head_dim + c))
-                    .collect(),
-            )
-        };
-        let (qk, v) = (rows_of(&sel.qk_channels), rows_of(&sel.v_channels));
-        let ffn = Indices(sel.ffn_neurons.clone());
-        let rows = |i: &Indices| TensorIndex {
-            rows: Some(i.clone()),
-            cols: None,
-        };
-        let cols = |i: &Indices| TensorIndex {
-            rows: None,
-            cols: Some(i.clone()),
-        };
-        for (suffix, index) in [
-            ("attention.self.query.weight", rows(&qk)),
-            ("attention.self.query.bias", rows(&qk)),
-            ("attention.self.key.weight", rows(&qk)),
-            ("attention.self.key.bias", rows(&qk)),
-            ("attention.self.value.weight", rows(&v)),
-            ("attention.self.value.bias", rows(&v)),
-            ("attention.output.dense.weight", cols(&v)),
-            ("intermediate.dense.weight", rows(&ffn)),
-            ("intermediate.dense.bias", rows(&ffn)),
-            ("output.dense.weight", cols(&ffn)),
-        ] {
-            map.insert(layer_tensor(layer, suffix), index);
-        }
-    }
-    map
+/// The index map of a selection from `global` into a model of widths `sub`.
+pub fn selection_map(global: &ModelConfig, sub: &Widths, selection: &Selection) -> IndexMap {
+    index_map(
+        global.axes(),
+        &global.tensors(),
+        &global.widths(),
+        &global.tensors_for_depth(sub.layers.len()),
+        selection,
+    )
 }
 
-/// Gathers a sub-model with widths `layers` out of `global` by `map`.
-pub fn extract(global: &Checkpoint, layers: &[LayerArch], map: &IndexMap) -> Result<Checkpoint> {
-    let config = global.config.with_layers(layers.to_vec())?;
+/// Gathers a sub-model with widths `widths` out of `global` by `map`.
+pub fn extract(global: &Checkpoint, widths: &Widths, map: &IndexMap) -> Result<Checkpoint> {
+    let config = global.config.with_widths(widths)?;
     let mut tensors = BTreeMap::new();
     for (name, index) in map {
-        let t = global.tensors.get(name).ok_or_else(|| {
+        let source = index.source(name);
+        let t = global.tensors.get(source).ok_or_else(|| {
             Error::Invalid(format!(
-                "index map names `{name}`, which the global model lacks"
+                "index map names `{source}`, which the global model lacks"
             ))
         })?;
+        index
+            .check_against(&t.shape)
+            .map_err(|e| Error::Invalid(format!("`{name}`: {e}")))?;
         tensors.insert(name.clone(), index.gather(t));
     }
     let sub = Checkpoint {
@@ -244,144 +210,100 @@ pub fn extract(global: &Checkpoint, layers: &[LayerArch], map: &IndexMap) -> Res
         ignored: Vec::new(),
     };
     // The sub-model must be exactly what its config describes.
-    for (name, shape) in expected_shapes(&sub.config, sub.has_pooler(), sub.has_classifier()) {
-        let got = &sub.tensors.get(&name).map(|t| t.shape.clone());
+    for (spec, shape) in sub.config.shapes() {
+        let got = sub.tensors.get(&spec.name).map(|t| t.shape.clone());
         if got.as_ref() != Some(&shape) {
             return Err(Error::Invalid(format!(
-                "extracted `{name}` has shape {got:?}, config implies {shape:?}"
+                "extracted `{}` has shape {got:?}, config implies {shape:?}",
+                spec.name
             )));
         }
+    }
+    if sub.tensors.len() != sub.config.tensors().len() {
+        return Err(Error::Invalid(
+            "the index map names tensors the sub-model's config does not have".into(),
+        ));
     }
     Ok(sub)
 }
 
-/// The global model with everything a sub-model drops set to zero (structured masking):
-/// a sub-model computes exactly this model's function.
-pub fn mask(global: &Checkpoint, map: &IndexMap) -> Checkpoint {
-    let mut out = global.clone();
+/// Why a sub-model of widths `sub` has no zero-padded equivalent at the global model's
+/// shapes, if it has none: it cut an axis where cutting is not the same as zeroing (a
+/// dropped layer, a narrower LayerNorm).
+pub fn padding_obstacle(global: &ModelConfig, sub: &Widths) -> Option<String> {
+    let full = global.widths();
+    for spec in global.axes().iter().filter(|a| !a.masked_equivalent) {
+        let cut = match (spec.axis, spec.scope) {
+            (Axis::Layers, _) => !sub.has_all_layers_of(full.layers.len()),
+            (axis, Scope::Global) => sub.global.get(axis) < full.global.get(axis),
+            (axis, Scope::Layer) => sub
+                .layers
+                .iter()
+                .zip(&full.layers)
+                .any(|(s, f)| s.get(axis) < f.get(axis)),
+        };
+        if cut {
+            return Some(format!(
+                "the sub-model cuts the `{}` axis, and a model cut there is not the full model with zeros in place of what was cut",
+                spec.axis
+            ));
+        }
+    }
+    None
+}
+
+/// The zero-padded equivalent of a sub-model at the shapes of `global`: the sub-model's
+/// values where its index map places them, zero elsewhere. It is an ordinary checkpoint of
+/// the global model's widths, which HF opens, and it computes the sub-model's function
+/// (where [`padding_obstacle`] finds nothing).
+pub fn padded(global: &ModelConfig, sub: &Checkpoint, map: &IndexMap) -> Result<Checkpoint> {
+    if let Some(reason) = padding_obstacle(global, &sub.config.widths()) {
+        return Err(Error::Invalid(format!(
+            "no zero-padded equivalent: {reason}"
+        )));
+    }
+    let mut tensors: BTreeMap<String, HostTensor> = global
+        .shapes()
+        .into_iter()
+        .map(|(spec, shape)| (spec.name, HostTensor::zeros(shape)))
+        .collect();
     for (name, index) in map {
-        let t = out.tensor_mut(name);
-        let keep_rows = index.rows.as_ref().map(|r| membership(t.shape[0], &r.0));
-        let keep_cols = index.cols.as_ref().map(|c| membership(t.shape[1], &c.0));
-        let row_len: usize = t.shape[1..].iter().product();
-        for (i, row) in t.data.chunks_mut(row_len.max(1)).enumerate() {
-            let row_kept = keep_rows.as_ref().is_none_or(|k| k[i]);
-            for (j, v) in row.iter_mut().enumerate() {
-                if !row_kept || keep_cols.as_ref().is_some_and(|k| !k[j]) {
-                    *v = 0.0;
-                }
-            }
+        let t = sub.tensors.get(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "index map names `{name}`, which the sub-model lacks"
+            ))
+        })?;
+        let target = tensors.get_mut(index.source(name)).ok_or_else(|| {
+            Error::Invalid(format!(
+                "index map places `{name}` into a tensor the global model lacks"
+            ))
+        })?;
+        index
+            .check_against(&target.shape)
+            .map_err(|e| Error::Invalid(format!("`{name}`: {e}")))?;
+        if index.sub_shape(&target.shape) != t.shape {
+            return Err(Error::Invalid(format!(
+                "`{name}` has shape {:?}, its index map places {:?}",
+                t.shape,
+                index.sub_shape(&target.shape)
+            )));
         }
+        index.scatter(t, target);
     }
-    out
+    Ok(Checkpoint {
+        config: global.clone(),
+        tensors,
+        prefixed: sub.prefixed,
+        source: sub.source.clone(),
+        files: Vec::new(),
+        ignored: Vec::new(),
+    })
 }
 
-fn membership(n: usize, indices: &[usize]) -> Vec<bool> {
-    let mut kept = vec![false; n];
-    for &i in indices {
-        kept[i] = true;
-    }
-    kept
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checkpoint::tiny_config;
-    use crate::config::Family;
-
-    #[test]
-    fn indices_serialize_as_runs_and_back() {
-        let i = Indices(vec![0, 1, 2, 7, 9, 10]);
-        let text = serde_json::to_string(&i).unwrap();
-        assert_eq!(text, "[[0,3],[7,1],[9,2]]");
-        assert_eq!(serde_json::from_str::<Indices>(&text).unwrap(), i);
-    }
-
-    #[test]
-    fn rolling_windows_advance_by_one_each_round_and_cover_every_index() {
-        let global = vec![LayerArch {
-            num_heads: 12,
-            head_dim: 32,
-            intermediate_size: 1536,
-        }];
-        let sub = vec![LayerArch {
-            num_heads: 6,
-            head_dim: 16,
-            intermediate_size: 512,
-        }];
-        let at = |r| select(Strategy::Rolling, &global, &sub, r, 0, "c").remove(0);
-        for round in [0u64, 1, 5, 11, 12, 1535] {
-            let (a, b) = (at(round), at(round + 1));
-            let shifted = |x: &[usize], n: usize| {
-                let mut v: Vec<usize> = x.iter().map(|i| (i + 1) % n).collect();
-                v.sort_unstable();
-                v
-            };
-            assert_eq!(b.heads, shifted(&a.heads, 12), "round {round}");
-            assert_eq!(b.qk_channels, shifted(&a.qk_channels, 32));
-            assert_eq!(b.ffn_neurons, shifted(&a.ffn_neurons, 1536));
-            assert_ne!(a, b);
-        }
-        // n - k + 1 rounds cover every index of an axis of n with a window of k.
-        let mut covered = vec![false; 1536];
-        for round in 0..(1536 - 512 + 1) {
-            for i in at(round).ffn_neurons {
-                covered[i] = true;
-            }
-        }
-        assert!(covered.iter().all(|&c| c));
-        let heads: std::collections::BTreeSet<usize> = (0..7).flat_map(|r| at(r).heads).collect();
-        assert_eq!(heads.len(), 12);
-    }
-
-    #[test]
-    fn random_is_seeded_per_round_and_client() {
-        let global = vec![
-            LayerArch {
-                num_heads: 12,
-                head_dim: 32,
-                intermediate_size: 64
-            };
-            2
-        ];
-        let sub = vec![
-            LayerArch {
-                num_heads: 5,
-                head_dim: 20,
-                intermediate_size: 30
-            };
-            2
-        ];
-        let draw =
-            |round, seed, client| select(Strategy::Random, &global, &sub, round, seed, client);
-        assert_eq!(draw(3, 7, "a"), draw(3, 7, "a"));
-        assert_ne!(draw(3, 7, "a"), draw(4, 7, "a"));
-        assert_ne!(draw(3, 7, "a"), draw(3, 7, "b"));
-        assert_ne!(draw(3, 7, "a"), draw(3, 8, "a"));
-        let s = &draw(3, 7, "a")[0];
-        assert_eq!(s.heads.len(), 5);
-        assert!(s.heads.windows(2).all(|w| w[0] < w[1]) && *s.heads.last().unwrap() < 12);
-    }
-
-    #[test]
-    fn full_selection_extracts_the_global_model_bit_for_bit() {
-        let config = tiny_config(Family::Bert, 2, 16, 4, 24);
-        let global = Checkpoint::random(&config, 1, true, true);
-        for strategy in [
-            Strategy::Salient,
-            Strategy::Static,
-            Strategy::Rolling,
-            Strategy::Random,
-        ] {
-            let sel = select(strategy, &config.layers, &config.layers, 3, 0, "c");
-            let map = index_map(&global, &sel);
-            let sub = extract(&global, &config.layers, &map).unwrap();
-            for (name, t) in &global.tensors {
-                assert!(t.bit_eq(&sub.tensors[name]), "{strategy:?} {name}");
-            }
-        }
-    }
+/// The global model with everything a sub-model drops set to zero (structured masking):
+/// a sub-model that [`padding_obstacle`] accepts computes exactly this model's function.
+pub fn mask(global: &Checkpoint, widths: &Widths, map: &IndexMap) -> Result<Checkpoint> {
+    padded(&global.config, &extract(global, widths, map)?, map)
 }
 
 /// Everything that decides one client's sub-model.
@@ -393,6 +315,7 @@ pub struct ClientRequest<'a> {
     pub seed: u64,
     pub strategy: Strategy,
     pub policy: crate::search::Policy,
+    pub depth_policy: DepthPolicy,
     pub space: &'a crate::search::SearchSpace,
     pub cost_model: &'a crate::cost::CostModel,
 }
@@ -402,9 +325,19 @@ pub struct ClientRequest<'a> {
 pub struct ClientModel {
     pub client: String,
     pub choice: crate::search::Choice,
-    pub selections: Vec<LayerSelection>,
+    pub selection: Selection,
     pub index_map: IndexMap,
     pub checkpoint: Checkpoint,
+}
+
+/// The layers a global model keeps at every depth under `policy` (see
+/// [`DepthPolicy::plan`]), scored on `global` where the policy needs scores.
+pub fn depth_plan(global: &Checkpoint, policy: DepthPolicy) -> Vec<Vec<usize>> {
+    let scores = match policy {
+        DepthPolicy::Salience => crate::prioritize::layer_salience(global, crate::tensor::Norm::L1),
+        DepthPolicy::Even | DepthPolicy::Top => Vec::new(),
+    };
+    policy.plan(global.config.widths().layers.len(), &scores)
 }
 
 /// Picks a configuration for the client's budget, chooses its indices by the strategy and
@@ -414,44 +347,47 @@ pub fn extract_for_client(global: &Checkpoint, request: &ClientRequest) -> Resul
         request.seed,
         &format!("policy/{}/{}", request.round, request.client),
     );
+    let plan = depth_plan(global, request.depth_policy);
     let choice = crate::search::choose(
         request.cost_model,
         request.space,
         &request.budget,
         request.policy,
+        &plan,
         &mut rng,
     )
-    .map_err(|e| Error::Invalid(format!("client {}: {e}", request.client)))?;
-    let model = extract_layers(global, request, &choice.layers)?;
+    .map_err(|e| e.for_client(request.client))?;
+    let model = extract_widths(global, request, &choice.widths)?;
     // The search's record, which also counts the feasible configurations.
     Ok(ClientModel { choice, ..model })
 }
 
-/// The sub-model of `global` with per-layer widths `layers`, its indices chosen by the
-/// request's strategy (the request's budget and policy are not used).
-pub fn extract_layers(
+/// The sub-model of `global` with widths `widths`, its indices chosen by the request's
+/// strategy (the request's budget and policies are not used).
+pub fn extract_widths(
     global: &Checkpoint,
     request: &ClientRequest,
-    layers: &[LayerArch],
+    widths: &Widths,
 ) -> Result<ClientModel> {
-    let selections = select(
+    let selection = select(
+        &global.config,
         request.strategy,
-        &global.config.layers,
-        layers,
+        &global.config.widths(),
+        widths,
         request.round,
         request.seed,
         request.client,
     );
-    let map = index_map(global, &selections);
-    let checkpoint = extract(global, layers, &map)?;
+    let map = selection_map(&global.config, widths, &selection);
+    let checkpoint = extract(global, widths, &map)?;
     Ok(ClientModel {
         client: request.client.to_string(),
         choice: crate::search::Choice {
-            layers: layers.to_vec(),
-            cost: request.cost_model.cost(layers),
+            widths: widths.clone(),
+            cost: request.cost_model.cost(widths),
             feasible_configurations: f64::NAN,
         },
-        selections,
+        selection,
         index_map: map,
         checkpoint,
     })
@@ -466,7 +402,7 @@ pub fn write_client(
     parameters: serde_json::Value,
 ) -> Result<ClientModel> {
     let sub = extract_for_client(global, request)?;
-    let mut manifest = sub.manifest(global, request, parameters);
+    let mut manifest = sub.manifest(global, request, parameters)?;
     let mut staging = crate::io::StagingDir::new(target)?;
     sub.checkpoint.write_into(&mut staging)?;
     manifest.write_into(&mut staging)?;
@@ -481,12 +417,15 @@ impl ClientModel {
         global: &Checkpoint,
         request: &ClientRequest,
         parameters: serde_json::Value,
-    ) -> crate::manifest::Manifest {
+    ) -> Result<crate::manifest::Manifest> {
         use serde_json::json;
+        let global_sha256 = global.weights_sha256().ok_or_else(|| {
+            Error::Invalid("the global model was not read from a file, so it has no hash".into())
+        })?;
         let mut m = crate::manifest::Manifest::new("extract", "raffm-extract", parameters);
         m.seeds.insert("seed".into(), json!(request.seed));
         m.inputs = global.files.clone();
-        m.architecture = Some(json!(self.choice.layers));
+        m.architecture = Some(self.choice.widths.clone());
         m.parameter_count = Some(self.checkpoint.parameter_count());
         m.bytes_on_wire = Some(self.checkpoint.bytes_on_wire());
         let cost = &self.choice.cost;
@@ -500,16 +439,159 @@ impl ClientModel {
             "feasible_configurations".into(),
             json!(self.choice.feasible_configurations),
         );
+        m.placement = Some(Placement {
+            client: self.client.clone(),
+            round: request.round,
+            global_sha256: global_sha256.to_string(),
+            strategy: request.strategy,
+            index_map: self.index_map.clone(),
+        });
         let d = &mut m.details;
-        d.insert("client".into(), json!(self.client));
-        d.insert("round".into(), json!(request.round));
-        d.insert("strategy".into(), json!(request.strategy));
         d.insert("policy".into(), json!(request.policy));
+        d.insert("depth_policy".into(), json!(request.depth_policy));
         d.insert("budget".into(), json!(request.budget));
         d.insert("training_shape".into(), json!(request.cost_model.shape));
-        d.insert("global_sha256".into(), json!(global.weights_sha256()));
-        d.insert("selection".into(), json!(self.selections));
-        d.insert("index_map".into(), json!(self.index_map));
-        m
+        d.insert("selection".into(), json!(self.selection));
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elastic::AxisSizes;
+    use crate::families::bert::{tiny_model, Variant};
+
+    fn sub_widths(hidden: usize, layer: AxisSizes, layers: Vec<usize>) -> Widths {
+        Widths {
+            global: AxisSizes::of(&[(Axis::Hidden, hidden)]),
+            layers: vec![layer; layers.len()],
+            global_layers: layers,
+        }
+    }
+
+    fn layer(heads: usize, head_dim: usize, ffn: usize) -> AxisSizes {
+        crate::families::bert::config::full_layer(heads, head_dim, ffn)
+    }
+
+    #[test]
+    fn depth_policies_pick_the_expected_layers() {
+        assert_eq!(DepthPolicy::Even.layers(6, 3, &[]), vec![0, 2, 4]);
+        assert_eq!(DepthPolicy::Even.layers(6, 4, &[]), vec![0, 1, 3, 4]);
+        assert_eq!(
+            DepthPolicy::Even.layers(6, 6, &[]),
+            (0..6).collect::<Vec<_>>()
+        );
+        assert_eq!(DepthPolicy::Top.layers(6, 2, &[]), vec![0, 1]);
+        let scores = [0.1, 0.9, 0.5, 0.7, 0.2, 0.3];
+        assert_eq!(DepthPolicy::Salience.layers(6, 3, &scores), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn rolling_windows_advance_by_one_each_round_and_cover_every_index() {
+        let config = tiny_model(Variant::Bert, 1, 384, 12, 1536, true);
+        let global = config.widths();
+        let sub = sub_widths(192, layer(6, 16, 512), vec![0]);
+        let at = |r| select(&config, Strategy::Rolling, &global, &sub, r, 0, "c");
+        let kept = |s: &Selection, axis| s.per_layer[0][&axis].under(0).to_vec();
+        for round in [0u64, 1, 5, 11, 12, 1535] {
+            let (a, b) = (at(round), at(round + 1));
+            let shifted = |x: &[usize], n: usize| {
+                let mut v: Vec<usize> = x.iter().map(|i| (i + 1) % n).collect();
+                v.sort_unstable();
+                v
+            };
+            assert_eq!(
+                kept(&b, Axis::Heads),
+                shifted(&kept(&a, Axis::Heads), 12),
+                "round {round}"
+            );
+            assert_eq!(
+                kept(&b, Axis::HeadDim),
+                shifted(&kept(&a, Axis::HeadDim), 32)
+            );
+            assert_eq!(kept(&b, Axis::Ffn), shifted(&kept(&a, Axis::Ffn), 1536));
+            let hidden = |s: &Selection| s.global[&Axis::Hidden].under(0).to_vec();
+            assert_eq!(hidden(&b), shifted(&hidden(&a), 384));
+            assert_ne!(a, b);
+        }
+        // n - k + 1 rounds cover every index of an axis of n with a window of k.
+        let mut covered = vec![false; 1536];
+        for round in 0..(1536 - 512 + 1) {
+            for i in kept(&at(round), Axis::Ffn) {
+                covered[i] = true;
+            }
+        }
+        assert!(covered.iter().all(|&c| c));
+    }
+
+    #[test]
+    fn random_is_seeded_per_round_and_client() {
+        let config = tiny_model(Variant::Bert, 2, 384, 12, 64, true);
+        let global = config.widths();
+        let sub = sub_widths(300, layer(5, 20, 30), vec![0, 1]);
+        let draw = |round, seed, client| {
+            select(
+                &config,
+                Strategy::Random,
+                &global,
+                &sub,
+                round,
+                seed,
+                client,
+            )
+        };
+        assert_eq!(draw(3, 7, "a"), draw(3, 7, "a"));
+        assert_ne!(draw(3, 7, "a"), draw(4, 7, "a"));
+        assert_ne!(draw(3, 7, "a"), draw(3, 7, "b"));
+        assert_ne!(draw(3, 7, "a"), draw(3, 8, "a"));
+        let s = &draw(3, 7, "a").per_layer[0][&Axis::Heads];
+        let heads = s.under(0);
+        assert_eq!(heads.len(), 5);
+        assert!(heads.windows(2).all(|w| w[0] < w[1]) && *heads.last().unwrap() < 12);
+    }
+
+    #[test]
+    fn full_selection_extracts_the_global_model_bit_for_bit() {
+        let config = tiny_model(Variant::Bert, 2, 16, 4, 24, true);
+        let global = Checkpoint::random(&config, 1);
+        let widths = config.widths();
+        for strategy in [
+            Strategy::Salient,
+            Strategy::Static,
+            Strategy::Rolling,
+            Strategy::Random,
+        ] {
+            let sel = select(&config, strategy, &widths, &widths, 3, 0, "c");
+            let map = selection_map(&config, &widths, &sel);
+            assert!(map
+                .values()
+                .all(|i| i.from.is_none() && i.dims.iter().all(Option::is_none)));
+            let sub = extract(&global, &widths, &map).unwrap();
+            for (name, t) in &global.tensors {
+                assert!(t.bit_eq(&sub.tensors[name]), "{strategy:?} {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_sub_model_of_fewer_layers_takes_them_from_their_global_positions() {
+        let config = tiny_model(Variant::Bert, 3, 16, 4, 24, true);
+        let global = Checkpoint::random(&config, 2);
+        let full = config.widths();
+        let widths = sub_widths(12, layer(4, 4, 24), vec![0, 2]);
+        let sel = select(&config, Strategy::Static, &full, &widths, 0, 0, "c");
+        let map = selection_map(&config, &widths, &sel);
+        let sub = extract(&global, &widths, &map).unwrap();
+        assert_eq!(sub.config.widths(), widths);
+        assert_eq!(sub.parameter_count(), sub.config.parameter_count());
+        let moved: Vec<&str> = map.values().filter_map(|i| i.from.as_deref()).collect();
+        assert!(!moved.is_empty() && moved.iter().all(|n| n.contains(".2.")));
+        // Layer 1 of the sub-model is layer 2 of the global one, on its first 12 hidden rows.
+        for (name, index) in &map {
+            let g = &global.tensors[index.source(name)];
+            assert!(index.gather(g).bit_eq(&sub.tensors[name]), "{name}");
+        }
+        assert!(padding_obstacle(&config, &widths).is_some());
     }
 }

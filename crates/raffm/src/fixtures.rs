@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{tiny_config, Checkpoint};
-use crate::config::Family;
+use crate::checkpoint::Checkpoint;
+use crate::families::bert::{tiny_model, Variant};
 
 /// The words of the fixture vocabulary: four positive, four negative, four filler.
 pub const WORDS: [&str; 12] = [
@@ -14,7 +14,7 @@ pub const WORDS: [&str; 12] = [
 /// Writes a tiny random BERT (2 layers, hidden 32, 4 heads, FFN 64, no classification
 /// head) with a 64-token `vocab.txt` into `dir`, and returns `dir`.
 pub fn tiny_text_model(dir: &Path) -> PathBuf {
-    Checkpoint::random(&tiny_config(Family::Bert, 2, 32, 4, 64), 1, true, false)
+    Checkpoint::random(&tiny_model(Variant::Bert, 2, 32, 4, 64, false), 1)
         .save(dir)
         .expect("fixture model is written");
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

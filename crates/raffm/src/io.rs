@@ -86,6 +86,9 @@ impl Write for HashingWriter<'_> {
 pub struct StagingDir {
     target: PathBuf,
     staging: PathBuf,
+    /// Where records say the files are: the target, or for a folder nested in another
+    /// staging folder, its place in the outer folder's target.
+    recorded_at: PathBuf,
     written: Vec<FileRecord>,
     committed: bool,
 }
@@ -114,11 +117,33 @@ impl StagingDir {
         }
         fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
         Ok(Self {
+            recorded_at: target.clone(),
             target,
             staging,
             written: Vec::new(),
             committed: false,
         })
+    }
+
+    /// A folder `name` inside this one, written the same way; its records name the path it
+    /// will have once this folder is committed.
+    pub fn nested(&self, name: &str) -> Result<Self> {
+        let mut inner = StagingDir::new(self.staging.join(name))?;
+        inner.recorded_at = self.recorded_at.join(name);
+        Ok(inner)
+    }
+
+    /// Adds file `name` as a hard link to `existing` (a file already written, whose record
+    /// is `record`): identical outputs share their bytes on disk.
+    pub fn link(&mut self, name: &str, existing: &Path, record: &FileRecord) -> Result<FileRecord> {
+        let path = self.staging.join(name);
+        fs::hard_link(existing, &path).map_err(|e| Error::io(&path, e))?;
+        let record = FileRecord {
+            path: self.recorded_at.join(name).display().to_string(),
+            ..record.clone()
+        };
+        self.written.push(record.clone());
+        Ok(record)
     }
 
     /// Where the folder is being written (files and subfolders may be added here).
@@ -163,7 +188,7 @@ impl StagingDir {
         });
         filled.map_err(|e| Error::io(&path, e))?;
         let record = FileRecord {
-            path: self.target.join(name).display().to_string(),
+            path: self.recorded_at.join(name).display().to_string(),
             sha256: hex(&digest),
             bytes,
         };

@@ -6,6 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::contract::Placement;
+use crate::elastic::Widths;
 use crate::error::{Error, Result};
 use crate::io::{FileRecord, StagingDir};
 
@@ -25,9 +27,9 @@ pub struct Manifest {
     pub inputs: Vec<FileRecord>,
     #[serde(default)]
     pub outputs: Vec<FileRecord>,
-    /// Per-layer architecture of the output model, where there is one.
+    /// Elastic widths of the output model, where there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub architecture: Option<Value>,
+    pub architecture: Option<Widths>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter_count: Option<u64>,
     /// Bytes a client would download for this model (its float32 weights).
@@ -35,6 +37,12 @@ pub struct Manifest {
     pub bytes_on_wire: Option<u64>,
     #[serde(default)]
     pub metrics: Map<String, Value>,
+    /// Where a sub-model sits in its global model (extract, carried by local-train).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// Examples a client update was trained on (local-train), its weight in FedAvg.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_examples: Option<u64>,
     /// Stage-specific records (permutations, index maps, ...).
     #[serde(flatten)]
     pub details: Map<String, Value>,
@@ -56,6 +64,8 @@ impl Manifest {
             parameter_count: None,
             bytes_on_wire: None,
             metrics: Map::new(),
+            placement: None,
+            num_examples: None,
             details: Map::new(),
         }
     }

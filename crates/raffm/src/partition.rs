@@ -100,7 +100,7 @@ pub fn partition(
             }
         }
         Scheme::Dirichlet { alpha } => {
-            if !(alpha > 0.0) {
+            if alpha.is_nan() || alpha <= 0.0 {
                 return Err(Error::Invalid(format!(
                     "dirichlet alpha must be positive, got {alpha}"
                 )));

@@ -6,26 +6,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::{Cost, TrainingShape};
 use crate::error::{Error, Result};
-use crate::extract::Strategy;
+use crate::extract::{DepthPolicy, Strategy};
 use crate::rng::SplitMix64;
 use crate::search::{Budget, Policy, SearchSpace};
 
-/// A class of client hardware. Its training budget is a fraction of the full model's
-/// parameters, an absolute training-memory limit, or both.
+/// A class of client hardware: how much of the model it may train, and the memory of its
+/// device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     pub name: String,
     /// Relative weight of the tier in the client population.
     pub share: f64,
+    /// Training budget: at most this fraction of the full model's parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter_fraction: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_memory_bytes: Option<u64>,
-}
-
-fn default_inference_multiplier() -> f64 {
-    7.0
+    /// The device's memory. The training sub-model must fit it under the training cost,
+    /// and the deployed model under the inference cost (see [`crate::cost`]).
+    #[serde(
+        default,
+        alias = "train_memory_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_bytes: Option<u64>,
 }
 
 fn default_strategy() -> Strategy {
@@ -44,9 +47,6 @@ pub struct Pipeline {
     /// Number of clients in the population.
     pub clients: usize,
     pub tiers: Vec<Tier>,
-    /// Inference memory budget as a multiple of the training one (paper 4.5.3: about 7x).
-    #[serde(default = "default_inference_multiplier")]
-    pub inference_multiplier: f64,
     #[serde(default)]
     pub training: TrainingShape,
     #[serde(default)]
@@ -55,6 +55,8 @@ pub struct Pipeline {
     pub strategy: Strategy,
     #[serde(default = "default_policy")]
     pub policy: Policy,
+    #[serde(default)]
+    pub depth_policy: DepthPolicy,
     /// Anything else (data, rounds, optimiser...) for the stages that read it.
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
@@ -76,13 +78,16 @@ impl Pipeline {
         if self.tiers.is_empty() {
             return Err("`tiers` is empty".into());
         }
+        if self.rest.contains_key("inference_multiplier") {
+            return Err("`inference_multiplier` is gone: a tier's `memory_bytes` is its device memory, for training and deployment alike".into());
+        }
         for t in &self.tiers {
-            if !(t.share > 0.0) {
+            if t.share.is_nan() || t.share <= 0.0 {
                 return Err(format!("tier `{}`: share must be positive", t.name));
             }
-            if t.parameter_fraction.is_none() && t.train_memory_bytes.is_none() {
+            if t.parameter_fraction.is_none() && t.memory_bytes.is_none() {
                 return Err(format!(
-                    "tier `{}`: give parameter_fraction, train_memory_bytes or both",
+                    "tier `{}`: give parameter_fraction, memory_bytes or both",
                     t.name
                 ));
             }
@@ -92,11 +97,13 @@ impl Pipeline {
                     t.name
                 ));
             }
+            if t.memory_bytes == Some(0) {
+                return Err(format!("tier `{}`: memory_bytes must be positive", t.name));
+            }
         }
-        if !(self.inference_multiplier >= 1.0) {
-            return Err("inference_multiplier must be at least 1".into());
-        }
-        self.search_space.validate().map_err(|e| e.to_string())
+        self.search_space
+            .check_fractions()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -105,17 +112,23 @@ impl Pipeline {
 pub struct ClientBudget {
     pub client: String,
     pub tier: String,
+    /// What its training sub-model must fit: parameters and training memory.
     pub train: Budget,
-    pub inference_memory_bytes: u64,
+    /// Its device's memory, which the deployed model must fit under the inference cost
+    /// (`None`: unlimited).
+    pub device_memory_bytes: Option<u64>,
 }
 
-/// `budgets.json`: every client's budget, and what they were computed for.
+/// `budgets.json`: every client's budget, and what the search for their sub-models uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Budgets {
     pub pipeline: String,
     pub seed: u64,
     pub training: TrainingShape,
-    pub inference_multiplier: f64,
+    pub search_space: SearchSpace,
+    pub strategy: Strategy,
+    pub policy: Policy,
+    pub depth_policy: DepthPolicy,
     /// Costs of the full model the fractions refer to.
     pub full_model: Cost,
     pub clients: Vec<ClientBudget>,
@@ -183,21 +196,14 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
             let max_parameters = tier
                 .parameter_fraction
                 .map(|f| (f * full_model.parameters as f64).floor() as u64);
-            // Without an absolute memory limit, the tier's memory is its fraction of the
-            // full model's training memory; inference gets a multiple of it either way.
-            let train_memory = tier.train_memory_bytes.unwrap_or_else(|| {
-                (tier.parameter_fraction.unwrap_or(1.0) * full_model.train_memory_bytes as f64)
-                    as u64
-            });
             ClientBudget {
                 client,
                 tier: tier.name.clone(),
                 train: Budget {
                     max_parameters,
-                    max_train_memory_bytes: tier.train_memory_bytes,
+                    max_train_memory_bytes: tier.memory_bytes,
                 },
-                inference_memory_bytes: (pipeline.inference_multiplier * train_memory as f64)
-                    as u64,
+                device_memory_bytes: tier.memory_bytes,
             }
         })
         .collect();
@@ -205,7 +211,10 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
         pipeline: pipeline.name.clone(),
         seed,
         training: pipeline.training,
-        inference_multiplier: pipeline.inference_multiplier,
+        search_space: pipeline.search_space.clone(),
+        strategy: pipeline.strategy,
+        policy: pipeline.policy,
+        depth_policy: pipeline.depth_policy,
         full_model,
         clients,
     }
@@ -220,7 +229,7 @@ mod tests {
             "name": "t", "model": "m", "clients": 10,
             "tiers": [
                 {"name": "small", "share": 1, "parameter_fraction": 0.5},
-                {"name": "large", "share": 3, "parameter_fraction": 0.9, "train_memory_bytes": 1000}
+                {"name": "large", "share": 3, "parameter_fraction": 0.9, "memory_bytes": 1000}
             ]
         }))
         .unwrap()
@@ -229,7 +238,7 @@ mod tests {
     fn full() -> Cost {
         Cost {
             parameters: 1000,
-            encoder_parameters: 500,
+            layer_parameters: 500,
             bytes_on_wire: 4000,
             train_memory_bytes: 10_000,
             inference_memory_bytes: 5000,
@@ -246,11 +255,14 @@ mod tests {
         assert_eq!((small, a.clients.len() - small), (3, 7)); // 2.5 and 7.5, remainders tie
         let c = a.clients.iter().find(|c| c.tier == "small").unwrap();
         assert_eq!(c.train.max_parameters, Some(500));
-        assert_eq!(c.inference_memory_bytes, 35_000); // 7 x (0.5 x 10 000)
+        assert_eq!(
+            (c.train.max_train_memory_bytes, c.device_memory_bytes),
+            (None, None)
+        );
         let c = a.clients.iter().find(|c| c.tier == "large").unwrap();
         assert_eq!(
-            (c.train.max_train_memory_bytes, c.inference_memory_bytes),
-            (Some(1000), 7000)
+            (c.train.max_train_memory_bytes, c.device_memory_bytes),
+            (Some(1000), Some(1000))
         );
         assert_eq!(a.clients[0].client, "c000");
     }

@@ -1,47 +1,53 @@
-//! Choosing a sub-model for a budget (paper 3.1.3): a per-layer configuration from a
-//! search space whose costs satisfy the client's budget.
+//! Choosing a sub-model for a budget (paper 3.1.3): widths for every elastic axis of the
+//! family, from a search space, whose costs satisfy the client's budget.
 //!
-//! Parameters and training memory are linear in three totals over the layers (heads,
-//! attention width, FFN width; see [`crate::cost`]), so a dynamic program over those totals
-//! is exact and small: it counts, for every reachable triple of totals, how many per-layer
-//! configurations reach it. From that table `largest` takes the feasible configuration with
-//! the most parameters, and `sample` draws uniformly among all feasible configurations.
+//! Global axes (hidden size, depth) are enumerated outside a dynamic program over the
+//! layers. For each global choice, a layer's options (its per-layer widths) each carry a
+//! cost vector, parameters and kept activations, and every cost is linear in the sums of
+//! those vectors over the layers (see [`crate::cost`]). The program counts, for every
+//! reachable sum, how many per-layer configurations reach it, so it is exact and small.
+//! From the tables `largest` takes the feasible configuration with the most parameters,
+//! and `sample` draws uniformly among all feasible configurations of all global choices.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LayerArch;
-use crate::cost::{Cost, CostModel, LayerTotals};
+use crate::cost::{Cost, CostModel, LayerCost, OuterCost};
+use crate::elastic::{Axis, AxisSizes, AxisSpec, Scope, Widths};
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
-/// Per-layer choices, as fractions of the global model's widths (rounded, at least 1).
+/// Per axis, the widths to choose from, as fractions of the global model's (rounded, at
+/// least 1). An axis that is not listed keeps its full width. This is the one place the
+/// default search space is written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SearchSpace {
-    pub heads: Vec<f64>,
-    pub head_dim: Vec<f64>,
-    pub ffn: Vec<f64>,
-}
+#[serde(transparent)]
+pub struct SearchSpace(pub BTreeMap<Axis, Vec<f64>>);
 
 impl Default for SearchSpace {
     fn default() -> Self {
-        Self {
-            heads: vec![0.25, 0.5, 0.75, 1.0],
-            head_dim: vec![0.5, 0.75, 1.0],
-            ffn: vec![0.25, 0.5, 0.75, 1.0],
-        }
+        Self(BTreeMap::from([
+            (Axis::Heads, vec![0.25, 0.5, 0.75, 1.0]),
+            (Axis::HeadDim, vec![0.5, 0.75, 1.0]),
+            (Axis::Ffn, vec![0.25, 0.5, 0.75, 1.0]),
+            (Axis::Hidden, vec![1.0]),
+            (Axis::Layers, vec![1.0]),
+        ]))
     }
 }
 
+const FULL: [f64; 1] = [1.0];
+
 impl SearchSpace {
-    /// Checks the fractions: each in (0, 1], at least one per axis.
-    pub fn validate(&self) -> Result<()> {
-        for (axis, fractions) in [
-            ("heads", &self.heads),
-            ("head_dim", &self.head_dim),
-            ("ffn", &self.ffn),
-        ] {
+    /// The fractions of `axis` (the full width where the space does not list it).
+    pub fn fractions(&self, axis: Axis) -> &[f64] {
+        self.0.get(&axis).map_or(&FULL, Vec::as_slice)
+    }
+
+    /// Checks the fractions: each in (0, 1], at least one per listed axis.
+    pub fn check_fractions(&self) -> Result<()> {
+        for (axis, fractions) in &self.0 {
             if fractions.is_empty() || fractions.iter().any(|f| !(*f > 0.0 && *f <= 1.0)) {
                 return Err(Error::Invalid(format!(
                     "search space `{axis}`: fractions must be in (0, 1], got {fractions:?}"
@@ -51,24 +57,58 @@ impl SearchSpace {
         Ok(())
     }
 
-    /// The options for a layer whose global widths are `full`, largest first, deduplicated.
-    pub fn layer_options(&self, full: &LayerArch) -> Vec<LayerArch> {
-        let scale = |n: usize, f: f64| ((n as f64 * f).round() as usize).clamp(1, n);
-        let mut options: Vec<LayerArch> = self
-            .heads
+    /// Checks the fractions and that every listed axis is an elastic axis of the family
+    /// with a width of its own.
+    pub fn validate(&self, axes: &[AxisSpec]) -> Result<()> {
+        self.check_fractions()?;
+        for axis in self.0.keys() {
+            if !axes.iter().any(|a| a.axis == *axis && a.width_of == *axis) {
+                let known: Vec<String> = axes
+                    .iter()
+                    .filter(|a| a.width_of == a.axis)
+                    .map(|a| a.axis.to_string())
+                    .collect();
+                return Err(Error::Invalid(format!(
+                    "search space `{axis}`: not a width of this model family (its axes: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The widths of `axis` for a full width of `n`, largest first, without repeats.
+    pub fn sizes(&self, axis: Axis, n: usize) -> Vec<usize> {
+        let mut sizes: Vec<usize> = self
+            .fractions(axis)
             .iter()
-            .flat_map(|&h| {
-                self.head_dim.iter().flat_map(move |&d| {
-                    self.ffn.iter().map(move |&f| LayerArch {
-                        num_heads: scale(full.num_heads, h),
-                        head_dim: scale(full.head_dim, d),
-                        intermediate_size: scale(full.intermediate_size, f),
+            .map(|f| ((n as f64 * f).round() as usize).clamp(1, n))
+            .collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.dedup();
+        sizes
+    }
+
+    /// Every combination of the listed widths of the `scope` axes (other than depth), for a
+    /// model whose widths in that scope are `full`; the largest first.
+    pub fn options(&self, axes: &[AxisSpec], scope: Scope, full: &AxisSizes) -> Vec<AxisSizes> {
+        let own = axes
+            .iter()
+            .filter(|a| a.scope == scope && a.width_of == a.axis && a.axis != Axis::Layers);
+        let mut options = vec![AxisSizes::default()];
+        for spec in own {
+            let sizes = self.sizes(spec.axis, full.get(spec.axis));
+            options = options
+                .into_iter()
+                .flat_map(|o| {
+                    sizes.iter().map(move |&n| {
+                        let mut o = o.clone();
+                        o.set(spec.axis, n);
+                        o
                     })
                 })
-            })
-            .collect();
-        options.sort_by(|a, b| b.cmp(a));
-        options.dedup();
+                .collect();
+        }
         options
     }
 }
@@ -82,29 +122,27 @@ pub struct Budget {
     pub max_train_memory_bytes: Option<u64>,
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
 impl std::fmt::Display for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.max_parameters, self.max_train_memory_bytes) {
             (None, None) => write!(f, "unlimited"),
             (Some(p), None) => write!(f, "at most {p} parameters"),
-            (None, Some(m)) => write!(
+            (None, Some(m)) => write!(f, "at most {:.1} MiB of training memory", mib(m)),
+            (Some(p), Some(m)) => write!(
                 f,
-                "at most {:.1} MiB of training memory",
-                m as f64 / (1 << 20) as f64
+                "at most {p} parameters and {:.1} MiB of training memory",
+                mib(m)
             ),
-            (Some(p), Some(m)) => {
-                write!(
-                    f,
-                    "at most {p} parameters and {:.1} MiB of training memory",
-                    m as f64 / (1 << 20) as f64
-                )
-            }
         }
     }
 }
 
 impl Budget {
-    fn admits(&self, parameters: u64, train_memory: u64) -> bool {
+    pub fn admits(&self, parameters: u64, train_memory: u64) -> bool {
         self.max_parameters.is_none_or(|m| parameters <= m)
             && self
                 .max_train_memory_bytes
@@ -135,73 +173,319 @@ impl std::str::FromStr for Policy {
 /// The configuration picked for a budget.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Choice {
-    pub layers: Vec<LayerArch>,
+    pub widths: Widths,
     pub cost: Cost,
-    /// How many per-layer configurations of the space fit the budget.
+    /// How many configurations of the space fit the budget.
     pub feasible_configurations: f64,
 }
 
-/// Picks a per-layer configuration for `budget`; see the module docs.
+/// The sum of the layer costs the program tracks: parameters, and kept activations when
+/// the budget limits training memory (otherwise 0, so that states merge).
+type State = (u64, u64);
+
+/// The options of one global choice (widths of the global axes and a depth).
+struct Group {
+    global: AxisSizes,
+    layers: Vec<usize>,
+    outer: OuterCost,
+    /// Per layer of the sub-model: its options with their costs.
+    options: Vec<Vec<(AxisSizes, LayerCost)>>,
+}
+
+/// The dynamic program of one group.
+struct Table {
+    /// counts[k]: sums over the first k layers -> configurations reaching them.
+    counts: Vec<BTreeMap<State, f64>>,
+}
+
+/// A search over one space for one budget.
+struct Search<'a> {
+    model: &'a CostModel,
+    budget: Budget,
+    /// Whether states track activations (only a training-memory limit needs them).
+    track_activations: bool,
+}
+
+impl Search<'_> {
+    fn state(&self, c: &LayerCost) -> State {
+        let act = if self.track_activations {
+            c.train_activations
+        } else {
+            0
+        };
+        (c.parameters, act)
+    }
+
+    fn fits(&self, group: &Group, state: State) -> bool {
+        let parameters = group.outer.parameters + state.0;
+        let memory = self.model.train_memory(&group.outer, state.0, state.1);
+        self.budget.admits(parameters, memory)
+    }
+
+    /// The smallest sums the layers `k..` can reach, per layer count.
+    fn min_rest(&self, group: &Group) -> Vec<State> {
+        let mut rest = vec![(0, 0); group.options.len() + 1];
+        for k in (0..group.options.len()).rev() {
+            let smallest = group.options[k]
+                .iter()
+                .map(|(_, c)| self.state(c))
+                .fold((u64::MAX, u64::MAX), |a, b| (a.0.min(b.0), a.1.min(b.1)));
+            rest[k] = (rest[k + 1].0 + smallest.0, rest[k + 1].1 + smallest.1);
+        }
+        rest
+    }
+
+    fn table(&self, group: &Group) -> Table {
+        let rest = self.min_rest(group);
+        let mut counts: Vec<BTreeMap<State, f64>> = vec![BTreeMap::from([((0, 0), 1.0)])];
+        for (k, options) in group.options.iter().enumerate() {
+            let mut next = BTreeMap::new();
+            for (&(p, a), &count) in &counts[k] {
+                for (_, cost) in options {
+                    let (op, oa) = self.state(cost);
+                    let reached = (p + op, a + oa);
+                    let lower_bound = (reached.0 + rest[k + 1].0, reached.1 + rest[k + 1].1);
+                    if self.fits(group, lower_bound) {
+                        *next.entry(reached).or_insert(0.0) += count;
+                    }
+                }
+            }
+            counts.push(next);
+        }
+        Table { counts }
+    }
+
+    /// Walks back from `target`, choosing for each layer an option that leads to a
+    /// reachable prefix: the most even one for `largest`, one in proportion to its count
+    /// for `sample`.
+    fn walk_back(
+        &self,
+        group: &Group,
+        table: &Table,
+        mut target: State,
+        policy: Policy,
+        rng: &mut SplitMix64,
+    ) -> Vec<AxisSizes> {
+        let depth = group.options.len();
+        let mut layers = vec![AxisSizes::default(); depth];
+        for k in (0..depth).rev() {
+            let candidates = group.options[k].iter().filter_map(|(o, c)| {
+                let (op, oa) = self.state(c);
+                let prefix = (target.0.checked_sub(op)?, target.1.checked_sub(oa)?);
+                table.counts[k]
+                    .get(&prefix)
+                    .map(|&n| ((o, (op, oa), prefix), n))
+            });
+            let (option, _, prefix) = match policy {
+                // Of the configurations with these sums, prefer the most even: the option
+                // closest to an equal share of what is left (ties: the widest).
+                Policy::Largest => candidates
+                    .map(|(x, _)| x)
+                    .min_by_key(|(_, cost, _)| imbalance(*cost, target, k as u64 + 1))
+                    .expect("a reached state has a predecessor"),
+                Policy::Sample => pick_weighted(candidates, rng),
+            };
+            layers[k] = option.clone();
+            target = prefix;
+        }
+        layers
+    }
+}
+
+/// How far one layer's costs are from a `1/layers` share of `rest`, relative per cost.
+fn imbalance(layer: State, rest: State, layers: u64) -> u64 {
+    let axis = |x: u64, total: u64| {
+        ((x as u128 * layers as u128).abs_diff(total as u128) * 1_000_000 / (total as u128).max(1))
+            as u64
+    };
+    axis(layer.0, rest.0) + axis(layer.1, rest.1)
+}
+
+/// Draws one item with probability proportional to its weight.
+fn pick_weighted<T>(items: impl Iterator<Item = (T, f64)>, rng: &mut SplitMix64) -> T {
+    let mut items: Vec<(T, f64)> = items.collect();
+    let total: f64 = items.iter().map(|(_, w)| w).sum();
+    let mut x = rng.next_f64() * total;
+    let last = items.len() - 1;
+    for (i, (_, w)) in items.iter().enumerate() {
+        if x < *w || i == last {
+            return items.swap_remove(i).0;
+        }
+        x -= w;
+    }
+    unreachable!("items are never empty")
+}
+
+/// Every global choice of the space: widths of the global axes, and a depth with the
+/// layers `plan` keeps at it (`plan[d]`: the global layers of a `d`-layer sub-model). The
+/// largest global widths and depths first.
+fn groups(model: &CostModel, space: &SearchSpace, plan: &[Vec<usize>]) -> Result<Vec<Group>> {
+    let config = model.config();
+    let axes = config.axes();
+    space.validate(axes)?;
+    let full = config.widths();
+    let depths = space.sizes(Axis::Layers, full.layers.len());
+    let mut out = Vec::new();
+    for global in space.options(axes, Scope::Global, &full.global) {
+        let outer = model.outer(&global);
+        for &depth in &depths {
+            let layers = plan[depth].clone();
+            let options = layers
+                .iter()
+                .map(|&g| {
+                    space
+                        .options(axes, Scope::Layer, &full.layers[g])
+                        .into_iter()
+                        .map(|o| {
+                            let cost = model.layer(&global, &o);
+                            (o, cost)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>();
+            out.push(Group {
+                global: global.clone(),
+                layers,
+                outer,
+                options,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Picks widths for `budget`; see the module docs. `plan[d]` lists the global layers a
+/// sub-model of `d` layers keeps (see [`crate::extract::DepthPolicy::plan`]).
 pub fn choose(
     model: &CostModel,
     space: &SearchSpace,
     budget: &Budget,
     policy: Policy,
+    plan: &[Vec<usize>],
     rng: &mut SplitMix64,
 ) -> Result<Choice> {
-    let options = layer_options(model, space)?;
-    choose_among(model, &options, budget, policy, rng)
+    let groups = groups(model, space, plan)?;
+    let search = Search {
+        model,
+        budget: *budget,
+        track_activations: budget.max_train_memory_bytes.is_some(),
+    };
+    let tables: Vec<Table> = groups.iter().map(|g| search.table(g)).collect();
+    let feasible_configurations: f64 = tables
+        .iter()
+        .map(|t| t.counts.last().map_or(0.0, |f| f.values().sum()))
+        .sum();
+    if feasible_configurations == 0.0 {
+        return Err(infeasible(&search, &groups, budget));
+    }
+    let (group, target) = match policy {
+        Policy::Largest => {
+            let mut best: Option<((u64, u64), usize, State)> = None;
+            for (i, (g, t)) in groups.iter().zip(&tables).enumerate() {
+                for &state in t.counts.last().expect("a final table").keys() {
+                    let parameters = g.outer.parameters + state.0;
+                    let memory = model.train_memory(&g.outer, state.0, state.1);
+                    if best.is_none_or(|(key, _, _)| (parameters, memory) > key) {
+                        best = Some(((parameters, memory), i, state));
+                    }
+                }
+            }
+            let (_, i, state) = best.expect("something is feasible");
+            (i, state)
+        }
+        Policy::Sample => {
+            let per_group = tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (i, t.counts.last().map_or(0.0, |f| f.values().sum())));
+            let i = pick_weighted(per_group, rng);
+            let finals = tables[i].counts.last().expect("a final table");
+            (i, pick_weighted(finals.iter().map(|(s, c)| (*s, *c)), rng))
+        }
+    };
+    let g = &groups[group];
+    let layers = search.walk_back(g, &tables[group], target, policy, rng);
+    let widths = Widths {
+        global: g.global.clone(),
+        layers,
+        global_layers: g.layers.clone(),
+    };
+    Ok(Choice {
+        cost: model.cost(&widths),
+        widths,
+        feasible_configurations,
+    })
 }
 
-/// Every layer's options in the space, checked.
-fn layer_options(model: &CostModel, space: &SearchSpace) -> Result<Vec<Vec<LayerArch>>> {
-    space.validate()?;
-    Ok(model
-        .config()
-        .layers
+/// The error for a budget nothing fits, with what the smallest candidate needs.
+fn infeasible(search: &Search, groups: &[Group], budget: &Budget) -> Error {
+    let smallest = groups
         .iter()
-        .map(|l| space.layer_options(l))
-        .collect())
+        .map(|g| {
+            let rest = search.min_rest(g)[0];
+            // Without a memory limit the activations were not tracked: count them now.
+            let activations: u64 = g
+                .options
+                .iter()
+                .map(|o| {
+                    o.iter()
+                        .map(|(_, c)| c.train_activations)
+                        .min()
+                        .unwrap_or(0)
+                })
+                .sum();
+            let memory = search
+                .model
+                .train_memory(&g.outer, rest.0, activations.max(rest.1));
+            (g.outer.parameters + rest.0, memory)
+        })
+        .min();
+    let reason = match smallest {
+        Some((p, m)) => format!(
+            "the smallest sub-model in the search space has {p} parameters and needs about {:.1} MiB to train",
+            mib(m)
+        ),
+        None => "the search space is empty".into(),
+    };
+    Error::Infeasible {
+        client: None,
+        budget: format!("budget ({budget})"),
+        reason,
+    }
 }
 
 /// The largest configuration whose inference memory fits `max_bytes` (and `budget`).
 ///
-/// Inference memory is the weights plus the largest layer's activations, which is not
-/// linear in the layer totals. So for every activation level `a` a layer can have, the
-/// search keeps the options at or below `a` and asks for at most `max_bytes / 4 - a`
-/// parameters; the best over all levels is the exact optimum.
+/// Inference memory is the weights plus the largest layer's activations, which is not a
+/// sum over layers. So for every activation level `a` a layer can have, the search keeps
+/// the options at or below `a` and asks for at most `max_bytes / 4 - a` parameters; the
+/// best over all levels is the exact optimum.
 pub fn choose_for_inference(
     model: &CostModel,
     space: &SearchSpace,
     budget: &Budget,
     max_bytes: u64,
+    plan: &[Vec<usize>],
 ) -> Result<Choice> {
-    let options = layer_options(model, space)?;
-    let mut levels: Vec<u64> = options
+    let all = groups(model, space, plan)?;
+    let mut levels: Vec<u64> = all
         .iter()
-        .flatten()
-        .map(|o| model.layer_activations(o))
+        .flat_map(|g| {
+            g.options
+                .iter()
+                .flatten()
+                .map(|(_, c)| c.inference_activations)
+        })
         .collect();
     levels.sort_unstable();
     levels.dedup();
     let mut best: Option<Choice> = None;
+    let mut rng = SplitMix64::new(0); // unused by `largest`
     for level in levels {
         let Some(max_parameters) = (max_bytes / 4).checked_sub(level) else {
             break;
         };
-        let capped: Vec<Vec<LayerArch>> = options
-            .iter()
-            .map(|o| {
-                o.iter()
-                    .copied()
-                    .filter(|o| model.layer_activations(o) <= level)
-                    .collect()
-            })
-            .collect();
-        if capped.iter().any(Vec::is_empty) {
-            continue;
-        }
-        let capped_budget = Budget {
+        let capped = Budget {
             max_parameters: Some(
                 budget
                     .max_parameters
@@ -209,171 +493,129 @@ pub fn choose_for_inference(
             ),
             ..*budget
         };
-        let mut rng = SplitMix64::new(0); // unused by `largest`
-        if let Ok(choice) = choose_among(model, &capped, &capped_budget, Policy::Largest, &mut rng)
-        {
+        let search = Search {
+            model,
+            budget: capped,
+            track_activations: capped.max_train_memory_bytes.is_some(),
+        };
+        for g in &all {
+            let options: Vec<Vec<(AxisSizes, LayerCost)>> = g
+                .options
+                .iter()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(_, c)| c.inference_activations <= level)
+                        .cloned()
+                        .collect()
+                })
+                .collect();
+            if options.iter().any(Vec::is_empty) {
+                continue;
+            }
+            let g = Group {
+                global: g.global.clone(),
+                layers: g.layers.clone(),
+                outer: g.outer,
+                options,
+            };
+            let table = search.table(&g);
+            let Some(target) = table.counts.last().and_then(|f| {
+                f.keys()
+                    .max_by_key(|s| (s.0, std::cmp::Reverse(s.1)))
+                    .copied()
+            }) else {
+                continue;
+            };
+            let parameters = g.outer.parameters + target.0;
             if best
                 .as_ref()
-                .is_none_or(|b| choice.cost.parameters > b.cost.parameters)
+                .is_some_and(|b| b.cost.parameters >= parameters)
             {
-                best = Some(choice);
+                continue;
             }
+            let layers = search.walk_back(&g, &table, target, Policy::Largest, &mut rng);
+            let widths = Widths {
+                global: g.global.clone(),
+                layers,
+                global_layers: g.layers.clone(),
+            };
+            best = Some(Choice {
+                cost: model.cost(&widths),
+                widths,
+                feasible_configurations: f64::NAN,
+            });
         }
     }
-    best.ok_or_else(|| {
-        Error::Invalid(format!(
-            "infeasible inference budget ({:.1} MiB{}): no sub-model in the search space fits",
-            max_bytes as f64 / (1 << 20) as f64,
+    best.ok_or_else(|| Error::Infeasible {
+        client: None,
+        budget: format!(
+            "inference budget ({:.1} MiB{})",
+            mib(max_bytes),
             match budget.max_parameters.or(budget.max_train_memory_bytes) {
                 Some(_) => format!(", {budget}"),
                 None => String::new(),
             }
-        ))
+        ),
+        reason: "no sub-model in the search space fits".into(),
     })
-}
-
-/// The search of [`choose`] over given per-layer options.
-fn choose_among(
-    model: &CostModel,
-    options: &[Vec<LayerArch>],
-    budget: &Budget,
-    policy: Policy,
-    rng: &mut SplitMix64,
-) -> Result<Choice> {
-    let smallest: Vec<LayerTotals> = options
-        .iter()
-        .map(|o| {
-            o.iter()
-                .map(LayerTotals::of)
-                .min()
-                .expect("options are never empty")
-        })
-        .collect();
-    // min_rest[k]: totals of layers k.. at their smallest; prunes states that cannot fit.
-    let mut min_rest = vec![LayerTotals::default(); options.len() + 1];
-    for k in (0..options.len()).rev() {
-        min_rest[k] = min_rest[k + 1].plus(smallest[k]);
-    }
-    let fits = |t: LayerTotals| budget.admits(model.parameters_of(t), model.train_memory_of(t));
-    if !fits(min_rest[0]) {
-        let (p, m) = (
-            model.parameters_of(min_rest[0]),
-            model.train_memory_of(min_rest[0]),
-        );
-        return Err(Error::Invalid(format!(
-            "infeasible budget ({budget}): the smallest sub-model in the search space has {p} parameters \
-             and needs about {:.1} MiB to train",
-            m as f64 / (1 << 20) as f64
-        )));
-    }
-
-    // counts[k]: totals over the first k layers -> number of configurations reaching them.
-    let mut counts: Vec<BTreeMap<LayerTotals, f64>> =
-        vec![BTreeMap::from([(LayerTotals::default(), 1.0)])];
-    for (k, layer_options) in options.iter().enumerate() {
-        let mut next = BTreeMap::new();
-        for (&totals, &count) in &counts[k] {
-            for option in layer_options {
-                let t = totals.plus(LayerTotals::of(option));
-                if fits(t.plus(min_rest[k + 1])) {
-                    *next.entry(t).or_insert(0.0) += count;
-                }
-            }
-        }
-        counts.push(next);
-    }
-    let finals = counts.last().expect("at least the empty prefix");
-    let feasible_configurations: f64 = finals.values().sum();
-
-    let mut target = match policy {
-        Policy::Largest => *finals
-            .keys()
-            .max_by_key(|t| (model.parameters_of(**t), model.train_memory_of(**t), **t))
-            .expect("the smallest configuration is feasible"),
-        Policy::Sample => pick_weighted(finals.iter().map(|(t, c)| (*t, *c)), rng),
-    };
-    // Walk back from the last layer, choosing an option that leads to a reachable prefix:
-    // the widest such option for `largest`, one in proportion to its count for `sample`.
-    let mut layers = vec![
-        LayerArch {
-            num_heads: 0,
-            head_dim: 0,
-            intermediate_size: 0
-        };
-        options.len()
-    ];
-    for k in (0..options.len()).rev() {
-        let candidates = options[k].iter().filter_map(|o| {
-            let prefix = target.minus(LayerTotals::of(o))?;
-            counts[k].get(&prefix).map(|&c| ((*o, prefix), c))
-        });
-        let (option, prefix) = match policy {
-            // Of the configurations with these totals, prefer the most even one: the
-            // option closest to an equal share of what is left (ties: the widest).
-            Policy::Largest => candidates
-                .map(|(x, _)| x)
-                .min_by_key(|(o, _)| imbalance(LayerTotals::of(o), target, k as u64 + 1))
-                .expect("a reached state has a predecessor"),
-            Policy::Sample => pick_weighted(candidates, rng),
-        };
-        layers[k] = option;
-        target = prefix;
-    }
-    Ok(Choice {
-        cost: model.cost(&layers),
-        layers,
-        feasible_configurations,
-    })
-}
-
-/// How far one layer's totals are from a `1/layers` share of `rest`, relative per axis.
-fn imbalance(layer: LayerTotals, rest: LayerTotals, layers: u64) -> u64 {
-    let axis = |x: u64, total: u64| (x * layers).abs_diff(total) * 1_000_000 / total.max(1);
-    axis(layer.heads, rest.heads)
-        + axis(layer.attention_width, rest.attention_width)
-        + axis(layer.ffn_width, rest.ffn_width)
-}
-
-/// Draws one item with probability proportional to its weight.
-fn pick_weighted<T: Copy>(items: impl Iterator<Item = (T, f64)>, rng: &mut SplitMix64) -> T {
-    let items: Vec<(T, f64)> = items.collect();
-    let total: f64 = items.iter().map(|(_, w)| w).sum();
-    let mut x = rng.next_f64() * total;
-    for (item, w) in &items {
-        if x < *w {
-            return *item;
-        }
-        x -= w;
-    }
-    items.last().expect("non-empty").0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tiny_config;
-    use crate::config::Family;
     use crate::cost::TrainingShape;
+    use crate::extract::DepthPolicy;
+    use crate::families::bert::{tiny_model, Variant};
 
-    fn all_configs(options: &[LayerArch], layers: usize) -> Vec<Vec<LayerArch>> {
-        let mut out = vec![vec![]];
-        for _ in 0..layers {
-            out = out
-                .into_iter()
-                .flat_map(|prefix: Vec<LayerArch>| {
-                    options.iter().map(move |o| {
-                        let mut p = prefix.clone();
-                        p.push(*o);
-                        p
-                    })
-                })
-                .collect();
+    /// Every configuration of the space: each global choice, each depth, every per-layer
+    /// combination.
+    fn all_configs(model: &CostModel, space: &SearchSpace, plan: &[Vec<usize>]) -> Vec<Widths> {
+        let config = model.config();
+        let full = config.widths();
+        let mut out = Vec::new();
+        for global in space.options(config.axes(), Scope::Global, &full.global) {
+            for depth in space.sizes(Axis::Layers, full.layers.len()) {
+                let options = space.options(config.axes(), Scope::Layer, &full.layers[0]);
+                let mut layer_sets: Vec<Vec<AxisSizes>> = vec![vec![]];
+                for _ in 0..depth {
+                    layer_sets = layer_sets
+                        .into_iter()
+                        .flat_map(|prefix| {
+                            options.iter().map(move |o| {
+                                let mut p = prefix.clone();
+                                p.push(o.clone());
+                                p
+                            })
+                        })
+                        .collect();
+                }
+                for layers in layer_sets {
+                    out.push(Widths {
+                        global: global.clone(),
+                        layers,
+                        global_layers: plan[depth].clone(),
+                    });
+                }
+            }
         }
         out
     }
 
-    fn small_problem() -> (CostModel, SearchSpace, Vec<Vec<LayerArch>>) {
-        let config = tiny_config(Family::Bert, 3, 24, 4, 40);
+    fn space(all_axes: bool) -> SearchSpace {
+        let mut space = SearchSpace(BTreeMap::from([
+            (Axis::Heads, vec![0.5, 1.0]),
+            (Axis::HeadDim, vec![0.5, 1.0]),
+            (Axis::Ffn, vec![0.25, 1.0]),
+        ]));
+        if all_axes {
+            space.0.insert(Axis::Hidden, vec![0.5, 0.75, 1.0]);
+            space.0.insert(Axis::Layers, vec![0.34, 0.67, 1.0]);
+        }
+        space
+    }
+
+    fn small_problem() -> (CostModel, Vec<Vec<usize>>) {
+        let config = tiny_model(Variant::Bert, 3, 24, 4, 40, true);
         let model = CostModel::new(
             &config,
             TrainingShape {
@@ -381,77 +623,74 @@ mod tests {
                 max_seq_len: 16,
                 freeze_embeddings: false,
             },
-            true,
-            true,
         );
-        let space = SearchSpace {
-            heads: vec![0.5, 1.0],
-            head_dim: vec![0.5, 1.0],
-            ffn: vec![0.25, 0.5, 1.0],
-        };
-        let configs = all_configs(&space.layer_options(&config.layers[0]), 3);
-        (model, space, configs)
+        let plan = DepthPolicy::Even.plan(3, &[]);
+        (model, plan)
     }
 
     #[test]
-    fn largest_is_the_brute_force_optimum_for_budgets_from_10_to_100_percent() {
-        let (model, space, configs) = small_problem();
-        let full = model.cost(&model.config().layers).parameters;
-        for percent in (10..=100).step_by(5) {
-            for memory in [
-                None,
-                Some(model.cost(&model.config().layers).train_memory_bytes * 7 / 10),
-            ] {
-                let budget = Budget {
-                    max_parameters: Some(full * percent / 100),
-                    max_train_memory_bytes: memory,
-                };
-                let feasible: Vec<&Vec<LayerArch>> = configs
-                    .iter()
-                    .filter(|c| {
-                        let k = model.cost(c);
-                        budget.admits(k.parameters, k.train_memory_bytes)
-                    })
-                    .collect();
-                let result = choose(
-                    &model,
-                    &space,
-                    &budget,
-                    Policy::Largest,
-                    &mut SplitMix64::new(0),
-                );
-                if feasible.is_empty() {
-                    let e = result.unwrap_err().to_string();
-                    assert!(
-                        e.contains("infeasible budget") && e.contains("smallest sub-model"),
-                        "{e}"
+    fn largest_is_the_brute_force_optimum_over_every_axis() {
+        let (model, plan) = small_problem();
+        for all_axes in [false, true] {
+            let space = space(all_axes);
+            let configs = all_configs(&model, &space, &plan);
+            let full = model.cost(&model.config().widths());
+            for percent in (10..=100).step_by(5) {
+                for memory in [None, Some(full.train_memory_bytes * 6 / 10)] {
+                    let budget = Budget {
+                        max_parameters: Some(full.parameters * percent / 100),
+                        max_train_memory_bytes: memory,
+                    };
+                    let feasible: Vec<&Widths> = configs
+                        .iter()
+                        .filter(|c| {
+                            let k = model.cost(c);
+                            budget.admits(k.parameters, k.train_memory_bytes)
+                        })
+                        .collect();
+                    let result = choose(
+                        &model,
+                        &space,
+                        &budget,
+                        Policy::Largest,
+                        &plan,
+                        &mut SplitMix64::new(0),
                     );
-                    continue;
+                    if feasible.is_empty() {
+                        let e = result.unwrap_err();
+                        assert!(matches!(e, Error::Infeasible { .. }), "{e}");
+                        assert!(e.to_string().contains("smallest sub-model"), "{e}");
+                        continue;
+                    }
+                    let choice = result.unwrap();
+                    let best = feasible
+                        .iter()
+                        .map(|c| model.cost(c).parameters)
+                        .max()
+                        .unwrap();
+                    assert_eq!(
+                        choice.cost.parameters, best,
+                        "{percent}%, all axes {all_axes}: a larger feasible configuration was left unused"
+                    );
+                    assert!(budget.admits(choice.cost.parameters, choice.cost.train_memory_bytes));
+                    let counted = model
+                        .config()
+                        .with_widths(&choice.widths)
+                        .unwrap()
+                        .parameter_count();
+                    assert_eq!(choice.cost.parameters, counted);
+                    assert_eq!(choice.feasible_configurations as usize, feasible.len());
                 }
-                let choice = result.unwrap();
-                let best = feasible
-                    .iter()
-                    .map(|c| model.cost(c).parameters)
-                    .max()
-                    .unwrap();
-                assert_eq!(
-                    choice.cost.parameters, best,
-                    "{percent}%: a larger feasible configuration was left unused"
-                );
-                assert!(budget.admits(choice.cost.parameters, choice.cost.train_memory_bytes));
-                assert_eq!(
-                    choice.cost.parameters,
-                    model.counted_parameters(&choice.layers)
-                );
-                assert_eq!(choice.feasible_configurations as usize, feasible.len());
             }
         }
     }
 
     #[test]
     fn inference_choice_is_the_brute_force_optimum_and_fits() {
-        let (model, space, configs) = small_problem();
-        let full = model.cost(&model.config().layers);
+        let (model, plan) = small_problem();
+        let space = space(true);
+        let configs = all_configs(&model, &space, &plan);
+        let full = model.cost(&model.config().widths());
         let smallest = configs
             .iter()
             .map(|c| model.cost(c).inference_memory_bytes)
@@ -467,12 +706,9 @@ mod tests {
                 .filter(|k| k.inference_memory_bytes <= max_bytes)
                 .map(|k| k.parameters)
                 .max();
-            let result = choose_for_inference(&model, &space, &Budget::default(), max_bytes);
+            let result = choose_for_inference(&model, &space, &Budget::default(), max_bytes, &plan);
             match best {
-                None => assert!(result
-                    .unwrap_err()
-                    .to_string()
-                    .contains("infeasible inference budget")),
+                None => assert!(matches!(result.unwrap_err(), Error::Infeasible { .. })),
                 Some(best) => {
                     let choice = result.unwrap();
                     assert_eq!(choice.cost.parameters, best, "budget {max_bytes} bytes");
@@ -489,59 +725,81 @@ mod tests {
     }
 
     #[test]
-    fn sample_is_seeded_feasible_and_uniform() {
-        let (model, space, configs) = small_problem();
-        let full = model.cost(&model.config().layers).parameters;
+    fn sample_is_seeded_feasible_and_uniform_over_every_axis() {
+        let (model, plan) = small_problem();
+        let space = space(true);
+        let configs = all_configs(&model, &space, &plan);
+        let full = model.cost(&model.config().widths());
         let budget = Budget {
-            max_parameters: Some(full * 85 / 100),
-            max_train_memory_bytes: None,
+            max_parameters: Some(full.parameters * 70 / 100),
+            max_train_memory_bytes: Some(full.train_memory_bytes * 8 / 10),
         };
-        let feasible: Vec<&Vec<LayerArch>> = configs
+        let feasible = configs
             .iter()
-            .filter(|c| model.cost(c).parameters <= full * 85 / 100)
-            .collect();
-        let draw = |seed| {
-            choose(
-                &model,
-                &space,
-                &budget,
-                Policy::Sample,
-                &mut SplitMix64::new(seed),
-            )
-            .unwrap()
+            .filter(|c| {
+                let k = model.cost(c);
+                budget.admits(k.parameters, k.train_memory_bytes)
+            })
+            .count();
+        assert!(
+            feasible > 20,
+            "too few feasible configurations to test: {feasible}"
+        );
+        let draw = |rng: &mut SplitMix64| {
+            choose(&model, &space, &budget, Policy::Sample, &plan, rng).unwrap()
         };
-        assert_eq!(draw(5), draw(5));
-        let mut seen: BTreeMap<Vec<LayerArch>, usize> = BTreeMap::new();
+        assert_eq!(draw(&mut SplitMix64::new(5)), draw(&mut SplitMix64::new(5)));
+        let mut seen: BTreeMap<Widths, usize> = BTreeMap::new();
         let mut rng = SplitMix64::new(9);
-        let draws = 200 * feasible.len();
+        let draws = 100 * feasible;
         for _ in 0..draws {
-            let c = choose(&model, &space, &budget, Policy::Sample, &mut rng).unwrap();
-            assert!(c.cost.parameters <= full * 85 / 100);
-            *seen.entry(c.layers).or_default() += 1;
+            let c = draw(&mut rng);
+            assert!(budget.admits(c.cost.parameters, c.cost.train_memory_bytes));
+            *seen.entry(c.widths).or_default() += 1;
         }
         assert_eq!(
             seen.len(),
-            feasible.len(),
+            feasible,
             "some feasible configurations were never drawn"
         );
-        // Each count is Binomial(draws, 1/n): mean 200, sd ~14; 5 sd either way.
+        // Each count is Binomial(draws, 1/n): mean 100, sd ~10; 5 sd either way.
         assert!(
-            seen.values().all(|&n| (130..=270).contains(&n)),
+            seen.values().all(|&n| (50..=150).contains(&n)),
             "not uniform: {seen:?}"
         );
     }
 
     #[test]
     fn a_full_budget_gives_the_full_model() {
-        let (model, space, _) = small_problem();
+        let (model, plan) = small_problem();
         let choice = choose(
             &model,
-            &space,
+            &space(true),
             &Budget::default(),
             Policy::Largest,
+            &plan,
             &mut SplitMix64::new(0),
         )
         .unwrap();
-        assert_eq!(choice.layers, model.config().layers);
+        assert_eq!(choice.widths, model.config().widths());
+    }
+
+    #[test]
+    fn unknown_axes_and_bad_fractions_are_errors() {
+        let (model, plan) = small_problem();
+        let mut bad = space(false);
+        bad.0.insert(Axis::ValueDim, vec![0.5]);
+        let e = choose(
+            &model,
+            &bad,
+            &Budget::default(),
+            Policy::Largest,
+            &plan,
+            &mut SplitMix64::new(0),
+        );
+        assert!(e.unwrap_err().to_string().contains("value_dim"));
+        let mut bad = space(false);
+        bad.0.insert(Axis::Ffn, vec![1.5]);
+        assert!(bad.validate(model.config().axes()).is_err());
     }
 }

@@ -12,7 +12,7 @@ use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{EncodeInput, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
-use crate::model::BatchTensors;
+use crate::families::bert::model::BatchTensors;
 
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(batch.attention_mask, vec![1, 1, 1, 1, 1, 0]);
         assert_eq!(batch.token_type_ids, vec![0, 0, 0, 0, 1, 0]);
         assert_eq!(batch.row_ids(1), vec![2, 3]);
-        assert!(check_vocab(&[a.clone()], 8).is_ok());
+        assert!(check_vocab(std::slice::from_ref(&a), 8).is_ok());
         let e = check_vocab(&[a], 7).unwrap_err().to_string();
         assert!(
             e.contains("token id 7") && e.contains("vocabulary of 7"),

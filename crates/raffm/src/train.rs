@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::families::bert::model::BertForSequenceClassification;
 use crate::fused::{self, FusedAdamW, FusedOps};
-use crate::model::BertForSequenceClassification;
 use crate::rng::SplitMix64;
 use crate::tokenizer::{collate, TokenizedRow};
 
@@ -179,7 +179,7 @@ where
             "batch size and epochs must be at least 1".into(),
         ));
     }
-    let num_labels = checkpoint.config.num_labels;
+    let num_labels = checkpoint.config.num_labels();
     if data.regression != (num_labels == 1) {
         return Err(Error::Invalid(format!(
             "the model has {num_labels} outputs, which does not suit this task"
@@ -197,7 +197,7 @@ where
             )));
         }
     }
-    crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size)?;
+    crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size())?;
     B::seed(device, options.seed);
     fused::seed_dropout(options.seed);
     let mut model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
@@ -301,17 +301,17 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tiny_config;
-    use crate::config::Family;
+    use crate::elastic::TensorKind;
+    use crate::families::bert::{tiny_model, Variant};
     use crate::CpuBackend;
     use burn::backend::Autodiff;
 
     type B = Autodiff<CpuBackend>;
 
     fn setup() -> (Checkpoint, Vec<TokenizedRow>, Vec<f32>) {
-        let config = tiny_config(Family::Bert, 2, 32, 4, 64);
+        let config = tiny_model(Variant::Bert, 2, 32, 4, 64, false);
         let labels = vec!["a".to_string(), "b".to_string()];
-        let ckpt = Checkpoint::random(&config, 3, true, false).with_classification_head(&labels, 4);
+        let ckpt = Checkpoint::random(&config, 3).with_classification_head(&labels, 4);
         let mut rng = SplitMix64::new(8);
         let rows: Vec<TokenizedRow> = (0..16)
             .map(|i| {
@@ -433,14 +433,13 @@ mod tests {
                 ..options()
             },
         );
-        for (name, t) in &ckpt.tensors {
-            let same = t.bit_eq(&out.tensors[name]);
+        for spec in ckpt.config.tensors() {
+            let same = ckpt.tensors[&spec.name].bit_eq(&out.tensors[&spec.name]);
+            let frozen = spec.kind == TensorKind::Embedding;
             assert_eq!(
-                same,
-                name.starts_with("embeddings."),
-                "{name}: frozen={} but changed={}",
-                name.starts_with("embeddings."),
-                !same
+                same, frozen,
+                "{}: frozen={frozen} but changed={}",
+                spec.name, !same
             );
         }
     }

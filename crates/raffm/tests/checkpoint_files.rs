@@ -5,9 +5,8 @@ mod common;
 use std::process::Command;
 
 use common::minilm_dir;
-use raffm::checkpoint::{expected_shapes, tiny_config, Checkpoint};
-use raffm::config::Family;
-use raffm::layout;
+use raffm::checkpoint::Checkpoint;
+use raffm::families::bert::{tiny_model, Variant};
 
 #[test]
 fn real_minilm_load_save_load_is_bit_identical() {
@@ -27,32 +26,32 @@ fn real_minilm_load_save_load_is_bit_identical() {
 }
 
 #[test]
-fn hf_layouts_of_every_family_load_by_their_own_names() {
-    // Write a checkpoint by hand in each family's HF names (prefixed task-model layout) and
+fn hf_layouts_of_every_variant_load_by_their_own_names() {
+    // Write a checkpoint by hand in each variant's HF names (prefixed task-model layout) and
     // check we read the same tensors back.
-    for family in [Family::Bert, Family::Roberta, Family::DistilBert] {
+    for variant in [Variant::Bert, Variant::Roberta, Variant::DistilBert] {
         let dir = tempfile::tempdir().unwrap();
-        let config = tiny_config(family, 2, 16, 4, 24);
-        let ckpt = Checkpoint::random(&config, 9, true, true);
+        let config = tiny_model(variant, 2, 16, 4, 24, true);
+        let ckpt = Checkpoint::random(&config, 9);
         ckpt.save(dir.path()).unwrap();
         let header = safetensors_names(&dir.path().join("model.safetensors"));
-        for (canonical, _) in expected_shapes(&config, true, true) {
-            let hf = layout::from_canonical(family, &canonical, true, true);
-            assert!(header.contains(&hf), "{family:?}: `{hf}` not written");
+        for spec in config.tensors() {
+            let hf = config.hf_name(&spec.name, true);
+            assert!(header.contains(&hf), "{variant:?}: `{hf}` not written");
         }
-        match family {
-            Family::Bert => {
+        match variant {
+            Variant::Bert => {
                 assert!(header
                     .contains(&"bert.encoder.layer.1.attention.self.query.weight".to_string()))
             }
-            Family::Roberta => assert!(header.contains(&"classifier.out_proj.weight".to_string())),
-            Family::DistilBert => assert!(
+            Variant::Roberta => assert!(header.contains(&"classifier.out_proj.weight".to_string())),
+            Variant::DistilBert => assert!(
                 header.contains(&"distilbert.transformer.layer.1.ffn.lin2.weight".to_string())
             ),
         }
         let back = Checkpoint::load(dir.path()).unwrap();
         for (name, t) in &ckpt.tensors {
-            assert!(t.bit_eq(&back.tensors[name]), "{family:?} {name}");
+            assert!(t.bit_eq(&back.tensors[name]), "{variant:?} {name}");
         }
     }
 }
@@ -84,7 +83,7 @@ fn python_safetensors_reads_our_checkpoint_with_hf_names_and_shapes() {
         .tensors
         .iter()
         .map(|(name, t)| {
-            let hf = layout::from_canonical(Family::Bert, name, true, true);
+            let hf = ckpt.config.hf_name(name, true);
             let sum: f64 = t.data.iter().map(|&v| v as f64).sum();
             (hf, serde_json::json!({"shape": t.shape, "sum": sum}))
         })

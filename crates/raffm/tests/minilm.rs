@@ -4,10 +4,11 @@
 mod common;
 
 use common::{max_abs_diff, minilm_dir, reference, sentences};
-use raffm::model::{BertForSequenceClassification, BertModel};
-use raffm::prioritize::{is_prioritized, layer_salience, prioritize};
+use raffm::families::bert::model::{BertForSequenceClassification, BertModel};
+use raffm::prioritize::{is_prioritized, prioritize, salience};
 use raffm::tensor::Norm;
 use raffm::tokenizer::{EncodedBatch, TextTokenizer};
+use raffm::Axis;
 use raffm::{Checkpoint, CpuBackend};
 
 fn labels() -> Vec<String> {
@@ -129,34 +130,44 @@ fn prioritization_preserves_the_real_models_logits() {
         eprintln!("{norm:?}: logits max abs diff after prioritization {diff:.2e}");
         assert!(diff < 1e-4, "{norm:?}: logits moved by {diff}");
 
-        // The permutation must have done something, in every layer and on every axis.
+        // Every axis of every layer, and the hidden channels, were reordered.
         for p in &permutations {
-            let moved = |perm: &[usize]| perm.iter().enumerate().any(|(i, &j)| i != j);
-            assert!(moved(&p.heads), "layer {}: heads not reordered", p.layer);
             assert!(
-                p.qk_channels.iter().any(|c| moved(c)) && p.v_channels.iter().any(|c| moved(c))
-            );
-            assert!(
-                moved(&p.ffn_neurons),
-                "layer {}: FFN not reordered",
+                !p.is_identity(),
+                "{norm:?}: {} of layer {:?} not reordered",
+                p.axis,
                 p.layer
             );
         }
-        let changed = checkpoint
-            .tensors
+        let hidden = permutations
             .iter()
-            .filter(|(name, t)| !t.bit_eq(&prioritized.tensors[*name]))
-            .count();
-        assert!(changed >= 6 * 8, "only {changed} tensors changed");
+            .find(|p| p.axis == Axis::Hidden)
+            .unwrap();
+        assert_eq!(hidden.order.len(), 384);
+        // The hidden permutation moved every tensor it indexes (all but the biases of the
+        // Q/K/V projections, the first FFN matrix and the classifier), except those whose
+        // values are all equal (MiniLM's pooler bias is zero).
+        for spec in checkpoint.config.tensors() {
+            let t = &checkpoint.tensors[&spec.name];
+            let moved = !t.bit_eq(&prioritized.tensors[&spec.name]);
+            let constant = t.data.iter().all(|v| v.to_bits() == t.data[0].to_bits());
+            if spec.has_axis(Axis::Hidden) && !constant {
+                assert!(
+                    moved,
+                    "{norm:?}: {} is indexed by the hidden axis but did not move",
+                    spec.name
+                );
+            }
+        }
 
         // Salience recomputed from the permuted weights is non-increasing on every axis.
-        for layer in 0..checkpoint.config.num_hidden_layers {
-            let s = layer_salience(&prioritized, layer, norm);
-            assert!(is_prioritized(&s), "{norm:?} layer {layer} is not ordered");
-            assert!(
-                !is_prioritized(&layer_salience(&checkpoint, layer, norm)),
-                "pre-trained layer {layer} was already ordered"
-            );
-        }
+        assert!(
+            is_prioritized(&salience(&prioritized, norm)),
+            "{norm:?}: not ordered"
+        );
+        assert!(
+            !is_prioritized(&salience(&checkpoint, norm)),
+            "the pre-trained model was already ordered"
+        );
     }
 }

@@ -44,12 +44,13 @@ fn tensors_lists_the_architecture_and_every_tensor() {
     let r = report(&["tensors", &model]);
     let arch = &r["architecture"];
     assert_eq!(
-        (&arch["model_type"], &arch["hidden_size"]),
+        (&arch["model_type"], &arch["widths"]["global"]["hidden"]),
         (&json!("bert"), &json!(32))
     );
     assert_eq!(arch["parameter_count"], checkpoint.parameter_count());
-    let layer = json!({"num_heads": 4, "head_dim": 8, "intermediate_size": 64});
-    assert_eq!(arch["layers"], json!([layer, layer]));
+    let layer = json!({"heads": 4, "head_dim": 8, "ffn": 64});
+    assert_eq!(arch["widths"]["layers"], json!([layer, layer]));
+    assert_eq!(arch["widths"]["global_layers"], json!([0, 1]));
     let tensors = r["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), checkpoint.tensors.len());
     for t in tensors {
@@ -58,13 +59,11 @@ fn tensors_lists_the_architecture_and_every_tensor() {
     }
     let text = stdout(&["tensors", &model]);
     assert!(
-        text.contains("layers 0-1  4 heads x 8 head_dim = 32, FFN 64"),
+        text.contains("layers 0-1  heads 4, head_dim 8, ffn 64"),
         "{text}"
     );
-    assert!(
-        text.contains("encoder.layer.1.output.dense.weight"),
-        "{text}"
-    );
+    let last_of_layer_1 = checkpoint.config.layer_tensors(1).pop().unwrap().name;
+    assert!(text.contains(&last_of_layer_1), "{text}");
 }
 
 #[test]

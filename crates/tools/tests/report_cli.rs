@@ -42,7 +42,7 @@ fn fixture(root: &Path) -> Vec<PathBuf> {
         let dir = root.join(name);
         write(
             &dir.join("budgets.json"),
-            &json!({"pipeline": name, "full_model": {"parameters": FULL, "encoder_parameters": 3_000_000},
+            &json!({"pipeline": name, "full_model": {"parameters": FULL, "layer_parameters": 3_000_000},
                     "clients": [{"client": "c0", "tier": "small"}, {"client": "c1", "tier": "large"}]}),
         );
         write(
@@ -88,7 +88,7 @@ fn fixture(root: &Path) -> Vec<PathBuf> {
             };
             write(
                 &dir.join("round-2/deploy/summary.json"),
-                &json!({"global": "alpha/round-2/global", "round": 2, "strategy": "salient", "inference_multiplier": 7.0,
+                &json!({"global": "alpha/round-2/global", "round": 2, "strategy": "salient", "memory_scale": 1.0,
                         "evaluation": {"split": "validation", "examples": 100},
                         "clients": [
                             {"client": "c0", "tier": "small", "inference_budget_bytes": 1, "train": model(1_200_000, 0.7), "deployed": model(FULL, 0.8)},
@@ -104,7 +104,7 @@ fn fixture(root: &Path) -> Vec<PathBuf> {
             write(
                 &dir.join("round-2/spp.json"),
                 &json!({"global": "alpha/round-2/global", "round": 2, "evaluation": {"split": "validation", "examples": 100},
-                        "full_parameters": FULL, "encoder_parameters": 3_000_000,
+                        "full_parameters": FULL, "layer_parameters": 3_000_000,
                         "rows": [row(0.25, "largest", None, 0.7, 0.55), row(0.25, "sample", Some(0), 0.68, 0.5),
                                  row(0.5, "largest", None, 0.75, 0.65), row(0.5, "sample", Some(0), 0.72, 0.6),
                                  row(1.0, "largest", None, 0.8, 0.8)]}),

@@ -9,13 +9,14 @@ use raffm::checkpoint::CONFIG_FILE;
 use raffm::cost::CostModel;
 use raffm::io::write_file_atomic;
 use raffm::pipeline::{make_budgets, Pipeline};
-use raffm::BertConfig;
+use raffm::ModelConfig;
 
 /// Turns a pipeline's client tiers into budgets.json: per client, its tier, its training
-/// budget (parameters and/or training memory) and its inference memory budget (the
-/// pipeline's `inference_multiplier` times the training memory, 7x by default). Tiers are
-/// assigned in exact proportion to their shares, in an order drawn from --seed: the same
-/// seed gives the same file.
+/// budget (parameters and/or training memory) and its device memory (which the deployed
+/// model must fit). Tiers are assigned in exact proportion to their shares, in an order
+/// drawn from --seed: the same seed gives the same file. budgets.json also carries what the
+/// search for the sub-models needs: the pipeline's search space, strategy, policies and
+/// training shape.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-budgets", version)]
 struct Args {
@@ -36,8 +37,15 @@ struct Args {
 fn run(args: Args) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let model = args.model.unwrap_or_else(|| pipeline.model.clone());
-    let config = BertConfig::load(&model.join(CONFIG_FILE))?;
-    let full = CostModel::new(&config, pipeline.training, true, true).cost(&config.layers);
+    let mut config = ModelConfig::load(&model.join(CONFIG_FILE))?;
+    pipeline
+        .search_space
+        .validate(config.axes())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    // The fractions refer to the model the rounds train: with its task head.
+    let labels = config.label_names();
+    config.set_classification_head(&labels);
+    let full = CostModel::new(&config, pipeline.training).cost(&config.widths());
     let budgets = make_budgets(&pipeline, full, args.seed);
     let text = serde_json::to_string_pretty(&budgets)?;
     write_file_atomic(&args.output, format!("{text}\n").as_bytes())?;
@@ -57,6 +65,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-budgets", run(Args::parse()))

@@ -112,6 +112,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-evaluate", run(Args::parse()))
 }

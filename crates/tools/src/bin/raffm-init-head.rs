@@ -56,7 +56,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = &args.partition {
         manifest.inputs.push(sha256_file(p)?);
     }
-    manifest.architecture = Some(json!(with_head.config.layers));
+    manifest.architecture = Some(with_head.config.widths());
     manifest.parameter_count = Some(with_head.parameter_count());
     manifest.bytes_on_wire = Some(with_head.bytes_on_wire());
     let mut staging = StagingDir::new(&args.output)?;
@@ -71,6 +71,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-init-head", run(Args::parse()))

@@ -91,6 +91,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-inspect", run(Args::parse()))
 }

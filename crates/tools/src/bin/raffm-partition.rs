@@ -128,6 +128,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-partition", run(Args::parse()))
 }

@@ -56,6 +56,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-sample-clients", run(Args::parse()))
 }

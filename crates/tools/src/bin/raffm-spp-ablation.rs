@@ -13,9 +13,11 @@ use raffm::cli::{EvalArgs, SpaceArgs};
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::deploy::{spp_budget, spp_pair};
 use raffm::evaluate::EvalSet;
+use raffm::extract::depth_plan;
 use raffm::io::{sha256_file, write_file_atomic};
 use raffm::partition::Partition;
 use raffm::pipeline::round_of;
+use raffm::pipeline::Budgets;
 use raffm::prioritize::prioritize;
 use raffm::rng::SplitMix64;
 use raffm::search::{choose, Policy};
@@ -29,9 +31,11 @@ use raffm::{with_backend, Checkpoint};
 /// every round), and evaluates both on the validation split. Same architecture, same
 /// weights, only the choice of channels differs.
 ///
-/// A budget is a fraction of the encoder layers' parameters (embeddings stay whole: they
-/// are half of MiniLM). Per fraction: the `largest` configuration that fits, plus
-/// --samples configurations drawn uniformly among those that fit (seeded).
+/// A budget is a fraction of the layers' parameters (everything outside the layers stays
+/// whole: MiniLM's embeddings are half of it). Per fraction: the `largest` configuration
+/// that fits, plus --samples configurations drawn uniformly among those that fit (seeded).
+/// The search space and depth policy are budgets.json's (--budgets) or the defaults, and
+/// --space overrides them.
 ///
 /// Writes the results as JSON to --output (read by raffm-report) and prints a table.
 #[derive(Parser, Debug)]
@@ -46,6 +50,9 @@ struct Args {
     /// JSON file to write (e.g. artifacts/default/spp.json).
     #[arg(short, long)]
     output: PathBuf,
+    /// budgets.json, for the pipeline's search space and depth policy.
+    #[arg(long)]
+    budgets: Option<PathBuf>,
     /// Budgets, as fractions of the encoder layers' parameters.
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
     fractions: Vec<f64>,
@@ -71,10 +78,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let global = Checkpoint::load(&args.global)?;
     let partition = Partition::load(&args.partition)?;
-    let space = args.space.space()?;
+    let budgets = args.budgets.as_deref().map(Budgets::load).transpose()?;
+    let base_space = budgets
+        .as_ref()
+        .map(|b| b.search_space.clone())
+        .unwrap_or_default();
+    let space = args.space.space(&base_space, global.config.axes())?;
+    let depth_policy = budgets.as_ref().map(|b| b.depth_policy).unwrap_or_default();
+    let plan = depth_plan(&global, depth_policy);
     let (prioritized, _) = prioritize(&global, args.norm, |_| {});
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let full = cost_model.cost(&global.config.layers);
+    let full = cost_model.cost(&global.config.widths());
     let ids = args.eval.validation_ids(&partition, &args.partition)?;
     let examples = EvalSet::load(&args.global, &partition, &ids, args.eval.max_seq_len)?;
 
@@ -89,19 +103,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             &space,
             &budget,
             Policy::Largest,
+            &plan,
             &mut SplitMix64::new(0),
         ) {
             Ok(choice) => choice,
-            Err(e) => {
+            Err(e @ raffm::Error::Infeasible { .. }) => {
                 eprintln!("raffm-spp-ablation: skipping fraction {fraction}: {e}");
                 skipped.push(json!({"fraction": fraction, "reason": e.to_string()}));
                 continue;
             }
+            Err(e) => return Err(e.into()),
         };
         configurations.push((fraction, "largest", None, largest));
         for k in 0..args.samples {
             let mut rng = SplitMix64::derive(args.seed, &format!("spp/{fraction}/{k}"));
-            let sampled = choose(&cost_model, &space, &budget, Policy::Sample, &mut rng)?;
+            let sampled = choose(
+                &cost_model,
+                &space,
+                &budget,
+                Policy::Sample,
+                &plan,
+                &mut rng,
+            )?;
             configurations.push((fraction, "sample", Some(k), sampled));
         }
     }
@@ -132,12 +155,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 &prioritized,
                 &cost_model,
                 &space,
-                &choice.layers,
+                &choice.widths,
                 seed,
             )?;
             rows.push(json!({
                 "fraction": fraction, "kind": kind, "sample": sample,
-                "parameters": choice.cost.parameters, "architecture": choice.layers,
+                "parameters": choice.cost.parameters, "architecture": choice.widths,
                 "accuracy_spp": accuracy(&with)?, "accuracy_no_spp": accuracy(&without)?,
             }));
         }
@@ -154,7 +177,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "search_space": space,
         "evaluation": {"split": "validation", "examples": ids.len()},
         "full_parameters": full.parameters,
-        "encoder_parameters": full.encoder_parameters,
+        "layer_parameters": full.layer_parameters,
         "rows": rows,
         "skipped": skipped,
     });
@@ -178,6 +201,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     raffm::cli::exit_code("raffm-spp-ablation", run(Args::parse()))

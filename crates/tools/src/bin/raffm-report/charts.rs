@@ -582,14 +582,16 @@ pub fn communication(runs: &[Run]) -> anyhow::Result<String> {
         let (_, below) = root.split_vertically(50);
         let (left, rest) = below.split_horizontally(panel);
         let (right, _) = rest.split_horizontally(panel);
-        let panels: [(
-            &Area,
-            &str,
-            &str,
+        // (area, title, y label, first round, y range, series)
+        type Panel<'a, 'b> = (
+            &'a Area<'b>,
+            &'a str,
+            &'a str,
             u32,
             f64,
-            &dyn Fn(&Run) -> Vec<(f64, f64)>,
-        ); 2] = [
+            &'a dyn Fn(&Run) -> Vec<(f64, f64)>,
+        );
+        let panels: [Panel; 2] = [
             (
                 &left,
                 "Mean traffic per client per round",
@@ -764,7 +766,7 @@ pub fn deployment(name: &str, deploy: &DeploySummary) -> anyhow::Result<String> 
     Ok(svg)
 }
 
-/// SPP ablation (paper Appendix A.2): accuracy against the share of encoder parameters
+/// SPP ablation (paper Appendix A.2): accuracy against the share of layer parameters
 /// kept, with and without salient parameter prioritization.
 pub fn spp(name: &str, spp: &SppSummary) -> anyhow::Result<String> {
     let entries = vec![
@@ -818,7 +820,7 @@ pub fn spp(name: &str, spp: &SppSummary) -> anyhow::Result<String> {
         let ydesc = accuracy_label(&spp.evaluation);
         chart
             .configure_mesh()
-            .x_desc("encoder-layer parameters kept (%; embeddings always whole)")
+            .x_desc("layer parameters kept (%; embeddings always whole)")
             .y_desc(ydesc)
             .x_label_formatter(&|v| format!("{v:.0}%"))
             .y_label_formatter(&|v| format!("{v:.ydec$}"))

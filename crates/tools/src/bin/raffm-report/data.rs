@@ -169,6 +169,10 @@ pub struct DeployTier {
     pub train_accuracy: Option<f64>,
     pub deployed_parameters: f64,
     pub deployed_accuracy: Option<f64>,
+    /// The device memory both models fit, and the training sub-model's training memory
+    /// over its inference memory.
+    pub device_memory_bytes: Option<u64>,
+    pub train_to_inference_memory: Option<f64>,
 }
 
 /// deploy/summary.json from raffm-deploy-scale.
@@ -176,7 +180,7 @@ pub struct DeployTier {
 pub struct DeploySummary {
     pub round: Option<u32>,
     pub strategy: Option<String>,
-    pub inference_multiplier: Option<f64>,
+    pub memory_scale: Option<f64>,
     #[serde(default)]
     pub evaluation: Evaluation,
     #[serde(default)]
@@ -201,7 +205,7 @@ pub struct SppSummary {
     #[serde(default)]
     pub evaluation: Evaluation,
     pub full_parameters: Option<u64>,
-    pub encoder_parameters: Option<u64>,
+    pub layer_parameters: Option<u64>,
     pub rows: Vec<SppRow>,
 }
 
@@ -445,6 +449,8 @@ fn tiers_from_clients(clients: &[DeployClient]) -> Vec<DeployTier> {
                 deployed_parameters: mean(of.iter().map(|c| c.deployed.parameters as f64))
                     .unwrap_or(0.0),
                 deployed_accuracy: acc(|c| c.deployed.accuracy),
+                device_memory_bytes: None,
+                train_to_inference_memory: None,
             }
         })
         .collect()

@@ -243,9 +243,10 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
     let _ = writeln!(md, "## Deployment\n");
     let _ = writeln!(
         md,
-        "Each tier's training-time sub-model (hollow) against the model deployed under the \
-         tier's inference budget (filled), from `<run folder>/round-R/deploy/summary.json` \
-         (raffm-deploy-scale).\n"
+        "Each tier's training-time sub-model (hollow) against the largest model whose \
+         inference cost fits the same device memory (filled), from \
+         `<run folder>/round-R/deploy/summary.json` (raffm-deploy-scale). `train/inference` \
+         is the training sub-model's training memory over its inference memory.\n"
     );
     for r in runs {
         let _ = writeln!(md, "### {}\n", r.name);
@@ -267,6 +268,11 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
                 vec![
                     t.tier.clone(),
                     t.clients.map_or("-".into(), |n| n.to_string()),
+                    t.device_memory_bytes.map_or("unlimited".into(), |m| {
+                        format!("{:.0} MiB", m as f64 / (1 << 20) as f64)
+                    }),
+                    t.train_to_inference_memory
+                        .map_or("-".into(), |x| format!("{x:.1}x")),
                     with_share(t.train_parameters, r.full_parameters),
                     opt(t.train_accuracy, 4),
                     with_share(t.deployed_parameters, r.full_parameters),
@@ -283,6 +289,8 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
             &[
                 "tier",
                 "clients",
+                "device memory",
+                "train/inference",
                 "training sub-model",
                 "training accuracy",
                 "deployed model",
@@ -299,8 +307,8 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
         if let Some(s) = &d.strategy {
             facts.push(format!("strategy {s}"));
         }
-        if let Some(m) = d.inference_multiplier {
-            facts.push(format!("inference budget {m}x the training memory"));
+        if let Some(m) = d.memory_scale.filter(|m| *m != 1.0) {
+            facts.push(format!("device memory scaled by {m}"));
         }
         if let Some(n) = d.evaluation.examples {
             facts.push(format!(
@@ -324,9 +332,9 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
     let _ = writeln!(md, "## SPP ablation\n");
     let _ = writeln!(
         md,
-        "Accuracy of sub-models keeping a share of the encoder-layer parameters (embeddings \
+        "Accuracy of sub-models keeping a share of the layer parameters (embeddings \
          stay whole), extracted with salient parameter prioritization (SPP) and without it \
-         (the same architecture with its heads, channels and neurons drawn at random): \
+         (the same widths with their indices drawn at random): \
          lines for the largest sub-model per share, dots for sampled ones. From \
          `<run folder>/round-R/spp.json`.\n"
     );
@@ -387,7 +395,7 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
         table(
             &mut md,
             &[
-                "encoder parameters kept",
+                "layer parameters kept",
                 "largest sub-model",
                 "with SPP",
                 "without SPP",
@@ -410,9 +418,9 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
                 s.evaluation.split.as_deref().unwrap_or("validation")
             ));
         }
-        if let Some(e) = s.encoder_parameters {
+        if let Some(e) = s.layer_parameters {
             facts.push(format!(
-                "{} encoder-layer parameters in the full model",
+                "{} layer parameters in the full model",
                 millions(e as f64)
             ));
         }

@@ -1,9 +1,10 @@
-//! The BERT-family encoder in burn, with per-layer elastic widths, in the manner of
-//! candle's `bert.rs`: one struct per HF block, named after it, built by HF tensor name.
+//! The BERT-family encoder in burn, with elastic widths, in the manner of candle's
+//! `bert.rs`: one struct per HF block, named after it, built by HF tensor name.
 //!
-//! Every layer can keep fewer heads, narrower heads and a narrower FFN than the full model
-//! (see [`LayerArch`]); the attention scale stays the full model's so that a sub-model
-//! computes what the full model computes with the dropped channels zeroed.
+//! Every layer can keep fewer heads, narrower heads and a narrower FFN than the full model,
+//! the hidden size can be narrower and layers can be missing (see [`crate::elastic`]); the
+//! attention scale stays the full model's so that a sub-model computes what the full model
+//! computes with the dropped heads, channels and neurons zeroed.
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
@@ -11,11 +12,12 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use super::config::{Activation, BertConfig, Variant};
+use super::names::layer_tensor;
 use crate::checkpoint::Checkpoint;
-use crate::config::{Activation, BertConfig, Family, LayerArch};
+use crate::elastic::{Axis, AxisSizes};
 use crate::error::{Error, Result};
 use crate::fused::{AttentionOptions, FusedOps};
-use crate::layout::layer_tensor;
 use crate::tensor::HostTensor;
 
 /// Large negative bias for masked keys. Finite, so a row can never become NaN.
@@ -137,7 +139,7 @@ pub struct BertEmbeddings<B: Backend> {
     token_type_embeddings: Option<Embedding<B>>,
     layer_norm: LayerNorm<B>,
     dropout: Dropout,
-    family: Family,
+    variant: Variant,
     pad_token_id: usize,
 }
 
@@ -150,7 +152,7 @@ impl<B: Backend> BertEmbeddings<B> {
                 .then(|| l.embedding("embeddings.token_type_embeddings.weight")),
             layer_norm: l.layer_norm("embeddings.LayerNorm", config.layer_norm_eps),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
-            family: config.family,
+            variant: config.variant,
             pad_token_id: config.pad_token_id,
         }
     }
@@ -178,15 +180,15 @@ impl<B: Backend> BertEmbeddings<B> {
     fn position_ids(&self, input_ids: &Tensor<B, 2, Int>) -> Tensor<B, 2, Int> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
-        match self.family {
-            Family::Roberta => {
+        match self.variant {
+            Variant::Roberta => {
                 let mask = input_ids
                     .clone()
                     .not_equal_elem(self.pad_token_id as i64)
                     .int(); // [batch, seq]
                 (mask.clone().cumsum(1) * mask).add_scalar(self.pad_token_id as i64)
             }
-            Family::Bert | Family::DistilBert => {
+            Variant::Bert | Variant::DistilBert => {
                 Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
                     .reshape([1, seq])
                     .expand([batch, seq])
@@ -324,7 +326,7 @@ pub struct BertLayer<B: Backend> {
 }
 
 impl<B: Backend> BertLayer<B> {
-    fn load(l: &Loader<B>, config: &BertConfig, index: usize, arch: &LayerArch) -> Self {
+    fn load(l: &Loader<B>, config: &BertConfig, index: usize, widths: &AxisSizes) -> Self {
         let name = |suffix: &str| layer_tensor(index, suffix);
         let dropout = || DropoutConfig::new(config.hidden_dropout_prob).init();
         let eps = config.layer_norm_eps;
@@ -335,8 +337,8 @@ impl<B: Backend> BertLayer<B> {
                     key: l.linear(&name("attention.self.key")),
                     value: l.linear(&name("attention.self.value")),
                     dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
-                    num_heads: arch.num_heads,
-                    head_dim: arch.head_dim,
+                    num_heads: widths.get(Axis::Heads),
+                    head_dim: widths.get(Axis::HeadDim),
                     scale: 1.0 / (config.attention_scale_head_dim as f64).sqrt(),
                 },
                 output: BertSelfOutput {
@@ -397,7 +399,7 @@ pub struct BertEncoder<B: Backend> {
 #[derive(Module, Debug)]
 pub struct BertPooler<B: Backend> {
     dense: Linear<B>,
-    family: Family,
+    variant: Variant,
 }
 
 impl<B: Backend> BertPooler<B> {
@@ -405,9 +407,9 @@ impl<B: Backend> BertPooler<B> {
         let [batch, _, width] = hidden.dims();
         let first = hidden.slice([0..batch, 0..1]).reshape([batch, width]); // [batch, hidden]
         let x = self.dense.forward(first);
-        match self.family {
-            Family::DistilBert => activation::relu(x),
-            Family::Bert | Family::Roberta => x.tanh(),
+        match self.variant {
+            Variant::DistilBert => activation::relu(x),
+            Variant::Bert | Variant::Roberta => x.tanh(),
         }
     }
 }
@@ -437,7 +439,7 @@ pub struct BertModel<B: Backend> {
 impl<B: Backend> BertModel<B> {
     pub fn from_checkpoint(checkpoint: &Checkpoint, device: &B::Device) -> Self {
         let l = Loader { checkpoint, device };
-        let config = &checkpoint.config;
+        let config = checkpoint.config.bert();
         Self {
             embeddings: BertEmbeddings::load(&l, config),
             encoder: BertEncoder {
@@ -445,12 +447,12 @@ impl<B: Backend> BertModel<B> {
                     .layers
                     .iter()
                     .enumerate()
-                    .map(|(i, arch)| BertLayer::load(&l, config, i, arch))
+                    .map(|(i, widths)| BertLayer::load(&l, config, i, widths))
                     .collect(),
             },
-            pooler: checkpoint.has_pooler().then(|| BertPooler {
+            pooler: config.pooler.then(|| BertPooler {
                 dense: l.linear("pooler.dense"),
-                family: config.family,
+                variant: config.variant,
             }),
         }
     }
@@ -468,13 +470,20 @@ impl<B: Backend> BertModel<B> {
 
 impl<B: FusedOps> BertModel<B> {
     pub fn forward(&self, batch: &BatchTensors<B>) -> EncoderOutput<B> {
+        let all: Vec<usize> = (0..self.encoder.layers.len()).collect();
+        self.forward_layers(batch, &all)
+    }
+
+    /// The forward pass through the layers at positions `layers` only, in that order: the
+    /// model with the other layers skipped (what a sub-model without them computes).
+    pub fn forward_layers(&self, batch: &BatchTensors<B>, layers: &[usize]) -> EncoderOutput<B> {
         let mask_bias =
             (batch.attention_mask.clone().float().neg().add_scalar(1.0)).mul_scalar(MASKED); // [batch, seq]
         let mut hidden = self
             .embeddings
             .forward(batch.input_ids.clone(), batch.token_type_ids.clone()); // [batch, seq, hidden]
-        for layer in &self.encoder.layers {
-            hidden = layer.forward(hidden, mask_bias.clone());
+        for &layer in layers {
+            hidden = self.encoder.layers[layer].forward(hidden, mask_bias.clone());
         }
         let pooler_output = self.pooler.as_ref().map(|p| p.forward(hidden.clone()));
         EncoderOutput {
@@ -495,7 +504,7 @@ pub struct BertForSequenceClassification<B: Backend> {
 
 impl<B: Backend> BertForSequenceClassification<B> {
     pub fn from_checkpoint(checkpoint: &Checkpoint, device: &B::Device) -> Result<Self> {
-        if !checkpoint.has_classifier() {
+        if !checkpoint.config.has_classifier() {
             let from = checkpoint
                 .source
                 .as_ref()
@@ -505,7 +514,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
             )));
         }
         let l = Loader { checkpoint, device };
-        let config = &checkpoint.config;
+        let config = checkpoint.config.bert();
         Ok(Self {
             bert: BertModel::from_checkpoint(checkpoint, device),
             dropout: DropoutConfig::new(
@@ -552,14 +561,16 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tiny_config;
+    use crate::families::bert::tiny_config;
+    use crate::families::ModelConfig;
     use crate::CpuBackend;
 
     #[test]
     fn export_returns_the_loaded_tensors_bit_for_bit() {
-        for family in [Family::Bert, Family::Roberta, Family::DistilBert] {
-            let config = tiny_config(family, 2, 16, 4, 24);
-            let ckpt = Checkpoint::random(&config, 5, true, true);
+        for variant in [Variant::Bert, Variant::Roberta, Variant::DistilBert] {
+            let mut config = tiny_config(variant, 2, 16, 4, 24);
+            config.classifier = true;
+            let ckpt = Checkpoint::random(&ModelConfig::Bert(config), 5);
             let model = BertForSequenceClassification::<CpuBackend>::from_checkpoint(
                 &ckpt,
                 &Default::default(),
@@ -568,7 +579,7 @@ mod tests {
             let back = model.to_checkpoint(&ckpt);
             assert_eq!(back.tensors.len(), ckpt.tensors.len());
             for (name, t) in &ckpt.tensors {
-                assert!(t.bit_eq(&back.tensors[name]), "{family:?} {name}");
+                assert!(t.bit_eq(&back.tensors[name]), "{variant:?} {name}");
             }
         }
     }

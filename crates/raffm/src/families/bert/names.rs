@@ -1,8 +1,9 @@
-//! Tensor names. Inside the library every tensor goes by its canonical name: BERT's HF name
-//! without the `bert.` prefix (`encoder.layer.3.attention.self.query.weight`). This module
-//! maps the names of each family's HF checkpoints to and from it.
+//! The family's HF name table. Inside the library every tensor of the family goes by its
+//! canonical name: BERT's HF name without the `bert.` prefix
+//! (`encoder.layer.3.attention.self.query.weight`). This module maps the names of each
+//! variant's HF checkpoints to and from it.
 
-use crate::config::Family;
+use super::config::Variant;
 
 /// Which of the two task-head names a RoBERTa checkpoint uses for the dense layer on the
 /// first token: `pooler.dense` (RobertaModel) or `classifier.dense`
@@ -46,22 +47,22 @@ fn normalize_layer_norm(name: String) -> String {
 
 /// Maps an HF tensor name to its canonical name; `None` for tensors that are not part of
 /// the encoder or its classification head (an MLM head, `position_ids` buffers, ...).
-/// The second value says whether the name carried the family's base prefix.
-pub fn to_canonical(family: Family, hf_name: &str) -> Option<(String, bool)> {
-    let (name, prefixed) = match hf_name.strip_prefix(family.base_prefix()) {
+/// The second value says whether the name carried the variant's base prefix.
+pub fn to_canonical(variant: Variant, hf_name: &str) -> Option<(String, bool)> {
+    let (name, prefixed) = match hf_name.strip_prefix(variant.base_prefix()) {
         Some(rest) => (rest, true),
         None => (hf_name, false),
     };
     if name.ends_with("position_ids") || name.ends_with("token_type_ids") {
         return None;
     }
-    let canonical = match family {
-        Family::Bert => name.to_string(),
-        Family::Roberta => ROBERTA_HEAD
+    let canonical = match variant {
+        Variant::Bert => name.to_string(),
+        Variant::Roberta => ROBERTA_HEAD
             .iter()
             .find_map(|(canon, hf)| replace_prefix(name, hf, canon))
             .unwrap_or_else(|| name.to_string()),
-        Family::DistilBert => {
+        Variant::DistilBert => {
             if let Some(rest) = name.strip_prefix("transformer.layer.") {
                 let (index, suffix) = rest.split_once('.')?;
                 let suffix = DISTILBERT_LAYER
@@ -84,20 +85,25 @@ pub fn to_canonical(family: Family, hf_name: &str) -> Option<(String, bool)> {
     known.then_some((canonical, prefixed))
 }
 
-/// Maps a canonical name to the family's HF name. `prefixed`: write the base prefix on the
+/// Maps a canonical name to the variant's HF name. `prefixed`: write the base prefix on the
 /// encoder's tensors (HF task-head layout); `with_head`: the checkpoint has a
 /// classification head (decides RoBERTa's head names).
-pub fn from_canonical(family: Family, canonical: &str, prefixed: bool, with_head: bool) -> String {
+pub fn from_canonical(
+    variant: Variant,
+    canonical: &str,
+    prefixed: bool,
+    with_head: bool,
+) -> String {
     let is_head = canonical.starts_with("classifier.")
-        || (canonical.starts_with("pooler.") && family != Family::Bert && with_head);
-    let name = match family {
-        Family::Bert => canonical.to_string(),
-        Family::Roberta if with_head => ROBERTA_HEAD
+        || (canonical.starts_with("pooler.") && variant != Variant::Bert && with_head);
+    let name = match variant {
+        Variant::Bert => canonical.to_string(),
+        Variant::Roberta if with_head => ROBERTA_HEAD
             .iter()
             .find_map(|(canon, hf)| replace_prefix(canonical, canon, hf))
             .unwrap_or_else(|| canonical.to_string()),
-        Family::Roberta => canonical.to_string(),
-        Family::DistilBert => {
+        Variant::Roberta => canonical.to_string(),
+        Variant::DistilBert => {
             if let Some(rest) = canonical.strip_prefix("encoder.layer.") {
                 let (index, suffix) = rest.split_once('.').expect("canonical layer name");
                 let suffix = DISTILBERT_LAYER
@@ -113,7 +119,7 @@ pub fn from_canonical(family: Family, canonical: &str, prefixed: bool, with_head
         }
     };
     if prefixed && !is_head {
-        format!("{}{name}", family.base_prefix())
+        format!("{}{name}", variant.base_prefix())
     } else {
         name
     }
@@ -124,7 +130,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip_in_every_family() {
+    fn names_round_trip_in_every_variant() {
         let names = [
             "embeddings.word_embeddings.weight",
             "encoder.layer.4.attention.self.value.bias",
@@ -133,22 +139,22 @@ mod tests {
             "pooler.dense.weight",
             "classifier.bias",
         ];
-        for family in [Family::Bert, Family::Roberta, Family::DistilBert] {
+        for variant in [Variant::Bert, Variant::Roberta, Variant::DistilBert] {
             for prefixed in [false, true] {
                 for name in names {
-                    let hf = from_canonical(family, name, prefixed, true);
-                    let (back, _) = to_canonical(family, &hf).unwrap_or_else(|| panic!("{hf}"));
-                    assert_eq!(back, name, "{family:?} {hf}");
+                    let hf = from_canonical(variant, name, prefixed, true);
+                    let (back, _) = to_canonical(variant, &hf).unwrap_or_else(|| panic!("{hf}"));
+                    assert_eq!(back, name, "{variant:?} {hf}");
                 }
             }
         }
     }
 
     #[test]
-    fn family_specific_names() {
+    fn variant_specific_names() {
         assert_eq!(
             from_canonical(
-                Family::DistilBert,
+                Variant::DistilBert,
                 "encoder.layer.2.intermediate.dense.weight",
                 true,
                 true
@@ -156,26 +162,26 @@ mod tests {
             "distilbert.transformer.layer.2.ffn.lin1.weight"
         );
         assert_eq!(
-            from_canonical(Family::Roberta, "classifier.weight", true, true),
+            from_canonical(Variant::Roberta, "classifier.weight", true, true),
             "classifier.out_proj.weight"
         );
         assert_eq!(
-            from_canonical(Family::Roberta, "pooler.dense.bias", true, true),
+            from_canonical(Variant::Roberta, "pooler.dense.bias", true, true),
             "classifier.dense.bias"
         );
         assert_eq!(
-            from_canonical(Family::Roberta, "pooler.dense.bias", true, false),
+            from_canonical(Variant::Roberta, "pooler.dense.bias", true, false),
             "roberta.pooler.dense.bias"
         );
         assert_eq!(
-            from_canonical(Family::Bert, "pooler.dense.bias", true, true),
+            from_canonical(Variant::Bert, "pooler.dense.bias", true, true),
             "bert.pooler.dense.bias"
         );
         assert_eq!(
-            to_canonical(Family::Bert, "bert.encoder.layer.0.output.LayerNorm.gamma"),
+            to_canonical(Variant::Bert, "bert.encoder.layer.0.output.LayerNorm.gamma"),
             Some(("encoder.layer.0.output.LayerNorm.weight".into(), true))
         );
-        assert_eq!(to_canonical(Family::Bert, "embeddings.position_ids"), None);
-        assert_eq!(to_canonical(Family::Bert, "cls.predictions.bias"), None);
+        assert_eq!(to_canonical(Variant::Bert, "embeddings.position_ids"), None);
+        assert_eq!(to_canonical(Variant::Bert, "cls.predictions.bias"), None);
     }
 }

@@ -1,0 +1,86 @@
+//! Validation of a client update against the round's global model, before anything of it
+//! is added.
+
+use std::collections::BTreeSet;
+
+use super::update::ClientUpdate;
+use crate::checkpoint::Checkpoint;
+
+/// Index of the first NaN or infinity. Scans in branch-free chunks (which vectorize) and
+/// searches element by element only in a chunk that has one.
+pub fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 4096;
+    data.chunks(CHUNK).enumerate().find_map(|(k, chunk)| {
+        let all_finite = chunk.iter().fold(true, |ok, v| ok & v.is_finite());
+        (!all_finite).then(|| {
+            k * CHUNK
+                + chunk
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .expect("chunk has one")
+        })
+    })
+}
+
+impl ClientUpdate {
+    /// Why this update cannot be aggregated into `global`, if it cannot: it came from
+    /// another global model, its index map does not fit the global tensors or its own, it
+    /// places two tensors onto one global tensor, or a value is not finite.
+    pub fn check(&self, global: &Checkpoint) -> Result<(), String> {
+        let expected = global.weights_sha256();
+        match (&self.global_sha256, expected) {
+            (Some(got), Some(want)) if got != want => {
+                return Err(format!(
+                    "was extracted from global weights {} but this round's global is {} (an update from another round?)",
+                    &got[..12.min(got.len())],
+                    &want[..12.min(want.len())]
+                ))
+            }
+            (None, Some(_)) => {
+                return Err("its manifest does not say which global model it came from".into())
+            }
+            _ => {}
+        }
+        if self.index_map.len() != self.weights.len() {
+            return Err(format!(
+                "index map has {} tensors, the checkpoint {}",
+                self.index_map.len(),
+                self.weights.len()
+            ));
+        }
+        let mut targets = BTreeSet::new();
+        for (name, index) in &self.index_map {
+            let source = index.source(name);
+            let g = global
+                .tensors
+                .get(source)
+                .ok_or_else(|| format!("tensor `{source}` is not in the global model"))?;
+            if !targets.insert(source) {
+                return Err(format!(
+                    "two of its tensors are placed onto the global `{source}`"
+                ));
+            }
+            let (shape, data) = self
+                .weights
+                .get(name)
+                .ok_or_else(|| format!("index map names `{name}`, which the update lacks"))?;
+            index
+                .check_against(&g.shape)
+                .map_err(|e| format!("tensor `{name}`: {e}"))?;
+            let want = index.sub_shape(&g.shape);
+            if shape != want {
+                return Err(format!(
+                    "tensor `{name}` has shape {shape:?} but its index map places {want:?} into {:?}",
+                    g.shape
+                ));
+            }
+            if let Some(i) = first_non_finite(data) {
+                return Err(format!(
+                    "tensor `{name}` has a non-finite value ({}) at element {i}",
+                    data[i]
+                ));
+            }
+        }
+        Ok(())
+    }
+}

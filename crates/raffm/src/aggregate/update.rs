@@ -1,0 +1,192 @@
+//! Reading a client's update: its weights, memory-mapped, and where they belong.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::checkpoint::{decode_f32, map_file, read_config, Checkpoint, WEIGHTS_FILE};
+use crate::elastic::index::{IndexMap, TensorIndex};
+use crate::error::{Error, Result};
+use crate::families::ModelConfig;
+use crate::io::FileRecord;
+use crate::manifest::{Manifest, MANIFEST_FILE};
+
+/// A client's trained tensors by canonical name. Little-endian F32 data, which is what
+/// our stages write, is used in place from the mapped file: aggregation reads each update
+/// once, straight from the page cache. Other dtypes are decoded.
+pub struct UpdateWeights {
+    map: Option<memmap2::Mmap>,
+    tensors: BTreeMap<String, UpdateTensor>,
+}
+
+struct UpdateTensor {
+    shape: Vec<usize>,
+    data: UpdateData,
+}
+
+enum UpdateData {
+    /// Byte range in the mapped file, 4-byte aligned.
+    Mapped(Range<usize>),
+    Owned(Vec<f32>),
+}
+
+impl UpdateWeights {
+    /// Reads the safetensors file `path` of a checkpoint of `config`'s family.
+    pub fn read(path: &Path, config: &ModelConfig) -> Result<Self> {
+        let map = map_file(path)?;
+        let mut tensors = BTreeMap::new();
+        {
+            let st = SafeTensors::deserialize(&map).map_err(|e| {
+                Error::format(
+                    path,
+                    format!("not a valid safetensors file ({e}); is it truncated?"),
+                )
+            })?;
+            let base = map.as_ptr() as usize;
+            for (hf_name, view) in st.tensors() {
+                let Some((canonical, _)) = config.canonical_name(&hf_name) else {
+                    continue;
+                };
+                let raw = view.data();
+                let in_place = view.dtype() == Dtype::F32
+                    && cfg!(target_endian = "little")
+                    && bytemuck::try_cast_slice::<u8, f32>(raw).is_ok();
+                let data = if in_place {
+                    let start = raw.as_ptr() as usize - base;
+                    UpdateData::Mapped(start..start + raw.len())
+                } else {
+                    UpdateData::Owned(decode_f32(path, &hf_name, &view)?)
+                };
+                let tensor = UpdateTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                };
+                if tensors.insert(canonical.clone(), tensor).is_some() {
+                    return Err(Error::format(
+                        path,
+                        format!("two tensors map to `{canonical}` (the second is `{hf_name}`)"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            map: Some(map),
+            tensors,
+        })
+    }
+
+    /// The tensors of an in-memory checkpoint (tests, library users).
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Self {
+        let tensors = checkpoint
+            .tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let tensor = UpdateTensor {
+                    shape: t.shape,
+                    data: UpdateData::Owned(t.data),
+                };
+                (name, tensor)
+            })
+            .collect();
+        Self { map: None, tensors }
+    }
+
+    /// Shape and values of tensor `name`.
+    pub fn get(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        let t = self.tensors.get(name)?;
+        let data = match &t.data {
+            UpdateData::Owned(v) => v.as_slice(),
+            UpdateData::Mapped(range) => {
+                let map = self.map.as_ref().expect("mapped data has a map");
+                bytemuck::cast_slice(&map[range.clone()])
+            }
+        };
+        Some((&t.shape, data))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn parameter_count(&self) -> u64 {
+        self.tensors
+            .values()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+}
+
+/// A trained client model with what is needed to place it.
+pub struct ClientUpdate {
+    pub client: String,
+    pub weights: UpdateWeights,
+    pub index_map: IndexMap,
+    /// sha256 of the global weights the sub-model was extracted from.
+    pub global_sha256: Option<String>,
+    /// Examples it was trained on, as its manifest records them.
+    pub num_examples: Option<u64>,
+    /// The update's files: weights and config with the hashes its producer recorded, and
+    /// the manifest itself.
+    pub files: Vec<FileRecord>,
+}
+
+impl ClientUpdate {
+    /// Reads a client's trained folder (checkpoint + local-train manifest). An update
+    /// whose manifest has no placement is a full model (every index of every tensor).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let (config, _, _) = read_config(dir)?;
+        // Not re-hashed: the producing stage's manifest records the hashes of its outputs.
+        let weights = UpdateWeights::read(&dir.join(WEIGHTS_FILE), &config)?;
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let (manifest, manifest_record) = Manifest::load_recorded(&manifest_path)?;
+        let files = manifest
+            .outputs
+            .iter()
+            .filter(|f| !f.path.ends_with(MANIFEST_FILE))
+            .cloned()
+            .chain([manifest_record])
+            .collect();
+        let folder_name = || {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let (client, global_sha256, index_map) = match manifest.placement {
+            Some(p) => (p.client, Some(p.global_sha256), p.index_map),
+            None => (folder_name(), None, full_index_map(&weights)),
+        };
+        Ok(Self {
+            client,
+            global_sha256,
+            num_examples: manifest.num_examples,
+            weights,
+            index_map,
+            files,
+        })
+    }
+}
+
+/// Every tensor whole: the index map of a full-model update.
+pub fn full_index_map(weights: &UpdateWeights) -> IndexMap {
+    weights
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let all = TensorIndex {
+                from: None,
+                dims: vec![None; t.shape.len()],
+            };
+            (k.clone(), all)
+        })
+        .collect()
+}

@@ -1,0 +1,240 @@
+//! Model families. Each lives in its own module, as candle's model files do: its
+//! `config.json` view, its HF name table, its burn model, and its elastic description
+//! (axes and tensor specs, see [`crate::elastic`]). [`ModelConfig`] is the one place that
+//! lists them; every stage works through it and never names a family's tensors.
+
+pub mod bert;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::elastic::{AxisSizes, AxisSpec, TensorSpec, Widths};
+use crate::error::{Error, Result};
+
+/// A checkpoint's `config.json`, of whichever family it is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Bert(bert::BertConfig),
+}
+
+/// The model types we read, for error messages.
+const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert";
+
+/// Activations of one layer, in elements (see each family's `layer_activations`).
+pub use bert::LayerActivations;
+
+impl ModelConfig {
+    /// Reads and checks `config.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+        Self::from_json(value, path)
+    }
+
+    /// Builds the config of the family `model_type` names; `path` only names it in errors.
+    pub fn from_json(value: Value, path: &Path) -> Result<Self> {
+        let Value::Object(raw) = value else {
+            return Err(Error::format(path, "expected a JSON object"));
+        };
+        let model_type = raw
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::format(path, "missing `model_type`"))?;
+        if let Some(variant) = bert::Variant::of_model_type(model_type) {
+            return Ok(ModelConfig::Bert(bert::BertConfig::from_json(
+                variant, raw, path,
+            )?));
+        }
+        Err(Error::UnknownModelType {
+            path: path.to_path_buf(),
+            model_type: model_type.to_string(),
+            supported: SUPPORTED,
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            ModelConfig::Bert(c) => c.to_json(),
+        }
+    }
+
+    /// The BERT-family config, for code that runs BERT-family models.
+    pub fn bert(&self) -> &bert::BertConfig {
+        match self {
+            ModelConfig::Bert(c) => c,
+        }
+    }
+
+    pub fn bert_mut(&mut self) -> &mut bert::BertConfig {
+        match self {
+            ModelConfig::Bert(c) => c,
+        }
+    }
+
+    /// The family's `model_type`.
+    pub fn model_type(&self) -> &str {
+        match self {
+            ModelConfig::Bert(c) => c.model_type(),
+        }
+    }
+
+    // ---- the elastic description ----
+
+    pub fn axes(&self) -> &'static [AxisSpec] {
+        match self {
+            ModelConfig::Bert(_) => &bert::AXES,
+        }
+    }
+
+    /// Tensors before and after the layers, in model order.
+    pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        match self {
+            ModelConfig::Bert(c) => c.outer_tensors(),
+        }
+    }
+
+    /// The tensors of layer `layer`.
+    pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
+        match self {
+            ModelConfig::Bert(c) => c.layer_tensors(layer),
+        }
+    }
+
+    /// Every tensor of a model of this config with `depth` layers, in model order.
+    pub fn tensors_for_depth(&self, depth: usize) -> Vec<TensorSpec> {
+        let (before, after) = self.outer_tensors();
+        let mut all = before;
+        for layer in 0..depth {
+            all.extend(self.layer_tensors(layer));
+        }
+        all.extend(after);
+        all
+    }
+
+    /// Every tensor of this model, in model order.
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        self.tensors_for_depth(self.widths().layers.len())
+    }
+
+    /// Every tensor of this model with its shape.
+    pub fn shapes(&self) -> Vec<(TensorSpec, Vec<usize>)> {
+        let widths = self.widths();
+        let axes = self.axes();
+        self.tensors()
+            .into_iter()
+            .map(|t| {
+                let shape = widths.shape(axes, &t);
+                (t, shape)
+            })
+            .collect()
+    }
+
+    pub fn parameter_count(&self) -> u64 {
+        self.widths().parameter_count(self.axes(), &self.tensors())
+    }
+
+    pub fn widths(&self) -> Widths {
+        match self {
+            ModelConfig::Bert(c) => c.widths(),
+        }
+    }
+
+    /// The config of a model of this family with other widths.
+    pub fn with_widths(&self, widths: &Widths) -> Result<Self> {
+        Ok(match self {
+            ModelConfig::Bert(c) => ModelConfig::Bert(c.with_widths(widths)?),
+        })
+    }
+
+    /// Activations one layer of widths `layer` holds, for `batch` sequences of `seq` tokens.
+    pub fn layer_activations(
+        &self,
+        global: &AxisSizes,
+        layer: &AxisSizes,
+        batch: u64,
+        seq: u64,
+    ) -> LayerActivations {
+        match self {
+            ModelConfig::Bert(_) => bert::layer_activations(global, layer, batch, seq),
+        }
+    }
+
+    /// Activations outside the layers that training keeps.
+    pub fn outer_activations(&self, global: &AxisSizes, batch: u64, seq: u64) -> u64 {
+        match self {
+            ModelConfig::Bert(_) => bert::embedding_activations(global, batch, seq),
+        }
+    }
+
+    // ---- names ----
+
+    /// The canonical name of an HF tensor name, and whether it carried the base prefix;
+    /// `None` for tensors that are not part of the model (buffers, other heads).
+    pub fn canonical_name(&self, hf_name: &str) -> Option<(String, bool)> {
+        match self {
+            ModelConfig::Bert(c) => bert::names::to_canonical(c.variant, hf_name),
+        }
+    }
+
+    /// The HF name to write a canonical name under.
+    pub fn hf_name(&self, canonical: &str, prefixed: bool) -> String {
+        match self {
+            ModelConfig::Bert(c) => {
+                bert::names::from_canonical(c.variant, canonical, prefixed, c.classifier)
+            }
+        }
+    }
+
+    /// Learns which optional parts (a pooler, a task head) the model has from the canonical
+    /// names of the tensors its file holds.
+    pub fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
+        match self {
+            ModelConfig::Bert(c) => c.adopt_parts(names),
+        }
+    }
+
+    // ---- classification ----
+
+    pub fn has_classifier(&self) -> bool {
+        match self {
+            ModelConfig::Bert(c) => c.classifier,
+        }
+    }
+
+    /// Declares a classification head for `labels` (and whatever it reads, a pooler).
+    pub fn set_classification_head(&mut self, labels: &[String]) {
+        match self {
+            ModelConfig::Bert(c) => {
+                c.set_labels(labels);
+                c.pooler = true;
+                c.classifier = true;
+            }
+        }
+    }
+
+    pub fn num_labels(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.num_labels,
+        }
+    }
+
+    pub fn label_names(&self) -> Vec<String> {
+        match self {
+            ModelConfig::Bert(c) => c.label_names(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.vocab_size,
+        }
+    }
+
+    pub fn pad_token_id(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.pad_token_id,
+        }
+    }
+}
