@@ -1,6 +1,7 @@
 # raffm: Resource-aware Federated Foundation Models as a chain of file transformations.
 #
-#   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/)
+#   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/;
+#                       SEED=S for another seed, into artifacts/<pipeline>-seedS)
 #   make deploy N=5     deploy round 5's model to every client (largest that fits for inference)
 #   make ablation N=5   SPP ablation: sub-models of round 5's model with and without prioritization
 #   make report         Markdown report with charts of PIPELINES (default: PIPELINE)
@@ -102,11 +103,13 @@ prioritize: $(ARTIFACTS)/minilm/prioritized/manifest.json
 
 PIPELINE      ?= default
 PIPELINE_FILE ?= pipelines/$(PIPELINE).json
-RUN           := $(ARTIFACTS)/$(PIPELINE)
+# SEED=S runs the pipeline with another seed, into artifacts/<pipeline>-seedS/.
+SEED          ?=
+RUN           := $(ARTIFACTS)/$(PIPELINE)$(if $(SEED),-seed$(SEED))
 N             ?= 1
 R             ?= 1
 BINS          := $(addprefix $(BIN)/raffm-,prioritize extract local-train aggregate budgets partition init-head evaluate sample-clients deploy-scale spp-ablation report)
-PIPELINES     ?= $(PIPELINE)
+PIPELINES     ?= $(notdir $(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
 NON_PIPELINE_GOALS := help build assets test bench check-cuda prioritize fmt lint clean
@@ -115,6 +118,9 @@ $(RUN)/pipeline.mk: $(PIPELINE_FILE) scripts/pipeline_vars.py
 	@mkdir -p $(@D)
 	@$(PYTHON) scripts/pipeline_vars.py $(PIPELINE_FILE) > $@.partial && mv $@.partial $@
 include $(RUN)/pipeline.mk
+ifneq ($(SEED),)
+PL_SEED := $(SEED)
+endif
 endif
 
 RD         = $(RUN)/round-$(R)
@@ -147,7 +153,7 @@ $(RUN)/budgets.json: $(PIPELINE_FILE) | $(BINS)
 	$(BIN)/raffm-budgets --pipeline $(PIPELINE_FILE) --seed $(PL_SEED) --output $@
 
 $(RUN)/round-0/global/manifest.json: $(RUN)/partition.json | $(BINS)
-	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) --output $(@D)
+	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) $(call opt,--head-init,$(PL_HEAD_INIT)) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
 	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@

@@ -28,6 +28,7 @@ def main() -> None:
         "PL_ALPHA": part.get("alpha"),
         "PL_PER_ROUND": rounds.get("clients_per_round", max(1, p["clients"] // 10)),
         "PL_SEED": p.get("seed", 0),
+        "PL_HEAD_INIT": p.get("head_init"),
         # Only RaFFM's salient strategy reorders the global model before extracting.
         "PL_PRIORITIZE": "1" if strategy == "salient" else "",
         "PL_EPOCHS": local.get("epochs"),

@@ -21,7 +21,7 @@ fn fixture(dir: &Path) -> PathBuf {
         "name": "tiny", "model": model, "clients": 6,
         "data": {"path": dir.join("reviews.jsonl"), "format": "jsonl", "validation_fraction": 0.2},
         "partition": {"scheme": "iid"},
-        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.6, "memory_bytes": 12_000_000},
+        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.35, "memory_bytes": 6_000_000},
                   {"name": "full", "share": 1, "parameter_fraction": 1.0}],
         "search_space": {"heads": [0.5, 1.0], "head_dim": [0.5, 1.0], "ffn": [0.5, 1.0],
                          "hidden": [0.5, 0.75, 1.0], "layers": [0.5, 1.0]},
@@ -60,6 +60,23 @@ fn make(goal: &str, pipeline: &Path, artifacts: &Path, n: usize) -> String {
     text
 }
 
+/// Every folder under `root`, recursively.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 fn read(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -91,6 +108,42 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     assert_eq!(m["metrics"]["clients"], 3);
     let metrics = String::from_utf8(read(a.join("tiny/metrics.jsonl"))).unwrap();
     assert_eq!(metrics.lines().count(), 3, "rounds 0 to 2:\n{metrics}");
+
+    // Every checkpoint the round wrote has the parameter count its description gives,
+    // and its manifest records it; the search space reached narrower hidden sizes and
+    // fewer layers.
+    let mut checkpoints = 0;
+    let mut cut = (false, false);
+    for dir in walk(&a.join("tiny")) {
+        if !dir.join("config.json").is_file() {
+            continue;
+        }
+        let c = raffm::Checkpoint::load(&dir).unwrap();
+        assert_eq!(
+            c.parameter_count(),
+            c.config.parameter_count(),
+            "{}",
+            dir.display()
+        );
+        let m: serde_json::Value =
+            serde_json::from_slice(&read(dir.join("manifest.json"))).unwrap();
+        assert_eq!(
+            m["parameter_count"],
+            c.parameter_count(),
+            "{}",
+            dir.display()
+        );
+        let (w, g) = (c.config.widths(), c.config.widths().global_layers.len());
+        cut.0 |= w.global.get(raffm::Axis::Hidden) < 32;
+        cut.1 |= g < 2;
+        checkpoints += 1;
+    }
+    assert!(checkpoints >= 2 * (1 + 3 + 3 + 1), "{checkpoints}");
+    assert_eq!(
+        cut,
+        (true, true),
+        "no sub-model cut the hidden size and depth"
+    );
 
     // A second call does nothing.
     let stamp = |p: PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();

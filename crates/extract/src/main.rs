@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -204,8 +204,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 cost_model: &cost_model,
             };
             let target = args.out_dir.join(client);
-            let sub = write_client(&global, &request, &target, parameters.clone())
-                .with_context(|| format!("cannot write {}", target.display()))?;
+            let sub = write_client(&global, &request, &target, parameters.clone())?;
             progress.inc(1);
             Ok(summary_line(client, &sub, full_params))
         })

@@ -32,6 +32,32 @@ pub const TOKENIZER_FILES: [&str; 6] = [
     "merges.txt",
 ];
 
+/// How a new task head's weights start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadInit {
+    /// N(0, 0.02²), as HF initialises a classifier.
+    #[default]
+    Normal,
+    /// Zeros: the head starts with no opinion. In federated runs over sub-models of a
+    /// narrower hidden size, the head's columns that no client has trained yet then add
+    /// nothing to the full model's logits, instead of noise.
+    Zeros,
+}
+
+impl std::str::FromStr for HeadInit {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "normal" => Ok(HeadInit::Normal),
+            "zeros" => Ok(HeadInit::Zeros),
+            _ => Err(format!(
+                "unknown head init `{s}` (expected normal or zeros)"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub config: ModelConfig,
@@ -238,8 +264,19 @@ impl Checkpoint {
 
     /// Adds a freshly initialised classification head for `labels`, seeded, and whatever
     /// the family's head reads that the checkpoint lacks (a pooler). An existing task head
-    /// is replaced.
-    pub fn with_classification_head(mut self, labels: &[String], seed: u64) -> Self {
+    /// is replaced. Weights are N(0, 0.02²), as HF initialises them.
+    pub fn with_classification_head(self, labels: &[String], seed: u64) -> Self {
+        self.with_classification_head_init(labels, seed, HeadInit::Normal)
+    }
+
+    /// [`Checkpoint::with_classification_head`] with a choice of how the task head's
+    /// weights start.
+    pub fn with_classification_head_init(
+        mut self,
+        labels: &[String],
+        seed: u64,
+        init: HeadInit,
+    ) -> Self {
         let mut rng = SplitMix64::derive(seed, "classification-head");
         self.config.set_classification_head(labels);
         for (spec, shape) in self.config.shapes() {
@@ -249,7 +286,9 @@ impl Checkpoint {
                 continue;
             }
             let n: usize = shape.iter().product();
+            let zero_task = init == HeadInit::Zeros && spec.kind == TensorKind::Task;
             let data = match spec.init {
+                Init::Weight if zero_task => vec![0.0; n],
                 Init::Weight => (0..n).map(|_| (0.02 * rng.normal()) as f32).collect(),
                 Init::NormScale => vec![1.0; n],
                 Init::Bias | Init::NormShift => vec![0.0; n],

@@ -72,10 +72,33 @@ impl EvalSet {
         ids: &[usize],
         max_seq_len: usize,
     ) -> Result<Self> {
-        let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
         let dataset = crate::data::Dataset::load(&partition.data)?;
-        let (rows, labels) = crate::data::tokenize(&dataset, ids, &tokenizer, max_seq_len)?;
+        Self::of(tokenizer_dir, &dataset, ids, max_seq_len)
+    }
+
+    /// The examples `ids` of a loaded dataset, tokenized with the tokenizer of
+    /// `tokenizer_dir`.
+    pub fn of(
+        tokenizer_dir: &std::path::Path,
+        dataset: &crate::data::Dataset,
+        ids: &[usize],
+        max_seq_len: usize,
+    ) -> Result<Self> {
+        let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
+        let (rows, labels) = crate::data::tokenize(dataset, ids, &tokenizer, max_seq_len)?;
         Ok(Self { rows, labels })
+    }
+
+    /// The model's outputs (logits) for every example, in order.
+    pub fn predict<B: FusedOps>(
+        &self,
+        checkpoint: &Checkpoint,
+        batch_size: usize,
+        device: &B::Device,
+        on_batch: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let pad = checkpoint.config.pad_token_id() as i64;
+        predict::<B>(checkpoint, &self.rows, pad, batch_size, device, on_batch)
     }
 
     pub fn len(&self) -> usize {
@@ -94,8 +117,7 @@ impl EvalSet {
         device: &B::Device,
         on_batch: impl FnMut(usize),
     ) -> Result<Metrics> {
-        let pad = checkpoint.config.pad_token_id() as i64;
-        let outputs = predict::<B>(checkpoint, &self.rows, pad, batch_size, device, on_batch)?;
+        let outputs = self.predict::<B>(checkpoint, batch_size, device, on_batch)?;
         Ok(metrics(&outputs, &self.labels))
     }
 }

@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::data::{Dataset, Input};
 use raffm::device::DeviceChoice;
-use raffm::evaluate::evaluate_examples;
+use raffm::evaluate::{metrics, EvalSet};
 use raffm::io::{sha256_file, write_file_atomic};
 use raffm::partition::Partition;
 use raffm::{with_backend, Checkpoint};
@@ -18,7 +19,8 @@ use raffm::{with_backend, Checkpoint};
 /// Evaluates a checkpoint with a classification head on a split of a partition
 /// (raffm-partition): accuracy, macro-F1 and MCC for classification; Pearson, Spearman
 /// and MSE for regression (a model with one output). Prints the metrics as JSON and, with
-/// --output, writes them atomically with the inputs' hashes.
+/// --output, writes them atomically with the inputs' hashes. With --predictions, writes
+/// every example's id, text, label and the model's outputs (logits) as JSON lines.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-evaluate", version, verbatim_doc_comment)]
 struct Args {
@@ -44,6 +46,9 @@ struct Args {
     /// Also write the metrics to this JSON file.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// Write every example's outputs to this JSON-lines file.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
     #[arg(short, long)]
     quiet: bool,
 }
@@ -80,20 +85,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         "evaluating [{bar:30}] {pos}/{len} {elapsed}<{eta}",
     )?);
     let start = std::time::Instant::now();
-    let result = with_backend!(args.device, B, device, {
+    let dataset = Dataset::load(&partition.data)?;
+    let examples = EvalSet::of(&args.model, &dataset, &ids, args.max_seq_len)?;
+    let outputs = with_backend!(args.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
-        evaluate_examples::<Inner>(
-            &checkpoint,
-            &args.model,
-            &partition,
-            &ids,
-            args.max_seq_len,
-            args.batch_size,
-            &device,
-            |n| progress.inc(n as u64),
-        )?
+        examples.predict::<Inner>(&checkpoint, args.batch_size, &device, |n| {
+            progress.inc(n as u64)
+        })?
     });
+    let result = metrics(&outputs, &examples.labels);
     progress.finish_and_clear();
+    if let Some(path) = &args.predictions {
+        let mut lines = String::new();
+        for ((id, output), label) in ids.iter().zip(&outputs).zip(&examples.labels) {
+            let input = match &dataset.get(*id).expect("tokenized, so present").input {
+                Input::Text(t) => json!({"text": t}),
+                Input::Pair(a, b) => json!({"text": a, "text_pair": b}),
+                Input::Image { .. } => json!({}),
+            };
+            let mut line = json!({"example": id, "label": label, "logits": output});
+            line.as_object_mut()
+                .expect("an object")
+                .extend(input.as_object().expect("an object").clone());
+            lines += &format!("{line}\n");
+        }
+        write_file_atomic(path, lines.as_bytes())?;
+    }
     let seconds = start.elapsed().as_secs_f64();
     let report = json!({
         "model": args.model,

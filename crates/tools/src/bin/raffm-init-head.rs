@@ -7,14 +7,16 @@ use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
+use raffm::checkpoint::HeadInit;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::Manifest;
 use raffm::partition::Partition;
 use raffm::Checkpoint;
 
 /// Adds a freshly initialised sequence-classification head (a pooler if the model has
-/// none, and a classifier; N(0, 0.02) weights, zero biases, seeded) to a checkpoint, with
-/// the labels of a partition or given by --labels. This is round 0 of a federated run.
+/// none, and a classifier; N(0, 0.02) weights, or zero classifier weights with
+/// --head-init zeros; zero biases; seeded) to a checkpoint, with the labels of a
+/// partition or given by --labels. This is round 0 of a federated run.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-init-head", version)]
 struct Args {
@@ -29,6 +31,9 @@ struct Args {
     labels: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// How the classifier's weights start: normal (HF's N(0, 0.02)) or zeros.
+    #[arg(long, default_value = "normal")]
+    head_init: HeadInit,
     /// Folder to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -43,13 +48,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("give --partition or --labels");
     }
     let checkpoint = Checkpoint::load(&args.model)?;
-    let with_head = checkpoint
-        .clone()
-        .with_classification_head(&labels, args.seed);
+    let with_head =
+        checkpoint
+            .clone()
+            .with_classification_head_init(&labels, args.seed, args.head_init);
     let mut manifest = Manifest::new(
         "init-head",
         "raffm-init-head",
-        json!({"model": args.model, "labels": labels, "output": args.output}),
+        json!({"model": args.model, "labels": labels, "output": args.output, "head_init": args.head_init}),
     );
     manifest.seeds.insert("seed".into(), json!(args.seed));
     manifest.inputs = checkpoint.files.clone();

@@ -1,0 +1,81 @@
+//! `raffm-export`: a sub-model as an ordinary HF checkpoint at its global model's shapes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::json;
+
+use raffm::extract::padded;
+use raffm::io::StagingDir;
+use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::Checkpoint;
+
+/// Writes the zero-padded equivalent of a sub-model (from raffm-extract, raffm-local-train
+/// or raffm-deploy-scale): a checkpoint with the global model's widths holding the
+/// sub-model's values where its index map places them and zeros elsewhere. HF
+/// `transformers` opens it like any checkpoint of the family, and it computes the
+/// sub-model's function, because a BERT sub-model with fewer heads, narrower heads or a
+/// narrower FFN computes what the full model computes with those slices set to zero.
+///
+/// A sub-model with a narrower hidden size or fewer layers has no such form (its
+/// LayerNorms normalise over fewer channels; a post-LayerNorm layer cannot be zeroed
+/// away): for it the command fails and says why.
+#[derive(Parser, Debug)]
+#[command(name = "raffm-export", version, verbatim_doc_comment)]
+struct Args {
+    /// The sub-model's folder (its manifest.json holds the index map).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The global checkpoint it was extracted from (for its widths).
+    #[arg(short, long)]
+    global: PathBuf,
+    /// Folder to write.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let sub = Checkpoint::load(&args.model)?;
+    let manifest_path = args.model.join(MANIFEST_FILE);
+    let placement = Manifest::load(&manifest_path)?.placement.with_context(|| {
+        format!(
+            "{}: no index map (is this a sub-model from raffm-extract?)",
+            manifest_path.display()
+        )
+    })?;
+    let global = Checkpoint::load(&args.global)?;
+    let export = padded(&global.config, &sub, &placement.index_map)
+        .with_context(|| format!("{}", args.model.display()))?;
+    let mut manifest = Manifest::new(
+        "export",
+        "raffm-export",
+        json!({"model": args.model, "global": args.global, "output": args.output}),
+    );
+    manifest.inputs = sub.files.iter().chain(&global.files).cloned().collect();
+    manifest.architecture = Some(export.config.widths());
+    manifest.parameter_count = Some(export.parameter_count());
+    manifest
+        .details
+        .insert("sub_model_parameters".into(), json!(sub.parameter_count()));
+    let mut staging = StagingDir::new(&args.output)?;
+    export.write_into(&mut staging)?;
+    manifest.write_into(&mut staging)?;
+    staging.commit()?;
+    eprintln!(
+        "{} ({} parameters) padded to {} parameters -> {}",
+        args.model.display(),
+        sub.parameter_count(),
+        export.parameter_count(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    raffm::cli::exit_code("raffm-export", run(Args::parse()))
+}
