@@ -42,10 +42,11 @@ $(ASSETS)/.fetched: assets.lock scripts/fetch_assets.py
 
 assets: $(ASSETS)/.fetched
 
-# Python's `safetensors` reads our checkpoints in a test; kept out of the system Python.
-$(VENV)/.installed:
+# Python's `safetensors` and `tokenizers` read our files in tests; kept out of the system
+# Python. torch and transformers are too heavy for it: see the README's reference checks.
+$(VENV)/.installed: scripts/test-requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check safetensors==0.7.0 numpy==2.4.6
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
 	touch $@
 
 # ---- build ---------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ $(RD)/prioritized/manifest.json: $(PREV)/global/manifest.json
 	$(BIN)/raffm-prioritize --input $(PREV)/global --output $(@D) --quiet
 
 $(RD)/extracted/.done: $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
-	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --out-dir $(@D) --quiet
+	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --out-dir $(@D) --quiet
 	touch $@
 
 TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)

@@ -21,11 +21,12 @@ fn fixture(dir: &Path) -> PathBuf {
         "name": "tiny", "model": model, "clients": 6,
         "data": {"path": dir.join("reviews.jsonl"), "format": "jsonl", "validation_fraction": 0.2},
         "partition": {"scheme": "iid"},
-        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.35, "memory_bytes": 6_000_000},
+        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.25, "memory_bytes": 6_000_000},
                   {"name": "full", "share": 1, "parameter_fraction": 1.0}],
         "search_space": {"heads": [0.5, 1.0], "head_dim": [0.5, 1.0], "ffn": [0.5, 1.0],
                          "hidden": [0.5, 0.75, 1.0], "layers": [0.5, 1.0]},
         "strategy": "salient", "policy": "largest",
+        "vocabulary": "client", "vocabulary_decoys": 3,
         "rounds": {"clients_per_round": 3},
         "local": {"epochs": 1, "batch_size": 8, "max_seq_len": 16, "lr": 1e-3},
         "seed": 3
@@ -167,6 +168,22 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     assert_eq!(resumed.matches("raffm-local-train").count(), 1, "{resumed}");
     assert_eq!(stamp(kept), kept_time);
     assert_eq!(read(global(&a, 2)), read(global(&b, 2)));
+
+    // Clients got their own vocabularies: fewer token rows, a tokenizer to match, and a
+    // manifest that says how many tokens came from the data and how many are decoys.
+    let extracted = a.join("tiny/round-2/extracted");
+    for client in &clients {
+        let sub = raffm::Checkpoint::load(extracted.join(client)).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_slice(&read(extracted.join(client).join("manifest.json"))).unwrap();
+        let v = &m["vocabulary"];
+        assert_eq!(v["decoys"], 3, "{m}");
+        let tokens = v["tokens"].as_u64().unwrap() as usize;
+        assert_eq!(sub.config.vocab_size(), tokens);
+        assert!(tokens < 64, "{tokens}");
+        let vocab_txt = String::from_utf8(read(extracted.join(client).join("vocab.txt"))).unwrap();
+        assert_eq!(vocab_txt.lines().count(), tokens);
+    }
 }
 
 fn json(p: PathBuf) -> serde_json::Value {

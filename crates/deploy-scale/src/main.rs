@@ -211,6 +211,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 depth_policy: budgets.depth_policy,
                 space: &space,
                 cost_model: &cost_model,
+                vocabulary: None,
             };
             let device_memory = budget
                 .device_memory_bytes

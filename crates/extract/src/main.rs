@@ -3,17 +3,21 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::cli::SpaceArgs;
 use raffm::cost::{CostModel, TrainingShape};
+use raffm::data::Dataset;
 use raffm::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Strategy};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::partition::Partition;
 use raffm::pipeline::Budgets;
 use raffm::search::{Budget, Policy};
+use raffm::tokenizer::TextTokenizer;
+use raffm::vocab::{data_tokens, decoy_stream, with_decoys, VocabularyMode};
 use raffm::Checkpoint;
 use rayon::prelude::*;
 
@@ -30,6 +34,11 @@ use rayon::prelude::*;
 /// leading indices of the model as is), rolling (FedRolex: a window that advances one index
 /// per round), random (seeded per round, client and layer). Depth policies: even (evenly
 /// spaced layers), top (the top layers dropped), salience (the layers of largest weights).
+///
+/// With --vocabulary client, each client's sub-model keeps only the token-embedding rows of
+/// the tokens its own data uses (its examples in --partition, tokenized with the global
+/// model's tokenizer, plus the special tokens and --vocabulary-decoys random ids), and a
+/// tokenizer reduced to them; the search counts that vocabulary.
 ///
 /// Budgets come from --budgets budgets.json (see raffm-budgets), which also gives the
 /// search space, strategy, policies and training shape the pipeline chose, for many
@@ -86,6 +95,16 @@ struct Args {
     /// The memory estimate assumes frozen embeddings (no gradients or optimizer state).
     #[arg(long)]
     freeze_embeddings: bool,
+    /// Vocabulary of the sub-models: full, or client (the tokens of each client's data;
+    /// needs --partition). Default: budgets.json's, else full.
+    #[arg(long)]
+    vocabulary: Option<VocabularyMode>,
+    /// Random token ids added to each client vocabulary (default: budgets.json's, else 0).
+    #[arg(long)]
+    vocabulary_decoys: Option<usize>,
+    /// partition.json with the clients' examples, for client vocabularies.
+    #[arg(long)]
+    partition: Option<PathBuf>,
     #[command(flatten)]
     space: SpaceArgs,
     /// No progress bar or summary.
@@ -138,6 +157,31 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|b| b.search_space.clone())
         .unwrap_or_default();
     let space = args.space.space(&base_space, global.config.axes())?;
+    let vocabulary = args
+        .vocabulary
+        .or(budgets_file.as_ref().map(|b| b.vocabulary))
+        .unwrap_or_default();
+    let decoys = args
+        .vocabulary_decoys
+        .or(budgets_file.as_ref().map(|b| b.vocabulary_decoys))
+        .unwrap_or(0);
+    let client_data = match vocabulary {
+        VocabularyMode::Full => None,
+        VocabularyMode::Client => {
+            let path = args
+                .partition
+                .as_ref()
+                .context("--vocabulary client needs --partition (the clients' examples)")?;
+            let partition = Partition::load(path)?;
+            let dataset = Dataset::load(&partition.data)?;
+            let tokenizer = TextTokenizer::from_dir(&args.global)?;
+            Some((path, partition, dataset, tokenizer))
+        }
+    };
+    let inputs = match &client_data {
+        Some((path, ..)) => vec![raffm::io::sha256_file(path)?],
+        None => Vec::new(),
+    };
 
     let requests: Vec<(String, Budget)> = match &budgets_file {
         Some(budgets) => {
@@ -186,12 +230,25 @@ fn run(args: Args) -> anyhow::Result<()> {
     let parameters = json!({
         "global": args.global, "out_dir": args.out_dir, "round": args.round, "seed": args.seed,
         "strategy": strategy, "policy": policy, "depth_policy": depth_policy, "search_space": space,
-        "training_shape": shape, "budgets": args.budgets,
+        "training_shape": shape, "budgets": args.budgets, "vocabulary": vocabulary,
+        "vocabulary_decoys": decoys, "partition": args.partition,
     });
     // Clients in parallel: one client's gathering and hashing overlaps another's writing.
     let results: Vec<anyhow::Result<String>> = requests
         .par_iter()
         .map(|(client, budget)| {
+            let vocabulary = match &client_data {
+                None => None,
+                Some((path, partition, dataset, tokenizer)) => {
+                    let shard = partition
+                        .client(client)
+                        .with_context(|| format!("{}: no client `{client}`", path.display()))?;
+                    let vocab_size = global.config.vocab_size();
+                    let tokens = data_tokens(tokenizer, dataset, &shard.examples, vocab_size)?;
+                    let mut rng = decoy_stream(args.seed, client);
+                    Some(with_decoys(&tokens, vocab_size, decoys, &mut rng))
+                }
+            };
             let request = ClientRequest {
                 client,
                 budget: *budget,
@@ -202,9 +259,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 depth_policy,
                 space: &space,
                 cost_model: &cost_model,
+                vocabulary: vocabulary.as_ref(),
             };
             let target = args.out_dir.join(client);
-            let sub = write_client(&global, &request, &target, parameters.clone())?;
+            let sub = write_client(&global, &request, &target, parameters.clone(), &inputs)?;
             progress.inc(1);
             Ok(summary_line(client, &sub, full_params))
         })

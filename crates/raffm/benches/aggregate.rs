@@ -50,12 +50,14 @@ fn main() {
             depth_policy: Default::default(),
             space: &space,
             cost_model: &cost_model,
+            vocabulary: None,
         };
         write_client(
             &global,
             &request,
             &dir.path().join("clients").join(client),
             serde_json::json!({}),
+            &[],
         )
         .unwrap();
     });

@@ -49,6 +49,7 @@ fn request<'a>(
         depth_policy: Default::default(),
         space,
         cost_model,
+        vocabulary: None,
     }
 }
 
@@ -115,6 +116,7 @@ fn main() {
             &r,
             &dir.path().join("clients").join(&client),
             serde_json::json!({}),
+            &[],
         )
         .unwrap();
     });

@@ -72,6 +72,9 @@ pub struct Checkpoint {
     pub files: Vec<FileRecord>,
     /// Tensors of the file that are not part of the model (an MLM head, buffers): left out.
     pub ignored: Vec<String>,
+    /// Tokenizer files to write in place of the source's (a client's reduced vocabulary),
+    /// by file name.
+    pub tokenizer: Option<std::sync::Arc<BTreeMap<String, Vec<u8>>>>,
 }
 
 impl Checkpoint {
@@ -157,6 +160,7 @@ impl Checkpoint {
             source: Some(dir.to_path_buf()),
             files,
             ignored,
+            tokenizer: None,
         };
         checkpoint.validate(&weights_path)?;
         Ok(checkpoint)
@@ -214,8 +218,20 @@ impl Checkpoint {
             .map(|(name, t)| (self.config.hf_name(name, prefixed), t))
             .collect();
         staging.write_with(WEIGHTS_FILE, |w| write_safetensors(w, &named))?;
+        if let Some(files) = &self.tokenizer {
+            for (name, bytes) in files.iter() {
+                staging.write(name, bytes)?;
+            }
+        }
         if let Some(source) = &self.source {
             for name in TOKENIZER_FILES {
+                if self
+                    .tokenizer
+                    .as_ref()
+                    .is_some_and(|f| f.contains_key(name))
+                {
+                    continue;
+                }
                 let path = source.join(name);
                 if path.is_file() {
                     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -259,6 +275,7 @@ impl Checkpoint {
             source: None,
             files: Vec::new(),
             ignored: Vec::new(),
+            tokenizer: None,
         }
     }
 

@@ -90,6 +90,16 @@ impl CostModel {
         }
     }
 
+    /// The cost model of the same model with some global widths fixed at other sizes: a
+    /// client's sub-models all have its own vocabulary, whatever else the search chooses.
+    pub fn pinned(&self, sizes: &AxisSizes) -> crate::Result<Self> {
+        let mut widths = self.config.widths();
+        for (&axis, &n) in &sizes.0 {
+            widths.global.set(axis, n);
+        }
+        Ok(Self::new(&self.config.with_widths(&widths)?, self.shape))
+    }
+
     /// The cost model of sub-models of `global`.
     pub fn for_checkpoint(global: &crate::Checkpoint, shape: TrainingShape) -> Self {
         Self::new(&global.config, shape)
@@ -192,13 +202,16 @@ impl CostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vocabulary of the tiny test models.
+    const VOCAB: usize = 64;
     use crate::elastic::Axis;
     use crate::families::bert::config::full_layer;
     use crate::families::bert::{tiny_model, Variant};
 
     fn widths(hidden: usize, layers: Vec<AxisSizes>) -> Widths {
         Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, hidden)]),
+            global: AxisSizes::of(&[(Axis::Hidden, hidden), (Axis::Vocab, VOCAB)]),
             global_layers: (0..layers.len()).collect(),
             layers,
         }

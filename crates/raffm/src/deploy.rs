@@ -107,6 +107,7 @@ pub fn spp_pair(
         depth_policy: Default::default(),
         space,
         cost_model,
+        vocabulary: None,
     };
     let with = extract_widths(prioritized, &request(Strategy::Salient), widths)?;
     let without = extract_widths(global, &request(Strategy::Random), widths)?;
@@ -150,6 +151,7 @@ mod tests {
                 depth_policy: Default::default(),
                 space: &space,
                 cost_model: &cost_model,
+                vocabulary: None,
             };
             let plan = match plan_client(&global, &request, Some(memory)) {
                 Ok(plan) => plan,

@@ -185,9 +185,30 @@ pub fn selection_map(global: &ModelConfig, sub: &Widths, selection: &Selection) 
     )
 }
 
-/// Gathers a sub-model with widths `widths` out of `global` by `map`.
+/// The global token ids a map keeps of the vocabulary axis, where it cuts it.
+pub fn kept_vocabulary(global: &ModelConfig, map: &IndexMap) -> Option<Vec<usize>> {
+    let vocab_dim = [crate::elastic::Factor::Axis(Axis::Vocab)];
+    global.tensors().iter().find_map(|t| {
+        let d = t.dims.iter().position(|dim| dim[..] == vocab_dim)?;
+        map.get(&t.name)?.dims.get(d)?.as_ref().map(|i| i.0.clone())
+    })
+}
+
+/// Gathers a sub-model with widths `widths` out of `global` by `map`. A sub-model that
+/// keeps part of the vocabulary gets a tokenizer with just those tokens.
 pub fn extract(global: &Checkpoint, widths: &Widths, map: &IndexMap) -> Result<Checkpoint> {
-    let config = global.config.with_widths(widths)?;
+    let mut config = global.config.with_widths(widths)?;
+    let mut tokenizer = None;
+    if let Some(kept) = kept_vocabulary(&global.config, map) {
+        crate::vocab::check_kept(&kept, global.config.vocab_size())?;
+        config.remap_vocabulary(&kept)?;
+        let source = global.source.as_ref().ok_or_else(|| {
+            Error::Invalid("a client vocabulary needs the global model's tokenizer files".into())
+        })?;
+        tokenizer = Some(std::sync::Arc::new(crate::vocab::reduced_tokenizer_files(
+            source, &kept,
+        )?));
+    }
     let mut tensors = BTreeMap::new();
     for (name, index) in map {
         let source = index.source(name);
@@ -208,6 +229,7 @@ pub fn extract(global: &Checkpoint, widths: &Widths, map: &IndexMap) -> Result<C
         source: global.source.clone(),
         files: Vec::new(),
         ignored: Vec::new(),
+        tokenizer,
     };
     // The sub-model must be exactly what its config describes.
     for (spec, shape) in sub.config.shapes() {
@@ -297,6 +319,7 @@ pub fn padded(global: &ModelConfig, sub: &Checkpoint, map: &IndexMap) -> Result<
         source: sub.source.clone(),
         files: Vec::new(),
         ignored: Vec::new(),
+        tokenizer: None,
     })
 }
 
@@ -318,6 +341,8 @@ pub struct ClientRequest<'a> {
     pub depth_policy: DepthPolicy,
     pub space: &'a crate::search::SearchSpace,
     pub cost_model: &'a crate::cost::CostModel,
+    /// The client's own vocabulary, if it gets one (else the whole vocabulary).
+    pub vocabulary: Option<&'a crate::vocab::ClientVocabulary>,
 }
 
 /// One client's sub-model with the record of how it was made.
@@ -348,8 +373,20 @@ pub fn extract_for_client(global: &Checkpoint, request: &ClientRequest) -> Resul
         &format!("policy/{}/{}", request.round, request.client),
     );
     let plan = depth_plan(global, request.depth_policy);
+    // A client with its own vocabulary: every candidate has exactly its rows.
+    let pinned;
+    let cost_model = match request.vocabulary {
+        Some(v) => {
+            crate::vocab::check_kept(&v.kept, global.config.vocab_size())
+                .map_err(|e| e.for_client(request.client))?;
+            let sizes = crate::elastic::AxisSizes::of(&[(Axis::Vocab, v.kept.len())]);
+            pinned = request.cost_model.pinned(&sizes)?;
+            &pinned
+        }
+        None => request.cost_model,
+    };
     let choice = crate::search::choose(
-        request.cost_model,
+        cost_model,
         request.space,
         &request.budget,
         request.policy,
@@ -369,7 +406,7 @@ pub fn extract_widths(
     request: &ClientRequest,
     widths: &Widths,
 ) -> Result<ClientModel> {
-    let selection = select(
+    let mut selection = select(
         &global.config,
         request.strategy,
         &global.config.widths(),
@@ -378,6 +415,11 @@ pub fn extract_widths(
         request.seed,
         request.client,
     );
+    if let Some(v) = request.vocabulary {
+        selection
+            .global
+            .insert(Axis::Vocab, Kept::shared(v.kept.clone()));
+    }
     let map = selection_map(&global.config, widths, &selection);
     let checkpoint = extract(global, widths, &map)?;
     Ok(ClientModel {
@@ -394,15 +436,18 @@ pub fn extract_widths(
 }
 
 /// Extracts a client's sub-model and writes it, with its manifest, to `target`
-/// atomically. `parameters` are the command's options, for the manifest.
+/// atomically. `parameters` are the command's options, for the manifest; `inputs` are
+/// files it read besides the global model (the partition of a client vocabulary).
 pub fn write_client(
     global: &Checkpoint,
     request: &ClientRequest,
     target: &std::path::Path,
     parameters: serde_json::Value,
+    inputs: &[crate::io::FileRecord],
 ) -> Result<ClientModel> {
     let sub = extract_for_client(global, request)?;
     let mut manifest = sub.manifest(global, request, parameters)?;
+    manifest.inputs.extend(inputs.iter().cloned());
     let mut staging = crate::io::StagingDir::new(target)?;
     sub.checkpoint.write_into(&mut staging)?;
     manifest.write_into(&mut staging)?;
@@ -452,6 +497,12 @@ impl ClientModel {
         d.insert("budget".into(), json!(request.budget));
         d.insert("training_shape".into(), json!(request.cost_model.shape));
         d.insert("selection".into(), json!(self.selection));
+        if let Some(v) = request.vocabulary {
+            // The kept ids are in the index map; decoys are not told apart from them.
+            let record =
+                json!({"tokens": v.kept.len(), "from_data": v.from_data, "decoys": v.decoys});
+            d.insert("vocabulary".into(), record);
+        }
         Ok(m)
     }
 }
@@ -459,12 +510,15 @@ impl ClientModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vocabulary of the tiny test models.
+    const VOCAB: usize = 64;
     use crate::elastic::AxisSizes;
     use crate::families::bert::{tiny_model, Variant};
 
     fn sub_widths(hidden: usize, layer: AxisSizes, layers: Vec<usize>) -> Widths {
         Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, hidden)]),
+            global: AxisSizes::of(&[(Axis::Hidden, hidden), (Axis::Vocab, VOCAB)]),
             layers: vec![layer; layers.len()],
             global_layers: layers,
         }

@@ -35,6 +35,7 @@ pub mod sys;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;
+pub mod vocab;
 
 pub use burn;
 pub use checkpoint::Checkpoint;

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::extract::{DepthPolicy, Strategy};
 use crate::rng::SplitMix64;
 use crate::search::{Budget, Policy, SearchSpace};
+use crate::vocab::VocabularyMode;
 
 /// A class of client hardware: how much of the model it may train, and the memory of its
 /// device.
@@ -57,6 +58,13 @@ pub struct Pipeline {
     pub policy: Policy,
     #[serde(default)]
     pub depth_policy: DepthPolicy,
+    /// `client`: each client's sub-model keeps the token rows of its own data only.
+    #[serde(default)]
+    pub vocabulary: VocabularyMode,
+    /// Random token ids added to each client's vocabulary, so the set does not tell which
+    /// tokens its data uses.
+    #[serde(default)]
+    pub vocabulary_decoys: usize,
     /// Anything else (data, rounds, optimiser...) for the stages that read it.
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
@@ -129,6 +137,10 @@ pub struct Budgets {
     pub strategy: Strategy,
     pub policy: Policy,
     pub depth_policy: DepthPolicy,
+    #[serde(default)]
+    pub vocabulary: VocabularyMode,
+    #[serde(default)]
+    pub vocabulary_decoys: usize,
     /// Costs of the full model the fractions refer to.
     pub full_model: Cost,
     pub clients: Vec<ClientBudget>,
@@ -215,6 +227,8 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
         strategy: pipeline.strategy,
         policy: pipeline.policy,
         depth_policy: pipeline.depth_policy,
+        vocabulary: pipeline.vocabulary,
+        vocabulary_decoys: pipeline.vocabulary_decoys,
         full_model,
         clients,
     }

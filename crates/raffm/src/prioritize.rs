@@ -321,6 +321,9 @@ pub fn is_prioritized(salience: &[AxisSalience]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vocabulary of the tiny test models.
+    const VOCAB: usize = 64;
     use crate::elastic::AxisSizes;
     use crate::families::bert::model::BertForSequenceClassification;
     use crate::families::bert::{tiny_model, Variant};
@@ -386,7 +389,7 @@ mod tests {
         let config = tiny_model(Variant::Bert, 3, 24, 4, 40, false);
         // An elastic sub-model too: narrower hidden size, heads and FFN in one layer.
         let mut widths = config.widths();
-        widths.global = AxisSizes::of(&[(Axis::Hidden, 20)]);
+        widths.global = AxisSizes::of(&[(Axis::Hidden, 20), (Axis::Vocab, VOCAB)]);
         widths.layers[1] = crate::families::bert::config::full_layer(3, 4, 17);
         for config in [config.clone(), config.with_widths(&widths).unwrap()] {
             for norm in [Norm::L1, Norm::L2] {

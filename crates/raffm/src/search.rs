@@ -62,10 +62,10 @@ impl SearchSpace {
     pub fn validate(&self, axes: &[AxisSpec]) -> Result<()> {
         self.check_fractions()?;
         for axis in self.0.keys() {
-            if !axes.iter().any(|a| a.axis == *axis && a.width_of == *axis) {
+            if !axes.iter().any(|a| a.axis == *axis && a.searchable) {
                 let known: Vec<String> = axes
                     .iter()
-                    .filter(|a| a.width_of == a.axis)
+                    .filter(|a| a.searchable)
                     .map(|a| a.axis.to_string())
                     .collect();
                 return Err(Error::Invalid(format!(
@@ -89,13 +89,14 @@ impl SearchSpace {
         sizes
     }
 
-    /// Every combination of the listed widths of the `scope` axes (other than depth), for a
-    /// model whose widths in that scope are `full`; the largest first.
+    /// Every combination of the listed widths of the searchable `scope` axes (other than
+    /// depth), for a model whose widths in that scope are `full`; the largest first. Axes
+    /// the search does not choose keep their size in `full`.
     pub fn options(&self, axes: &[AxisSpec], scope: Scope, full: &AxisSizes) -> Vec<AxisSizes> {
         let own = axes
             .iter()
-            .filter(|a| a.scope == scope && a.width_of == a.axis && a.axis != Axis::Layers);
-        let mut options = vec![AxisSizes::default()];
+            .filter(|a| a.scope == scope && a.searchable && a.axis != Axis::Layers);
+        let mut options = vec![full.clone()];
         for spec in own {
             let sizes = self.sizes(spec.axis, full.get(spec.axis));
             options = options

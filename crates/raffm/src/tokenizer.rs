@@ -110,6 +110,43 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The folder the tokenizer was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Ids of the tokens the tokenizer marks special, and of those spelled as in
+    /// `spellings` that it has.
+    pub fn special_ids(&self, spellings: &[&str]) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .chain(spellings.iter().filter_map(|s| self.inner.token_to_id(s)))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The ids of every input, with special tokens and without truncation.
+    pub fn encode_untruncated<'s, E>(&self, inputs: Vec<E>) -> Result<Vec<Vec<u32>>>
+    where
+        E: Into<EncodeInput<'s>> + Send,
+    {
+        let mut tokenizer = self.inner.clone();
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Invalid(format!("cannot lift truncation: {e}")))?
+            .with_padding(None);
+        let encodings = tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::format(&self.source, format!("tokenization failed: {e}")))?;
+        Ok(encodings.iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
     /// Encodes texts (or text pairs) with special tokens, truncated to `max_len` tokens and
     /// padded with `pad_id` to the longest row.
     pub fn encode_batch<'s, E>(

@@ -62,6 +62,7 @@ fn request<'a>(
         depth_policy: DepthPolicy::Even,
         space,
         cost_model,
+        vocabulary: None,
     }
 }
 
@@ -227,7 +228,7 @@ fn a_narrower_shallower_sub_model_aggregated_unchanged_gives_back_the_real_model
     });
     let full = global.config.widths();
     let widths = Widths {
-        global: AxisSizes::of(&[(Axis::Hidden, 192)]),
+        global: AxisSizes::of(&[(Axis::Hidden, 192), (Axis::Vocab, 30522)]),
         layers: full.layers[..3]
             .iter()
             .map(|l| {

@@ -200,6 +200,9 @@ pub fn aggregate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vocabulary of the tiny test models.
+    const VOCAB: usize = 64;
     use crate::elastic::index::{IndexMap, Indices, TensorIndex};
     use crate::elastic::{Axis, AxisSizes, Factor, Widths};
     use crate::extract::{extract, select, selection_map, Strategy};
@@ -314,7 +317,7 @@ mod tests {
     fn a_narrower_shallower_sub_model_aggregated_unchanged_gives_back_the_global_model() {
         let g = global();
         let widths = Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, 11)]),
+            global: AxisSizes::of(&[(Axis::Hidden, 11), (Axis::Vocab, VOCAB)]),
             layers: vec![full_layer(3, 2, 9)],
             global_layers: vec![1],
         };
@@ -377,7 +380,7 @@ mod tests {
     fn overlapping_holdings_give_the_closed_form_weighted_mean() {
         let g = global();
         let small = Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, 16)]),
+            global: AxisSizes::of(&[(Axis::Hidden, 16), (Axis::Vocab, VOCAB)]),
             layers: vec![full_layer(2, 2, 10); 2],
             global_layers: vec![0, 1],
         };

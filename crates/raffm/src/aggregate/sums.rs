@@ -182,6 +182,7 @@ impl Accumulator {
             source: global.source.clone(),
             files: Vec::new(),
             ignored: global.ignored.clone(),
+            tokenizer: global.tokenizer.clone(),
         };
         let mut coverage = Coverage {
             updated_elements: 0,

@@ -32,16 +32,19 @@ pub enum Axis {
     ValueDim,
     /// Feed-forward neurons of a layer.
     Ffn,
+    /// Rows of the token embedding (global): a client keeps the tokens its data uses.
+    Vocab,
 }
 
 impl Axis {
-    pub const ALL: [Axis; 6] = [
+    pub const ALL: [Axis; 7] = [
         Axis::Hidden,
         Axis::Layers,
         Axis::Heads,
         Axis::HeadDim,
         Axis::ValueDim,
         Axis::Ffn,
+        Axis::Vocab,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Axis {
             Axis::HeadDim => "head_dim",
             Axis::ValueDim => "value_dim",
             Axis::Ffn => "ffn",
+            Axis::Vocab => "vocab",
         }
     }
 }
@@ -94,6 +98,8 @@ pub enum Salience {
     CoupledSlices,
     /// For layers: the mean absolute weight of the layer's weight matrices.
     LayerMagnitude,
+    /// Not scored: the axis's indices are given (a client's tokens).
+    None,
 }
 
 /// One elastic axis of a family.
@@ -111,6 +117,9 @@ pub struct AxisSpec {
     /// Whether a model cut on this axis computes what the uncut model computes with the
     /// cut slices set to zero (so a zero-padded copy at the full shapes is equivalent).
     pub masked_equivalent: bool,
+    /// Whether the search chooses its width from the search space. A tied axis takes
+    /// another's width, and a vocabulary's width comes from the client's data.
+    pub searchable: bool,
     pub salience: Salience,
 }
 

@@ -195,6 +195,25 @@ impl ModelConfig {
         }
     }
 
+    /// Moves the special-token ids the config names (padding) to their positions among
+    /// the kept global token ids `kept` (a client's vocabulary).
+    pub fn remap_vocabulary(&mut self, kept: &[usize]) -> Result<()> {
+        match self {
+            ModelConfig::Bert(c) => {
+                c.pad_token_id =
+                    kept.iter()
+                        .position(|&g| g == c.pad_token_id)
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "a client vocabulary must keep the padding token (id {})",
+                                c.pad_token_id
+                            ))
+                        })?;
+                Ok(())
+            }
+        }
+    }
+
     // ---- classification ----
 
     pub fn has_classifier(&self) -> bool {

@@ -303,6 +303,9 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, mapping: Option<&IndexMapping>) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vocabulary of the tiny test models.
+    const VOCAB: usize = 64;
     use crate::elastic::{Axis, AxisSizes, Factor, Widths};
     use crate::extract::{extract, select, selection_map, Strategy};
     use crate::families::bert::config::full_layer;
@@ -339,7 +342,7 @@ mod tests {
         layers: Vec<usize>,
     ) -> Widths {
         Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, hidden)]),
+            global: AxisSizes::of(&[(Axis::Hidden, hidden), (Axis::Vocab, VOCAB)]),
             layers: vec![full_layer(heads, head_dim, ffn); layers.len()],
             global_layers: layers,
         }

@@ -320,7 +320,10 @@ impl BertConfig {
 
     pub fn widths(&self) -> Widths {
         Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, self.hidden_size)]),
+            global: AxisSizes::of(&[
+                (Axis::Hidden, self.hidden_size),
+                (Axis::Vocab, self.vocab_size),
+            ]),
             layers: self.layers.clone(),
             global_layers: self.global_layers.clone(),
         }
@@ -330,6 +333,7 @@ impl BertConfig {
     pub fn with_widths(&self, widths: &Widths) -> Result<Self> {
         let mut c = self.clone();
         c.hidden_size = widths.global.get(Axis::Hidden);
+        c.vocab_size = widths.global.get(Axis::Vocab);
         c.layers = widths.layers.clone();
         c.global_layers = widths.global_layers.clone();
         c.validate().map_err(Error::Invalid)?;
@@ -507,7 +511,7 @@ mod tests {
         let mut c = parse(minilm_like()).unwrap();
         c.classifier = true;
         let widths = Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, 200)]),
+            global: AxisSizes::of(&[(Axis::Hidden, 200), (Axis::Vocab, 100)]),
             layers: vec![full_layer(6, 16, 700)],
             global_layers: vec![1],
         };

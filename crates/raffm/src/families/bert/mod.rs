@@ -29,18 +29,21 @@ const fn axis(axis: Axis, scope: Scope, nested_in: Option<Axis>, width_of: Axis)
         scope,
         nested_in,
         width_of,
-        permutable: !matches!(axis, Axis::Layers),
-        // Post-LayerNorm: neither a dropped layer nor a narrower LayerNorm is a zeroed slice.
-        masked_equivalent: !matches!(axis, Axis::Layers | Axis::Hidden),
-        salience: if matches!(axis, Axis::Layers) {
-            Salience::LayerMagnitude
-        } else {
-            Salience::CoupledSlices
+        // Layers are not interchangeable; token rows are tied to the tokenizer's ids.
+        permutable: !matches!(axis, Axis::Layers | Axis::Vocab),
+        // Post-LayerNorm: neither a dropped layer nor a narrower LayerNorm is a zeroed
+        // slice; a model without some tokens needs a tokenizer without them.
+        masked_equivalent: !matches!(axis, Axis::Layers | Axis::Hidden | Axis::Vocab),
+        searchable: !matches!(axis, Axis::ValueDim | Axis::Vocab),
+        salience: match axis {
+            Axis::Layers => Salience::LayerMagnitude,
+            Axis::Vocab => Salience::None,
+            _ => Salience::CoupledSlices,
         },
     }
 }
 
-pub const AXES: [AxisSpec; 6] = [
+pub const AXES: [AxisSpec; 7] = [
     axis(Axis::Hidden, Scope::Global, None, Axis::Hidden),
     axis(Axis::Layers, Scope::Global, None, Axis::Layers),
     axis(Axis::Heads, Scope::Layer, None, Axis::Heads),
@@ -57,6 +60,7 @@ pub const AXES: [AxisSpec; 6] = [
         Axis::HeadDim,
     ),
     axis(Axis::Ffn, Scope::Layer, None, Axis::Ffn),
+    axis(Axis::Vocab, Scope::Global, None, Axis::Vocab),
 ];
 
 use Factor::Axis as A;
@@ -64,6 +68,7 @@ const HIDDEN: &[Factor] = &[A(Axis::Hidden)];
 const QK: &[Factor] = &[A(Axis::Heads), A(Axis::HeadDim)];
 const V: &[Factor] = &[A(Axis::Heads), A(Axis::ValueDim)];
 const FFN: &[Factor] = &[A(Axis::Ffn)];
+const VOCAB: &[Factor] = &[A(Axis::Vocab)];
 
 /// Every tensor of one encoder layer: name inside the layer, dimensions, initialisation.
 const LAYER: [(&str, &[&[Factor]], Init); 16] = [
@@ -108,8 +113,7 @@ impl BertConfig {
     /// Tensors before and after the layers, in model order.
     pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let fixed = |n: usize| [Factor::Fixed(n)];
-        let (vocab, positions, types, labels) = (
-            fixed(self.vocab_size),
+        let (positions, types, labels) = (
             fixed(self.max_position_embeddings),
             fixed(self.type_vocab_size),
             fixed(self.num_labels),
@@ -118,7 +122,7 @@ impl BertConfig {
         let mut before = vec![
             spec(
                 "embeddings.word_embeddings.weight",
-                &[&vocab, HIDDEN],
+                &[VOCAB, HIDDEN],
                 Embedding,
                 Init::Weight,
             ),
