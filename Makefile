@@ -29,7 +29,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build assets test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report FORCE
+.PHONY: help build binaries assets test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -54,12 +54,15 @@ $(VENV)/.installed: scripts/test-requirements.txt
 build:
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 
-# Binaries are real files for Make, built on demand. Pipeline outputs depend on them
-# order-only: a rebuild does not redo finished rounds. NO_BUILD=1 uses BIN as it is.
-ifeq ($(NO_BUILD),)
-$(BIN)/raffm-%: FORCE
+# The pipeline goals build every binary once, up front, and run their steps with
+# NO_BUILD=1. Pipeline outputs do not depend on the binaries: a rebuild does not redo
+# finished rounds. NO_BUILD=1 uses BIN as it is.
+binaries:
+	@echo "building raffm in release mode (the first build takes about 5 minutes on 2 cores)" >&2
 	@$(CARGO) build $(CARGO_FLAGS) --workspace --bins --quiet
-endif
+
+BUILD_STEP := $(if $(NO_BUILD),,binaries)
+SUB_FLAGS   = --no-print-directory NO_BUILD=1
 
 check-cuda:
 	$(CARGO) check --release --locked --workspace --features cuda
@@ -83,7 +86,7 @@ lint:
 
 # ---- the pipeline --------------------------------------------------------------------------
 
-$(ARTIFACTS)/minilm/prioritized/manifest.json: $(ASSETS)/.fetched $(BIN)/raffm-prioritize
+$(ARTIFACTS)/minilm/prioritized/manifest.json: $(ASSETS)/.fetched | $(BUILD_STEP)
 	$(BIN)/raffm-prioritize --input $(ASSETS)/minilm --output $(@D)
 
 prioritize: $(ARTIFACTS)/minilm/prioritized/manifest.json
@@ -109,14 +112,19 @@ SEED          ?=
 RUN           := $(ARTIFACTS)/$(PIPELINE)$(if $(SEED),-seed$(SEED))
 N             ?= 1
 R             ?= 1
-BINS          := $(addprefix $(BIN)/raffm-,prioritize extract local-train aggregate budgets partition init-head evaluate sample-clients deploy-scale spp-ablation report)
 PIPELINES     ?= $(notdir $(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
 NON_PIPELINE_GOALS := help build assets test bench check-cuda prioritize fmt lint clean
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
+# A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
+# copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed
+# pipeline file is refused rather than silently redoing or mixing runs.
 $(RUN)/pipeline.mk: $(PIPELINE_FILE) scripts/pipeline_vars.py
 	@mkdir -p $(@D)
+	@if [ -f $(RUN)/pipeline.json ] && ! cmp -s $(PIPELINE_FILE) $(RUN)/pipeline.json; then \
+	  echo "make: $(PIPELINE_FILE) differs from the pipeline $(RUN) was made with ($(RUN)/pipeline.json): run it under another PIPELINE name, or remove $(RUN) to start over" >&2; exit 1; fi
+	@if [ ! -f $(RUN)/pipeline.json ]; then cp $(PIPELINE_FILE) $(RUN)/.pipeline.json.partial && mv $(RUN)/.pipeline.json.partial $(RUN)/pipeline.json; fi
 	@$(PYTHON) scripts/pipeline_vars.py $(PIPELINE_FILE) > $@.partial && mv $@.partial $@
 include $(RUN)/pipeline.mk
 ifneq ($(SEED),)
@@ -130,30 +138,35 @@ SRC_GLOBAL = $(if $(PL_PRIORITIZE),$(RD)/prioritized,$(PREV)/global)
 # `--flag value` where the pipeline gives the value; otherwise the binary's default.
 opt        = $(if $(2),$(1) $(2))
 comma     := ,
-# The round's clients, once drawn: as written (c001,c007) and as a Make list.
-PARTICIPANTS = $(strip $(file < $(RD)/participants.txt))
+# The round's clients: as drawn into participants.txt (c001,c007), or, before they are
+# drawn (`make -n`), as the seeded draw will make them; and as a Make list.
+DRAW         = $(BIN)/raffm-sample-clients --budgets $(RUN)/budgets.json --round $(R) --per-round $(PL_PER_ROUND) --seed $(PL_SEED)
+PARTICIPANTS = $(strip $(or $(file < $(RD)/participants.txt),$(if $(wildcard $(RUN)/budgets.json),$(shell $(DRAW) 2>/dev/null))))
 CLIENTS      = $(subst $(comma), ,$(PARTICIPANTS))
 
-round: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
-	@for r in $$(seq 1 $(N)); do $(MAKE) --no-print-directory round-one R=$$r || exit 1; done
-	@$(MAKE) --no-print-directory report
+round: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BUILD_STEP)
+	@for r in $$(seq 1 $(N)); do $(MAKE) $(SUB_FLAGS) round-one R=$$r || exit 1; done
+	@$(MAKE) $(SUB_FLAGS) report
 
 # Two steps, because the clients of a round are known only once they are drawn. Then the
 # pipeline's metrics.jsonl is rewritten from the manifests (a line per finished round).
-round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json | $(BINS)
-	@$(MAKE) --no-print-directory $(RD)/participants.txt R=$(R)
-	@$(MAKE) --no-print-directory round-clients R=$(R)
+round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json
+	@$(MAKE) $(SUB_FLAGS) $(RD)/participants.txt R=$(R)
+	@$(MAKE) $(SUB_FLAGS) round-clients R=$(R)
 	@$(BIN)/raffm-report metrics $(RUN) --csv
 
-round-clients: $(RD)/global/manifest.json
+round-clients: $(if $(PARTICIPANTS),$(RD)/global/manifest.json)
+	$(if $(PARTICIPANTS),,@echo "round $(R): the clients are drawn once budgets.json exists; their commands follow then")
 
-$(RUN)/partition.json: $(PIPELINE_FILE) | $(BINS)
+$(RUN)/pipeline.json: $(RUN)/pipeline.mk
+
+$(RUN)/partition.json: $(RUN)/pipeline.json
 	$(BIN)/raffm-partition --data $(PL_DATA) $(call opt,--format,$(PL_DATA_FORMAT)) --clients $(PL_CLIENTS) $(call opt,--scheme,$(PL_SCHEME)) $(call opt,--alpha,$(PL_ALPHA)) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --seed $(PL_SEED) --output $@
 
-$(RUN)/budgets.json: $(PIPELINE_FILE) | $(BINS)
-	$(BIN)/raffm-budgets --pipeline $(PIPELINE_FILE) --seed $(PL_SEED) --output $@
+$(RUN)/budgets.json: $(RUN)/pipeline.json
+	$(BIN)/raffm-budgets --pipeline $(RUN)/pipeline.json --model $(PL_MODEL) --seed $(PL_SEED) --output $@
 
-$(RUN)/round-0/global/manifest.json: $(RUN)/partition.json | $(BINS)
+$(RUN)/round-0/global/manifest.json: $(RUN)/partition.json
 	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) $(call opt,--head-init,$(PL_HEAD_INIT)) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
@@ -166,13 +179,14 @@ $(RD)/prioritized/manifest.json: $(PREV)/global/manifest.json
 	$(BIN)/raffm-prioritize --input $(PREV)/global --output $(@D) --quiet
 
 $(RD)/extracted/.done: $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
+	$(DRAW) --verify $(RD)/participants.txt
 	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --out-dir $(@D) --quiet
 	touch $@
 
 TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
 
 $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
-	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --quiet --output $(@D)
+	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
 
 $(RD)/global/manifest.json: $(TRAINED)
 	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) $(call opt,--weighting,$(PL_WEIGHTING)) $(call opt,--server-lr,$(PL_SERVER_LR)) --partition $(RUN)/partition.json $(EVAL_FLAGS) --quiet --output $(@D)
@@ -185,15 +199,15 @@ $(RD)/global/manifest.json: $(TRAINED)
 
 EVAL_FLAGS  = $(call opt,--eval-max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN))
 
-deploy: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
-	@$(MAKE) --no-print-directory round N=$(N)
-	@$(MAKE) --no-print-directory $(RUN)/round-$(N)/deploy/manifest.json
-	@$(MAKE) --no-print-directory report
+deploy: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BUILD_STEP)
+	@$(MAKE) $(SUB_FLAGS) round N=$(N)
+	@$(MAKE) $(SUB_FLAGS) $(RUN)/round-$(N)/deploy/manifest.json
+	@$(MAKE) $(SUB_FLAGS) report
 
-ablation: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BINS)
-	@$(MAKE) --no-print-directory round N=$(N)
-	@$(MAKE) --no-print-directory $(RUN)/round-$(N)/spp.json
-	@$(MAKE) --no-print-directory report
+ablation: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BUILD_STEP)
+	@$(MAKE) $(SUB_FLAGS) round N=$(N)
+	@$(MAKE) $(SUB_FLAGS) $(RUN)/round-$(N)/spp.json
+	@$(MAKE) $(SUB_FLAGS) report
 
 $(RUN)/round-%/deploy/manifest.json: $(RUN)/round-%/global/manifest.json
 	$(BIN)/raffm-deploy-scale --global $(<D) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --round $* --seed $(PL_SEED) $(EVAL_FLAGS) --output $(@D)
@@ -204,7 +218,7 @@ $(RUN)/round-%/spp.json: $(RUN)/round-%/global/manifest.json
 # One pipeline's report goes into its folder; several pipelines' into artifacts/report.
 REPORT_DIR = $(if $(filter 1,$(words $(PIPELINES))),$(ARTIFACTS)/$(strip $(PIPELINES))/report,$(ARTIFACTS)/report)
 
-report: | $(BIN)/raffm-report
+report: | $(BUILD_STEP)
 	$(BIN)/raffm-report build --runs $(PIPELINES:%=$(ARTIFACTS)/%) --output $(REPORT_DIR)
 
 clean:

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
@@ -28,7 +29,12 @@ use raffm::{with_backend, Checkpoint};
 /// With --partition the new global model is evaluated on the validation split and the
 /// metrics go into manifest.json.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-aggregate", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-aggregate",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// The round's global checkpoint (the one the sub-models were extracted from).
     #[arg(short, long)]
@@ -58,7 +64,21 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let mut inputs = vec![("--global", args.global.as_path())];
+    inputs.extend(args.updates.iter().map(|u| ("--updates", u.as_path())));
+    inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
+    raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
+    if !(args.server_lr.is_finite() && args.server_lr > 0.0) {
+        bail!(
+            "--server-lr must be a positive number, got {}",
+            args.server_lr
+        );
+    }
     let global = Checkpoint::load(&args.global)?;
+    let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
+        args.eval.max_seq_len,
+        global.config.max_positions(),
+    )?;
     let outcome = aggregate_dirs(
         &global,
         &args.updates,
@@ -128,7 +148,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 &args.global,
                 &partition,
                 &ids,
-                args.eval.max_seq_len,
+                max_seq_len,
                 args.eval.batch_size,
                 &device,
                 |_| {},

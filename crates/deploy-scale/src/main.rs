@@ -41,7 +41,12 @@ use raffm::{with_backend, Widths};
 /// Writes OUTPUT/summary.json and OUTPUT/summary.csv (client, tier, sizes, memory,
 /// accuracies), and OUTPUT/manifest.json. The folder is written atomically.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-deploy-scale", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-deploy-scale",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Final global checkpoint (e.g. artifacts/default/round-5/global).
     #[arg(short, long)]
@@ -129,7 +134,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !(args.memory_scale > 0.0 && args.memory_scale.is_finite()) {
         bail!("--memory-scale must be positive, got {}", args.memory_scale);
     }
+    raffm::io::check_output_apart(
+        ("--output", &args.output),
+        &[
+            ("--global", &args.global),
+            ("--budgets", &args.budgets),
+            ("--partition", &args.partition),
+        ],
+    )?;
     let mut global = Checkpoint::load(&args.global)?;
+    let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
+        args.eval.max_seq_len,
+        global.config.max_positions(),
+    )?;
     let budgets = Budgets::load(&args.budgets)?;
     let partition = Partition::load(&args.partition)?;
     let space = args
@@ -159,7 +176,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?
     };
     let ids = args.eval.validation_ids(&partition, &args.partition)?;
-    let examples = EvalSet::load(&args.global, &partition, &ids, args.eval.max_seq_len)?;
+    let examples = EvalSet::load(&args.global, &partition, &ids, max_seq_len)?;
 
     let progress = if args.quiet {
         ProgressBar::hidden()

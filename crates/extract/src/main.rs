@@ -10,7 +10,6 @@ use serde_json::json;
 
 use raffm::cli::SpaceArgs;
 use raffm::cost::{CostModel, TrainingShape};
-use raffm::data::Dataset;
 use raffm::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Strategy};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
@@ -46,7 +45,12 @@ use rayon::prelude::*;
 /// --param-fraction / --max-train-memory for a single client named by --client. Options
 /// given here override budgets.json.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-extract", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-extract",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Global checkpoint folder.
     #[arg(short, long)]
@@ -114,6 +118,7 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let global = Checkpoint::load(&args.global)?;
+    global.check_tokenizer()?;
     let budgets_file = args
         .budgets
         .as_ref()
@@ -173,7 +178,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .as_ref()
                 .context("--vocabulary client needs --partition (the clients' examples)")?;
             let partition = Partition::load(path)?;
-            let dataset = Dataset::load(&partition.data)?;
+            let dataset = partition.dataset()?;
             let tokenizer = TextTokenizer::from_dir(&args.global)?;
             Some((path, partition, dataset, tokenizer))
         }
@@ -201,6 +206,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<_>>()?
         }
         None => {
+            if let Some(f) = args.param_fraction.filter(|f| !(*f > 0.0 && *f <= 1.0)) {
+                bail!("--param-fraction must be in (0, 1], got {f}");
+            }
+            if args.max_params == Some(0) {
+                bail!("--max-params must be at least 1");
+            }
             let full = global.parameter_count();
             let max_parameters = args.max_params.or(args
                 .param_fraction
@@ -218,6 +229,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
+    // Client ids become folder names: plain names, each once.
+    let mut seen = std::collections::BTreeSet::new();
+    for (client, _) in &requests {
+        raffm::io::check_client_id(client)?;
+        if !seen.insert(client.as_str()) {
+            bail!("--clients names client {client} twice");
+        }
+        let mut inputs = vec![("--global", args.global.as_path())];
+        inputs.extend(args.budgets.iter().map(|b| ("--budgets", b.as_path())));
+        inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
+        raffm::io::check_output_apart(("--out-dir", &args.out_dir.join(client)), &inputs)?;
+    }
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {

@@ -23,6 +23,7 @@ fn global(dir: &Path) -> Checkpoint {
     let labels = vec!["a".to_string(), "b".to_string()];
     let c = Checkpoint::random(&config, 1).with_classification_head(&labels, 2);
     c.save(dir).unwrap();
+    raffm::fixtures::write_vocabulary(dir);
     Checkpoint::load(dir).unwrap()
 }
 

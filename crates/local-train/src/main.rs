@@ -8,7 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use raffm::data::{tokenize, Dataset, Task};
+use raffm::data::{tokenize, Task};
 use raffm::device::DeviceChoice;
 use raffm::elastic::TensorKind;
 use raffm::io::{sha256_file, StagingDir};
@@ -28,7 +28,12 @@ use raffm::{with_backend, Checkpoint};
 /// AdamW with linear warmup and linear decay, gradient clipping by global norm, optional
 /// FedProx (--mu) and frozen embeddings. The data order and dropout are seeded.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-local-train", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-local-train",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Checkpoint folder to train (with a classification head).
     #[arg(short, long)]
@@ -49,9 +54,10 @@ struct Args {
     epochs: usize,
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Tokens per example, special tokens included (longer inputs are truncated).
-    #[arg(long, default_value_t = 64)]
-    max_seq_len: usize,
+    /// Tokens per example, special tokens included (longer inputs are truncated; default:
+    /// 64, or the model's positions if fewer).
+    #[arg(long)]
+    max_seq_len: Option<usize>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 5e-5)]
     lr: f64,
@@ -84,6 +90,10 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    raffm::io::check_output_apart(
+        ("--output", &args.output),
+        &[("--model", &args.model), ("--partition", &args.partition)],
+    )?;
     let checkpoint = Checkpoint::load(&args.model)?;
     let manifest_path = args.model.join(MANIFEST_FILE);
     let extracted = match manifest_path.is_file() {
@@ -105,7 +115,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let shard = partition
         .client(&args.client)
         .with_context(|| format!("{}: no client `{}`", args.partition.display(), args.client))?;
-    let dataset = Dataset::load(&partition.data)?;
+    let dataset = partition.dataset()?;
     let mut ids = shard.examples.clone();
     if let Some(max) = args.max_examples {
         ids.truncate(max);
@@ -117,14 +127,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.partition.display()
         );
     }
-    let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, args.max_seq_len)?;
+    dataset.check_labels(&ids, checkpoint.config.num_labels())?;
+    let max_seq_len =
+        raffm::tokenizer::resolve_max_seq_len(args.max_seq_len, checkpoint.config.max_positions())?;
+    let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, max_seq_len)?;
     let options = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
         learning_rate: args.lr,
         warmup_ratio: args.warmup_ratio,
         weight_decay: args.weight_decay,
-        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
         prox_mu: args.mu,
         freeze_embeddings: args.freeze_embeddings,
         max_steps: args.max_steps,
@@ -166,7 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "raffm-local-train",
         json!({
             "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
-            "max_examples": args.max_examples, "max_seq_len": args.max_seq_len, "device": args.device.to_string(),
+            "max_examples": args.max_examples, "max_seq_len": max_seq_len, "device": args.device.to_string(),
             "options": options,
         }),
     );
@@ -214,10 +227,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     staging.commit()?;
     if !args.quiet {
         eprintln!(
-            "{}: {} steps on {} examples, loss {:.4} -> {:.4}, {:.1} ex/s -> {}",
+            "{}: {} steps on {} examples in {:.1} s, loss {:.4} -> {:.4}, {:.1} ex/s -> {}",
             args.client,
             report.steps,
             ids.len(),
+            report.wall_seconds,
             report.step_losses.first().copied().unwrap_or(f32::NAN),
             report.step_losses.last().copied().unwrap_or(f32::NAN),
             report.examples_per_second,

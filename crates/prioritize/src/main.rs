@@ -25,7 +25,12 @@ use raffm::Checkpoint;
 /// plus manifest.json with the permutations, the scores, and the inputs' hashes. The
 /// folder appears only once complete.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-prioritize", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-prioritize",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Checkpoint folder to read (HF layout: config.json + model.safetensors).
     #[arg(short, long)]
@@ -42,6 +47,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    raffm::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -53,6 +59,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     progress.set_message("loading");
     let checkpoint = Checkpoint::load(&args.input)?;
+    checkpoint.check_tokenizer()?;
     progress.set_length(raffm::prioritize::salience_instances(&checkpoint.config) as u64);
     progress.set_message("prioritizing");
     let (prioritized, permutations) = prioritize(&checkpoint, args.norm, |_| progress.inc(1));

@@ -29,6 +29,7 @@ fn run(input: &Path, output: &Path) -> Output {
 fn tiny(dir: &Path) {
     let config = tiny_model(Variant::Bert, 2, 16, 4, 24, false);
     Checkpoint::random(&config, 4).save(dir).unwrap();
+    raffm::fixtures::write_vocabulary(dir);
 }
 
 /// A failed run: non-zero exit, exactly one line on stderr mentioning every `needle`,

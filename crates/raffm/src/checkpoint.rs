@@ -78,6 +78,24 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Checks that a text model's folder has its tokenizer (`tokenizer.json` or
+    /// `vocab.txt`): every stage after this one tokenizes with it.
+    pub fn check_tokenizer(&self) -> Result<()> {
+        if !self.config.needs_tokenizer() || self.tokenizer.is_some() {
+            return Ok(());
+        }
+        let has =
+            |dir: &Path| dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file();
+        match &self.source {
+            Some(dir) if has(dir) => Ok(()),
+            Some(dir) => Err(Error::format(
+                dir,
+                "has no tokenizer (tokenizer.json or vocab.txt), which the later stages need",
+            )),
+            None => Err(Error::Invalid("the model has no tokenizer files".into())),
+        }
+    }
+
     pub fn parameter_count(&self) -> u64 {
         self.tensors.values().map(|t| t.numel() as u64).sum()
     }
@@ -107,14 +125,10 @@ impl Checkpoint {
             .unwrap_or_else(|| panic!("checkpoint was validated but has no `{name}`"))
     }
 
-    /// Reads and validates a checkpoint folder, hashing its files.
+    /// Reads and validates a checkpoint folder, hashing its files. Where the folder's
+    /// `manifest.json` records the hashes its producer wrote, every recorded file must still
+    /// have its hash; every weight must be finite.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::load_with(dir, true)
-    }
-
-    /// Reads and validates a checkpoint folder; `hash: false` skips the sha256 of its files
-    /// (for inputs whose hashes their producer's manifest already records).
-    pub fn load_with(dir: impl AsRef<Path>, hash: bool) -> Result<Self> {
         let dir = dir.as_ref();
         let (mut config, config_path, config_bytes) = read_config(dir)?;
 
@@ -129,30 +143,26 @@ impl Checkpoint {
         // Hashing (one core) runs beside decoding (the other): together they take as long
         // as the slower of the two instead of their sum.
         let (weights_sha256, decoded) = std::thread::scope(|scope| {
-            let hasher = hash.then(|| scope.spawn(|| sha256_bytes(&bytes)));
+            let hasher = scope.spawn(|| sha256_bytes(&bytes));
             let decoded = read_safetensors(&weights_path, &bytes, &config);
-            (
-                hasher.map(|h| h.join().expect("hashing does not panic")),
-                decoded,
-            )
+            (hasher.join().expect("hashing does not panic"), decoded)
         });
+        let files = vec![
+            FileRecord {
+                path: config_path.display().to_string(),
+                sha256: sha256_bytes(&config_bytes),
+                bytes: config_bytes.len() as u64,
+            },
+            FileRecord {
+                path: weights_path.display().to_string(),
+                sha256: weights_sha256,
+                bytes: bytes.len() as u64,
+            },
+        ];
+        // A changed file is reported before what its changed bytes may have broken.
+        verify_recorded(dir, &files)?;
         let (tensors, prefixed, ignored) = decoded?;
         config.adopt_parts(&tensors.keys().map(String::as_str).collect());
-        let files = match weights_sha256 {
-            Some(sha256) => vec![
-                FileRecord {
-                    path: config_path.display().to_string(),
-                    sha256: sha256_bytes(&config_bytes),
-                    bytes: config_bytes.len() as u64,
-                },
-                FileRecord {
-                    path: weights_path.display().to_string(),
-                    sha256,
-                    bytes: bytes.len() as u64,
-                },
-            ],
-            None => Vec::new(),
-        };
         let checkpoint = Checkpoint {
             config,
             tensors,
@@ -316,6 +326,61 @@ impl Checkpoint {
     }
 }
 
+/// Checks the files of a checkpoint folder against the hashes its `manifest.json` records
+/// (where it has one): `hashed` are records of files already hashed; other recorded files
+/// in the folder (the tokenizer's) are hashed here.
+pub(crate) fn verify_recorded(dir: &Path, hashed: &[FileRecord]) -> Result<()> {
+    let manifest_path = dir.join(crate::manifest::MANIFEST_FILE);
+    if !manifest_path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&manifest_path, format!("invalid manifest: {e}")))?;
+    let Some(outputs) = manifest.get("outputs").and_then(|o| o.as_array()) else {
+        return Ok(());
+    };
+    for output in outputs {
+        let (Some(path), Some(want)) = (
+            output.get("path").and_then(|p| p.as_str()),
+            output.get("sha256").and_then(|h| h.as_str()),
+        ) else {
+            continue;
+        };
+        let Some(name) = Path::new(path).file_name() else {
+            continue;
+        };
+        if name == crate::manifest::MANIFEST_FILE {
+            continue;
+        }
+        let file = dir.join(name);
+        let got = match hashed
+            .iter()
+            .find(|r| Path::new(&r.path).file_name() == Some(name))
+        {
+            Some(r) => r.sha256.clone(),
+            None if file.is_file() => crate::io::sha256_file(&file)?.sha256,
+            None => {
+                return Err(Error::format(
+                    &file,
+                    "is missing, but manifest.json records it",
+                ))
+            }
+        };
+        if got != want {
+            return Err(Error::format(
+                &file,
+                format!(
+                    "changed after it was written: its sha256 is {}..., manifest.json records {}...",
+                    &got[..12],
+                    &want[..12.min(want.len())]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 type ReadTensors = (BTreeMap<String, HostTensor>, bool, Vec<String>);
 
 /// Decodes a safetensors file into canonical names; float dtypes are widened to f32.
@@ -336,6 +401,15 @@ fn read_safetensors(path: &Path, bytes: &[u8], config: &ModelConfig) -> Result<R
         };
         prefixed |= has_prefix;
         let data = decode_f32(path, &hf_name, &view)?;
+        if let Some(i) = crate::tensor::first_non_finite(&data) {
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{hf_name}` has a non-finite value ({}) at element {i}",
+                    data[i]
+                ),
+            ));
+        }
         let tensor = HostTensor::new(view.shape().to_vec(), data);
         if tensors.insert(canonical.clone(), tensor).is_some() {
             return Err(Error::format(

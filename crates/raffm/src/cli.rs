@@ -74,8 +74,9 @@ pub struct EvalArgs {
     pub eval_max_examples: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_seq_len: usize,
+    /// Tokens per example (default: 64, or the model's positions if fewer).
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
     /// Device for the evaluation: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,

@@ -99,12 +99,16 @@ pub struct Example {
     pub input: Input,
     /// Class index, or the target value of a regression task.
     pub label: f32,
+    /// The line of the source file it starts on (text formats), for error messages.
+    pub line: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub task: Task,
     pub examples: Vec<Example>,
+    /// The file it was read from, for error messages.
+    pub path: PathBuf,
 }
 
 impl Dataset {
@@ -127,6 +131,50 @@ impl Dataset {
         self.examples.get(id)
     }
 
+    /// Where example `id` is, for a message: `data.csv line 12`, or `data.idx example 3`.
+    pub fn locate(&self, id: usize) -> String {
+        match self.get(id).and_then(|e| e.line) {
+            Some(line) => format!("{} line {line}", self.path.display()),
+            None => format!("{} example {id}", self.path.display()),
+        }
+    }
+
+    /// Checks that every label of the examples `ids` fits a classifier of `num_labels`
+    /// classes (a regression model, `num_labels` 1, takes any value); the error names the
+    /// file and line of the first that does not.
+    pub fn check_labels(&self, ids: &[usize], num_labels: usize) -> Result<()> {
+        let regression = matches!(self.task, Task::Regression);
+        if regression != (num_labels == 1) {
+            return Err(Error::format(
+                &self.path,
+                format!(
+                    "is a {} task, which a model with {num_labels} outputs does not suit",
+                    if regression {
+                        "regression"
+                    } else {
+                        "classification"
+                    }
+                ),
+            ));
+        }
+        if regression {
+            return Ok(());
+        }
+        for &id in ids {
+            let e = self
+                .get(id)
+                .ok_or_else(|| Error::format(&self.path, format!("has no example {id}")))?;
+            if e.label as usize >= num_labels {
+                return Err(Error::Invalid(format!(
+                    "{}: label {} is out of range for a model with {num_labels} labels",
+                    self.locate(id),
+                    e.label
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(source: &DataSource) -> Result<Dataset> {
         let path = &source.path;
         let dataset = match source.format {
@@ -143,26 +191,35 @@ impl Dataset {
         if dataset.examples.is_empty() {
             return Err(Error::format(path, "no examples"));
         }
-        Ok(dataset)
+        Ok(Dataset {
+            path: path.clone(),
+            ..dataset
+        })
     }
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        Error::format(path, format!("line {line} is not valid UTF-8"))
+    })?;
     if text.trim().is_empty() {
         return Err(Error::format(path, "the file is empty"));
     }
     Ok(text)
 }
 
-/// Turns raw label strings into a task and label values.
-fn resolve_labels(path: &Path, raw: &[String]) -> Result<(Task, Vec<f32>)> {
+/// Turns raw label strings into a task and label values; `lines` are the examples' source
+/// lines, for messages.
+fn resolve_labels(path: &Path, raw: &[String], lines: &[usize]) -> Result<(Task, Vec<f32>)> {
     let as_int: Option<Vec<i64>> = raw.iter().map(|s| s.trim().parse::<i64>().ok()).collect();
     if let Some(ints) = as_int {
         if let Some((row, bad)) = ints.iter().enumerate().find(|(_, v)| **v < 0) {
             return Err(Error::format(
                 path,
-                format!("example {row}: label {bad} is negative"),
+                format!("line {}: label {bad} is negative", lines[row]),
             ));
         }
         let n = *ints.iter().max().unwrap_or(&0) as usize + 1;
@@ -177,7 +234,7 @@ fn resolve_labels(path: &Path, raw: &[String]) -> Result<(Task, Vec<f32>)> {
         if let Some(row) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::format(
                 path,
-                format!("example {row}: label is not finite"),
+                format!("line {}: label is not finite", lines[row]),
             ));
         }
         return Ok((Task::Regression, values));
@@ -192,19 +249,29 @@ fn resolve_labels(path: &Path, raw: &[String]) -> Result<(Task, Vec<f32>)> {
     Ok((Task::Classification { labels: names }, values))
 }
 
-fn assemble(path: &Path, rows: Vec<(Input, String)>) -> Result<Dataset> {
+fn assemble(path: &Path, rows: Vec<(Input, String, usize)>) -> Result<Dataset> {
     if rows.is_empty() {
         return Err(Error::format(path, "no examples"));
     }
-    let raw: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect();
-    let (task, values) = resolve_labels(path, &raw)?;
+    let raw: Vec<String> = rows.iter().map(|(_, l, _)| l.clone()).collect();
+    let lines: Vec<usize> = rows.iter().map(|(_, _, line)| *line).collect();
+    let (task, values) = resolve_labels(path, &raw, &lines)?;
     let examples = rows
         .into_iter()
         .zip(values)
         .enumerate()
-        .map(|(id, ((input, _), label))| Example { id, input, label })
+        .map(|(id, ((input, _, line), label))| Example {
+            id,
+            input,
+            label,
+            line: Some(line),
+        })
         .collect();
-    Ok(Dataset { task, examples })
+    Ok(Dataset {
+        task,
+        examples,
+        path: path.to_path_buf(),
+    })
 }
 
 fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
@@ -227,8 +294,9 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
     };
     let (category, text_col) = (column("category")?, column("text")?);
     let mut examples = Vec::new();
-    for (row, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| Error::format(path, format!("row {}: {e}", row + 2)))?;
+    for record in reader.records() {
+        let record = record.map_err(|e| Error::format(path, format!("{e}")))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
         let label = match &record[category] {
             "fresh" => 1.0,
             "rotten" => 0.0,
@@ -236,7 +304,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
             other => {
                 return Err(Error::format(
                     path,
-                    format!("row {}: unknown category `{other}`", row + 2),
+                    format!("line {line}: unknown category `{other}`"),
                 ))
             }
         };
@@ -244,6 +312,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
             id: examples.len(),
             input: Input::Text(record[text_col].to_string()),
             label,
+            line: Some(line),
         });
     }
     if examples.is_empty() {
@@ -254,6 +323,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
             labels: vec!["rotten".into(), "fresh".into()],
         },
         examples,
+        path: path.to_path_buf(),
     })
 }
 
@@ -286,13 +356,14 @@ fn load_table(path: &Path, delimiter: u8) -> Result<Dataset> {
     let label_col = find(&["label"])
         .ok_or_else(|| Error::format(path, format!("no `label` column (found: {})", columns())))?;
     let mut rows = Vec::new();
-    for (row, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| Error::format(path, format!("line {}: {e}", row + 2)))?;
+    for record in reader.records() {
+        let record = record.map_err(|e| Error::format(path, format!("{e}")))?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
         let input = match pair_col {
             Some(p) => Input::Pair(record[text_col].to_string(), record[p].to_string()),
             None => Input::Text(record[text_col].to_string()),
         };
-        rows.push((input, record[label_col].to_string()));
+        rows.push((input, record[label_col].to_string(), line));
     }
     assemble(path, rows)
 }
@@ -321,7 +392,7 @@ fn load_jsonl(path: &Path) -> Result<Dataset> {
             Some(pair) => Input::Pair(text.to_string(), pair.to_string()),
             None => Input::Text(text.to_string()),
         };
-        rows.push((input, label));
+        rows.push((input, label, line_no + 1));
     }
     assemble(path, rows)
 }
@@ -383,6 +454,7 @@ fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
                 pixels: p.to_vec(),
             },
             label: l as f32,
+            line: None,
         })
         .collect();
     let n_classes = *label_bytes.iter().max().unwrap_or(&0) as usize + 1;
@@ -391,6 +463,7 @@ fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
             labels: (0..n_classes).map(|i| i.to_string()).collect(),
         },
         examples,
+        path: images.to_path_buf(),
     })
 }
 
@@ -591,8 +664,10 @@ mod tests {
                     id,
                     input: Input::Text(String::new()),
                     label: 0.0,
+                    line: None,
                 })
                 .collect(),
+            path: "x".into(),
         };
         let (t, v) = split(&ds, 0.2, 1);
         assert_eq!((t.len(), v.len()), (80, 20));

@@ -36,6 +36,7 @@ pub fn predict<B: FusedOps>(
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
     crate::tokenizer::check_vocab(rows, checkpoint.config.vocab_size())?;
+    crate::tokenizer::check_positions(rows, checkpoint.config.max_positions())?;
     let model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by_key(|&i| rows[i].input_ids.len());
@@ -61,6 +62,9 @@ pub fn predict<B: FusedOps>(
 pub struct EvalSet {
     pub rows: Vec<TokenizedRow>,
     pub labels: Vec<f32>,
+    /// Where each example is, and what the labels need of a model, for checking it.
+    locations: Vec<String>,
+    task: crate::data::Task,
 }
 
 impl EvalSet {
@@ -72,7 +76,7 @@ impl EvalSet {
         ids: &[usize],
         max_seq_len: usize,
     ) -> Result<Self> {
-        let dataset = crate::data::Dataset::load(&partition.data)?;
+        let dataset = partition.dataset()?;
         Self::of(tokenizer_dir, &dataset, ids, max_seq_len)
     }
 
@@ -86,7 +90,34 @@ impl EvalSet {
     ) -> Result<Self> {
         let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
         let (rows, labels) = crate::data::tokenize(dataset, ids, &tokenizer, max_seq_len)?;
-        Ok(Self { rows, labels })
+        let locations = ids.iter().map(|&id| dataset.locate(id)).collect();
+        Ok(Self {
+            rows,
+            labels,
+            locations,
+            task: dataset.task.clone(),
+        })
+    }
+
+    /// Checks that the labels fit a model of `num_labels` outputs.
+    fn check_labels(&self, num_labels: usize) -> Result<()> {
+        let regression = matches!(self.task, crate::data::Task::Regression);
+        if regression != (num_labels == 1) {
+            return Err(crate::error::Error::Invalid(format!(
+                "the model has {num_labels} outputs, which does not suit this task"
+            )));
+        }
+        match self
+            .labels
+            .iter()
+            .position(|&l| !regression && l as usize >= num_labels)
+        {
+            Some(i) => Err(crate::error::Error::Invalid(format!(
+                "{}: label {} is out of range for a model with {num_labels} labels",
+                self.locations[i], self.labels[i]
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The model's outputs (logits) for every example, in order.
@@ -117,6 +148,7 @@ impl EvalSet {
         device: &B::Device,
         on_batch: impl FnMut(usize),
     ) -> Result<Metrics> {
+        self.check_labels(checkpoint.config.num_labels())?;
         let outputs = self.predict::<B>(checkpoint, batch_size, device, on_batch)?;
         Ok(metrics(&outputs, &self.labels))
     }

@@ -17,6 +17,12 @@ pub fn tiny_text_model(dir: &Path) -> PathBuf {
     Checkpoint::random(&tiny_model(Variant::Bert, 2, 32, 4, 64, false), 1)
         .save(dir)
         .expect("fixture model is written");
+    write_vocabulary(dir);
+    dir.to_path_buf()
+}
+
+/// Writes the fixture's 64-token `vocab.txt` into a model folder (of vocabulary 64).
+pub fn write_vocabulary(dir: &Path) {
     let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         .map(String::from)
         .to_vec();
@@ -24,7 +30,6 @@ pub fn tiny_text_model(dir: &Path) -> PathBuf {
     vocab.extend((vocab.len()..64).map(|i| format!("[unused{i}]")));
     std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n")
         .expect("fixture vocabulary is written");
-    dir.to_path_buf()
 }
 
 /// Writes `n` one-sentence reviews as JSONL (label 1 for the positive words, alternating).

@@ -4,6 +4,11 @@
 //! sibling folder and the folder is renamed into place only once everything, manifest last,
 //! is on disk. An interrupted stage therefore never leaves an output that Make would take
 //! as done, and a failed one leaves nothing at all.
+//!
+//! A writer holds a lock on its output ([`OutputLock`]) while it writes: a second process
+//! writing the same output is refused with a clear message, and what a killed writer left
+//! behind (hidden staging folders) is removed by the next one. [`check_output_apart`]
+//! refuses an output that is, contains or lies inside one of the command's inputs.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -82,10 +87,208 @@ impl Write for HashingWriter<'_> {
     }
 }
 
+/// Exclusive right to write one output (a folder or a file), held through a lock file
+/// `.NAME.lock` beside it. A second process that asks for it is refused at once. The lock
+/// file is removed when the lock is released; a lock file left by a killed process holds
+/// no lock (the kernel drops it with the process) and is taken over.
+pub struct OutputLock {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl OutputLock {
+    /// Takes the lock of output `name` in folder `parent` (which must exist).
+    pub fn acquire(parent: &Path, name: &str, target: &Path) -> Result<Self> {
+        let path = parent.join(format!(".{name}.lock"));
+        loop {
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Invalid(format!(
+                        "{}: another process is writing it right now; wait for it to finish",
+                        target.display()
+                    )))
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
+            // A previous holder may have removed the file between our open and our lock:
+            // then we hold a lock on a file nobody else will see. Start again.
+            if same_file(&file, &path) {
+                return Ok(Self {
+                    path,
+                    file: Some(file),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &File, path: &Path) -> bool {
+    path.exists()
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so nobody can take a lock on it and keep using it.
+        let _ = fs::remove_file(&self.path);
+        drop(self.file.take());
+    }
+}
+
+/// Removes what interrupted writers of output `name` left in `parent`: hidden staging
+/// folders or files `.NAME.partial-*`. Only called with the output's lock held, so none
+/// of them belongs to a live writer.
+fn remove_stale_partials(parent: &Path, name: &str) -> Result<()> {
+    let prefix = format!(".{name}.partial-");
+    let entries = fs::read_dir(parent).map_err(|e| Error::io(parent, e))?;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// The output's file name and its parent folder (created if missing).
+fn output_parts(target: &Path) -> Result<(String, PathBuf)> {
+    let name = target
+        .file_name()
+        .filter(|n| *n != "." && *n != "..")
+        .ok_or_else(|| Error::Invalid(format!("{}: not a usable output name", target.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    Ok((name, parent))
+}
+
+/// An absolute, normalised form of `path`, whether or not it exists: the longest existing
+/// ancestor canonicalised (links resolved), the rest appended.
+fn absolute(path: &Path) -> PathBuf {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut existing = path.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
+    for name in rest.into_iter().rev() {
+        match name.to_str() {
+            Some("..") => {
+                out.pop();
+            }
+            Some(".") => {}
+            _ => out.push(name),
+        }
+    }
+    out
+}
+
+/// `path` relative to the folder `base` (both made absolute first): `../data/x.csv`.
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let (path, base) = (absolute(path), absolute(base));
+    let common = path
+        .components()
+        .zip(base.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = PathBuf::new();
+    for _ in base.components().skip(common) {
+        out.push("..");
+    }
+    for c in path.components().skip(common) {
+        out.push(c);
+    }
+    out
+}
+
+/// Refuses an output that is, contains or lies inside one of the inputs: writing it would
+/// destroy an input. Each path comes with the option that named it, for the message.
+pub fn check_output_apart(output: (&str, &Path), inputs: &[(&str, &Path)]) -> Result<()> {
+    let (out_flag, out) = output;
+    let out_abs = absolute(out);
+    for &(flag, input) in inputs {
+        let in_abs = absolute(input);
+        let relation = if out_abs == in_abs {
+            "is the same path as"
+        } else if out_abs.starts_with(&in_abs) {
+            "lies inside"
+        } else if in_abs.starts_with(&out_abs) {
+            "contains"
+        } else {
+            continue;
+        };
+        return Err(Error::Invalid(format!(
+            "{out_flag} {} {relation} {flag} {}: writing it would destroy an input; choose another output",
+            out.display(),
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a client id used as a folder name: one path component of letters, digits, `_`,
+/// `-` and `.`, not `.` or `..`.
+pub fn check_client_id(id: &str) -> Result<()> {
+    let safe = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if safe {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "client id `{id}` is not a plain name (letters, digits, `_`, `-`, `.`)"
+        )))
+    }
+}
+
 /// An output folder under construction; see the module docs.
 pub struct StagingDir {
     target: PathBuf,
     staging: PathBuf,
+    /// Held from creation to commit or drop; `None` for a folder nested in another, which
+    /// the outer folder's lock covers.
+    _lock: Option<OutputLock>,
     /// Where records say the files are: the target, or for a folder nested in another
     /// staging folder, its place in the outer folder's target.
     recorded_at: PathBuf,
@@ -96,30 +299,25 @@ pub struct StagingDir {
 impl StagingDir {
     pub fn new(target: impl AsRef<Path>) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
-        let name = target
-            .file_name()
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{}: not a usable output folder name",
-                    target.display()
-                ))
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let (name, parent) = output_parts(&target)?;
+        let lock = OutputLock::acquire(&parent, &name, &target)?;
+        Self::create(target, &name, &parent, Some(lock))
+    }
+
+    fn create(
+        target: PathBuf,
+        name: &str,
+        parent: &Path,
+        lock: Option<OutputLock>,
+    ) -> Result<Self> {
+        remove_stale_partials(parent, name)?;
         let staging = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-        }
         fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
         Ok(Self {
             recorded_at: target.clone(),
             target,
             staging,
+            _lock: lock,
             written: Vec::new(),
             committed: false,
         })
@@ -128,7 +326,7 @@ impl StagingDir {
     /// A folder `name` inside this one, written the same way; its records name the path it
     /// will have once this folder is committed.
     pub fn nested(&self, name: &str) -> Result<Self> {
-        let mut inner = StagingDir::new(self.staging.join(name))?;
+        let mut inner = Self::create(self.staging.join(name), name, &self.staging, None)?;
         inner.recorded_at = self.recorded_at.join(name);
         Ok(inner)
     }
@@ -229,17 +427,12 @@ impl Drop for StagingDir {
     }
 }
 
-/// Writes one file atomically (temp file in the same folder, then rename).
+/// Writes one file atomically (temp file in the same folder, then rename), under the
+/// file's lock.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<FileRecord> {
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (name, parent) = output_parts(path)?;
+    let _lock = OutputLock::acquire(&parent, &name, path)?;
+    remove_stale_partials(&parent, &name)?;
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp)?;

@@ -41,11 +41,30 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
     /// Examples a client update was trained on (local-train), its weight in FedAvg.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "example_count"
+    )]
     pub num_examples: Option<u64>,
     /// Stage-specific records (permutations, index maps, ...).
     #[serde(flatten)]
     pub details: Map<String, Value>,
+}
+
+/// A count of examples: a whole number no larger than any dataset could be, or a clear
+/// error (serde's own would not name the field).
+fn example_count<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    let v = Value::deserialize(d)?;
+    match v.as_u64().filter(|&n| n < 1 << 53) {
+        Some(n) => Ok(Some(n)),
+        None if v.is_null() => Ok(None),
+        None => Err(serde::de::Error::custom(format!(
+            "`num_examples` must be a whole number of examples, got {v}"
+        ))),
+    }
 }
 
 impl Manifest {

@@ -3,6 +3,8 @@
 //! (k examples per class per client). Every scheme is seeded; every example goes to at
 //! most one client (exactly one, except `kshot`, which takes only what it needs).
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataSource, Dataset};
@@ -30,6 +32,9 @@ pub struct ClientShard {
 /// `partition.json`: the data, its split, and every client's examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
+    /// The file it was read from (not stored).
+    #[serde(skip)]
+    pub file: std::path::PathBuf,
     pub data: DataSource,
     pub data_sha256: String,
     pub seed: u64,
@@ -41,10 +46,42 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn load(path: &std::path::Path) -> Result<Self> {
+    /// Reads `partition.json`. Data paths in it are relative to its folder (or absolute),
+    /// so a run works from any directory.
+    pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("invalid partition: {e}")))
+        let mut p: Partition = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid partition: {e}")))?;
+        let folder = path.parent().unwrap_or(Path::new(""));
+        p.data.path = folder.join(&p.data.path);
+        p.data.labels_path = p.data.labels_path.map(|l| folder.join(l));
+        p.file = path.to_path_buf();
+        Ok(p)
+    }
+
+    /// The partitioned dataset, checked against the sha256 recorded when it was
+    /// partitioned: example ids mean nothing in a file that has changed since.
+    pub fn dataset(&self) -> Result<Dataset> {
+        let got = crate::io::sha256_file(&self.data.path)?.sha256;
+        if got != self.data_sha256 {
+            return Err(Error::format(
+                &self.data.path,
+                format!(
+                    "changed since {} was made (sha256 {}..., recorded {}...); partition it again",
+                    self.file.display(),
+                    &got[..12],
+                    &self.data_sha256[..12.min(self.data_sha256.len())]
+                ),
+            ));
+        }
+        Dataset::load(&self.data)
+    }
+
+    /// How `data` is written in a partition file at `partition_path`: relative to the
+    /// file's folder.
+    pub fn stored_path(data: &Path, partition_path: &Path) -> std::path::PathBuf {
+        let folder = partition_path.parent().unwrap_or(Path::new(""));
+        crate::io::relative_to(data, folder)
     }
 
     pub fn client(&self, id: &str) -> Option<&ClientShard> {
@@ -167,6 +204,13 @@ pub fn partition(
             }
         }
     }
+    let empty = shards.iter().filter(|s| s.is_empty()).count();
+    if empty > 0 {
+        return Err(Error::Invalid(format!(
+            "{empty} of {clients} clients would get no example ({} training examples); use fewer clients",
+            train.len()
+        )));
+    }
     Ok(client_ids(clients)
         .into_iter()
         .zip(shards)
@@ -197,8 +241,10 @@ mod tests {
                     id,
                     input: Input::Text(String::new()),
                     label: (id % classes) as f32,
+                    line: None,
                 })
                 .collect(),
+            path: "x".into(),
         }
     }
 

@@ -29,6 +29,22 @@ impl Norm {
     }
 }
 
+/// Index of the first NaN or infinity. Scans in branch-free chunks (which vectorize) and
+/// searches element by element only in a chunk that has one.
+pub fn first_non_finite(data: &[f32]) -> Option<usize> {
+    const CHUNK: usize = 4096;
+    data.chunks(CHUNK).enumerate().find_map(|(k, chunk)| {
+        let all_finite = chunk.iter().fold(true, |ok, v| ok & v.is_finite());
+        (!all_finite).then(|| {
+            k * CHUNK
+                + chunk
+                    .iter()
+                    .position(|v| !v.is_finite())
+                    .expect("chunk has one")
+        })
+    })
+}
+
 /// A dense row-major f32 tensor. Linear weights keep PyTorch's `[out, in]` layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {

@@ -198,6 +198,28 @@ fn model_token_id(model: &WordPiece, token: &str) -> Option<u32> {
     model.token_to_id(token)
 }
 
+/// The sequence length to tokenize to: `--max-seq-len` if given, which must fit the
+/// model's `max_positions` position embeddings, else 64 or the model's positions if fewer.
+pub fn resolve_max_seq_len(given: Option<usize>, max_positions: usize) -> Result<usize> {
+    match given {
+        Some(n) if n > max_positions => Err(Error::Invalid(format!(
+            "--max-seq-len {n} is longer than the model's {max_positions} positions"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(64.min(max_positions)),
+    }
+}
+
+/// Checks that no row is longer than the model's `max_positions` position embeddings.
+pub fn check_positions(rows: &[TokenizedRow], max_positions: usize) -> Result<()> {
+    match rows.iter().map(|r| r.input_ids.len()).max() {
+        Some(longest) if longest > max_positions => Err(Error::Invalid(format!(
+            "rows of {longest} tokens are longer than the model's {max_positions} positions: lower --max-seq-len to {max_positions} or less"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// One tokenized example, unpadded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedRow {

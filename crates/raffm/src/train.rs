@@ -45,6 +45,44 @@ pub struct TrainOptions {
     pub seed: u64,
 }
 
+impl TrainOptions {
+    /// Checks every option, naming it as the command line does.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Invalid(m));
+        let lr = self.learning_rate;
+        if !(lr.is_finite() && lr > 0.0) {
+            return bad(format!("--lr must be a positive number, got {lr}"));
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad(format!(
+                "--warmup-ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be 0 or more, got {}",
+                self.weight_decay
+            ));
+        }
+        if let Some(n) = self.max_grad_norm.filter(|n| !(n.is_finite() && *n > 0.0)) {
+            return bad(format!(
+                "--max-grad-norm must be a positive number (0: no clipping), got {n}"
+            ));
+        }
+        if !(self.prox_mu.is_finite() && self.prox_mu >= 0.0) {
+            return bad(format!("--mu must be 0 or more, got {}", self.prox_mu));
+        }
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("--epochs and --batch-size must be at least 1".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
@@ -174,11 +212,7 @@ where
     if n == 0 {
         return Err(Error::Invalid("no training examples".into()));
     }
-    if options.batch_size == 0 || options.epochs == 0 {
-        return Err(Error::Invalid(
-            "batch size and epochs must be at least 1".into(),
-        ));
-    }
+    options.validate()?;
     let num_labels = checkpoint.config.num_labels();
     if data.regression != (num_labels == 1) {
         return Err(Error::Invalid(format!(
@@ -198,6 +232,7 @@ where
         }
     }
     crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size())?;
+    crate::tokenizer::check_positions(data.rows, checkpoint.config.max_positions())?;
     B::seed(device, options.seed);
     fused::seed_dropout(options.seed);
     let mut model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;

@@ -5,22 +5,7 @@ use std::collections::BTreeSet;
 
 use super::update::ClientUpdate;
 use crate::checkpoint::Checkpoint;
-
-/// Index of the first NaN or infinity. Scans in branch-free chunks (which vectorize) and
-/// searches element by element only in a chunk that has one.
-pub fn first_non_finite(data: &[f32]) -> Option<usize> {
-    const CHUNK: usize = 4096;
-    data.chunks(CHUNK).enumerate().find_map(|(k, chunk)| {
-        let all_finite = chunk.iter().fold(true, |ok, v| ok & v.is_finite());
-        (!all_finite).then(|| {
-            k * CHUNK
-                + chunk
-                    .iter()
-                    .position(|v| !v.is_finite())
-                    .expect("chunk has one")
-        })
-    })
-}
+use crate::tensor::first_non_finite;
 
 impl ClientUpdate {
     /// Why this update cannot be aggregated into `global`, if it cannot: it came from

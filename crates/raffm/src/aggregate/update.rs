@@ -6,7 +6,9 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::checkpoint::{decode_f32, map_file, read_config, Checkpoint, WEIGHTS_FILE};
+use crate::checkpoint::{
+    decode_f32, map_file, read_config, verify_recorded, Checkpoint, WEIGHTS_FILE,
+};
 use crate::elastic::index::{IndexMap, TensorIndex};
 use crate::error::{Error, Result};
 use crate::families::ModelConfig;
@@ -124,6 +126,12 @@ impl UpdateWeights {
             .map(|t| t.shape.iter().product::<usize>() as u64)
             .sum()
     }
+
+    /// sha256 and size of the file the weights were read from (`None` in memory).
+    fn file_hash(&self) -> Option<(String, u64)> {
+        let map = self.map.as_ref()?;
+        Some((crate::io::sha256_bytes(map), map.len() as u64))
+    }
 }
 
 /// A trained client model with what is needed to place it.
@@ -144,9 +152,24 @@ impl ClientUpdate {
     /// Reads a client's trained folder (checkpoint + local-train manifest). An update
     /// whose manifest has no placement is a full model (every index of every tensor).
     pub fn load(dir: &Path) -> Result<Self> {
-        let (config, _, _) = read_config(dir)?;
-        // Not re-hashed: the producing stage's manifest records the hashes of its outputs.
-        let weights = UpdateWeights::read(&dir.join(WEIGHTS_FILE), &config)?;
+        let (config, config_path, config_bytes) = read_config(dir)?;
+        let weights_path = dir.join(WEIGHTS_FILE);
+        let weights = UpdateWeights::read(&weights_path, &config)?;
+        // The files must be what the producing stage wrote: its manifest records them.
+        let (sha256, bytes) = weights.file_hash().expect("read from a file");
+        let read = [
+            FileRecord {
+                path: config_path.display().to_string(),
+                sha256: crate::io::sha256_bytes(&config_bytes),
+                bytes: config_bytes.len() as u64,
+            },
+            FileRecord {
+                path: weights_path.display().to_string(),
+                sha256,
+                bytes,
+            },
+        ];
+        verify_recorded(dir, &read)?;
         let manifest_path = dir.join(MANIFEST_FILE);
         let (manifest, manifest_record) = Manifest::load_recorded(&manifest_path)?;
         let files = manifest

@@ -251,6 +251,26 @@ impl ModelConfig {
         }
     }
 
+    /// The longest sequence the model's position embeddings cover.
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => match c.variant {
+                // RoBERTa counts positions from pad_token_id + 1.
+                bert::Variant::Roberta => {
+                    c.max_position_embeddings.saturating_sub(c.pad_token_id + 1)
+                }
+                bert::Variant::Bert | bert::Variant::DistilBert => c.max_position_embeddings,
+            },
+        }
+    }
+
+    /// Whether the family reads text through a tokenizer that travels with its checkpoints.
+    pub fn needs_tokenizer(&self) -> bool {
+        match self {
+            ModelConfig::Bert(_) => true,
+        }
+    }
+
     pub fn pad_token_id(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.pad_token_id,

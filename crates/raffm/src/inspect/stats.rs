@@ -109,7 +109,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
             "not a checkpoint folder (no config.json)",
         ));
     }
-    Checkpoint::load_with(dir, false)
+    Checkpoint::load(dir)
 }
 
 /// The architecture and every tensor's statistics of a checkpoint folder.

@@ -18,7 +18,7 @@ use raffm::ModelConfig;
 /// search for the sub-models needs: the pipeline's search space, strategy, policies and
 /// training shape.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-budgets", version)]
+#[command(name = "raffm-budgets", version, allow_negative_numbers = true)]
 struct Args {
     /// Pipeline definition (pipelines/*.json).
     #[arg(short, long)]
@@ -37,6 +37,13 @@ struct Args {
 fn run(args: Args) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let model = args.model.unwrap_or_else(|| pipeline.model.clone());
+    raffm::io::check_output_apart(
+        ("--output", &args.output),
+        &[
+            ("--pipeline", &args.pipeline),
+            ("the pipeline's model", &model),
+        ],
+    )?;
     let mut config = ModelConfig::load(&model.join(CONFIG_FILE))?;
     pipeline
         .search_space

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
-use raffm::data::{Dataset, Input};
+use raffm::data::Input;
 use raffm::device::DeviceChoice;
 use raffm::evaluate::{metrics, EvalSet};
 use raffm::io::{sha256_file, write_file_atomic};
@@ -22,7 +22,12 @@ use raffm::{with_backend, Checkpoint};
 /// --output, writes them atomically with the inputs' hashes. With --predictions, writes
 /// every example's id, text, label and the model's outputs (logits) as JSON lines.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-evaluate", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-evaluate",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Checkpoint folder.
     #[arg(short, long)]
@@ -38,8 +43,10 @@ struct Args {
     max_examples: Option<usize>,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    #[arg(long, default_value_t = 64)]
-    max_seq_len: usize,
+    /// Tokens per example, special tokens included (longer inputs are truncated; default:
+    /// 64, or the model's positions if fewer).
+    #[arg(long)]
+    max_seq_len: Option<usize>,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -54,6 +61,21 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let inputs = [
+        ("--model", args.model.as_path()),
+        ("--partition", args.partition.as_path()),
+    ];
+    for (flag, out) in [
+        ("--output", &args.output),
+        ("--predictions", &args.predictions),
+    ] {
+        if let Some(out) = out {
+            raffm::io::check_output_apart((flag, out), &inputs)?;
+        }
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let checkpoint = Checkpoint::load(&args.model)?;
     let partition = Partition::load(&args.partition)?;
     let mut ids = match args.split.as_str() {
@@ -85,8 +107,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         "evaluating [{bar:30}] {pos}/{len} {elapsed}<{eta}",
     )?);
     let start = std::time::Instant::now();
-    let dataset = Dataset::load(&partition.data)?;
-    let examples = EvalSet::of(&args.model, &dataset, &ids, args.max_seq_len)?;
+    let dataset = partition.dataset()?;
+    dataset.check_labels(&ids, checkpoint.config.num_labels())?;
+    let max_seq_len =
+        raffm::tokenizer::resolve_max_seq_len(args.max_seq_len, checkpoint.config.max_positions())?;
+    let examples = EvalSet::of(&args.model, &dataset, &ids, max_seq_len)?;
     let outputs = with_backend!(args.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         examples.predict::<Inner>(&checkpoint, args.batch_size, &device, |n| {

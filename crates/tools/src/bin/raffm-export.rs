@@ -23,7 +23,12 @@ use raffm::Checkpoint;
 /// LayerNorms normalise over fewer channels; a post-LayerNorm layer cannot be zeroed
 /// away): for it the command fails and says why.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-export", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-export",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// The sub-model's folder (its manifest.json holds the index map).
     #[arg(short, long)]
@@ -37,6 +42,10 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    raffm::io::check_output_apart(
+        ("--output", &args.output),
+        &[("--model", &args.model), ("--global", &args.global)],
+    )?;
     let sub = Checkpoint::load(&args.model)?;
     let manifest_path = args.model.join(MANIFEST_FILE);
     let placement = Manifest::load(&manifest_path)?.placement.with_context(|| {

@@ -18,7 +18,7 @@ use raffm::Checkpoint;
 /// --head-init zeros; zero biases; seeded) to a checkpoint, with the labels of a
 /// partition or given by --labels. This is round 0 of a federated run.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-init-head", version)]
+#[command(name = "raffm-init-head", version, allow_negative_numbers = true)]
 struct Args {
     /// Pre-trained checkpoint folder.
     #[arg(short, long)]
@@ -40,6 +40,9 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let mut inputs = vec![("--model", args.model.as_path())];
+    inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
+    raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let labels = match &args.partition {
         Some(p) => Partition::load(p)?.label_names,
         None => args.labels.clone(),
@@ -48,6 +51,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("give --partition or --labels");
     }
     let checkpoint = Checkpoint::load(&args.model)?;
+    checkpoint.check_tokenizer()?;
     let with_head =
         checkpoint
             .clone()

@@ -26,7 +26,12 @@ use raffm::inspect::{
 /// Text by default, JSON with --json. Differences are a report, not a failure: the exit
 /// code is non-zero only on errors.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-inspect", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-inspect",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

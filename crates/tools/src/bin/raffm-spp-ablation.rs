@@ -39,7 +39,12 @@ use raffm::{with_backend, Checkpoint};
 ///
 /// Writes the results as JSON to --output (read by raffm-report) and prints a table.
 #[derive(Parser, Debug)]
-#[command(name = "raffm-spp-ablation", version, verbatim_doc_comment)]
+#[command(
+    name = "raffm-spp-ablation",
+    version,
+    verbatim_doc_comment,
+    allow_negative_numbers = true
+)]
 struct Args {
     /// Trained global checkpoint, not prioritized (e.g. artifacts/default/round-5/global).
     #[arg(short, long)]
@@ -76,7 +81,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(f) = args.fractions.iter().find(|f| !(**f > 0.0 && **f <= 1.0)) {
         bail!("--fractions must lie in (0, 1], got {f}");
     }
+    let mut inputs = vec![
+        ("--global", args.global.as_path()),
+        ("--partition", args.partition.as_path()),
+    ];
+    inputs.extend(args.budgets.iter().map(|b| ("--budgets", b.as_path())));
+    raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let global = Checkpoint::load(&args.global)?;
+    let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
+        args.eval.max_seq_len,
+        global.config.max_positions(),
+    )?;
     let partition = Partition::load(&args.partition)?;
     let budgets = args.budgets.as_deref().map(Budgets::load).transpose()?;
     let base_space = budgets
@@ -90,7 +105,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
     let full = cost_model.cost(&global.config.widths());
     let ids = args.eval.validation_ids(&partition, &args.partition)?;
-    let examples = EvalSet::load(&args.global, &partition, &ids, args.eval.max_seq_len)?;
+    let examples = EvalSet::load(&args.global, &partition, &ids, max_seq_len)?;
 
     // Every configuration to try: (fraction, kind, sample index, layers).
     // A fraction below the smallest sub-model of the space is skipped, not an error.

@@ -1,0 +1,596 @@
+//! The catalogue of bad inputs: every case a skeptical user found, each refused with one
+//! line that names the file or option and the problem, with no output and no leftover, and
+//! with every input byte for byte as it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{bin, ok, run, snapshot, Fixture};
+use raffm::fixtures::tiny_reviews;
+
+/// Overwrites `bytes.len()` bytes of `file` at `offset`.
+fn overwrite(file: &str, offset: usize, bytes: &[u8]) {
+    let mut data = std::fs::read(file).unwrap();
+    data[offset..offset + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(file, data).unwrap();
+}
+
+/// The byte offset of tensor data in a safetensors file (past the header).
+fn data_start(file: &str) -> usize {
+    let bytes = std::fs::read(file).unwrap();
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+/// Puts a NaN into the first weight of a checkpoint folder and drops its manifest, so the
+/// hash check cannot be what catches it.
+fn poison(folder: &str) {
+    let file = format!("{folder}/model.safetensors");
+    overwrite(&file, data_start(&file), &f32::NAN.to_le_bytes());
+    let _ = std::fs::remove_file(format!("{folder}/manifest.json"));
+}
+
+fn edit_json(file: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(file, v.to_string()).unwrap();
+}
+
+struct Case {
+    name: &'static str,
+    binary: &'static str,
+    args: Vec<String>,
+    /// Words the one-line error must hold.
+    needles: Vec<String>,
+    /// What must not exist afterwards.
+    output: String,
+}
+
+fn case(
+    name: &'static str,
+    binary: &'static str,
+    args: &[&str],
+    needles: &[&str],
+    output: &str,
+) -> Case {
+    Case {
+        name,
+        binary,
+        args: args.iter().map(|s| s.to_string()).collect(),
+        needles: needles.iter().map(|s| s.to_string()).collect(),
+        output: output.to_string(),
+    }
+}
+
+#[test]
+fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
+    let f = Fixture::new();
+    let p = |s: &str| f.p(s);
+    let out = |s: &str| f.p(&format!("out/{s}"));
+    std::fs::create_dir_all(f.root.join("out")).unwrap();
+
+    // Inputs made bad for one case each.
+    let corrupt = f.copy("run/prioritized", "bad/corrupt");
+    let weights = format!("{corrupt}/model.safetensors");
+    overwrite(&weights, data_start(&weights) + 256, &[0x5a; 4096]);
+    let corrupt_update = f.copy("run/trained/c000", "bad/corrupt-update");
+    let weights = format!("{corrupt_update}/model.safetensors");
+    overwrite(
+        &weights,
+        data_start(&weights),
+        &[1000.0f32; 1024].map(f32::to_le_bytes).concat(),
+    );
+    let nan = f.copy("run/global", "bad/nan");
+    poison(&nan);
+    let no_tokenizer = f.copy("run/global", "bad/no-tokenizer");
+    std::fs::remove_file(format!("{no_tokenizer}/vocab.txt")).unwrap();
+    std::fs::remove_file(format!("{no_tokenizer}/manifest.json")).unwrap();
+    let flipped = f.copy("reviews.jsonl", "bad/reviews.jsonl");
+    let flipped_partition = f.copy("run/partition.json", "bad/partition.json");
+    edit_json(&flipped_partition, |p| {
+        p["data"]["path"] = "reviews.jsonl".into()
+    });
+    std::fs::write(
+        &flipped,
+        std::fs::read_to_string(&flipped)
+            .unwrap()
+            .replace("\"label\": 1", "\"label\": 0"),
+    )
+    .unwrap();
+    let mut bad_counts = Vec::new();
+    for (k, count) in [
+        ("zero", serde_json::json!(0)),
+        ("negative", serde_json::json!(-577)),
+        ("huge", serde_json::json!(1e30)),
+    ] {
+        let update = f.copy("run/trained/c000", &format!("bad/count-{k}"));
+        edit_json(&format!("{update}/manifest.json"), |m| {
+            m["num_examples"] = count
+        });
+        bad_counts.push(update);
+    }
+    let labels3 = f.copy("reviews.jsonl", "bad/labels3.jsonl");
+    std::fs::write(
+        &labels3,
+        std::fs::read_to_string(&labels3).unwrap()
+            + "{\"text\": \"the film was odd\", \"label\": 2}\n",
+    )
+    .unwrap();
+    ok(
+        "raffm-partition",
+        &[
+            "--data",
+            &labels3,
+            "--clients",
+            "1",
+            "--validation-fraction",
+            "0",
+            "--output",
+            &p("bad/labels3-partition.json"),
+        ],
+    );
+    let latin1 = f.p("bad/latin1.jsonl");
+    std::fs::write(&latin1, b"{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": 0}\n{\"text\": \"caf\xe9\", \"label\": 1}\n").unwrap();
+    let eleven = f.p("bad/eleven.jsonl");
+    tiny_reviews(Path::new(&eleven), 11);
+    let garbled = f.p("bad/participants.txt");
+    std::fs::write(&garbled, "c00x,,\n").unwrap();
+
+    let cases = vec![
+        case(
+            "corrupted bytes, prioritize",
+            "raffm-prioritize",
+            &["-i", &corrupt, "-o", &out("a")],
+            &["model.safetensors", "changed after it was written"],
+            &out("a"),
+        ),
+        case(
+            "corrupted bytes, extract",
+            "raffm-extract",
+            &["-g", &corrupt, "-o", &out("b"), "--clients", "c0"],
+            &["model.safetensors", "changed after it was written"],
+            &out("b"),
+        ),
+        case(
+            "corrupted bytes, evaluate",
+            "raffm-evaluate",
+            &[
+                "-m",
+                &corrupt,
+                "-p",
+                &p("run/partition.json"),
+                "-o",
+                &out("c.json"),
+            ],
+            &["model.safetensors", "changed after it was written"],
+            &out("c.json"),
+        ),
+        case(
+            "corrupted bytes, inspect",
+            "raffm-inspect",
+            &["tensors", &corrupt],
+            &["model.safetensors", "changed after it was written"],
+            &out("none"),
+        ),
+        case(
+            "corrupted update, aggregate",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &corrupt_update,
+                "-o",
+                &out("d"),
+            ],
+            &["model.safetensors", "changed after it was written"],
+            &out("d"),
+        ),
+        case(
+            "NaN weight, prioritize",
+            "raffm-prioritize",
+            &["-i", &nan, "-o", &out("e")],
+            &["model.safetensors", "non-finite"],
+            &out("e"),
+        ),
+        case(
+            "NaN weight, extract",
+            "raffm-extract",
+            &["-g", &nan, "-o", &out("f"), "--clients", "c0"],
+            &["model.safetensors", "non-finite"],
+            &out("f"),
+        ),
+        case(
+            "NaN weight, evaluate",
+            "raffm-evaluate",
+            &["-m", &nan, "-p", &p("run/partition.json")],
+            &["model.safetensors", "non-finite"],
+            &out("none"),
+        ),
+        case(
+            "data changed after partitioning, local-train",
+            "raffm-local-train",
+            &[
+                "-m",
+                &p("run/extracted/c000"),
+                "-p",
+                &flipped_partition,
+                "-c",
+                "c000",
+                "-o",
+                &out("g"),
+            ],
+            &["reviews.jsonl", "changed since"],
+            &out("g"),
+        ),
+        case(
+            "data changed after partitioning, evaluate",
+            "raffm-evaluate",
+            &["-m", &p("run/global"), "-p", &flipped_partition],
+            &["reviews.jsonl", "changed since"],
+            &out("none"),
+        ),
+        case(
+            "num_examples 0",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &bad_counts[0],
+                "-o",
+                &out("h"),
+            ],
+            &["client c000", "0 examples"],
+            &out("h"),
+        ),
+        case(
+            "num_examples -577",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &bad_counts[1],
+                "-o",
+                &out("i"),
+            ],
+            &["manifest.json", "num_examples"],
+            &out("i"),
+        ),
+        case(
+            "num_examples 1e30",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &bad_counts[2],
+                "-o",
+                &out("j"),
+            ],
+            &["manifest.json", "num_examples"],
+            &out("j"),
+        ),
+    ];
+    let train = |extra: &[&str], output: &str| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-m",
+            &p("run/extracted/c000"),
+            "-p",
+            &p("run/partition.json"),
+            "-c",
+            "c000",
+            "-o",
+            output,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let mut cases = cases;
+    for (k, (flag, value, needle)) in [
+        ("--lr", "NaN", "--lr"),
+        ("--lr", "inf", "--lr"),
+        ("--lr", "-0.001", "--lr"),
+        ("--warmup-ratio", "2", "--warmup-ratio"),
+        ("--max-grad-norm", "NaN", "--max-grad-norm"),
+        ("--max-steps", "0", "--max-steps"),
+        ("--max-seq-len", "1000", "--max-seq-len"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let o = out(&format!("train{k}"));
+        cases.push(Case {
+            name: "bad training option",
+            binary: "raffm-local-train",
+            args: train(&[flag, value], &o),
+            needles: vec![needle.to_string()],
+            output: o,
+        });
+    }
+    cases.extend([
+        case(
+            "--max-seq-len beyond the positions, evaluate",
+            "raffm-evaluate",
+            &[
+                "-m",
+                &p("run/global"),
+                "-p",
+                &p("run/partition.json"),
+                "--max-seq-len",
+                "1000",
+            ],
+            &["--max-seq-len", "positions"],
+            &out("none"),
+        ),
+        case(
+            "--param-fraction 1.5",
+            "raffm-extract",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-o",
+                &out("k"),
+                "--param-fraction",
+                "1.5",
+            ],
+            &["--param-fraction", "1.5"],
+            &out("k"),
+        ),
+        case(
+            "aggregate output = global",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &p("run/trained/c000"),
+                "-o",
+                &p("run/prioritized"),
+            ],
+            &["--output", "--global", "destroy"],
+            &out("none"),
+        ),
+        case(
+            "aggregate output = update",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &p("run/trained/c000"),
+                "-o",
+                &p("run/trained/c000"),
+            ],
+            &["--output", "--updates", "destroy"],
+            &out("none"),
+        ),
+        case(
+            "local-train output = model",
+            "raffm-local-train",
+            &[
+                "-m",
+                &p("run/extracted/c000"),
+                "-p",
+                &p("run/partition.json"),
+                "-c",
+                "c000",
+                "-o",
+                &p("run/extracted/c000"),
+            ],
+            &["--output", "--model"],
+            &out("none"),
+        ),
+        case(
+            "evaluate output inside the model",
+            "raffm-evaluate",
+            &[
+                "-m",
+                &p("run/global"),
+                "-p",
+                &p("run/partition.json"),
+                "-o",
+                &p("run/global/model.safetensors"),
+            ],
+            &["--output", "lies inside", "--model"],
+            &out("none"),
+        ),
+        case(
+            "prioritize -i X -o X",
+            "raffm-prioritize",
+            &["-i", &p("run/global"), "-o", &p("run/global")],
+            &["--output", "--input", "same path"],
+            &out("none"),
+        ),
+        case(
+            "client id that escapes",
+            "raffm-extract",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-o",
+                &out("l"),
+                "--clients",
+                "../../escape",
+            ],
+            &["../../escape", "not a plain name"],
+            &out("l"),
+        ),
+        case(
+            "a client twice",
+            "raffm-extract",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-o",
+                &out("m"),
+                "--clients",
+                "c005,c005",
+            ],
+            &["c005", "twice"],
+            &out("m"),
+        ),
+        case(
+            "label out of range, named by file and line",
+            "raffm-local-train",
+            &[
+                "-m",
+                &p("run/extracted/c000"),
+                "-p",
+                &p("bad/labels3-partition.json"),
+                "-c",
+                "c000",
+                "-o",
+                &out("n"),
+            ],
+            &["labels3.jsonl line 61", "label 2 is out of range"],
+            &out("n"),
+        ),
+        case(
+            "non-UTF-8 data, named by line",
+            "raffm-partition",
+            &[
+                "--data",
+                &latin1,
+                "--clients",
+                "1",
+                "--output",
+                &out("o.json"),
+            ],
+            &["latin1.jsonl", "line 3", "UTF-8"],
+            &out("o.json"),
+        ),
+        case(
+            "more clients than examples",
+            "raffm-partition",
+            &[
+                "--data",
+                &eleven,
+                "--clients",
+                "20",
+                "--output",
+                &out("p.json"),
+            ],
+            &["clients would get no example"],
+            &out("p.json"),
+        ),
+        case(
+            "--lr -0.001 is a number, not a flag",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &p("run/trained/c000"),
+                "--server-lr",
+                "-0.5",
+                "-o",
+                &out("q"),
+            ],
+            &["--server-lr", "-0.5"],
+            &out("q"),
+        ),
+        case(
+            "global without a tokenizer, prioritize",
+            "raffm-prioritize",
+            &["-i", &no_tokenizer, "-o", &out("r")],
+            &["no-tokenizer", "no tokenizer"],
+            &out("r"),
+        ),
+        case(
+            "global without a tokenizer, extract",
+            "raffm-extract",
+            &["-g", &no_tokenizer, "-o", &out("s"), "--clients", "c0"],
+            &["no-tokenizer", "no tokenizer"],
+            &out("s"),
+        ),
+        case(
+            "garbled participants",
+            "raffm-sample-clients",
+            &[
+                "--budgets",
+                &p("run/budgets.json"),
+                "--round",
+                "1",
+                "--per-round",
+                "2",
+                "--verify",
+                &garbled,
+            ],
+            &["participants.txt", "not the seeded draw"],
+            &out("none"),
+        ),
+    ]);
+
+    let inputs = snapshot(&f.root);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let o = run(c.binary, &args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        let mut why = Vec::new();
+        if o.status.success() {
+            why.push("exit 0".to_string());
+        }
+        if err.trim_end().lines().count() != 1 {
+            why.push(format!("{} lines", err.trim_end().lines().count()));
+        }
+        why.extend(
+            c.needles
+                .iter()
+                .filter(|n| !err.contains(n.as_str()))
+                .map(|n| format!("no `{n}`")),
+        );
+        if Path::new(&c.output).exists() {
+            why.push("output written".into());
+        }
+        if !why.is_empty() {
+            failures.push(format!(
+                "{}: {} -- {}",
+                c.name,
+                why.join(", "),
+                err.trim_end()
+            ));
+        }
+    }
+    // No case left hidden staging files or locks, and no input changed.
+    let hidden: Vec<PathBuf> = snapshot(&f.root)
+        .into_keys()
+        .filter(|p| {
+            let inside = p.strip_prefix(&f.root).unwrap();
+            inside
+                .components()
+                .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(hidden.is_empty(), "left behind: {hidden:?}");
+    assert_eq!(snapshot(&f.root), inputs, "an input changed");
+}
+
+#[test]
+fn a_run_reads_its_partition_from_any_working_directory() {
+    let f = Fixture::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(bin("raffm-evaluate"))
+        .current_dir(elsewhere.path())
+        .args(["-m", &f.p("run/global"), "-p", &f.p("run/partition.json")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
