@@ -41,15 +41,21 @@ fn make_round(pipeline: &Path, artifacts: &Path, n: usize) -> String {
 }
 
 fn make(goal: &str, pipeline: &Path, artifacts: &Path, n: usize) -> String {
+    let (ok, text) = make_with(&[goal, "NO_BUILD=1"], pipeline, artifacts, n);
+    assert!(ok, "make {goal} failed:\n{text}");
+    text
+}
+
+/// Runs make with `args` (goal and flags); whether it succeeded, and what it printed.
+fn make_with(args: &[&str], pipeline: &Path, artifacts: &Path, n: usize) -> (bool, String) {
     let out = Command::new("make")
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .arg(goal)
+        .args(args)
         .arg(format!("N={n}"))
         .arg("PIPELINE=tiny")
         .arg(format!("PIPELINE_FILE={}", pipeline.display()))
         .arg(format!("ARTIFACTS={}", artifacts.display()))
         .arg(format!("BIN={}", bin_dir().display()))
-        .arg("NO_BUILD=1")
         .output()
         .unwrap();
     let text = format!(
@@ -57,8 +63,7 @@ fn make(goal: &str, pipeline: &Path, artifacts: &Path, n: usize) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "make {goal} failed:\n{text}");
-    text
+    (out.status.success(), text)
 }
 
 /// Every folder under `root`, recursively.
@@ -168,6 +173,51 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     assert_eq!(resumed.matches("raffm-local-train").count(), 1, "{resumed}");
     assert_eq!(stamp(kept), kept_time);
     assert_eq!(read(global(&a, 2)), read(global(&b, 2)));
+
+    // A dry run of a finished run builds once and does nothing else; of the next round, it
+    // shows the clients the seeded draw will pick, and their commands.
+    let (ok, dry) = make_with(&["-n", "round"], &pipeline, &a, 2);
+    assert!(ok, "{dry}");
+    assert_eq!(dry.matches("cargo build").count(), 1, "{dry}");
+    assert!(
+        !dry.contains("raffm-local-train") && !dry.contains("raffm-aggregate"),
+        "{dry}"
+    );
+    let (ok, dry) = make_with(&["-n", "round", "NO_BUILD=1"], &pipeline, &a, 3);
+    assert!(ok, "{dry}");
+    assert_eq!(dry.matches("raffm-local-train").count(), 3, "{dry}");
+    assert!(dry.contains("round-3/trained/c0"), "{dry}");
+    assert!(
+        !a.join("tiny/round-3").exists(),
+        "a dry run wrote something"
+    );
+
+    // A participants file that is not the seeded draw is refused, naming it.
+    std::fs::create_dir_all(a.join("tiny/round-3")).unwrap();
+    std::fs::write(a.join("tiny/round-3/participants.txt"), "c000,c001\n").unwrap();
+    let (ok, text) = make_with(&["round", "NO_BUILD=1"], &pipeline, &a, 3);
+    assert!(
+        !ok && text.contains("participants.txt") && text.contains("not the seeded draw"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(a.join("tiny/round-3")).unwrap();
+
+    // A pipeline file that changed since the run was made is refused, not silently redone.
+    let changed = dir.path().join("changed.json");
+    let text = std::fs::read_to_string(&pipeline)
+        .unwrap()
+        .replace("\"seed\":3", "\"seed\":4");
+    std::fs::write(&changed, text).unwrap();
+    let (ok, text) = make_with(&["round", "NO_BUILD=1"], &changed, &a, 2);
+    assert!(!ok && text.contains("differs from the pipeline"), "{text}");
+    // A fresh copy of the same pipeline (newer file times) redoes nothing.
+    let same = dir.path().join("same.json");
+    std::fs::copy(&pipeline, &same).unwrap();
+    let again = make_round(&same, &a, 2);
+    assert!(
+        !again.contains("raffm-partition") && !again.contains("raffm-local-train"),
+        "{again}"
+    );
 
     // Clients got their own vocabularies: fewer token rows, a tokenizer to match, and a
     // manifest that says how many tokens came from the data and how many are decoys.
