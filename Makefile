@@ -112,7 +112,7 @@ SEED          ?=
 RUN           := $(ARTIFACTS)/$(PIPELINE)$(if $(SEED),-seed$(SEED))
 N             ?= 1
 R             ?= 1
-PIPELINES     ?= $(notdir $(RUN))
+PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
 NON_PIPELINE_GOALS := help build assets test bench check-cuda prioritize fmt lint clean
@@ -140,7 +140,9 @@ opt        = $(if $(2),$(1) $(2))
 comma     := ,
 # The round's clients: as drawn into participants.txt (c001,c007), or, before they are
 # drawn (`make -n`), as the seeded draw will make them; and as a Make list.
-DRAW         = $(BIN)/raffm-sample-clients --budgets $(RUN)/budgets.json --round $(R) --per-round $(PL_PER_ROUND) --seed $(PL_SEED)
+# DP-FedAvg draws by Poisson sampling at its sample rate, what its accountant assumes.
+DRAW_SIZE    = $(if $(PL_DP_RATE),--sample-rate $(PL_DP_RATE),--per-round $(PL_PER_ROUND))
+DRAW         = $(BIN)/raffm-sample-clients --budgets $(RUN)/budgets.json --round $(R) $(DRAW_SIZE) --seed $(PL_SEED)
 PARTICIPANTS = $(strip $(or $(file < $(RD)/participants.txt),$(if $(wildcard $(RUN)/budgets.json),$(shell $(DRAW) 2>/dev/null))))
 CLIENTS      = $(subst $(comma), ,$(PARTICIPANTS))
 
@@ -155,8 +157,11 @@ round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json
 	@$(MAKE) $(SUB_FLAGS) round-clients R=$(R)
 	@$(BIN)/raffm-report metrics $(RUN) --csv
 
-round-clients: $(if $(PARTICIPANTS),$(RD)/global/manifest.json)
-	$(if $(PARTICIPANTS),,@echo "round $(R): the clients are drawn once budgets.json exists; their commands follow then")
+# A Poisson draw may be empty: DP-FedAvg then aggregates noise alone.
+DRAWN = $(or $(PARTICIPANTS),$(wildcard $(RD)/participants.txt))
+
+round-clients: $(if $(DRAWN),$(RD)/global/manifest.json)
+	$(if $(DRAWN),,@echo "round $(R): the clients are drawn once budgets.json exists; their commands follow then")
 
 $(RUN)/pipeline.json: $(RUN)/pipeline.mk
 
@@ -172,8 +177,10 @@ $(RUN)/round-0/global/manifest.json: $(RUN)/partition.json
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
 	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
 
+# With DP and a target epsilon, a round that would pass the target does not start.
 $(RD)/participants.txt: $(RUN)/budgets.json
-	$(BIN)/raffm-sample-clients --budgets $< --round $(R) --per-round $(PL_PER_ROUND) --seed $(PL_SEED) --output $@
+	$(if $(PL_DP_TARGET),$(BIN)/raffm-privacy --sample-rate $(PL_DP_RATE) --noise-multiplier $(PL_DP_NOISE) --rounds $(R) $(call opt,--delta,$(PL_DP_DELTA)) --target-epsilon $(PL_DP_TARGET) --quiet)
+	$(DRAW) --output $@
 
 $(RD)/prioritized/manifest.json: $(PREV)/global/manifest.json
 	$(BIN)/raffm-prioritize --input $(PREV)/global --output $(@D) --quiet
@@ -184,12 +191,17 @@ $(RD)/extracted/.done: $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
 	touch $@
 
 TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
+# Experiments with an `attack`: the first `per_round` participants of the round.
+ATTACKERS = $(if $(PL_ATTACK),$(wordlist 1,$(PL_ATTACK_PER_ROUND),$(CLIENTS)))
 
 $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
-	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
+	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
 
-$(RD)/global/manifest.json: $(TRAINED)
-	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) $(call opt,--weighting,$(PL_WEIGHTING)) $(call opt,--server-lr,$(PL_SERVER_LR)) --partition $(RUN)/partition.json $(EVAL_FLAGS) --quiet --output $(@D)
+RULE_FLAGS = $(call opt,--rule,$(PL_RULE)) $(call opt,--trim-fraction,$(PL_TRIM_FRACTION)) $(call opt,--clip-norm,$(PL_CLIP_NORM))
+DP_FLAGS   = $(if $(PL_DP_NOISE),--dp-noise-multiplier $(PL_DP_NOISE) --dp-clip-norm $(PL_DP_CLIP) --dp-sample-rate $(PL_DP_RATE) --dp-expected-clients $(PL_DP_EXPECTED) $(call opt,--dp-delta,$(PL_DP_DELTA)) $(call opt,--dp-target-epsilon,$(PL_DP_TARGET)) $(call opt,--dp-seed,$(PL_DP_SEED)))
+
+$(RD)/global/manifest.json: $(TRAINED) $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
+	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) $(call opt,--weighting,$(PL_WEIGHTING)) $(call opt,--server-lr,$(PL_SERVER_LR)) $(RULE_FLAGS) $(DP_FLAGS) --round $(R) --partition $(RUN)/partition.json $(EVAL_FLAGS) --quiet --output $(@D)
 
 # ---- after the rounds: deployment, SPP ablation, report ------------------------------------
 #

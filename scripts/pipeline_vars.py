@@ -11,12 +11,26 @@ import json
 import sys
 
 
+def attack_option(path: str, attack: dict) -> str | None:
+    """`--attack` of raffm-local-train from the pipeline's `attack` object."""
+    if not attack:
+        return None
+    kind = attack.get("kind")
+    if kind == "scale":
+        return f"scale:{attack['factor']}"
+    if kind == "flip":
+        return "flip"
+    sys.exit(f"{path}: attack: unknown kind {kind!r} (expected scale or flip)")
+
+
 def main() -> None:
     path = sys.argv[1]
     p = json.load(open(path))
     data, part, rounds = p.get("data", {}), p.get("partition", {}), p.get("rounds", {})
     local, server = p.get("local", {}), p.get("server", {})
     evaluation = p.get("evaluation", {})
+    dp, attack = server.get("dp") or {}, p.get("attack") or {}
+    rate = dp.get("sample_rate")
     strategy = p.get("strategy", "salient")
     values = {
         "PL_MODEL": p["model"],
@@ -40,6 +54,21 @@ def main() -> None:
         "PL_FREEZE": "--freeze-embeddings" if local.get("freeze_embeddings") else "",
         "PL_WEIGHTING": server.get("weighting"),
         "PL_SERVER_LR": server.get("lr"),
+        "PL_RULE": server.get("rule"),
+        "PL_TRIM_FRACTION": server.get("trim_fraction"),
+        "PL_CLIP_NORM": server.get("clip_norm"),
+        # DP-FedAvg: Poisson sampling at sample_rate, the sum over the expected q * N; the
+        # noise seed from the pipeline (experiments) or RAFFM_DP_SEED (a secret).
+        "PL_DP_NOISE": dp.get("noise_multiplier"),
+        "PL_DP_CLIP": dp.get("clip_norm"),
+        "PL_DP_RATE": rate,
+        "PL_DP_EXPECTED": None if rate is None else rate * p["clients"],
+        "PL_DP_DELTA": dp.get("delta"),
+        "PL_DP_TARGET": dp.get("target_epsilon"),
+        "PL_DP_SEED": dp.get("seed"),
+        # Experiments: the first `per_round` participants of every round are malicious.
+        "PL_ATTACK": attack_option(path, attack),
+        "PL_ATTACK_PER_ROUND": attack.get("per_round", 1) if attack else None,
         "PL_EVAL_MAX": evaluation.get("max_examples"),
     }
     print(f"# generated from {path} by scripts/pipeline_vars.py")

@@ -1,26 +1,42 @@
-//! `raffm-aggregate`: heterogeneous FedAvg of the round's client updates.
+//! `raffm-aggregate`: the round's client updates combined into the next global model.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::json;
 
-use raffm::aggregate::{aggregate_dirs, Weighting};
+use raffm::aggregate::{aggregate_dirs, DpRound, Rule, ServerRule, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::cli::EvalArgs;
 use raffm::evaluate::evaluate_examples;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::Manifest;
 use raffm::partition::Partition;
+use raffm::privacy::{noise_seed, DpFedAvg, SEED_VARIABLE};
 use raffm::{with_backend, Checkpoint};
 
 /// Aggregates the round's trained client models into the next global model. Each element
-/// of the global model becomes the weighted mean of the values the clients hold for it,
-/// placed by each client's index map (from raffm-extract, carried by raffm-local-train);
-/// elements no client holds keep their value. Weights are the clients' example counts
-/// (or uniform); --server-lr 1.0 is plain FedAvg.
+/// of the global model is combined over the clients that hold it, placed by each client's
+/// index map (from raffm-extract, carried by raffm-local-train); elements no client holds
+/// keep their value. --server-lr 1.0 assigns the combined value itself.
+///
+/// Rules (--rule): fedavg, the mean weighted by example counts (or uniform); median, the
+/// coordinate-wise median; trimmed-mean, the coordinate-wise mean after dropping
+/// floor(β·n) of an element's n values at each end (--trim-fraction β; elements with fewer
+/// than 1/β holders are not trimmed, and manifest.json counts them per tensor). --clip-norm
+/// first clips every client's update (its weights minus the global ones, over what it
+/// holds) to that L2 norm.
+///
+/// DP-FedAvg (--dp-noise-multiplier and the other --dp options): updates clipped to
+/// --dp-clip-norm, summed unweighted, Gaussian noise of standard deviation σ·S on every
+/// element of the global model, divided by the expected number of participants. The noise
+/// seed comes from the environment variable RAFFM_DP_SEED (a secret; only its hash is
+/// written) or, for experiments, --dp-seed. The RDP accountant's epsilon after --round
+/// rounds goes into manifest.json; a round past --dp-target-epsilon is refused. Clients
+/// must have been drawn by Poisson sampling at --dp-sample-rate (raffm-sample-clients
+/// --sample-rate), which is what the accountant assumes.
 ///
 /// Every update is checked first: it was extracted from this global checkpoint (sha256 in
 /// its manifest), its shapes match its index map, and every value is finite. A bad update
@@ -39,15 +55,50 @@ struct Args {
     /// The round's global checkpoint (the one the sub-models were extracted from).
     #[arg(short, long)]
     global: PathBuf,
-    /// Trained client folders.
-    #[arg(short, long, num_args = 1.., required = true)]
+    /// Trained client folders (none: only with DP, whose Poisson draw may be empty).
+    #[arg(short, long, num_args = 0..)]
     updates: Vec<PathBuf>,
     /// Folder to write the new global checkpoint to.
     #[arg(short, long)]
     output: PathBuf,
-    /// Client weights: examples or uniform.
-    #[arg(long, default_value = "examples")]
-    weighting: Weighting,
+    /// How each element's values are combined: fedavg, median or trimmed-mean.
+    #[arg(long, default_value = "fedavg")]
+    rule: String,
+    /// trimmed-mean: the fraction β of an element's values dropped at each end, in (0, 0.5).
+    #[arg(long)]
+    trim_fraction: Option<f64>,
+    /// Clip every client's update to this L2 norm before combining.
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// Client weights in fedavg: examples or uniform [default: examples; uniform for the
+    /// median, trimmed mean and DP].
+    #[arg(long)]
+    weighting: Option<Weighting>,
+    /// DP-FedAvg: noise multiplier σ (the noise's standard deviation over the clip norm).
+    #[arg(long)]
+    dp_noise_multiplier: Option<f64>,
+    /// DP-FedAvg: the L2 norm S every update is clipped to.
+    #[arg(long)]
+    dp_clip_norm: Option<f64>,
+    /// DP-FedAvg: q, the probability with which each client was drawn this round.
+    #[arg(long)]
+    dp_sample_rate: Option<f64>,
+    /// DP-FedAvg: the expected number of participants q·N, the sum's fixed denominator.
+    #[arg(long)]
+    dp_expected_clients: Option<f64>,
+    /// DP-FedAvg: the δ of the reported (ε, δ).
+    #[arg(long, default_value_t = 1e-5)]
+    dp_delta: f64,
+    /// DP-FedAvg: refuse a round that would take the cumulative ε past this.
+    #[arg(long)]
+    dp_target_epsilon: Option<f64>,
+    /// DP-FedAvg: the noise seed, written into the manifest (experiments; a deployment
+    /// keeps it secret in RAFFM_DP_SEED instead).
+    #[arg(long)]
+    dp_seed: Option<u64>,
+    /// The round this aggregation makes (1 for the first); DP composes over rounds 1..=R.
+    #[arg(long)]
+    round: Option<u64>,
     /// Server learning rate: new = old + lr * (mean - old).
     #[arg(long, default_value_t = 1.0)]
     server_lr: f64,
@@ -63,29 +114,94 @@ struct Args {
     quiet: bool,
 }
 
+/// The server's rule from the options, and where the DP noise seed came from.
+fn server_rule(args: &Args) -> anyhow::Result<(ServerRule, Option<raffm::privacy::SeedRecord>)> {
+    let rule = Rule::parse(&args.rule, args.trim_fraction)?;
+    let dp_options = [
+        ("--dp-noise-multiplier", args.dp_noise_multiplier),
+        ("--dp-clip-norm", args.dp_clip_norm),
+        ("--dp-sample-rate", args.dp_sample_rate),
+        ("--dp-expected-clients", args.dp_expected_clients),
+    ];
+    let given: Vec<&str> = dp_options
+        .iter()
+        .filter(|(_, v)| v.is_some())
+        .map(|(n, _)| *n)
+        .collect();
+    let (dp, seed) = match given.len() {
+        0 => {
+            if args.dp_target_epsilon.is_some() || args.dp_seed.is_some() {
+                bail!("--dp-target-epsilon and --dp-seed apply to DP-FedAvg: give --dp-noise-multiplier and the other --dp options");
+            }
+            (None, None)
+        }
+        4 => {
+            let round = args
+                .round
+                .context("DP-FedAvg needs --round (the accountant composes rounds 1..=R)")?;
+            let settings = DpFedAvg {
+                noise_multiplier: args.dp_noise_multiplier.unwrap(),
+                clip_norm: args.dp_clip_norm.unwrap(),
+                sample_rate: args.dp_sample_rate.unwrap(),
+                expected_clients: args.dp_expected_clients.unwrap(),
+                delta: args.dp_delta,
+                target_epsilon: args.dp_target_epsilon,
+            };
+            let environment = std::env::var(SEED_VARIABLE).ok();
+            let (seed, record) = noise_seed(args.dp_seed, environment.as_deref())?;
+            (
+                Some(DpRound {
+                    settings,
+                    seed,
+                    round,
+                }),
+                Some(record),
+            )
+        }
+        _ => {
+            let missing: Vec<&str> = dp_options
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(n, _)| *n)
+                .collect();
+            bail!(
+                "DP-FedAvg needs {} as well as {}",
+                missing.join(", "),
+                given.join(", ")
+            );
+        }
+    };
+    let order_statistic_or_dp = rule.is_order_statistic() || dp.is_some();
+    let weighting = args.weighting.unwrap_or(match order_statistic_or_dp {
+        true => Weighting::Uniform,
+        false => Weighting::Examples,
+    });
+    let rule = ServerRule {
+        rule,
+        weighting,
+        server_lr: args.server_lr,
+        clip_norm: args.clip_norm,
+        dp,
+    };
+    Ok((rule, seed))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let mut inputs = vec![("--global", args.global.as_path())];
     inputs.extend(args.updates.iter().map(|u| ("--updates", u.as_path())));
     inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
     raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
-    if !(args.server_lr.is_finite() && args.server_lr > 0.0) {
-        bail!(
-            "--server-lr must be a positive number, got {}",
-            args.server_lr
-        );
+    let (rule, seed_record) = server_rule(&args)?;
+    rule.validate()?;
+    if let Some(dp) = &rule.dp {
+        dp.settings.check_target(dp.round)?;
     }
     let global = Checkpoint::load(&args.global)?;
     let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
         args.eval.max_seq_len,
         global.config.max_positions(),
     )?;
-    let outcome = aggregate_dirs(
-        &global,
-        &args.updates,
-        args.weighting,
-        args.server_lr,
-        args.skip_bad,
-    )?;
+    let outcome = aggregate_dirs(&global, &args.updates, &rule, args.skip_bad)?;
     for s in &outcome.skipped {
         let who = s
             .client
@@ -100,7 +216,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let next = &outcome.model;
     let coverage = &outcome.coverage;
     let mean_params = outcome.clients.iter().map(|c| c.parameters).sum::<u64>() as f64
-        / outcome.clients.len() as f64;
+        / outcome.clients.len().max(1) as f64;
     let mut inputs = global.files.clone();
     inputs.extend(outcome.inputs.iter().cloned());
 
@@ -108,11 +224,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         "aggregate",
         "raffm-aggregate",
         json!({
-            "global": args.global, "updates": args.updates, "output": args.output, "weighting": args.weighting,
-            "server_lr": args.server_lr, "skip_bad": args.skip_bad, "partition": args.partition,
+            "global": args.global, "updates": args.updates, "output": args.output, "rule": rule.rule,
+            "clip_norm": rule.clip_norm, "weighting": rule.weighting, "server_lr": args.server_lr,
+            "skip_bad": args.skip_bad, "partition": args.partition, "round": args.round,
             "eval_max_examples": args.eval.eval_max_examples,
         }),
     );
+    if let (Some(dp), Some(seed)) = (&rule.dp, &seed_record) {
+        let record = dp.settings.record(dp.round, seed);
+        manifest
+            .metrics
+            .insert("epsilon".into(), json!(record.epsilon));
+        manifest
+            .metrics
+            .insert("epsilon_round".into(), json!(record.epsilon_round));
+        if !args.quiet {
+            eprintln!(
+                "privacy: epsilon {:.4} at delta {} after {} rounds ({:.4} per round)",
+                record.epsilon, dp.settings.delta, dp.round, record.epsilon_round
+            );
+        }
+        manifest.details.insert("privacy".into(), json!(record));
+    }
     manifest.inputs = inputs;
     manifest.architecture = Some(next.config.widths());
     manifest.parameter_count = Some(next.parameter_count());
@@ -124,6 +257,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         .details
         .insert("skipped".into(), json!(outcome.skipped));
     manifest.details.insert("coverage".into(), json!(coverage));
+    manifest
+        .details
+        .insert("tensors".into(), json!(outcome.tensors));
     manifest
         .metrics
         .insert("clients".into(), json!(outcome.clients.len()));

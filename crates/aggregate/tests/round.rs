@@ -15,6 +15,11 @@ fn bin_dir() -> PathBuf {
 
 /// Model, data and pipeline file of the tiny pipeline.
 fn fixture(dir: &Path) -> PathBuf {
+    fixture_with(dir, |_| {})
+}
+
+/// The tiny pipeline with `edit` applied to its settings.
+fn fixture_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
     let model = tiny_text_model(&dir.join("model"));
     tiny_reviews(&dir.join("reviews.jsonl"), 120);
     let pipeline = serde_json::json!({
@@ -31,6 +36,8 @@ fn fixture(dir: &Path) -> PathBuf {
         "local": {"epochs": 1, "batch_size": 8, "max_seq_len": 16, "lr": 1e-3},
         "seed": 3
     });
+    let mut pipeline = pipeline;
+    edit(&mut pipeline);
     let path = dir.join("tiny.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
     path
@@ -371,4 +378,107 @@ fn deploy_ablation_and_report_after_the_rounds() {
     for link in linked {
         assert_valid_svg(&report_dir.join(link));
     }
+}
+
+fn manifest(path: PathBuf) -> serde_json::Value {
+    serde_json::from_slice(&read(path)).unwrap()
+}
+
+#[test]
+fn dp_rounds_record_their_epsilon_and_a_round_past_the_target_does_not_start() {
+    use raffm::privacy::accountant::epsilon;
+    let (q, sigma, delta) = (0.5, 1.0, 1e-5);
+    // A target between the loss after two rounds and after three.
+    let target = (epsilon(q, sigma, 2, delta).epsilon + epsilon(q, sigma, 3, delta).epsilon) / 2.0;
+    let dir = tempfile::tempdir().unwrap();
+    let dp = serde_json::json!({"noise_multiplier": sigma, "clip_norm": 0.5, "sample_rate": q,
+                                "delta": delta, "target_epsilon": target, "seed": 11});
+    let pipeline = fixture_with(dir.path(), |p| {
+        p["server"] = serde_json::json!({"dp": dp.clone()});
+    });
+    // A client vocabulary tells the server which tokens a client's data holds: refused.
+    let a = dir.path().join("a");
+    let (ok, text) = make_with(&["round", "NO_BUILD=1"], &pipeline, &a, 1);
+    assert!(
+        !ok && text.contains("vocabulary: client") && text.contains("server.dp"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&a).unwrap();
+    let pipeline = fixture_with(dir.path(), |p| {
+        p["server"] = serde_json::json!({"dp": dp.clone()});
+        p["vocabulary"] = "full".into();
+    });
+    let out = make_round(&pipeline, &a, 2);
+    assert!(
+        out.contains("--sample-rate 0.5") && out.contains("--dp-expected-clients 3"),
+        "{out}"
+    );
+    for r in 1..=2u64 {
+        let m = manifest(a.join(format!("tiny/round-{r}/global/manifest.json")));
+        let want = epsilon(q, sigma, r, delta).epsilon;
+        let got = m["privacy"]["epsilon"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() < 1e-12,
+            "round {r}: {got} against {want}"
+        );
+        assert_eq!(m["metrics"]["epsilon"], m["privacy"]["epsilon"]);
+        assert_eq!(m["privacy"]["noise_seed"]["seed"], 11);
+        // Every element got noise, held or not.
+        assert_eq!(
+            m["coverage"]["updated_elements"],
+            m["coverage"]["total_elements"]
+        );
+        assert!(m["tensors"][0]["noise_std"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    let metrics = String::from_utf8(read(a.join("tiny/metrics.jsonl"))).unwrap();
+    assert!(
+        metrics.lines().nth(2).unwrap().contains("\"epsilon\":"),
+        "{metrics}"
+    );
+    let (ok, text) = make_with(&["round", "NO_BUILD=1"], &pipeline, &a, 3);
+    assert!(
+        !ok && text.contains("past the target epsilon") && text.contains("rounds 1-2"),
+        "{text}"
+    );
+    assert!(
+        !a.join("tiny/round-3/participants.txt").exists(),
+        "round 3 started"
+    );
+}
+
+#[test]
+fn an_attacker_is_recorded_in_its_manifest_and_the_median_rule_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = fixture_with(dir.path(), |p| {
+        p["server"] = serde_json::json!({"rule": "median"});
+        p["attack"] = serde_json::json!({"kind": "scale", "factor": 100, "per_round": 1});
+    });
+    let a = dir.path().join("a");
+    make_round(&pipeline, &a, 1);
+    let round = a.join("tiny/round-1");
+    let drawn = std::fs::read_to_string(round.join("participants.txt")).unwrap();
+    let clients: Vec<&str> = drawn.trim().split(',').collect();
+    for (i, c) in clients.iter().enumerate() {
+        let m = manifest(round.join(format!("trained/{c}/manifest.json")));
+        match i {
+            0 => assert_eq!(
+                m["attack"],
+                serde_json::json!({"kind": "scale", "factor": 100.0})
+            ),
+            _ => assert!(m.get("attack").is_none(), "{c} attacked"),
+        }
+    }
+    let global = manifest(round.join("global/manifest.json"));
+    assert_eq!(global["parameters"]["rule"]["rule"], "median");
+    assert_eq!(global["parameters"]["weighting"], "uniform");
+    let aggregated = global["clients"].as_array().unwrap();
+    assert_eq!(aggregated[0]["attack"]["kind"], "scale");
+    // The attacker's update is a hundred times an honest one's size.
+    let norm = |i: usize| aggregated[i]["update_norm"].as_f64().unwrap();
+    assert!(norm(0) > 10.0 * norm(1).max(norm(2)), "{aggregated:?}");
+    assert!(global["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["single_holder"].as_u64() > Some(0)));
 }

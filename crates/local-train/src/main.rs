@@ -8,6 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use raffm::attack::Attack;
 use raffm::data::{tokenize, Task};
 use raffm::device::DeviceChoice;
 use raffm::elastic::TensorKind;
@@ -81,6 +82,11 @@ struct Args {
     max_steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Make this client malicious, for robustness experiments and tests only: scale:F sends
+    /// the model it started from plus F times its update, flip sends the update negated.
+    /// Recorded in manifest.json.
+    #[arg(long)]
+    attack: Option<String>,
     /// Device: cpu, cuda or cuda:N (cuda needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -90,6 +96,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let attack: Option<Attack> = args.attack.as_deref().map(str::parse).transpose()?;
     raffm::io::check_output_apart(
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
@@ -166,13 +173,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         progress.set_message(format!("loss {:.4}  {rate:.1} ex/s", step.loss));
         progress.inc(1);
     };
-    let (trained, report) = with_backend!(
+    let (mut trained, report) = with_backend!(
         args.device,
         B,
         device,
         train::<B>(&checkpoint, &data, &options, &device, on_step)?
     );
     progress.finish_and_clear();
+    if let Some(attack) = attack {
+        attack.apply(&checkpoint, &mut trained)?;
+    }
 
     let mut manifest = Manifest::new(
         "local-train",
@@ -180,7 +190,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         json!({
             "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
             "max_examples": args.max_examples, "max_seq_len": max_seq_len, "device": args.device.to_string(),
-            "options": options,
+            "options": options, "attack": attack,
         }),
     );
     manifest.seeds.insert("seed".into(), json!(args.seed));
@@ -217,6 +227,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     m.insert("bytes_uploaded".into(), json!(uploaded));
     m.insert("step_losses".into(), json!(report.step_losses));
     manifest.details.insert("client".into(), json!(args.client));
+    if let Some(attack) = attack {
+        manifest.details.insert("attack".into(), json!(attack));
+    }
     manifest.num_examples = Some(ids.len() as u64);
     // Where the update belongs: carried over from raffm-extract's manifest.
     manifest.placement = extracted.and_then(|m| m.placement);

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use raffm::aggregate::{aggregate_dirs, Weighting};
+use raffm::aggregate::{aggregate_dirs, ServerRule, Weighting};
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::extract::{write_client, ClientRequest, Strategy};
 use raffm::io::StagingDir;
@@ -99,7 +99,13 @@ fn main() {
     let aggregate_once = || {
         let start = Instant::now();
         let global = Checkpoint::load(dir.path().join("global")).unwrap();
-        let outcome = aggregate_dirs(&global, &dirs, Weighting::Uniform, 1.0, false).unwrap();
+        let outcome = aggregate_dirs(
+            &global,
+            &dirs,
+            &ServerRule::fedavg(Weighting::Uniform, 1.0),
+            false,
+        )
+        .unwrap();
         outcome.model.save(dir.path().join("next")).unwrap();
         (start.elapsed().as_secs_f64(), outcome)
     };

@@ -78,6 +78,20 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The same model with new values: config, naming, source and tokenizer kept, no file
+    /// records (it was not read from a file).
+    pub fn with_tensors(&self, tensors: BTreeMap<String, HostTensor>) -> Checkpoint {
+        Checkpoint {
+            config: self.config.clone(),
+            tensors,
+            prefixed: self.prefixed,
+            source: self.source.clone(),
+            files: Vec::new(),
+            ignored: self.ignored.clone(),
+            tokenizer: self.tokenizer.clone(),
+        }
+    }
+
     /// Checks that a text model's folder has its tokenizer (`tokenizer.json` or
     /// `vocab.txt`): every stage after this one tokenizes with it.
     pub fn check_tokenizer(&self) -> Result<()> {

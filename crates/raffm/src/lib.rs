@@ -9,6 +9,7 @@
 //! The binaries choose the global allocator; the library leaves it to them.
 
 pub mod aggregate;
+pub mod attack;
 pub mod checkpoint;
 pub mod cli;
 pub mod contract;
@@ -29,6 +30,7 @@ pub mod manifest;
 pub mod partition;
 pub mod pipeline;
 pub mod prioritize;
+pub mod privacy;
 pub mod rng;
 pub mod search;
 pub mod sys;

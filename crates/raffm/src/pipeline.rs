@@ -86,6 +86,10 @@ impl Pipeline {
         if self.tiers.is_empty() {
             return Err("`tiers` is empty".into());
         }
+        let dp = self.rest.get("server").and_then(|s| s.get("dp"));
+        if dp.is_some() && self.vocabulary == VocabularyMode::Client {
+            return Err("`vocabulary: client` with `server.dp`: which token rows a client holds depends on its data, so DP-FedAvg's guarantee does not cover it; use the full vocabulary".into());
+        }
         if self.rest.contains_key("inference_multiplier") {
             return Err("`inference_multiplier` is gone: a tier's `memory_bytes` is its device memory, for training and deployment alike".into());
         }

@@ -49,6 +49,15 @@ impl SplitMix64 {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
+    /// Two independent standard normals by Box-Muller (both of its outputs).
+    pub fn normal_pair(&mut self) -> (f64, f64) {
+        let u1 = 1.0 - self.next_f64(); // (0, 1]
+        let u2 = self.next_f64();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (sin, cos) = (2.0 * std::f64::consts::PI * u2).sin_cos();
+        (r * cos, r * sin)
+    }
+
     /// Gamma(shape, 1) by Marsaglia-Tsang; shapes below 1 by the `U^(1/shape)` boost.
     pub fn gamma(&mut self, shape: f64) -> f64 {
         assert!(shape > 0.0, "gamma shape must be positive");

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{max_abs_diff, minilm_dir, sentences};
-use raffm::aggregate::{aggregate, ClientUpdate, UpdateWeights};
+use raffm::aggregate::{aggregate, ClientUpdate};
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::elastic::{Axis, AxisSizes, Widths};
 use raffm::extract::{
@@ -245,14 +245,7 @@ fn a_narrower_shallower_sub_model_aggregated_unchanged_gives_back_the_real_model
         let map = selection_map(&global.config, &widths, &selection);
         let sub = extract(&global, &widths, &map).unwrap();
         assert!(padding_obstacle(&global.config, &widths).is_some());
-        let update = ClientUpdate {
-            client: "c".into(),
-            weights: UpdateWeights::from_checkpoint(sub),
-            index_map: map,
-            global_sha256: global.weights_sha256().map(str::to_string),
-            num_examples: Some(576),
-            files: Vec::new(),
-        };
+        let update = ClientUpdate::in_memory("c", sub, map, &global, 576);
         update.check(&global).unwrap();
         let (out, coverage) = aggregate(&global, &[(&update, 576.0)], 1.0);
         assert!(coverage.updated_elements < coverage.total_elements / 2);

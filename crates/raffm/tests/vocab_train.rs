@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use raffm::aggregate::{aggregate, ClientUpdate, UpdateWeights};
+use raffm::aggregate::{aggregate, ClientUpdate};
 use raffm::burn::backend::Autodiff;
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::data::{tokenize, DataSource, Dataset, Format};
@@ -47,14 +47,7 @@ fn train_and_aggregate(
         ..Default::default()
     };
     let (trained, _) = train::<B>(model, &data, &options, &Default::default(), |_| {}).unwrap();
-    let update = ClientUpdate {
-        client: "c0".into(),
-        weights: UpdateWeights::from_checkpoint(trained),
-        index_map: map.clone(),
-        global_sha256: global.weights_sha256().map(str::to_string),
-        num_examples: Some(ids.len() as u64),
-        files: Vec::new(),
-    };
+    let update = ClientUpdate::in_memory("c0", trained, map.clone(), global, ids.len() as u64);
     update.check(global).unwrap();
     aggregate(global, &[(&update, ids.len() as f64)], 1.0).0
 }

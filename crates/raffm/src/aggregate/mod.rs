@@ -1,15 +1,24 @@
-//! Heterogeneous FedAvg (paper eq. 7): every element of the global model becomes the
-//! weighted mean of the values that the participating clients hold for it, placed by each
-//! client's index map; elements that no client holds keep their value, bit for bit.
+//! Aggregation over heterogeneous sub-models: every element of the global model is combined
+//! over the clients that hold it, placed by each client's index map; elements that no
+//! client holds keep their value, bit for bit.
 //!
-//! With a server learning rate `eta` the new value is `old + eta * (mean - old)`; `eta = 1`
-//! is plain FedAvg and assigns the mean itself. Sums are kept in f64, so identical
-//! updates average back to exactly themselves.
+//! The rules ([`rule`]): heterogeneous FedAvg (paper eq. 7), the weighted mean, kept in f64
+//! so identical updates average back to exactly themselves; the coordinate-wise median and
+//! trimmed mean ([`robust`]); each optionally after clipping every client's update to an L2
+//! bound ([`clip`]); and DP-FedAvg (clipping, Gaussian noise on every element, a fixed
+//! denominator; see [`crate::privacy`]). With a server learning rate `eta` the new value is
+//! `old + eta * (combined - old)`.
 //!
-//! [`update`] reads an update, [`check`] validates it, [`sums`] accumulates it, and
+//! [`update`] reads an update, [`check`] validates it, [`sums`] accumulates FedAvg one
+//! update at a time, [`report`] records per tensor how many clients held it, and
 //! [`aggregate_dirs`] drives them over a round's folders.
 
 pub mod check;
+pub mod clip;
+mod placement;
+pub mod report;
+pub mod robust;
+pub mod rule;
 pub mod sums;
 pub mod update;
 
@@ -17,8 +26,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attack::Attack;
 use crate::checkpoint::Checkpoint;
+use crate::elastic::Axis;
 use crate::error::{Error, Result};
+pub use report::TensorReport;
+pub use rule::{DpRound, Rule, ServerRule};
 pub use sums::Accumulator;
 pub use update::{ClientUpdate, UpdateWeights};
 
@@ -61,9 +74,10 @@ impl Weighting {
 }
 
 /// Per-tensor statistics of an aggregation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Coverage {
-    /// Elements of the global model that at least one client updated.
+    /// Elements of the global model that changed: those at least one client updated (with
+    /// DP, all of them).
     pub updated_elements: u64,
     pub total_elements: u64,
 }
@@ -74,6 +88,14 @@ pub struct Contribution {
     pub client: String,
     pub weight: f64,
     pub parameters: u64,
+    /// L2 norm of its update w_c − w_global over the elements it holds.
+    pub update_norm: f64,
+    /// The factor clipping scaled its update by (1: within the bound), where it was clipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_scale: Option<f64>,
+    /// The attack its update was made with (experiments).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attack: Option<Attack>,
 }
 
 /// An update that was left out, and why.
@@ -90,22 +112,91 @@ pub struct Outcome {
     pub coverage: Coverage,
     pub clients: Vec<Contribution>,
     pub skipped: Vec<Skipped>,
+    /// Per global tensor: holders, and what the rule could do with them.
+    pub tensors: Vec<TensorReport>,
     /// Every update file read, with the hash its producer recorded.
     pub inputs: Vec<crate::io::FileRecord>,
 }
 
-/// Reads, checks and aggregates the update folders `dirs` into the next global model.
-/// One thread reads and checks the next update while the other adds the current one, so
-/// reading overlaps the arithmetic and one update at a time is in memory. A bad update is
-/// an error naming the client, or with `skip_bad` is left out and recorded.
+/// Where the updates go as they arrive: into running sums (FedAvg), or kept, mapped, until
+/// all are in (median, trimmed mean).
+enum Combiner<'g> {
+    Sums(Accumulator<'g>),
+    Kept(Vec<(ClientUpdate, f64)>),
+}
+
+impl<'g> Combiner<'g> {
+    fn new(global: &'g Checkpoint, rule: &ServerRule) -> Self {
+        match rule.rule.is_order_statistic() {
+            true => Combiner::Kept(Vec::new()),
+            false => Combiner::Sums(Accumulator::new(global, rule.clip().is_some())),
+        }
+    }
+
+    fn add(&mut self, update: ClientUpdate, weight: f64, scale: f64) {
+        match self {
+            Combiner::Sums(sums) => sums.add(&update, weight, scale),
+            Combiner::Kept(kept) => kept.push((update, scale)),
+        }
+    }
+
+    fn finish(
+        self,
+        global: &Checkpoint,
+        rule: &ServerRule,
+    ) -> (Checkpoint, Coverage, Vec<TensorReport>) {
+        let (model, coverage, mut tensors) = match self {
+            Combiner::Sums(sums) => sums.finish(rule),
+            Combiner::Kept(kept) => {
+                let refs: Vec<(&ClientUpdate, f64)> = kept.iter().map(|(u, s)| (u, *s)).collect();
+                robust::combine(global, &refs, rule)
+            }
+        };
+        if let Some(dp) = &rule.dp {
+            let std = rule.server_lr * dp.settings.noise_multiplier * dp.settings.clip_norm
+                / dp.settings.expected_clients;
+            for t in &mut tensors {
+                t.noise_std = Some(std);
+                t.noise_per_holder =
+                    (t.held > 0).then(|| dp.settings.noise_multiplier / t.holders_mean);
+            }
+        }
+        (model, coverage, tensors)
+    }
+}
+
+/// Why `update` cannot take part under `rule`, beyond its own checks: DP-FedAvg does not
+/// cover a client vocabulary, whose rows say which tokens the client's data holds.
+fn rule_admits(
+    rule: &ServerRule,
+    update: &ClientUpdate,
+    global: &Checkpoint,
+) -> std::result::Result<(), String> {
+    let global_vocab = global.config.widths().global.0.get(&Axis::Vocab).copied();
+    if rule.dp.is_some() && update.vocab_size != global_vocab {
+        return Err(format!(
+            "holds a client vocabulary ({} of {} token rows), which depends on its data: DP-FedAvg does not cover it (extract with the full vocabulary)",
+            update.vocab_size.unwrap_or(0),
+            global_vocab.unwrap_or(0)
+        ));
+    }
+    Ok(())
+}
+
+/// Reads, checks and aggregates the update folders `dirs` into the next global model by
+/// `rule`. One thread reads and checks the next update (and measures its norm) while the
+/// other adds the current one, so reading overlaps the arithmetic; FedAvg holds one update
+/// at a time, the median and trimmed mean keep them all mapped. A bad update is an error
+/// naming the client, or with `skip_bad` is left out and recorded.
 pub fn aggregate_dirs(
     global: &Checkpoint,
     dirs: &[PathBuf],
-    weighting: Weighting,
-    server_lr: f64,
+    rule: &ServerRule,
     skip_bad: bool,
 ) -> Result<Outcome> {
-    let mut accumulator = Accumulator::new(global);
+    rule.validate()?;
+    let clip = rule.clip();
+    let mut combiner = Combiner::new(global, rule);
     let mut clients: Vec<Contribution> = Vec::new();
     let mut skipped = Vec::new();
     let mut inputs = Vec::new();
@@ -114,7 +205,10 @@ pub fn aggregate_dirs(
         scope.spawn(move || {
             for dir in dirs {
                 let loaded = ClientUpdate::load(dir).map(|u| {
-                    let verdict = u.check(global);
+                    let verdict = u
+                        .check(global)
+                        .and_then(|()| rule_admits(rule, &u, global))
+                        .map(|()| clip::delta_norm(&u, global));
                     (u, verdict)
                 });
                 if sender.send((dir, loaded)).is_err() {
@@ -137,14 +231,14 @@ pub fn aggregate_dirs(
             };
             let verdict = verdict
                 .and_then(
-                    |()| match clients.iter().any(|c| c.client == update.client) {
+                    |norm| match clients.iter().any(|c| c.client == update.client) {
                         true => Err("given twice; each client counts once per round".to_string()),
-                        false => Ok(()),
+                        false => Ok(norm),
                     },
                 )
-                .and_then(|()| weighting.weight_of(&update));
-            let weight = match verdict {
-                Ok(weight) => weight,
+                .and_then(|norm| Ok((norm, rule.weighting.weight_of(&update)?)));
+            let (norm, weight) = match verdict {
+                Ok(x) => x,
                 Err(reason) if skip_bad => {
                     skipped.push(Skipped {
                         dir: dir.clone(),
@@ -161,140 +255,83 @@ pub fn aggregate_dirs(
                     )))
                 }
             };
-            accumulator.add(&update, weight);
+            let scale = clip.map_or(1.0, |bound| clip::clip_scale(norm, bound));
             inputs.extend(update.files.iter().cloned());
             clients.push(Contribution {
                 client: update.client.clone(),
                 weight,
                 parameters: update.weights.parameter_count(),
+                update_norm: norm,
+                clip_scale: clip.map(|_| scale),
+                attack: update.attack,
             });
+            combiner.add(update, weight, scale);
         }
         Ok(())
     })?;
-    if clients.is_empty() {
+    // With DP a round may draw no one; the noise still goes in.
+    if clients.is_empty() && rule.dp.is_none() {
         return Err(Error::Invalid("no update to aggregate".into()));
     }
-    let (model, coverage) = accumulator.finish(global, server_lr);
+    let (model, coverage, tensors) = combiner.finish(global, rule);
     Ok(Outcome {
         model,
         coverage,
         clients,
         skipped,
+        tensors,
         inputs,
     })
 }
 
-/// Aggregates checked `updates` (with their weights) into a new global model.
+/// Combines checked in-memory `updates` (with their weights) by `rule`.
+pub fn aggregate_with(
+    global: &Checkpoint,
+    updates: &[(&ClientUpdate, f64)],
+    rule: &ServerRule,
+) -> (Checkpoint, Coverage, Vec<TensorReport>) {
+    let clip = rule.clip();
+    let scale =
+        |u: &ClientUpdate| clip.map_or(1.0, |b| clip::clip_scale(clip::delta_norm(u, global), b));
+    if rule.rule.is_order_statistic() {
+        let scaled: Vec<(&ClientUpdate, f64)> =
+            updates.iter().map(|(u, _)| (*u, scale(u))).collect();
+        let (model, coverage, tensors) = robust::combine(global, &scaled, rule);
+        return (model, coverage, tensors);
+    }
+    let mut sums = Accumulator::new(global, clip.is_some());
+    for (u, w) in updates {
+        sums.add(u, *w, scale(u));
+    }
+    Combiner::Sums(sums).finish(global, rule)
+}
+
+/// Heterogeneous FedAvg of checked in-memory `updates` (with their weights).
 pub fn aggregate(
     global: &Checkpoint,
     updates: &[(&ClientUpdate, f64)],
     server_lr: f64,
 ) -> (Checkpoint, Coverage) {
-    let mut acc = Accumulator::new(global);
-    for (u, w) in updates {
-        acc.add(u, *w);
-    }
-    acc.finish(global, server_lr)
+    let (model, coverage, _) = aggregate_with(
+        global,
+        updates,
+        &ServerRule::fedavg(Weighting::Examples, server_lr),
+    );
+    (model, coverage)
 }
 
 #[cfg(test)]
+mod test_support;
+
+#[cfg(test)]
 mod tests {
+    use super::test_support::*;
     use super::*;
-
-    /// The vocabulary of the tiny test models.
-    const VOCAB: usize = 64;
     use crate::elastic::index::{IndexMap, Indices, TensorIndex};
-    use crate::elastic::{Axis, AxisSizes, Factor, Widths};
-    use crate::extract::{extract, select, selection_map, Strategy};
+    use crate::elastic::{Axis, AxisSizes, Widths};
+    use crate::extract::Strategy;
     use crate::families::bert::config::full_layer;
-    use crate::families::bert::{tiny_model, Variant};
     use crate::tensor::HostTensor;
-
-    fn global() -> Checkpoint {
-        let mut g = Checkpoint::random(&tiny_model(Variant::Bert, 2, 16, 4, 24, true), 1);
-        // As if read from disk: the hash updates are checked against.
-        g.files.push(crate::io::FileRecord {
-            path: "g/model.safetensors".into(),
-            sha256: "cd".repeat(32),
-            bytes: 0,
-        });
-        g
-    }
-
-    /// The name of the matrix of layer `layer` whose first dimension is `first` (and, with
-    /// `second`, whose second is), from the description.
-    fn matrix(g: &Checkpoint, layer: usize, first: Axis, second: Option<Axis>) -> String {
-        g.config
-            .tensors()
-            .into_iter()
-            .find(|t| {
-                t.layer == Some(layer)
-                    && t.is_matrix()
-                    && t.dims[0] == [Factor::Axis(first)]
-                    && second.is_none_or(|s| t.dims[1].contains(&Factor::Axis(s)))
-            })
-            .expect("the description has it")
-            .name
-    }
-
-    /// A vector outside the layers (a bias or norm), from the description.
-    fn outer_vector(g: &Checkpoint) -> String {
-        let (_, after) = g.config.outer_tensors();
-        after
-            .into_iter()
-            .find(|t| !t.is_matrix() && t.has_axis(Axis::Hidden))
-            .unwrap()
-            .name
-    }
-
-    /// A "trained" sub-model: its own random values in the selected places, then `edit`.
-    fn update_with(
-        global: &Checkpoint,
-        sub: Checkpoint,
-        map: IndexMap,
-        seed: u64,
-        edit: impl FnOnce(&mut Checkpoint),
-    ) -> ClientUpdate {
-        let noise = Checkpoint::random(&sub.config, seed);
-        let mut trained = sub;
-        for (name, t) in trained.tensors.iter_mut() {
-            if let Some(n) = noise.tensors.get(name) {
-                t.data.clone_from(&n.data);
-            }
-        }
-        edit(&mut trained);
-        ClientUpdate {
-            client: format!("c{seed}"),
-            weights: UpdateWeights::from_checkpoint(trained),
-            index_map: map,
-            global_sha256: global.weights_sha256().map(str::to_string),
-            num_examples: Some(10),
-            files: Vec::new(),
-        }
-    }
-
-    fn sub_model(g: &Checkpoint, widths: &Widths, strategy: Strategy) -> (Checkpoint, IndexMap) {
-        let sel = select(&g.config, strategy, &g.config.widths(), widths, 0, 0, "x");
-        let map = selection_map(&g.config, widths, &sel);
-        (extract(g, widths, &map).unwrap(), map)
-    }
-
-    fn full_update_with(
-        global: &Checkpoint,
-        seed: u64,
-        edit: impl FnOnce(&mut Checkpoint),
-    ) -> ClientUpdate {
-        let (sub, map) = sub_model(global, &global.config.widths(), Strategy::Static);
-        update_with(global, sub, map, seed, edit)
-    }
-
-    fn full_update(global: &Checkpoint, seed: u64) -> ClientUpdate {
-        full_update_with(global, seed, |_| {})
-    }
-
-    fn values<'a>(u: &'a ClientUpdate, name: &str) -> &'a [f32] {
-        u.weights.get(name).unwrap().1
-    }
 
     #[test]
     fn identical_full_updates_return_that_model() {

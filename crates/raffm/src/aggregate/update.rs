@@ -6,10 +6,12 @@ use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::attack::Attack;
 use crate::checkpoint::{
     decode_f32, map_file, read_config, verify_recorded, Checkpoint, WEIGHTS_FILE,
 };
 use crate::elastic::index::{IndexMap, TensorIndex};
+use crate::elastic::Axis;
 use crate::error::{Error, Result};
 use crate::families::ModelConfig;
 use crate::io::FileRecord;
@@ -146,6 +148,10 @@ pub struct ClientUpdate {
     /// The update's files: weights and config with the hashes its producer recorded, and
     /// the manifest itself.
     pub files: Vec<FileRecord>,
+    /// Rows of its vocabulary (word embeddings), where the family has the axis.
+    pub vocab_size: Option<usize>,
+    /// The attack it was made with (experiments), as its manifest records it.
+    pub attack: Option<Attack>,
 }
 
 impl ClientUpdate {
@@ -184,6 +190,13 @@ impl ClientUpdate {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
+        let attack = match manifest.details.get("attack") {
+            None => None,
+            Some(a) => Some(serde_json::from_value(a.clone()).map_err(|e| {
+                Error::format(&manifest_path, format!("`attack` is not an attack ({e})"))
+            })?),
+        };
+        let vocab_size = config.widths().global.0.get(&Axis::Vocab).copied();
         let (client, global_sha256, index_map) = match manifest.placement {
             Some(p) => (p.client, Some(p.global_sha256), p.index_map),
             None => (folder_name(), None, full_index_map(&weights)),
@@ -195,7 +208,32 @@ impl ClientUpdate {
             weights,
             index_map,
             files,
+            vocab_size,
+            attack,
         })
+    }
+}
+
+impl ClientUpdate {
+    /// An update held in memory (tests, library users): client `client`'s trained model
+    /// `trained`, placed by `index_map` into `global`, trained on `num_examples` examples.
+    pub fn in_memory(
+        client: &str,
+        trained: Checkpoint,
+        index_map: IndexMap,
+        global: &Checkpoint,
+        num_examples: u64,
+    ) -> Self {
+        Self {
+            client: client.to_string(),
+            vocab_size: trained.config.widths().global.0.get(&Axis::Vocab).copied(),
+            weights: UpdateWeights::from_checkpoint(trained),
+            index_map,
+            global_sha256: global.weights_sha256().map(str::to_string),
+            num_examples: Some(num_examples),
+            files: Vec::new(),
+            attack: None,
+        }
     }
 }
 

@@ -32,9 +32,11 @@ pub struct Row {
     pub cumulative_bytes: u64,
     /// Sum of the clients' local training wall time.
     pub local_train_seconds: Option<f64>,
+    /// DP-FedAvg: the cumulative privacy loss after this round, at the pipeline's δ.
+    pub epsilon: Option<f64>,
 }
 
-pub const COLUMNS: [&str; 13] = [
+pub const COLUMNS: [&str; 14] = [
     "pipeline",
     "round",
     "accuracy",
@@ -48,6 +50,7 @@ pub const COLUMNS: [&str; 13] = [
     "round_bytes",
     "cumulative_bytes",
     "local_train_seconds",
+    "epsilon",
 ];
 
 /// Everything the report needs from one run folder.
@@ -95,6 +98,7 @@ struct GlobalMetrics {
     mean_client_parameters: Option<f64>,
     mean_client_bytes: Option<f64>,
     validation: Option<Scores>,
+    epsilon: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +309,7 @@ pub fn load_run(dir: &Path) -> anyhow::Result<Run> {
         round_bytes: 0,
         cumulative_bytes: 0,
         local_train_seconds: None,
+        epsilon: None,
     });
 
     let mut client_parameters = Vec::new();
@@ -380,6 +385,7 @@ pub fn load_run(dir: &Path) -> anyhow::Result<Run> {
             round_bytes,
             cumulative_bytes: cumulative,
             local_train_seconds: (seconds_known && !downs.is_empty()).then_some(seconds),
+            epsilon: metrics.epsilon,
         });
         r += 1;
     }

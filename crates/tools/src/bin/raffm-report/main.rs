@@ -166,13 +166,15 @@ fn print_table(run: &data::Run) {
     let f = |v: Option<f64>, scale: f64, digits: usize| {
         v.map_or("-".to_string(), |v| format!("{:.digits$}", v / scale))
     };
+    let private = run.rows.iter().any(|r| r.epsilon.is_some());
     println!(
-        "{}: round  accuracy  macro-F1  clients  mean client params  MiB/client  cumulative GiB",
-        run.name
+        "{}: round  accuracy  macro-F1  clients  mean client params  MiB/client  cumulative GiB{}",
+        run.name,
+        if private { "   epsilon" } else { "" }
     );
     for row in &run.rows {
         println!(
-            "{:>w$}  {:>5}  {:>8}  {:>8}  {:>7}  {:>18}  {:>10}  {:>14}",
+            "{:>w$}  {:>5}  {:>8}  {:>8}  {:>7}  {:>18}  {:>10}  {:>14}{}",
             "",
             row.round,
             f(row.accuracy, 1.0, 4),
@@ -182,6 +184,11 @@ fn print_table(run: &data::Run) {
                 .map_or("-".to_string(), |p| format!("{:.2}M", p / 1e6)),
             f(row.mean_client_mib, 1.0, 1),
             f(Some(row.cumulative_bytes as f64), (1u64 << 30) as f64, 2),
+            if private {
+                format!("  {:>8}", f(row.epsilon, 1.0, 3))
+            } else {
+                String::new()
+            },
             w = run.name.len()
         );
     }

@@ -119,9 +119,14 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
     let _ = writeln!(md, "## Validation accuracy per round\n");
     let _ = writeln!(md, "![Validation accuracy per round](accuracy.svg)\n");
     let mut header = vec!["round".to_string()];
+    // A DP run gets a column with its cumulative privacy loss.
+    let private = |r: &Run| r.rows.iter().any(|x| x.epsilon.is_some());
     for r in runs {
         header.push(format!("{} accuracy", r.name));
         header.push(format!("{} macro-F1", r.name));
+        if private(r) {
+            header.push(format!("{} ε", r.name));
+        }
     }
     let rows: Vec<Vec<String>> = (0..=max_round)
         .map(|round| {
@@ -130,6 +135,9 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
                 let x = r.rows.iter().find(|x| x.round == round);
                 row.push(opt(x.and_then(|x| x.accuracy), 4));
                 row.push(opt(x.and_then(|x| x.macro_f1), 4));
+                if private(r) {
+                    row.push(opt(x.and_then(|x| x.epsilon), 3));
+                }
             }
             row
         })
