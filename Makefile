@@ -5,8 +5,11 @@
 #   make deploy N=5     deploy round 5's model to every client (largest that fits for inference)
 #   make ablation N=5   SPP ablation: sub-models of round 5's model with and without prioritization
 #   make report         Markdown report with charts of PIPELINES (default: PIPELINE)
+#   make sweep N=5      every pipeline of SWEEP_PIPELINES with every seed of SWEEP_SEEDS, and
+#                       one report of them (LAUNCHER=slurm: one Slurm job array)
 #   make prioritize     prioritize the pre-trained MiniLM (fetches assets, builds)
-#   make test           every test, on the real model (fetches what it needs)
+#   make test           every test, on the real model (fetches what it needs; installs Debian's
+#                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
 #   make bench          benchmarks: forward throughput, extraction vs the I/O floor
 #   make check-cuda     type-check the CUDA backend (offline)
 #   make help           this list
@@ -29,7 +32,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build binaries assets test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report
+.PHONY: help build binaries assets slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -69,8 +72,14 @@ check-cuda:
 
 # ---- tests ---------------------------------------------------------------------------------
 
+# The Slurm launcher's test starts a single-node cluster (scripts/slurm_cluster.sh), as root.
+slurm-installed:
+	@command -v slurmctld > /dev/null && command -v munged > /dev/null || { \
+	  echo "installing Debian's slurm-wlm and munge for the Slurm test (RAFFM_SKIP_SLURM=1 skips it)" >&2; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
+
 # The pipeline tests drive every stage binary through make: build them all first.
-test: assets $(VENV)/.installed
+test: assets $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
@@ -106,7 +115,8 @@ prioritize: $(ARTIFACTS)/minilm/prioritized/manifest.json
 # Every folder is written atomically, so an interrupted round resumes where it stopped.
 
 PIPELINE      ?= default
-PIPELINE_FILE ?= pipelines/$(PIPELINE).json
+PIPELINE_DIR  ?= pipelines
+PIPELINE_FILE ?= $(PIPELINE_DIR)/$(PIPELINE).json
 # SEED=S runs the pipeline with another seed, into artifacts/<pipeline>-seedS/.
 SEED          ?=
 RUN           := $(ARTIFACTS)/$(PIPELINE)$(if $(SEED),-seed$(SEED))
@@ -115,7 +125,7 @@ R             ?= 1
 PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
-NON_PIPELINE_GOALS := help build assets test bench check-cuda prioritize fmt lint clean
+NON_PIPELINE_GOALS := help build binaries assets slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed
@@ -154,7 +164,7 @@ round: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BUILD_STEP)
 # pipeline's metrics.jsonl is rewritten from the manifests (a line per finished round).
 round-one: $(RUN)/round-0/eval.json $(RUN)/budgets.json
 	@$(MAKE) $(SUB_FLAGS) $(RD)/participants.txt R=$(R)
-	@$(MAKE) $(SUB_FLAGS) round-clients R=$(R)
+	@$(MAKE) $(SUB_FLAGS) round-clients R=$(R) $(CLIENT_JOBS)
 	@$(BIN)/raffm-report metrics $(RUN) --csv
 
 # A Poisson draw may be empty: DP-FedAvg then aggregates noise alone.
@@ -195,13 +205,60 @@ TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
 ATTACKERS = $(if $(PL_ATTACK),$(wordlist 1,$(PL_ATTACK_PER_ROUND),$(CLIENTS)))
 
 $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
-	$(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
+	$(LAUNCH_CLIENT) $(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
 
 RULE_FLAGS = $(call opt,--rule,$(PL_RULE)) $(call opt,--trim-fraction,$(PL_TRIM_FRACTION)) $(call opt,--clip-norm,$(PL_CLIP_NORM))
 DP_FLAGS   = $(if $(PL_DP_NOISE),--dp-noise-multiplier $(PL_DP_NOISE) --dp-clip-norm $(PL_DP_CLIP) --dp-sample-rate $(PL_DP_RATE) --dp-expected-clients $(PL_DP_EXPECTED) $(call opt,--dp-delta,$(PL_DP_DELTA)) $(call opt,--dp-target-epsilon,$(PL_DP_TARGET)) $(call opt,--dp-seed,$(PL_DP_SEED)))
 
 $(RD)/global/manifest.json: $(TRAINED) $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
 	$(BIN)/raffm-aggregate --global $(SRC_GLOBAL) --updates $(CLIENTS:%=$(RD)/trained/%) $(call opt,--weighting,$(PL_WEIGHTING)) $(call opt,--server-lr,$(PL_SERVER_LR)) $(RULE_FLAGS) $(DP_FLAGS) --round $(R) --partition $(RUN)/partition.json $(EVAL_FLAGS) --quiet --output $(@D)
+
+# ---- launchers: where each client's training runs -----------------------------------------
+#
+# LAUNCHER=local (the default) runs it here. LAUNCHER=slurm submits it as a Slurm job that
+# requests the cost model's training-memory estimate of the client's sub-model (from its
+# extract manifest) plus SLURM_MEM_MARGIN MiB, SLURM_CPUS CPUs, a GPU with FEATURES=cuda, and
+# SLURM_PARTITION / SLURM_ACCOUNT / SLURM_TIME where given; the round's clients run as
+# concurrent jobs (up to SLURM_JOBS at once), their logs in round-R/logs/. The server stages
+# (prioritize, extract, aggregate, evaluation) run where make runs. Artifacts must be on a
+# filesystem every node shares, and the binaries built once, before (`make binaries`).
+
+LAUNCHER         ?= local
+SLURM_CPUS       ?= 1
+SLURM_MEM_MARGIN ?= 192
+SLURM_PARTITION  ?=
+SLURM_ACCOUNT    ?=
+SLURM_TIME       ?=
+SLURM_JOBS       ?= 64
+SLURM_FLAGS      = --launcher $(LAUNCHER) --cpus $(SLURM_CPUS) $(call opt,--partition,$(SLURM_PARTITION)) $(call opt,--account,$(SLURM_ACCOUNT)) $(call opt,--time,$(SLURM_TIME)) $(if $(filter cuda,$(FEATURES)),--gpus 1)
+LAUNCH_CLIENT    = $(if $(filter local,$(LAUNCHER)),,$(BIN)/raffm-launch $(SLURM_FLAGS) --memory-from $(RD)/extracted/$* --memory-margin-mib $(SLURM_MEM_MARGIN) --job-name raffm-$(notdir $(RUN))-r$(R)-$* --log-dir $(RD)/logs --)
+CLIENT_JOBS      = $(if $(filter local,$(LAUNCHER)),,-j$(SLURM_JOBS))
+
+# ---- sweeps: several pipelines and seeds ----------------------------------------------------
+#
+# artifacts/sweep/runs.txt      pipeline:seed per line; artifacts/<pipeline>-seed<S>/ per run
+# artifacts/sweep/report/       one report of every run
+#
+# LAUNCHER=slurm submits the runs as one job array (scripts/sweep_task.sh runs line i of
+# runs.txt in task i), each task SWEEP_MEM_MIB MiB and SLURM_CPUS CPUs, its clients trained
+# in turn inside it.
+
+SWEEP_PIPELINES ?= default fl
+SWEEP_SEEDS     ?= 0 1 2
+SWEEP_MEM_MIB   ?= 2048
+SWEEP_DIR        = $(ARTIFACTS)/sweep
+SWEEP_RUNS       = $(foreach p,$(SWEEP_PIPELINES),$(foreach s,$(SWEEP_SEEDS),$(p):$(s)))
+SWEEP_NAMES      = $(foreach p,$(SWEEP_PIPELINES),$(foreach s,$(SWEEP_SEEDS),$(p)-seed$(s)))
+
+sweep: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BUILD_STEP)
+	@mkdir -p $(SWEEP_DIR)
+	@printf '%s\n' $(SWEEP_RUNS) > $(SWEEP_DIR)/.runs.txt.partial && mv $(SWEEP_DIR)/.runs.txt.partial $(SWEEP_DIR)/runs.txt
+ifeq ($(LAUNCHER),local)
+	@for run in $(SWEEP_RUNS); do $(MAKE) $(SUB_FLAGS) round N=$(N) PIPELINE=$${run%:*} SEED=$${run#*:} || exit 1; done
+else
+	$(BIN)/raffm-launch $(SLURM_FLAGS) --memory-mib $(SWEEP_MEM_MIB) --array $(words $(SWEEP_RUNS)) --job-name raffm-sweep --log-dir $(SWEEP_DIR)/logs -- scripts/sweep_task.sh $(SWEEP_DIR)/runs.txt N=$(N) ARTIFACTS=$(ARTIFACTS) BIN=$(BIN) PIPELINE_DIR=$(PIPELINE_DIR) $(if $(FEATURES),FEATURES=$(FEATURES))
+endif
+	@$(MAKE) $(SUB_FLAGS) report PIPELINES="$(SWEEP_NAMES)" REPORT_DIR=$(SWEEP_DIR)/report
 
 # ---- after the rounds: deployment, SPP ablation, report ------------------------------------
 #

@@ -1,98 +1,12 @@
 //! The whole round through the Makefile, on a fixture-sized pipeline: a tiny random BERT
 //! with its own vocabulary and a JSONL dataset.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use raffm::fixtures::{tiny_reviews, tiny_text_model};
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_raffm-aggregate"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Model, data and pipeline file of the tiny pipeline.
-fn fixture(dir: &Path) -> PathBuf {
-    fixture_with(dir, |_| {})
-}
-
-/// The tiny pipeline with `edit` applied to its settings.
-fn fixture_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
-    let model = tiny_text_model(&dir.join("model"));
-    tiny_reviews(&dir.join("reviews.jsonl"), 120);
-    let pipeline = serde_json::json!({
-        "name": "tiny", "model": model, "clients": 6,
-        "data": {"path": dir.join("reviews.jsonl"), "format": "jsonl", "validation_fraction": 0.2},
-        "partition": {"scheme": "iid"},
-        "tiers": [{"name": "small", "share": 1, "parameter_fraction": 0.25, "memory_bytes": 6_000_000},
-                  {"name": "full", "share": 1, "parameter_fraction": 1.0}],
-        "search_space": {"heads": [0.5, 1.0], "head_dim": [0.5, 1.0], "ffn": [0.5, 1.0],
-                         "hidden": [0.5, 0.75, 1.0], "layers": [0.5, 1.0]},
-        "strategy": "salient", "policy": "largest",
-        "vocabulary": "client", "vocabulary_decoys": 3,
-        "rounds": {"clients_per_round": 3},
-        "local": {"epochs": 1, "batch_size": 8, "max_seq_len": 16, "lr": 1e-3},
-        "seed": 3
-    });
-    let mut pipeline = pipeline;
-    edit(&mut pipeline);
-    let path = dir.join("tiny.json");
-    std::fs::write(&path, pipeline.to_string()).unwrap();
-    path
-}
-
-fn make_round(pipeline: &Path, artifacts: &Path, n: usize) -> String {
-    make("round", pipeline, artifacts, n)
-}
-
-fn make(goal: &str, pipeline: &Path, artifacts: &Path, n: usize) -> String {
-    let (ok, text) = make_with(&[goal, "NO_BUILD=1"], pipeline, artifacts, n);
-    assert!(ok, "make {goal} failed:\n{text}");
-    text
-}
-
-/// Runs make with `args` (goal and flags); whether it succeeded, and what it printed.
-fn make_with(args: &[&str], pipeline: &Path, artifacts: &Path, n: usize) -> (bool, String) {
-    let out = Command::new("make")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .args(args)
-        .arg(format!("N={n}"))
-        .arg("PIPELINE=tiny")
-        .arg(format!("PIPELINE_FILE={}", pipeline.display()))
-        .arg(format!("ARTIFACTS={}", artifacts.display()))
-        .arg(format!("BIN={}", bin_dir().display()))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// Every folder under `root`, recursively.
-fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        if let Ok(entries) = std::fs::read_dir(&out[i]) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(e.path());
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-fn read(p: PathBuf) -> Vec<u8> {
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+use common::*;
 
 #[test]
 fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
@@ -243,10 +157,6 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     }
 }
 
-fn json(p: PathBuf) -> serde_json::Value {
-    serde_json::from_slice(&read(p)).unwrap()
-}
-
 /// A picture the report links: an SVG with something drawn in it.
 fn assert_valid_svg(path: &Path) {
     let text = String::from_utf8(read(path.to_path_buf())).unwrap();
@@ -380,10 +290,6 @@ fn deploy_ablation_and_report_after_the_rounds() {
     }
 }
 
-fn manifest(path: PathBuf) -> serde_json::Value {
-    serde_json::from_slice(&read(path)).unwrap()
-}
-
 #[test]
 fn dp_rounds_record_their_epsilon_and_a_round_past_the_target_does_not_start() {
     use raffm::privacy::accountant::epsilon;
@@ -414,7 +320,7 @@ fn dp_rounds_record_their_epsilon_and_a_round_past_the_target_does_not_start() {
         "{out}"
     );
     for r in 1..=2u64 {
-        let m = manifest(a.join(format!("tiny/round-{r}/global/manifest.json")));
+        let m = json(a.join(format!("tiny/round-{r}/global/manifest.json")));
         let want = epsilon(q, sigma, r, delta).epsilon;
         let got = m["privacy"]["epsilon"].as_f64().unwrap();
         assert!(
@@ -459,7 +365,7 @@ fn an_attacker_is_recorded_in_its_manifest_and_the_median_rule_is_used() {
     let drawn = std::fs::read_to_string(round.join("participants.txt")).unwrap();
     let clients: Vec<&str> = drawn.trim().split(',').collect();
     for (i, c) in clients.iter().enumerate() {
-        let m = manifest(round.join(format!("trained/{c}/manifest.json")));
+        let m = json(round.join(format!("trained/{c}/manifest.json")));
         match i {
             0 => assert_eq!(
                 m["attack"],
@@ -468,7 +374,7 @@ fn an_attacker_is_recorded_in_its_manifest_and_the_median_rule_is_used() {
             _ => assert!(m.get("attack").is_none(), "{c} attacked"),
         }
     }
-    let global = manifest(round.join("global/manifest.json"));
+    let global = json(round.join("global/manifest.json"));
     assert_eq!(global["parameters"]["rule"]["rule"], "median");
     assert_eq!(global["parameters"]["weighting"], "uniform");
     let aggregated = global["clients"].as_array().unwrap();

@@ -26,6 +26,7 @@ pub mod fixtures;
 pub mod fused;
 pub mod inspect;
 pub mod io;
+pub mod launch;
 pub mod manifest;
 pub mod partition;
 pub mod pipeline;

@@ -67,6 +67,33 @@ fn example_count<'de, D: serde::Deserializer<'de>>(
     }
 }
 
+/// Where the stage ran, when it ran as a Slurm job: job id, node, and what the job was
+/// given (from the job's environment).
+fn slurm_job() -> Map<String, Value> {
+    let mut details = Map::new();
+    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
+        return details;
+    };
+    let mut slurm = Map::new();
+    slurm.insert("job_id".into(), Value::String(job));
+    for (key, variable) in [
+        ("array_task_id", "SLURM_ARRAY_TASK_ID"),
+        ("node", "SLURMD_NODENAME"),
+        ("mem_per_node_mib", "SLURM_MEM_PER_NODE"),
+        ("cpus_per_task", "SLURM_CPUS_PER_TASK"),
+    ] {
+        if let Ok(v) = std::env::var(variable) {
+            let value = v
+                .parse::<u64>()
+                .map(Value::from)
+                .unwrap_or(Value::String(v));
+            slurm.insert(key.into(), value);
+        }
+    }
+    details.insert("slurm".into(), Value::Object(slurm));
+    details
+}
+
 impl Manifest {
     /// A manifest for `stage`, run by `tool`, with the process's command line.
     pub fn new(stage: &str, tool: &str, parameters: Value) -> Self {
@@ -85,7 +112,7 @@ impl Manifest {
             metrics: Map::new(),
             placement: None,
             num_examples: None,
-            details: Map::new(),
+            details: slurm_job(),
         }
     }
 
