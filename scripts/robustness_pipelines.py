@@ -8,6 +8,9 @@ Each variant is the base pipeline with another server rule, an attacker, or DP-F
     {fedavg,median,trimmed-mean}[-scale100|-flip]   the rule, with no attacker or with the
                                                     first participant of every round sending
                                                     100x its update or its update negated
+    {fedavg,median}-clip3-scale100                  the same attack against the rule after
+                                                    clipping every update to norm 3 (honest
+                                                    clients' norms are 1 to 3.5)
     dp-sigma1, dp-sigma0.01                         DP-FedAvg, clip norm 1, Poisson sampling
                                                     at 4 expected participants of 20
 
@@ -28,6 +31,7 @@ ATTACKS = {
     "-scale100": {"kind": "scale", "factor": 100, "per_round": 1},
     "-flip": {"kind": "flip", "per_round": 1},
 }
+CLIPPED = {"fedavg-clip3": "fedavg", "median-clip3": "median"}
 DP_SIGMAS = {"dp-sigma1": 1.0, "dp-sigma0.01": 0.01}
 
 
@@ -45,6 +49,11 @@ def main() -> None:
             if attack:
                 p["attack"] = attack
             variants[rule + suffix] = p
+    for name, rule in CLIPPED.items():
+        p = copy.deepcopy(base)
+        p["server"] = {**base.get("server", {}), **RULES[rule], "clip_norm": 3.0}
+        p["attack"] = ATTACKS["-scale100"]
+        variants[name + "-scale100"] = p
     for name, sigma in DP_SIGMAS.items():
         p = copy.deepcopy(base)
         rate = base["rounds"]["clients_per_round"] / base["clients"]
@@ -65,10 +74,13 @@ def describe(name: str) -> str:
         return f"DP-FedAvg at noise multiplier {DP_SIGMAS[name]}, clip norm 1, Poisson sampling"
     rule = next(r for r in sorted(RULES, key=len, reverse=True) if name.startswith(r))
     attack = name[len(rule):]
+    clipped = attack.startswith("-clip3")
+    attack = attack.removeprefix("-clip3")
     words = {"": "no attacker", "-scale100": "the first participant of every round sending "
              "100 times its update", "-flip": "the first participant of every round sending "
              "its update negated"}[attack]
-    return f"the {rule} rule and {words}"
+    clip = " after clipping every update to norm 3" if clipped else ""
+    return f"the {rule} rule{clip} and {words}"
 
 
 if __name__ == "__main__":
