@@ -164,23 +164,22 @@ fn rounds_through_slurm_equal_local_ones_with_a_job_per_client_sized_to_it() {
         .clone();
     eprintln!("a client trains {LONG_EPOCHS} epochs in {wall} s");
     let again = long_dir.join("again");
-    let run = Command::new("make")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .env("SLURM_CONF", &cluster.conf)
-        .args([
+    let run = make_command(
+        &[
             "round",
             "N=1",
             "PIPELINE=tiny",
             "LAUNCHER=slurm",
             "NO_BUILD=1",
-        ])
-        .arg(format!("PIPELINE_FILE={}", long.display()))
-        .arg(format!("ARTIFACTS={}", again.display()))
-        .arg(format!("BIN={}", bin_dir().display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        &again,
+    )
+    .env("SLURM_CONF", &cluster.conf)
+    .arg(format!("PIPELINE_FILE={}", long.display()))
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let cancelled = loop {
         assert!(Instant::now() < deadline, "no client job started");
@@ -204,11 +203,7 @@ fn rounds_through_slurm_equal_local_ones_with_a_job_per_client_sized_to_it() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = run.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         !out.status.success(),
         "the round finished despite the cancelled job:\n{text}"
@@ -242,10 +237,9 @@ fn rounds_through_slurm_equal_local_ones_with_a_job_per_client_sized_to_it() {
     tiny["local"]["epochs"] = 1.into();
     std::fs::write(sweep.join("pipelines/tiny.json"), tiny.to_string()).unwrap();
     std::fs::copy(&other, sweep.join("pipelines/other.json")).unwrap();
-    let out = Command::new("make")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .env("SLURM_CONF", &cluster.conf)
-        .args([
+    let pipelines = format!("PIPELINE_DIR={}", sweep.join("pipelines").display());
+    let out = make_command(
+        &[
             "sweep",
             "N=1",
             "LAUNCHER=slurm",
@@ -253,20 +247,14 @@ fn rounds_through_slurm_equal_local_ones_with_a_job_per_client_sized_to_it() {
             "SWEEP_PIPELINES=tiny other",
             "SWEEP_SEEDS=0 1",
             "SWEEP_MEM_MIB=1024",
-        ])
-        .arg(format!("ARTIFACTS={}", sweep.display()))
-        .arg(format!("BIN={}", bin_dir().display()))
-        .arg(format!(
-            "PIPELINE_DIR={}",
-            sweep.join("pipelines").display()
-        ))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+            &pipelines,
+        ],
+        &sweep,
+    )
+    .env("SLURM_CONF", &cluster.conf)
+    .output()
+    .unwrap();
+    let text = output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("4 array tasks"), "{text}");
     let mut arrays = std::collections::BTreeSet::new();

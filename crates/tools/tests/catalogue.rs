@@ -71,6 +71,23 @@ fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
     let out = |s: &str| f.p(&format!("out/{s}"));
     std::fs::create_dir_all(f.root.join("out")).unwrap();
 
+    // DP-FedAvg's options on a good update.
+    let (global, update) = (p("run/prioritized"), p("run/trained/c000"));
+    let dp = [
+        "-g",
+        &global,
+        "-u",
+        &update,
+        "--dp-noise-multiplier",
+        "1",
+        "--dp-clip-norm",
+        "1",
+        "--dp-sample-rate",
+        "0.2",
+        "--dp-expected-clients",
+        "4",
+    ];
+
     // Inputs made bad for one case each.
     let corrupt = f.copy("run/prioritized", "bad/corrupt");
     let weights = format!("{corrupt}/model.safetensors");
@@ -551,24 +568,7 @@ fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
         case(
             "DP without a noise seed",
             "raffm-aggregate",
-            &[
-                "-g",
-                &p("run/prioritized"),
-                "-u",
-                &p("run/trained/c000"),
-                "--dp-noise-multiplier",
-                "1",
-                "--dp-clip-norm",
-                "1",
-                "--dp-sample-rate",
-                "0.2",
-                "--dp-expected-clients",
-                "4",
-                "--round",
-                "1",
-                "-o",
-                &out("r"),
-            ],
+            &[&dp[..], &["--round", "1", "-o", &out("r")]].concat(),
             &["RAFFM_DP_SEED", "--dp-seed"],
             &out("r"),
         ),
@@ -576,27 +576,19 @@ fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
             "DP past its target epsilon",
             "raffm-aggregate",
             &[
-                "-g",
-                &p("run/prioritized"),
-                "-u",
-                &p("run/trained/c000"),
-                "--dp-noise-multiplier",
-                "1",
-                "--dp-clip-norm",
-                "1",
-                "--dp-sample-rate",
-                "0.2",
-                "--dp-expected-clients",
-                "4",
-                "--dp-seed",
-                "1",
-                "--round",
-                "9",
-                "--dp-target-epsilon",
-                "3",
-                "-o",
-                &out("r"),
-            ],
+                &dp[..],
+                &[
+                    "--dp-seed",
+                    "1",
+                    "--round",
+                    "9",
+                    "--dp-target-epsilon",
+                    "3",
+                    "-o",
+                    &out("r"),
+                ],
+            ]
+            .concat(),
             &["round 9", "past the target epsilon 3"],
             &out("r"),
         ),
@@ -670,6 +662,8 @@ fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
         let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
         let o = run(c.binary, &args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
+        // The catalogue as a table, for `cargo test -- --nocapture`.
+        eprintln!("| {} | {} |", c.name, err.trim_end().replace('|', "/"));
         let mut why = Vec::new();
         if o.status.success() {
             why.push("exit 0".to_string());

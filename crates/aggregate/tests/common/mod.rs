@@ -66,23 +66,33 @@ pub fn make_env(
     artifacts: &Path,
     n: usize,
 ) -> (bool, String) {
-    let out = Command::new("make")
+    let out = make_command(args, artifacts)
         .envs(env.iter().copied())
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .args(args)
         .arg(format!("N={n}"))
         .arg("PIPELINE=tiny")
         .arg(format!("PIPELINE_FILE={}", pipeline.display()))
-        .arg(format!("ARTIFACTS={}", artifacts.display()))
-        .arg(format!("BIN={}", bin_dir().display()))
         .output()
         .unwrap();
-    let text = format!(
+    (out.status.success(), output_text(&out))
+}
+
+/// make in the repository with `args`, writing into `artifacts`, with the test's binaries.
+pub fn make_command(args: &[&str], artifacts: &Path) -> Command {
+    let mut c = Command::new("make");
+    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args(args)
+        .arg(format!("ARTIFACTS={}", artifacts.display()))
+        .arg(format!("BIN={}", bin_dir().display()));
+    c
+}
+
+/// What a process printed, stdout then stderr.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    )
 }
 
 /// Every folder under `root`, recursively.

@@ -87,11 +87,14 @@ impl DpFedAvg {
         };
         let after = self.spent(round);
         if after.epsilon > target {
+            let within = match self.last_round_within(target) {
+                0 => "not even round 1 stays within it".to_string(),
+                1 => "round 1 stays within it".to_string(),
+                r => format!("rounds 1-{r} stay within it"),
+            };
             return Err(Error::Invalid(format!(
-                "round {round} would bring the privacy loss to epsilon {:.4} at delta {}, past the target epsilon {target} (rounds 1-{} stay within it)",
-                after.epsilon,
-                self.delta,
-                self.last_round_within(target)
+                "round {round} would bring the privacy loss to epsilon {:.4} at delta {}, past the target epsilon {target} ({within})",
+                after.epsilon, self.delta
             )));
         }
         Ok(())
