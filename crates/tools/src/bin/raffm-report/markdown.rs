@@ -43,12 +43,24 @@ fn file_stem(name: &str) -> String {
 
 /// The `make` command that produces a run's missing optional data.
 fn make_hint(goal: &str, run: &Run) -> String {
-    let n = run.last_round().max(1);
-    if run.name == "default" {
-        format!("`make {goal} N={n}`")
-    } else {
-        format!("`make {goal} N={n} PIPELINE={}`", run.name)
+    make_command(goal, &run.name, run.last_round().max(1))
+}
+
+/// `make GOAL N=n` for the run folder `name`, which is `<pipeline>` or, for a seeded run,
+/// `<pipeline>-seed<S>`.
+fn make_command(goal: &str, name: &str, n: u32) -> String {
+    let (pipeline, seed) = match name.rsplit_once("-seed") {
+        Some((p, s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => (p, Some(s)),
+        _ => (name, None),
+    };
+    let mut hint = format!("make {goal} N={n}");
+    if pipeline != "default" {
+        hint += &format!(" PIPELINE={pipeline}");
     }
+    if let Some(seed) = seed {
+        hint += &format!(" SEED={seed}");
+    }
+    format!("`{hint}`")
 }
 
 fn table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
@@ -444,4 +456,27 @@ pub fn build(runs: &[Run]) -> anyhow::Result<(String, Vec<Figure>)> {
         );
     }
     Ok((md, figures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::make_command;
+
+    #[test]
+    fn the_make_hint_names_the_pipeline_and_seed_of_a_run_folder() {
+        assert_eq!(make_command("deploy", "default", 5), "`make deploy N=5`");
+        assert_eq!(
+            make_command("deploy", "fl-seed2", 3),
+            "`make deploy N=3 PIPELINE=fl SEED=2`"
+        );
+        assert_eq!(
+            make_command("ablation", "default-seed0", 1),
+            "`make ablation N=1 SEED=0`"
+        );
+        // `-seed` not followed by a number is part of the pipeline's name.
+        assert_eq!(
+            make_command("deploy", "robustness/no-seedx", 2),
+            "`make deploy N=2 PIPELINE=robustness/no-seedx`"
+        );
+    }
 }
