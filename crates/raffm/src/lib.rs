@@ -24,6 +24,7 @@ pub mod extract;
 pub mod families;
 pub mod fixtures;
 pub mod fused;
+pub mod gguf;
 pub mod inspect;
 pub mod io;
 pub mod launch;
