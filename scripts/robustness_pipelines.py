@@ -36,6 +36,8 @@ DP_SIGMAS = {"dp-sigma1": 1.0, "dp-sigma0.01": 0.01}
 
 
 def main() -> None:
+    if len(sys.argv) != 3 or sys.argv[1].startswith("-"):
+        sys.exit(__doc__)
     base_path, out = Path(sys.argv[1]), Path(sys.argv[2])
     base = json.loads(base_path.read_text())
     out.mkdir(parents=True, exist_ok=True)
