@@ -123,27 +123,27 @@ fn server_rule(args: &Args) -> anyhow::Result<(ServerRule, Option<raffm::privacy
         ("--dp-sample-rate", args.dp_sample_rate),
         ("--dp-expected-clients", args.dp_expected_clients),
     ];
-    let given: Vec<&str> = dp_options
-        .iter()
-        .filter(|(_, v)| v.is_some())
-        .map(|(n, _)| *n)
-        .collect();
-    let (dp, seed) = match given.len() {
-        0 => {
+    let (dp, seed) = match (
+        args.dp_noise_multiplier,
+        args.dp_clip_norm,
+        args.dp_sample_rate,
+        args.dp_expected_clients,
+    ) {
+        (None, None, None, None) => {
             if args.dp_target_epsilon.is_some() || args.dp_seed.is_some() {
                 bail!("--dp-target-epsilon and --dp-seed apply to DP-FedAvg: give --dp-noise-multiplier and the other --dp options");
             }
             (None, None)
         }
-        4 => {
+        (Some(noise_multiplier), Some(clip_norm), Some(sample_rate), Some(expected_clients)) => {
             let round = args
                 .round
                 .context("DP-FedAvg needs --round (the accountant composes rounds 1..=R)")?;
             let settings = DpFedAvg {
-                noise_multiplier: args.dp_noise_multiplier.unwrap(),
-                clip_norm: args.dp_clip_norm.unwrap(),
-                sample_rate: args.dp_sample_rate.unwrap(),
-                expected_clients: args.dp_expected_clients.unwrap(),
+                noise_multiplier,
+                clip_norm,
+                sample_rate,
+                expected_clients,
                 delta: args.dp_delta,
                 target_epsilon: args.dp_target_epsilon,
             };
@@ -159,15 +159,18 @@ fn server_rule(args: &Args) -> anyhow::Result<(ServerRule, Option<raffm::privacy
             )
         }
         _ => {
-            let missing: Vec<&str> = dp_options
-                .iter()
-                .filter(|(_, v)| v.is_none())
-                .map(|(n, _)| *n)
-                .collect();
+            let names = |given: bool| {
+                dp_options
+                    .iter()
+                    .filter(|(_, v)| v.is_some() == given)
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             bail!(
                 "DP-FedAvg needs {} as well as {}",
-                missing.join(", "),
-                given.join(", ")
+                names(false),
+                names(true)
             );
         }
     };

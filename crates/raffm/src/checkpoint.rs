@@ -354,13 +354,23 @@ pub(crate) fn verify_recorded(dir: &Path, hashed: &[FileRecord]) -> Result<()> {
     let Some(outputs) = manifest.get("outputs").and_then(|o| o.as_array()) else {
         return Ok(());
     };
-    for output in outputs {
-        let (Some(path), Some(want)) = (
-            output.get("path").and_then(|p| p.as_str()),
-            output.get("sha256").and_then(|h| h.as_str()),
-        ) else {
-            continue;
-        };
+    let recorded = outputs.iter().filter_map(|output| {
+        Some((
+            output.get("path")?.as_str()?,
+            output.get("sha256")?.as_str()?,
+        ))
+    });
+    verify_outputs(dir, recorded, hashed)
+}
+
+/// [`verify_recorded`] for a manifest already read: `recorded` are its outputs as
+/// `(path, sha256)`.
+pub(crate) fn verify_outputs<'a>(
+    dir: &Path,
+    recorded: impl IntoIterator<Item = (&'a str, &'a str)>,
+    hashed: &[FileRecord],
+) -> Result<()> {
+    for (path, want) in recorded {
         let Some(name) = Path::new(path).file_name() else {
             continue;
         };
@@ -386,8 +396,8 @@ pub(crate) fn verify_recorded(dir: &Path, hashed: &[FileRecord]) -> Result<()> {
                 &file,
                 format!(
                     "changed after it was written: its sha256 is {}..., manifest.json records {}...",
-                    &got[..12],
-                    &want[..12.min(want.len())]
+                    crate::io::short_hash(&got),
+                    crate::io::short_hash(want)
                 ),
             ));
         }

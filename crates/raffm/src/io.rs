@@ -32,6 +32,12 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The first 12 characters of a hash, for messages; a recorded value that is not plain hex
+/// (from a hand-edited manifest) is shown whole rather than cut inside a character.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -454,6 +460,15 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<FileRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_hashes_never_cut_inside_a_character() {
+        assert_eq!(short_hash(&"ab".repeat(32)), "abababababab");
+        assert_eq!(short_hash("abc"), "abc");
+        // Byte 12 falls inside an `é`: shown whole instead of panicking.
+        let odd = format!("a{}", "é".repeat(6));
+        assert_eq!(short_hash(&odd), odd);
+    }
 
     #[test]
     fn staging_commits_atomically_and_cleans_up_on_drop() {

@@ -115,6 +115,18 @@ impl Launch {
         }
     }
 
+    /// Where Slurm writes the log of job `job` (`--output` in [`Self::sbatch_args`]); for
+    /// an array, with `<task>` standing for the task id.
+    pub fn log_path(&self, job: &str) -> PathBuf {
+        let task = if self.resources.array.is_some() {
+            "_<task>"
+        } else {
+            ""
+        };
+        self.log_dir
+            .join(format!("{}-{job}{task}.out", self.job_name))
+    }
+
     /// sbatch's arguments: wait for the end, print the job id, the resources, the log, the
     /// working directory, and the command as a one-line script.
     pub fn sbatch_args(&self) -> Vec<String> {
@@ -209,5 +221,22 @@ mod tests {
             assert!(args.iter().any(|a| a == want), "{want} not in {args:?}");
         }
         assert!(!args.iter().any(|a| a.starts_with("--account")));
+        // The log path named to the user is the one `--output` asks Slurm for.
+        assert_eq!(launch.log_path("42"), Path::new("logs/raffm-c003-42.out"));
+        let array = Launch {
+            resources: Resources {
+                array: Some(4),
+                ..launch.resources.clone()
+            },
+            ..launch
+        };
+        assert!(array
+            .sbatch_args()
+            .iter()
+            .any(|a| a == "--output=logs/%x-%A_%a.out"));
+        assert_eq!(
+            array.log_path("7"),
+            Path::new("logs/raffm-c003-7_<task>.out")
+        );
     }
 }

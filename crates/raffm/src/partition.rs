@@ -69,8 +69,8 @@ impl Partition {
                 format!(
                     "changed since {} was made (sha256 {}..., recorded {}...); partition it again",
                     self.file.display(),
-                    &got[..12],
-                    &self.data_sha256[..12.min(self.data_sha256.len())]
+                    crate::io::short_hash(&got),
+                    crate::io::short_hash(&self.data_sha256)
                 ),
             ));
         }

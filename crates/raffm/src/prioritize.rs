@@ -301,15 +301,14 @@ pub fn prioritize(
     }
     let tensors = config.tensors();
     let map = index_map(axes, &tensors, &widths, &tensors, &selection);
-    let mut out = checkpoint.clone();
-    out.files.clear();
-    out.tensors = map
-        .par_iter()
-        .map(|(name, index)| {
-            let t: &HostTensor = checkpoint.tensor(name);
-            (name.clone(), index.gather(t))
-        })
-        .collect();
+    let out = checkpoint.with_tensors(
+        map.par_iter()
+            .map(|(name, index)| {
+                let t: &HostTensor = checkpoint.tensor(name);
+                (name.clone(), index.gather(t))
+            })
+            .collect(),
+    );
     (out, permutations)
 }
 

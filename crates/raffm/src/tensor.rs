@@ -21,6 +21,7 @@ impl std::str::FromStr for Norm {
 }
 
 impl Norm {
+    #[cfg(test)]
     fn of(self, values: impl Iterator<Item = f32>) -> f64 {
         match self {
             Norm::L1 => values.map(|v| (v as f64).abs()).sum(),
@@ -74,12 +75,17 @@ impl HostTensor {
         self.data.len()
     }
 
+    // Test-only below: the direct forms, the reference the fast index and norm code is
+    // tested against.
+
     /// Length of one slice along the first axis (1 for a vector).
+    #[cfg(test)]
     fn row_len(&self) -> usize {
         self.shape[1..].iter().product()
     }
 
     /// Selects entries along the first axis: rows of a matrix, elements of a vector.
+    #[cfg(test)]
     pub fn select_rows(&self, index: &[usize]) -> HostTensor {
         let row = self.row_len();
         let mut data = Vec::with_capacity(index.len() * row);
@@ -92,6 +98,7 @@ impl HostTensor {
     }
 
     /// Selects columns of a matrix.
+    #[cfg(test)]
     pub fn select_cols(&self, index: &[usize]) -> HostTensor {
         assert_eq!(self.shape.len(), 2, "select_cols needs a matrix");
         let cols = self.shape[1];
@@ -106,6 +113,7 @@ impl HostTensor {
     }
 
     /// Norm of every slice along the first axis (each row of a matrix).
+    #[cfg(test)]
     pub fn row_norms(&self, norm: Norm) -> Vec<f64> {
         self.data
             .chunks_exact(self.row_len().max(1))
@@ -114,6 +122,7 @@ impl HostTensor {
     }
 
     /// Norm of every column of a matrix.
+    #[cfg(test)]
     pub fn col_norms(&self, norm: Norm) -> Vec<f64> {
         assert_eq!(self.shape.len(), 2, "col_norms needs a matrix");
         let (rows, cols) = (self.shape[0], self.shape[1]);

@@ -17,8 +17,8 @@ impl ClientUpdate {
             (Some(got), Some(want)) if got != want => {
                 return Err(format!(
                     "was extracted from global weights {} but this round's global is {} (an update from another round?)",
-                    &got[..12.min(got.len())],
-                    &want[..12.min(want.len())]
+                    crate::io::short_hash(got),
+                    crate::io::short_hash(want)
                 ))
             }
             (None, Some(_)) => {

@@ -56,20 +56,9 @@ impl HolderStats {
         self.untrimmed += untrimmed as u64;
     }
 
-    /// `count` elements with `n` holders each.
-    pub fn add_many(&mut self, n: u32, untrimmed: bool, count: u64) {
-        if count == 0 {
-            return;
-        }
-        self.add(n, untrimmed);
-        let rest = count - 1;
-        self.elements += rest;
-        if n > 0 {
-            self.held += rest;
-            self.sum += n as u64 * rest;
-            self.single += (n == 1) as u64 * rest;
-            self.untrimmed += untrimmed as u64 * rest;
-        }
+    /// `count` elements that nobody holds.
+    pub fn add_unheld(&mut self, count: u64) {
+        self.elements += count;
     }
 
     pub fn merge(&mut self, other: &HolderStats) {

@@ -97,18 +97,24 @@ fn combine_tensor(
             let mut stats = HolderStats::default();
             let mut updated = 0u64;
             let mut values: Vec<f64> = Vec::with_capacity(holders.len());
+            // The holders of row r, each with where that row starts in its values.
+            let mut row_holders: Vec<(&Holder, usize)> = Vec::with_capacity(holders.len());
             for (i, row) in block.chunks_mut(row_len).enumerate() {
                 let r = b * block_rows + i;
+                row_holders.clear();
+                row_holders.extend(holders.iter().filter_map(|h| {
+                    let sub_row = h.row_of[r];
+                    (sub_row != u32::MAX).then(|| (h, sub_row as usize * h.sub_row_len))
+                }));
                 for (c, value) in row.iter_mut().enumerate() {
                     let g = *value as f64;
                     values.clear();
-                    for h in holders {
-                        let sub_row = h.row_of[r];
+                    for &(h, start) in &row_holders {
                         let col = h.col_of.as_ref().map_or(c as u32, |cols| cols[c]);
-                        if sub_row == u32::MAX || col == u32::MAX {
+                        if col == u32::MAX {
                             continue;
                         }
-                        let v = h.values[sub_row as usize * h.sub_row_len + col as usize] as f64;
+                        let v = h.values[start + col as usize] as f64;
                         values.push(if h.scale == 1.0 {
                             v
                         } else {

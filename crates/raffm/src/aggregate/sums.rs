@@ -168,7 +168,7 @@ impl TensorSums {
                 updated += self.row_len as u64;
             }
             if set == 0 {
-                stats.add_many(0, false, self.row_len as u64);
+                stats.add_unheld(self.row_len as u64);
                 continue;
             }
             let (weights, counts) =

@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::attack::Attack;
 use crate::checkpoint::{
-    decode_f32, map_file, read_config, verify_recorded, Checkpoint, WEIGHTS_FILE,
+    decode_f32, map_file, read_config, verify_outputs, Checkpoint, WEIGHTS_FILE,
 };
 use crate::elastic::index::{IndexMap, TensorIndex};
 use crate::elastic::Axis;
@@ -110,10 +110,6 @@ impl UpdateWeights {
         Some((&t.shape, data))
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
-    }
-
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
@@ -175,9 +171,13 @@ impl ClientUpdate {
                 bytes,
             },
         ];
-        verify_recorded(dir, &read)?;
         let manifest_path = dir.join(MANIFEST_FILE);
         let (manifest, manifest_record) = Manifest::load_recorded(&manifest_path)?;
+        let recorded = manifest
+            .outputs
+            .iter()
+            .map(|f| (f.path.as_str(), f.sha256.as_str()));
+        verify_outputs(dir, recorded, &read)?;
         let files = manifest
             .outputs
             .iter()

@@ -18,10 +18,6 @@ use crate::tensor::HostTensor;
 pub struct Indices(pub Vec<usize>);
 
 impl Indices {
-    pub fn leading(n: usize) -> Self {
-        Indices((0..n).collect())
-    }
-
     /// True for `0, 1, ..., n - 1`.
     pub fn is_leading(&self, n: usize) -> bool {
         self.0.len() == n && self.0.iter().enumerate().all(|(i, &j)| i == j)
@@ -43,12 +39,16 @@ impl Serialize for Indices {
 
 impl<'de> Deserialize<'de> for Indices {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // No tensor dimension comes near this; a manifest claiming more is corrupt, and
+        // expanding it would exhaust memory before the shape checks could refuse it.
+        const MAX_INDICES: usize = 1 << 32;
         let runs = Vec::<[usize; 2]>::deserialize(d)?;
         let mut out = Vec::new();
         for [start, len] in runs {
             let end = start
                 .checked_add(len)
-                .ok_or_else(|| serde::de::Error::custom("index run overflows"))?;
+                .filter(|_| out.len().saturating_add(len) <= MAX_INDICES)
+                .ok_or_else(|| serde::de::Error::custom("index runs longer than any tensor"))?;
             out.extend(start..end);
         }
         Ok(Indices(out))
@@ -317,6 +317,12 @@ mod tests {
         assert_eq!(text, "[[0,3],[7,1],[9,2]]");
         assert_eq!(serde_json::from_str::<Indices>(&text).unwrap(), i);
         assert!(serde_json::from_str::<Indices>(&format!("[[1,{}]]", usize::MAX)).is_err());
+        // A run no tensor could have is refused before it is expanded into memory.
+        let huge = serde_json::from_str::<Indices>("[[0,4611686018427387903]]").unwrap_err();
+        assert!(
+            huge.to_string().contains("longer than any tensor"),
+            "{huge}"
+        );
     }
 
     #[test]

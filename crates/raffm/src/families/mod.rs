@@ -67,12 +67,6 @@ impl ModelConfig {
         }
     }
 
-    pub fn bert_mut(&mut self) -> &mut bert::BertConfig {
-        match self {
-            ModelConfig::Bert(c) => c,
-        }
-    }
-
     /// The family's `model_type`.
     pub fn model_type(&self) -> &str {
         match self {

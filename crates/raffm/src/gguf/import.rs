@@ -73,6 +73,12 @@ impl Hparams {
             ));
         }
         let head_dim = hidden / heads;
+        if head_dim % 2 != 0 {
+            return Err(Error::format(
+                g.path(),
+                format!("head dimension {head_dim} is odd: rotary embeddings pair its halves"),
+            ));
+        }
         if let Some(rot) = g.metadata.get("llama.rope.dimension_count") {
             if rot.as_u64() != Some(head_dim as u64) {
                 return Err(Error::format(
@@ -151,37 +157,18 @@ fn unpermute_rotary_rows(t: &HostTensor, heads: usize) -> HostTensor {
     HostTensor::new(vec![rows, cols], data)
 }
 
-/// Every tensor under its HF name, dequantized, with Q/K rows in HF's rotary layout, and
-/// each checked against the shape the hyper-parameters imply.
-fn tensors(g: &GgufFile, hp: &Hparams) -> Result<BTreeMap<String, HostTensor>> {
-    let mut out = BTreeMap::new();
-    for info in &g.tensors {
-        // llama.cpp may store precomputed rotary frequencies; HF recomputes them.
-        if info.name == "rope_freqs.weight" {
-            continue;
-        }
-        let name = hf_name(&info.name).ok_or_else(|| {
-            Error::format(
-                g.path(),
-                format!("tensor {} is not part of a LLaMA model", info.name),
-            )
-        })?;
-        let mut t = HostTensor::new(info.shape(), g.tensor_f32(info)?);
-        if name.ends_with("q_proj.weight") {
-            t = unpermute_rotary_rows(&t, hp.heads);
-        } else if name.ends_with("k_proj.weight") {
-            t = unpermute_rotary_rows(&t, hp.kv_heads);
-        }
-        out.insert(name, t);
-    }
+/// The HF shape of every tensor of a LLaMA with these hyper-parameters (`lm_head.weight`
+/// included; a tied model's file omits it).
+fn expected_shapes(hp: &Hparams) -> BTreeMap<String, Vec<usize>> {
     let kv = hp.kv_heads * hp.head_dim;
-    let mut want: Vec<(String, Vec<usize>)> = vec![
+    let mut want = BTreeMap::from([
         (
-            "model.embed_tokens.weight".into(),
+            "model.embed_tokens.weight".to_string(),
             vec![hp.vocab, hp.hidden],
         ),
-        ("model.norm.weight".into(), vec![hp.hidden]),
-    ];
+        ("model.norm.weight".to_string(), vec![hp.hidden]),
+        ("lm_head.weight".to_string(), vec![hp.vocab, hp.hidden]),
+    ]);
     for l in 0..hp.layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         want.extend([
@@ -196,39 +183,59 @@ fn tensors(g: &GgufFile, hp: &Hparams) -> Result<BTreeMap<String, HostTensor>> {
             (p("post_attention_layernorm.weight"), vec![hp.hidden]),
         ]);
     }
-    if out.contains_key("lm_head.weight") {
-        want.push(("lm_head.weight".into(), vec![hp.vocab, hp.hidden]));
+    want
+}
+
+/// Every tensor under its HF name, each checked against the shape the hyper-parameters
+/// imply before it is dequantized, with Q/K rows in HF's rotary layout.
+fn tensors(g: &GgufFile, hp: &Hparams) -> Result<BTreeMap<String, HostTensor>> {
+    let bad = |message: String| Error::format(g.path(), message);
+    // Each layer has 9 tensors: a block count the file cannot back is corrupt, and
+    // refusing it bounds what is built from it.
+    if hp.layers.checked_mul(9).is_none_or(|n| n > g.tensors.len()) {
+        return Err(bad(format!(
+            "{} layers, but the file has {} tensors",
+            hp.layers,
+            g.tensors.len()
+        )));
     }
-    for (name, shape) in &want {
-        match out.get(name) {
-            None => {
-                return Err(Error::format(
-                    g.path(),
-                    format!("tensor for {name} is missing"),
-                ));
-            }
-            Some(t) if &t.shape != shape => {
-                return Err(Error::format(
-                    g.path(),
-                    format!(
-                        "{name} has shape {:?}; the metadata implies {shape:?}",
-                        t.shape
-                    ),
-                ));
-            }
-            Some(_) => {}
+    let want = expected_shapes(hp);
+    let mut out = BTreeMap::new();
+    for info in &g.tensors {
+        // llama.cpp may store precomputed rotary frequencies; HF recomputes them.
+        if info.name == "rope_freqs.weight" {
+            continue;
+        }
+        let name = hf_name(&info.name)
+            .filter(|n| want.contains_key(n))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tensor {} is not part of a {}-layer LLaMA",
+                    info.name, hp.layers
+                ))
+            })?;
+        if info.shape() != want[&name] {
+            return Err(bad(format!(
+                "{name} has shape {:?}; the metadata implies {:?}",
+                info.shape(),
+                want[&name]
+            )));
+        }
+        let mut t = HostTensor::new(info.shape(), g.tensor_f32(info)?);
+        if name.ends_with("q_proj.weight") {
+            t = unpermute_rotary_rows(&t, hp.heads);
+        } else if name.ends_with("k_proj.weight") {
+            t = unpermute_rotary_rows(&t, hp.kv_heads);
+        }
+        if out.insert(name.clone(), t).is_some() {
+            return Err(bad(format!("two tensors map to {name}")));
         }
     }
-    if out.len() != want.len() {
-        return Err(Error::format(
-            g.path(),
-            format!(
-                "{} tensors where a {}-layer LLaMA has {}",
-                out.len(),
-                hp.layers,
-                want.len()
-            ),
-        ));
+    if let Some(missing) = want
+        .keys()
+        .find(|n| *n != "lm_head.weight" && !out.contains_key(*n))
+    {
+        return Err(bad(format!("tensor for {missing} is missing")));
     }
     Ok(out)
 }

@@ -88,8 +88,9 @@ impl TensorInfo {
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
-    pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+    /// `None` when the dimensions' product overflows (a corrupt file).
+    pub fn elements(&self) -> Option<u64> {
+        self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
     }
 }
 
@@ -117,8 +118,8 @@ impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        // SAFETY: the file is only read; a concurrent writer could change what we read,
-        // which the sha256 check of the import's input guards against.
+        // SAFETY: the file is only read. A concurrent writer could change what we read;
+        // `record` hashes the mapped bytes, so the manifest names what was parsed.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let mut r = Reader {
             bytes: &map,
@@ -200,32 +201,49 @@ impl GgufFile {
         &self.path
     }
 
+    /// The file's record (sha256, size), hashed from the bytes that were parsed.
+    pub fn record(&self) -> crate::io::FileRecord {
+        crate::io::FileRecord {
+            path: self.path.display().to_string(),
+            sha256: crate::io::sha256_bytes(&self.map),
+            bytes: self.map.len() as u64,
+        }
+    }
+
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
     /// The raw bytes of a tensor, checked to lie inside the file.
     pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<&[u8]> {
-        let len = t.kind.byte_len(t.elements()).ok_or_else(|| {
+        let elements = t.elements().ok_or_else(|| {
+            Error::format(
+                &self.path,
+                format!("tensor {}: dimensions {:?} overflow", t.name, t.dims),
+            )
+        })?;
+        let len = t.kind.byte_len(elements).ok_or_else(|| {
             Error::format(
                 &self.path,
                 format!(
-                    "tensor {}: {} elements are not whole blocks of {} ({:?})",
+                    "tensor {}: {elements} elements are not whole blocks of {} ({:?})",
                     t.name,
-                    t.elements(),
                     t.kind.block_elements(),
                     t.kind
                 ),
             )
         })?;
-        let start = self.data_start as u64 + t.offset;
-        match start.checked_add(len) {
-            Some(end) if end <= self.map.len() as u64 => Ok(&self.map[start as usize..end as usize]),
+        let start = (self.data_start as u64).checked_add(t.offset);
+        match start.and_then(|s| s.checked_add(len).map(|end| (s, end))) {
+            Some((start, end)) if end <= self.map.len() as u64 => {
+                Ok(&self.map[start as usize..end as usize])
+            }
             _ => Err(Error::format(
                 &self.path,
                 format!(
-                    "tensor {}: its {len} bytes at offset {start} run past the end of the file ({} bytes): truncated?",
+                    "tensor {}: its {len} bytes at offset {} run past the end of the file ({} bytes): truncated?",
                     t.name,
+                    t.offset,
                     self.map.len()
                 ),
             )),
@@ -298,6 +316,18 @@ impl GgufFile {
     }
 }
 
+/// The fewest bytes a metadata value of this type takes (a string: its 8-byte length);
+/// `None` for an unknown type.
+fn encoded_size(kind: u32) -> Option<usize> {
+    Some(match kind {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8..=12 => 8,
+        _ => return None,
+    })
+}
+
 /// A cursor over the header that turns every short read into an error naming the file.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -363,8 +393,18 @@ impl<'a> Reader<'a> {
             9 => {
                 let item_kind = self.u32()?;
                 let count = self.u64()?;
-                // Every item takes at least one byte: a count beyond the file is corrupt.
-                if count > (self.bytes.len() - self.pos) as u64 {
+                // No metadata a model needs nests arrays; refusing them bounds the recursion.
+                let Some(item_bytes) = encoded_size(item_kind).filter(|_| item_kind != 9) else {
+                    return Err(Error::format(
+                        self.path,
+                        format!(
+                            "metadata {key}: arrays of value type {item_kind} are not supported"
+                        ),
+                    ));
+                };
+                // Each item takes at least `item_bytes`: a count beyond the file is corrupt,
+                // and refusing it keeps the allocation below bounded by the file's size.
+                if count > ((self.bytes.len() - self.pos) / item_bytes) as u64 {
                     return Err(Error::format(
                         self.path,
                         format!(
@@ -568,6 +608,39 @@ mod tests {
                 "{err} (wanted {want})"
             );
             assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        let nested = {
+            let mut b = write(&[], &[]);
+            b[16..24].copy_from_slice(&1u64.to_le_bytes()); // one metadata entry
+            b.extend(1u64.to_le_bytes());
+            b.extend(b"k");
+            b.extend(9u32.to_le_bytes()); // an array
+            b.extend(9u32.to_le_bytes()); // of arrays
+            b.extend(1u64.to_le_bytes());
+            b
+        };
+        let overflowing = write(
+            &[],
+            &[Tensor {
+                name: "w",
+                dims: vec![1 << 40, 1 << 40],
+                kind_id: 0,
+                bytes: vec![],
+            }],
+        );
+        for (bytes, want) in [
+            (
+                nested,
+                "metadata k: arrays of value type 9 are not supported",
+            ),
+            (
+                overflowing,
+                "tensor w: dimensions [1099511627776, 1099511627776] overflow",
+            ),
+        ] {
+            let (_dir, file) = open(&bytes);
+            let err = file.unwrap_err().to_string();
+            assert!(err.contains(want), "{err} (wanted {want})");
         }
         let mut version = good.clone();
         version[4] = 9;

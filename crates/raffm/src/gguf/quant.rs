@@ -59,7 +59,8 @@ impl GgmlType {
     pub fn byte_len(self, elements: u64) -> Option<u64> {
         elements
             .is_multiple_of(self.block_elements())
-            .then(|| elements / self.block_elements() * self.block_bytes())
+            .then(|| (elements / self.block_elements()).checked_mul(self.block_bytes()))
+            .flatten()
     }
 }
 

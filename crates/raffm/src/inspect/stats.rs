@@ -100,8 +100,9 @@ pub fn tensor_stats(checkpoint: &Checkpoint) -> Vec<TensorStats> {
     model_order(checkpoint).into_iter().map(stats_of).collect()
 }
 
-/// Loads a checkpoint folder without hashing it; a folder that is not a checkpoint at all
-/// gets an error saying so.
+/// Loads a checkpoint folder, checked against its manifest like any stage's input (a
+/// changed file is reported, not inspected); a folder that is not a checkpoint at all gets
+/// an error saying so.
 pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
     if dir.is_dir() && !dir.join(CONFIG_FILE).is_file() {
         return Err(Error::format(

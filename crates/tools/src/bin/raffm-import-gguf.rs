@@ -8,7 +8,7 @@ use serde_json::json;
 
 use raffm::gguf::import::import_llama;
 use raffm::gguf::GgufFile;
-use raffm::io::{sha256_file, StagingDir};
+use raffm::io::StagingDir;
 use raffm::manifest::Manifest;
 
 /// Dequantizes a LLaMA-architecture GGUF file (F32, F16, BF16, Q4_0, Q4_1 and Q8_0
@@ -37,7 +37,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "raffm-import-gguf",
         json!({"input": args.input, "output": args.output}),
     );
-    manifest.inputs.push(sha256_file(&args.input)?);
+    manifest.inputs.push(gguf.record());
     let mut staging = StagingDir::new(&args.output)?;
     let imported = import_llama(&gguf, &mut staging)?;
     manifest.parameter_count = Some(imported.parameters);

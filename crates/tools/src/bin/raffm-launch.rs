@@ -122,11 +122,6 @@ fn slurm(launch: &Launch) -> anyhow::Result<()> {
     let mut first = String::new();
     std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut first)?;
     let job = first.trim().split(';').next().unwrap_or("").to_string();
-    let log = |suffix: &str| {
-        launch
-            .log_dir
-            .join(format!("{}-{job}{suffix}.out", launch.job_name))
-    };
     if !job.is_empty() {
         eprintln!(
             "{}: Slurm job {job}, {} MiB, {} CPUs{}",
@@ -143,7 +138,7 @@ fn slurm(launch: &Launch) -> anyhow::Result<()> {
     if status.success() {
         if launch.resources.array.is_none() {
             // The command's own last line (local-train's summary) for the terminal.
-            if let Ok(text) = std::fs::read_to_string(log("")) {
+            if let Ok(text) = std::fs::read_to_string(launch.log_path(&job)) {
                 if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
                     eprintln!("{line}");
                 }
@@ -155,16 +150,10 @@ fn slurm(launch: &Launch) -> anyhow::Result<()> {
         bail!("sbatch failed ({status}) before a job was submitted");
     }
     let (state, exit) = job_state(&job);
-    let where_logged = match launch.resources.array {
-        Some(_) => launch
-            .log_dir
-            .join(format!("{}-{job}_<task>.out", launch.job_name)),
-        None => log(""),
-    };
     bail!(
         "Slurm job {job} ({}) ended {state} (exit code {exit}); its log: {}; run the same command (or make) again to redo it",
         launch.job_name,
-        where_logged.display()
+        launch.log_path(&job).display()
     )
 }
 
