@@ -93,7 +93,7 @@ slurm-installed:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
 # The pipeline tests drive every stage binary through make: build them all first.
-test: assets $(ASSETS)/.fetched-llm $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
+test: assets $(LLM)/manifest.json $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 

@@ -71,6 +71,18 @@ impl HostTensor {
         }
     }
 
+    /// A matrix's transpose: PyTorch's Linear stores `[out, in]`, burn's `[in, out]`.
+    pub fn transposed(&self) -> HostTensor {
+        let (rows, cols) = (self.shape[0], self.shape[1]);
+        let mut data = vec![0.0; self.numel()];
+        for (i, row) in self.data.chunks_exact(cols).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                data[j * rows + i] = v;
+            }
+        }
+        HostTensor::new(vec![cols, rows], data)
+    }
+
     pub fn numel(&self) -> usize {
         self.data.len()
     }

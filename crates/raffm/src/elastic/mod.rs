@@ -24,7 +24,11 @@ pub enum Axis {
     Hidden,
     /// Which layers a model keeps (global); its width is the depth.
     Layers,
-    /// Attention heads of a layer.
+    /// Key/value heads of a layer: each with its group of query heads (grouped-query
+    /// attention).
+    KvHeads,
+    /// Attention heads of a layer (query heads within their KV group, where there are
+    /// groups).
     Heads,
     /// Query/key channels inside a head; its width is the head dimension.
     HeadDim,
@@ -37,9 +41,10 @@ pub enum Axis {
 }
 
 impl Axis {
-    pub const ALL: [Axis; 7] = [
+    pub const ALL: [Axis; 8] = [
         Axis::Hidden,
         Axis::Layers,
+        Axis::KvHeads,
         Axis::Heads,
         Axis::HeadDim,
         Axis::ValueDim,
@@ -51,6 +56,7 @@ impl Axis {
         match self {
             Axis::Hidden => "hidden",
             Axis::Layers => "layers",
+            Axis::KvHeads => "kv_heads",
             Axis::Heads => "heads",
             Axis::HeadDim => "head_dim",
             Axis::ValueDim => "value_dim",

@@ -4,6 +4,7 @@
 //! lists them; every stage works through it and never names a family's tensors.
 
 pub mod bert;
+pub mod llama;
 
 use std::path::Path;
 
@@ -16,10 +17,11 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Bert(bert::BertConfig),
+    Llama(llama::LlamaConfig),
 }
 
 /// The model types we read, for error messages.
-const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert";
+const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, llama";
 
 /// Activations of one layer, in elements (see each family's `layer_activations`).
 pub use bert::LayerActivations;
@@ -47,6 +49,11 @@ impl ModelConfig {
                 variant, raw, path,
             )?));
         }
+        if model_type == "llama" {
+            return Ok(ModelConfig::Llama(llama::LlamaConfig::from_json(
+                raw, path,
+            )?));
+        }
         Err(Error::UnknownModelType {
             path: path.to_path_buf(),
             model_type: model_type.to_string(),
@@ -57,13 +64,24 @@ impl ModelConfig {
     pub fn to_json(&self) -> Value {
         match self {
             ModelConfig::Bert(c) => c.to_json(),
+            ModelConfig::Llama(c) => c.to_json(),
         }
     }
 
-    /// The BERT-family config, for code that runs BERT-family models.
+    /// The BERT-family config, for code that runs BERT-family models (after checking
+    /// [`ModelConfig::has_classifier`], which only they have).
     pub fn bert(&self) -> &bert::BertConfig {
         match self {
             ModelConfig::Bert(c) => c,
+            ModelConfig::Llama(_) => panic!("a BERT-family model was expected"),
+        }
+    }
+
+    /// The decoder's config, if this is one.
+    pub fn llama(&self) -> Option<&llama::LlamaConfig> {
+        match self {
+            ModelConfig::Llama(c) => Some(c),
+            ModelConfig::Bert(_) => None,
         }
     }
 
@@ -71,6 +89,7 @@ impl ModelConfig {
     pub fn model_type(&self) -> &str {
         match self {
             ModelConfig::Bert(c) => c.model_type(),
+            ModelConfig::Llama(_) => "llama",
         }
     }
 
@@ -79,6 +98,7 @@ impl ModelConfig {
     pub fn axes(&self) -> &'static [AxisSpec] {
         match self {
             ModelConfig::Bert(_) => &bert::AXES,
+            ModelConfig::Llama(_) => &llama::AXES,
         }
     }
 
@@ -86,6 +106,7 @@ impl ModelConfig {
     pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         match self {
             ModelConfig::Bert(c) => c.outer_tensors(),
+            ModelConfig::Llama(c) => c.outer_tensors(),
         }
     }
 
@@ -93,6 +114,7 @@ impl ModelConfig {
     pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
         match self {
             ModelConfig::Bert(c) => c.layer_tensors(layer),
+            ModelConfig::Llama(c) => c.layer_tensors(layer),
         }
     }
 
@@ -132,6 +154,7 @@ impl ModelConfig {
     pub fn widths(&self) -> Widths {
         match self {
             ModelConfig::Bert(c) => c.widths(),
+            ModelConfig::Llama(c) => c.widths(),
         }
     }
 
@@ -139,6 +162,7 @@ impl ModelConfig {
     pub fn with_widths(&self, widths: &Widths) -> Result<Self> {
         Ok(match self {
             ModelConfig::Bert(c) => ModelConfig::Bert(c.with_widths(widths)?),
+            ModelConfig::Llama(c) => ModelConfig::Llama(c.with_widths(widths)?),
         })
     }
 
@@ -152,6 +176,7 @@ impl ModelConfig {
     ) -> LayerActivations {
         match self {
             ModelConfig::Bert(_) => bert::layer_activations(global, layer, batch, seq),
+            ModelConfig::Llama(_) => llama::layer_activations(global, layer, batch, seq),
         }
     }
 
@@ -159,6 +184,7 @@ impl ModelConfig {
     pub fn outer_activations(&self, global: &AxisSizes, batch: u64, seq: u64) -> u64 {
         match self {
             ModelConfig::Bert(_) => bert::embedding_activations(global, batch, seq),
+            ModelConfig::Llama(_) => llama::outer_activations(global, batch, seq),
         }
     }
 
@@ -169,6 +195,7 @@ impl ModelConfig {
     pub fn canonical_name(&self, hf_name: &str) -> Option<(String, bool)> {
         match self {
             ModelConfig::Bert(c) => bert::names::to_canonical(c.variant, hf_name),
+            ModelConfig::Llama(_) => llama::to_canonical(hf_name),
         }
     }
 
@@ -178,6 +205,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => {
                 bert::names::from_canonical(c.variant, canonical, prefixed, c.classifier)
             }
+            ModelConfig::Llama(_) => canonical.to_string(),
         }
     }
 
@@ -186,6 +214,8 @@ impl ModelConfig {
     pub fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
         match self {
             ModelConfig::Bert(c) => c.adopt_parts(names),
+            // Whether lm_head is tied comes from the config, as in HF.
+            ModelConfig::Llama(_) => {}
         }
     }
 
@@ -205,6 +235,11 @@ impl ModelConfig {
                         })?;
                 Ok(())
             }
+            // The special-token ids (bos, eos, pad) and the chat template would all have to
+            // move with the kept rows.
+            ModelConfig::Llama(_) => Err(Error::Invalid(
+                "client vocabularies are implemented for the encoders only, not for llama".into(),
+            )),
         }
     }
 
@@ -213,10 +248,18 @@ impl ModelConfig {
     pub fn has_classifier(&self) -> bool {
         match self {
             ModelConfig::Bert(c) => c.classifier,
+            ModelConfig::Llama(_) => false,
         }
     }
 
-    /// Declares a classification head for `labels` (and whatever it reads, a pooler).
+    /// Whether the family takes a classification head (the encoders; a decoder scores
+    /// its answers with its language-model head).
+    pub fn takes_classification_head(&self) -> bool {
+        matches!(self, ModelConfig::Bert(_))
+    }
+
+    /// Declares a classification head for `labels` (and whatever it reads, a pooler); a
+    /// family without one (see [`ModelConfig::takes_classification_head`]) is unchanged.
     pub fn set_classification_head(&mut self, labels: &[String]) {
         match self {
             ModelConfig::Bert(c) => {
@@ -224,24 +267,28 @@ impl ModelConfig {
                 c.pooler = true;
                 c.classifier = true;
             }
+            ModelConfig::Llama(_) => {}
         }
     }
 
     pub fn num_labels(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.num_labels,
+            ModelConfig::Llama(_) => 0,
         }
     }
 
     pub fn label_names(&self) -> Vec<String> {
         match self {
             ModelConfig::Bert(c) => c.label_names(),
+            ModelConfig::Llama(_) => Vec::new(),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.vocab_size,
+            ModelConfig::Llama(c) => c.vocab_size,
         }
     }
 
@@ -255,19 +302,22 @@ impl ModelConfig {
                 }
                 bert::Variant::Bert | bert::Variant::DistilBert => c.max_position_embeddings,
             },
+            ModelConfig::Llama(c) => c.max_position_embeddings,
         }
     }
 
     /// Whether the family reads text through a tokenizer that travels with its checkpoints.
     pub fn needs_tokenizer(&self) -> bool {
         match self {
-            ModelConfig::Bert(_) => true,
+            ModelConfig::Bert(_) | ModelConfig::Llama(_) => true,
         }
     }
 
     pub fn pad_token_id(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.pad_token_id,
+            // Right padding behind a causal mask is never attended to: any id will do.
+            ModelConfig::Llama(c) => c.pad_token_id.unwrap_or(0),
         }
     }
 }

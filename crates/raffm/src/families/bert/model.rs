@@ -43,7 +43,7 @@ impl<B: Backend> Loader<'_, B> {
 
     /// An HF Linear: PyTorch stores `[out, in]`, burn computes with `[in, out]`.
     fn linear(&self, prefix: &str) -> Linear<B> {
-        let weight = transpose(self.host(&format!("{prefix}.weight")));
+        let weight = self.host(&format!("{prefix}.weight")).transposed();
         Linear {
             weight: Param::from_tensor(self.tensor(&weight)),
             bias: Some(Param::from_tensor(
@@ -69,17 +69,6 @@ impl<B: Backend> Loader<'_, B> {
             weight: Param::from_tensor(self.tensor(self.host(name))),
         }
     }
-}
-
-fn transpose(t: &HostTensor) -> HostTensor {
-    let (rows, cols) = (t.shape[0], t.shape[1]);
-    let mut data = vec![0.0; t.numel()];
-    for (i, row) in t.data.chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            data[j * rows + i] = v;
-        }
-    }
-    HostTensor::new(vec![cols, rows], data)
 }
 
 /// A Linear on `[batch, seq, in]` as one `[batch * seq, in]` matmul. burn's Linear on a
@@ -118,7 +107,7 @@ impl Exporter {
             .convert::<f32>()
             .into_vec::<f32>()
             .expect("float tensor");
-        let weight = transpose(&HostTensor::new(shape.to_vec(), data));
+        let weight = HostTensor::new(shape.to_vec(), data).transposed();
         self.tensors.push((format!("{prefix}.weight"), weight));
         let bias = l.bias.as_ref().expect("HF linears have biases").val();
         self.tensor(format!("{prefix}.bias"), bias);

@@ -1,0 +1,209 @@
+//! The LLaMA-style decoder (`LlamaForCausalLM`: grouped-query attention, rotary position
+//! embeddings, SwiGLU feed-forward, RMSNorm, optionally tied embeddings): its config
+//! (`config.rs`), the burn model (`model.rs`), LoRA adapters in PEFT's format (`lora.rs`),
+//! and its elastic description (here).
+//!
+//! Canonical names are HF's own (`model.layers.3.self_attn.q_proj.weight`).
+//!
+//! Axes: hidden channels (global: the embeddings, every projection's input or output on
+//! the residual stream, and the RMSNorm scales; RMSNorm has no mean, so permuting the
+//! channels keeps the function exactly, while slicing them changes the root mean square
+//! and approximates it), depth, and per layer: KV groups (a key/value head with its query
+//! heads, moved whole: rows of `k_proj` and `v_proj`, the group's rows of `q_proj` and
+//! columns of `o_proj`), query heads within their group (rows of `q_proj`, columns of
+//! `o_proj`), and FFN neurons (rows of `gate_proj` and `up_proj`, columns of `down_proj`).
+//!
+//! The head dimension is an axis that can be neither permuted nor cut: rotary embeddings
+//! rotate channel i with channel i + d/2 at a frequency fixed by i, so reordering or
+//! dropping channels inside a head changes the function.
+
+pub mod config;
+pub mod lora;
+pub mod model;
+
+pub use config::{tiny_config, LlamaConfig};
+
+use crate::elastic::{
+    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec,
+};
+use crate::families::LayerActivations;
+
+const fn axis(axis: Axis, scope: Scope, nested_in: Option<Axis>) -> AxisSpec {
+    let head_dim = matches!(axis, Axis::HeadDim);
+    AxisSpec {
+        axis,
+        scope,
+        nested_in,
+        width_of: axis,
+        // Layers are not interchangeable, token rows are tied to the tokenizer's ids, and
+        // rotary embeddings pin every channel of a head.
+        permutable: !matches!(axis, Axis::Layers | Axis::Vocab | Axis::HeadDim),
+        // RMSNorm over fewer channels is not a zeroed slice; a dropped layer is not one.
+        masked_equivalent: !matches!(axis, Axis::Layers | Axis::Hidden | Axis::Vocab),
+        searchable: !matches!(axis, Axis::Vocab | Axis::HeadDim),
+        salience: match axis {
+            Axis::Layers => Salience::LayerMagnitude,
+            Axis::Vocab => Salience::None,
+            _ if head_dim => Salience::None,
+            _ => Salience::CoupledSlices,
+        },
+    }
+}
+
+pub const AXES: [AxisSpec; 7] = [
+    axis(Axis::Hidden, Scope::Global, None),
+    axis(Axis::Layers, Scope::Global, None),
+    axis(Axis::KvHeads, Scope::Layer, None),
+    // Query heads are ordered inside their KV group: they share its key and value.
+    axis(Axis::Heads, Scope::Layer, Some(Axis::KvHeads)),
+    // Follows `heads` in the query rows and `kv_heads` in the key rows, so it names no
+    // parent; it is never permuted.
+    axis(Axis::HeadDim, Scope::Layer, None),
+    axis(Axis::Ffn, Scope::Layer, None),
+    axis(Axis::Vocab, Scope::Global, None),
+];
+
+use Factor::Axis as A;
+const HIDDEN: &[Factor] = &[A(Axis::Hidden)];
+const QUERY: &[Factor] = &[A(Axis::KvHeads), A(Axis::Heads), A(Axis::HeadDim)];
+const KEY_VALUE: &[Factor] = &[A(Axis::KvHeads), A(Axis::HeadDim)];
+const FFN: &[Factor] = &[A(Axis::Ffn)];
+const VOCAB: &[Factor] = &[A(Axis::Vocab)];
+
+/// Every tensor of one decoder layer: name inside the layer, dimensions, initialisation.
+pub const LAYER: [(&str, &[&[Factor]], Init); 9] = [
+    ("self_attn.q_proj.weight", &[QUERY, HIDDEN], Init::Weight),
+    (
+        "self_attn.k_proj.weight",
+        &[KEY_VALUE, HIDDEN],
+        Init::Weight,
+    ),
+    (
+        "self_attn.v_proj.weight",
+        &[KEY_VALUE, HIDDEN],
+        Init::Weight,
+    ),
+    ("self_attn.o_proj.weight", &[HIDDEN, QUERY], Init::Weight),
+    ("mlp.gate_proj.weight", &[FFN, HIDDEN], Init::Weight),
+    ("mlp.up_proj.weight", &[FFN, HIDDEN], Init::Weight),
+    ("mlp.down_proj.weight", &[HIDDEN, FFN], Init::Weight),
+    ("input_layernorm.weight", &[HIDDEN], Init::NormScale),
+    (
+        "post_attention_layernorm.weight",
+        &[HIDDEN],
+        Init::NormScale,
+    ),
+];
+
+/// HF name of a decoder-layer tensor.
+pub fn layer_tensor(layer: usize, key: &str) -> String {
+    format!("model.layers.{layer}.{key}")
+}
+
+fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorSpec {
+    TensorSpec {
+        name: name.to_string(),
+        layer: None,
+        key: name.to_string(),
+        dims: dims.iter().map(|d| d.to_vec()).collect::<Vec<Dim>>(),
+        kind,
+        init,
+    }
+}
+
+impl LlamaConfig {
+    /// Tensors before and after the layers, in model order. A tied `lm_head` has no tensor.
+    pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        use TensorKind::{Embedding, Head};
+        let before = vec![spec(
+            "model.embed_tokens.weight",
+            &[VOCAB, HIDDEN],
+            Embedding,
+            Init::Weight,
+        )];
+        let mut after = vec![spec("model.norm.weight", &[HIDDEN], Head, Init::NormScale)];
+        if !self.tie_word_embeddings {
+            after.push(spec("lm_head.weight", &[VOCAB, HIDDEN], Head, Init::Weight));
+        }
+        (before, after)
+    }
+
+    /// The tensors of layer `layer`.
+    pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
+        LAYER
+            .iter()
+            .map(|(key, dims, init)| TensorSpec {
+                name: layer_tensor(layer, key),
+                layer: Some(layer),
+                key: key.to_string(),
+                dims: dims.iter().map(|d| d.to_vec()).collect(),
+                kind: TensorKind::Layer,
+                init: *init,
+            })
+            .collect()
+    }
+}
+
+/// The canonical name of an HF tensor name (HF's own); `None` for names that are not part
+/// of the model (rotary buffers some exporters write).
+pub fn to_canonical(hf_name: &str) -> Option<(String, bool)> {
+    (!hf_name.ends_with("rotary_emb.inv_freq")).then(|| (hf_name.to_string(), false))
+}
+
+/// What one decoder layer of these widths holds, for `batch` sequences of `seq` tokens.
+///
+/// Training keeps, with `q = heads * head_dim` query channels, `k = kv_heads * head_dim`
+/// key (and value) channels, FFN width `f` and hidden size `h`: the layer input and its
+/// RMSNorm, Q and K before and after rotation, V, the attention context, the residual sum
+/// and its RMSNorm, the gate and up projections, the gate's SiLU and their product,
+/// `T * (4h + 3q + 3k + 4f)` values, plus the scores and probabilities of every query head,
+/// `2 * batch * heads * seq^2`. Inference holds `T * (3h + 2q + 2k + 2f)` plus one copy of
+/// the scores.
+pub fn layer_activations(
+    global: &AxisSizes,
+    layer: &AxisSizes,
+    batch: u64,
+    seq: u64,
+) -> LayerActivations {
+    let h = global.get(Axis::Hidden) as u64;
+    let heads = (layer.get(Axis::KvHeads) * layer.get(Axis::Heads)) as u64;
+    let d = layer.get(Axis::HeadDim) as u64;
+    let (q, k) = (heads * d, layer.get(Axis::KvHeads) as u64 * d);
+    let f = layer.get(Axis::Ffn) as u64;
+    let tokens = batch * seq;
+    LayerActivations {
+        train: tokens * (4 * h + 3 * q + 3 * k + 4 * f) + 2 * batch * heads * seq * seq,
+        inference: tokens * (3 * h + 2 * q + 2 * k + 2 * f) + batch * heads * seq * seq,
+    }
+}
+
+/// The embeddings' output and the final norm's input and output.
+pub fn outer_activations(global: &AxisSizes, batch: u64, seq: u64) -> u64 {
+    3 * batch * seq * global.get(Axis::Hidden) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elastic::check_description;
+    use crate::families::ModelConfig;
+
+    #[test]
+    fn the_description_is_well_formed_and_counts_smollm2() {
+        let c = tiny_config(2, 16, 4, 2, 24);
+        let (before, after) = c.outer_tensors();
+        let mut all = before;
+        all.extend(c.layer_tensors(0));
+        all.extend(c.layer_tensors(1));
+        all.extend(after);
+        check_description(&AXES, &all).unwrap();
+        // Every tensor sits on the residual stream.
+        assert!(all.iter().all(|t| t.has_axis(Axis::Hidden)), "{all:?}");
+
+        // SmolLM2-135M: 134,515,008 parameters, as HF counts them (tied lm_head once).
+        let mut smol = tiny_config(30, 576, 9, 3, 1536);
+        smol.vocab_size = 49152;
+        let smol = ModelConfig::Llama(smol);
+        assert_eq!(smol.parameter_count(), 134_515_008);
+    }
+}
