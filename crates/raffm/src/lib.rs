@@ -28,6 +28,7 @@ pub mod gguf;
 pub mod inspect;
 pub mod io;
 pub mod launch;
+pub mod llm;
 pub mod manifest;
 pub mod partition;
 pub mod pipeline;

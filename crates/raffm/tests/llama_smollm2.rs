@@ -332,3 +332,69 @@ fn adapters_round_trip_in_peft_layout_and_bad_ones_are_refused() {
     );
     assert!(!err.contains('\n'), "{err}");
 }
+
+/// What PEFT 0.21.2 itself writes for a LoRA of r 16, alpha 32, dropout 0.05 on q/k/v/o of
+/// this model (scripts/reference/peft_adapter.py, which also checked once that PEFT loads
+/// an adapter of ours and gives the logits of our merge).
+#[test]
+fn our_adapter_has_the_names_shapes_and_config_peft_writes() {
+    let checkpoint = Checkpoint::load(smollm2_dir()).unwrap();
+    let config = checkpoint.config.llama().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/peft-adapter-layout.json");
+    let peft: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(
+        peft["peft_on_our_adapter_vs_our_merge_max_abs_logit_diff"]
+            .as_f64()
+            .unwrap()
+            < 1e-4
+    );
+
+    let mut lora = lora(16);
+    lora.lora_dropout = 0.05;
+    let adapter = LoraAdapter::init(&lora, config, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("adapter");
+    let mut staging = StagingDir::new(&dir).unwrap();
+    adapter.write_into(&mut staging).unwrap();
+    staging.commit().unwrap();
+
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let ours = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut layout: Vec<(String, Vec<usize>)> = ours
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.shape().to_vec()))
+        .collect();
+    layout.sort();
+    let theirs: Vec<(String, Vec<usize>)> = peft["tensors"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(n, s)| (n.clone(), serde_json::from_value(s.clone()).unwrap()))
+        .collect();
+    assert_eq!(layout, theirs);
+
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(ADAPTER_CONFIG_FILE)).unwrap())
+            .unwrap();
+    let theirs = peft["adapter_config"].as_object().unwrap();
+    for (key, value) in written.as_object().unwrap() {
+        let want = theirs
+            .get(key)
+            .unwrap_or_else(|| panic!("PEFT writes no `{key}`"));
+        match key.as_str() {
+            "base_model_name_or_path" => {}
+            // A set in PEFT: its order is arbitrary.
+            "target_modules" => {
+                let sorted = |v: &Value| {
+                    let mut s: Vec<String> = serde_json::from_value(v.clone()).unwrap();
+                    s.sort();
+                    s
+                };
+                assert_eq!(sorted(value), sorted(want));
+            }
+            "lora_alpha" => assert_eq!(value.as_f64(), want.as_f64()),
+            _ => assert_eq!(value, want, "`{key}`"),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! LoRA training throughput and peak memory of the real SmolLM2-135M, in the shape of the
+//! reference figure (PyTorch 2.15 + transformers 5.23 + peft 0.21.2, 2 threads, batch 8 x
+//! seq 128 random token ids, rank 16 alpha 32 on q/k/v/o, AdamW: 195-201 tokens/s, peak
+//! RSS 5.1-5.3 GiB, 1.84M trainable parameters).
+//!
+//! `lm` takes the loss on every position, as the reference does; `answer` on the last 8
+//! tokens of each sequence only, as the instruction tasks do. Each run is its own process,
+//! so its peak resident memory is its own. With `RAFFM_TORCH_PYTHON` set to a Python with
+//! torch, transformers and peft, `scripts/bench/lora_pytorch.py` runs in between, side by
+//! side. Throughput is the median over steps after the first; `steal` is the share of CPU
+//! time the hypervisor gave to other guests meanwhile. Run with `make bench`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use raffm::burn::backend::Autodiff;
+use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
+use raffm::llm::{train::train_lora, EncodedExample};
+use raffm::rng::SplitMix64;
+use raffm::sys::peak_rss_bytes;
+use raffm::train::TrainOptions;
+use raffm::{Checkpoint, CpuBackend};
+
+const BATCH: usize = 8;
+const SEQ: usize = 128;
+const STEPS: usize = 6;
+
+fn model_dir() -> PathBuf {
+    let assets = std::env::var("RAFFM_ASSETS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets").into());
+    PathBuf::from(assets).join("smollm2-135m-instruct")
+}
+
+/// (steal, total) CPU jiffies from /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
+fn measure(mode: &str) {
+    let checkpoint = Checkpoint::load(model_dir()).expect("run `make assets-llm` first");
+    let config = checkpoint.config.llama().unwrap();
+    let targets: Vec<String> = DEFAULT_TARGETS.map(String::from).to_vec();
+    let lora = LoraConfig::new(16, 32.0, 0.05, &targets).unwrap();
+    let adapter = LoraAdapter::init(&lora, config, 0);
+    let answer = if mode == "lm" { SEQ - 1 } else { 8 };
+    let mut rng = SplitMix64::new(1);
+    let examples: Vec<EncodedExample> = (0..BATCH * (STEPS + 1))
+        .map(|_| {
+            let ids: Vec<u32> = (0..SEQ)
+                .map(|_| (rng.next_u64() % config.vocab_size as u64) as u32)
+                .collect();
+            EncodedExample {
+                prompt: ids[..SEQ - answer].to_vec(),
+                options: vec![ids[SEQ - answer..].to_vec()],
+                answer: 0,
+            }
+        })
+        .collect();
+    let options = TrainOptions {
+        batch_size: BATCH,
+        max_steps: Some(STEPS + 1),
+        learning_rate: 2e-4,
+        ..Default::default()
+    };
+    let mut ends = vec![Instant::now()];
+    let (_, report) = train_lora::<Autodiff<CpuBackend>>(
+        &checkpoint,
+        &adapter,
+        &examples,
+        &options,
+        0,
+        &Default::default(),
+        |_| ends.push(Instant::now()),
+    )
+    .unwrap();
+    let mut seconds: Vec<f64> = ends
+        .windows(2)
+        .skip(1)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    println!(
+        "{{\"tokens_per_second\": {:.1}, \"peak_rss_mib\": {:.0}, \"trainable\": {}}}",
+        (BATCH * SEQ) as f64 / seconds[seconds.len() / 2],
+        peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+        report.trainable_parameters
+    );
+}
+
+fn run(command: &mut Command) -> Option<serde_json::Value> {
+    let before = cpu_jiffies();
+    let out = command.output().ok()?;
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
+    if let (Some((s0, t0)), Some((s1, t1))) = (before, cpu_jiffies()) {
+        value["steal_percent"] = (100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64).into();
+    }
+    Some(value)
+}
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if let [mode] = &args[..] {
+        return measure(mode);
+    }
+    let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/bench/lora_pytorch.py"
+    );
+    println!("LoRA training, SmolLM2-135M, batch {BATCH} x seq {SEQ}, r 16 on q/k/v/o, 2 threads; reference PyTorch 195-201 tokens/s, 5.1-5.3 GiB");
+    // Interleaved, twice: ours (both losses), then PyTorch, so the machine's noise falls on both.
+    for round in 0..2 {
+        for mode in ["lm", "answer"] {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.arg(mode);
+            if let Some(v) = run(&mut cmd) {
+                println!(
+                    "round {round}  raffm   loss on {:<14} {v}",
+                    if mode == "lm" {
+                        "every token"
+                    } else {
+                        "8 answer tokens"
+                    }
+                );
+            }
+        }
+        if let Some(python) = &torch {
+            let mut cmd = Command::new(python);
+            cmd.arg(script).arg(model_dir()).env("OMP_NUM_THREADS", "2");
+            if let Some(v) = run(&mut cmd) {
+                println!("round {round}  pytorch loss on {:<14} {v}", "every token");
+            }
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! `raffm-llm`: the decoder LLM with LoRA adapters — evaluate, train an adapter, average
+//! adapters, merge one into its base.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::device::DeviceChoice;
+use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
+use raffm::families::llama::model::LlamaForCausalLM;
+use raffm::io::{sha256_file, write_file_atomic, StagingDir};
+use raffm::llm::task::{self, Selection, TaskFormat};
+use raffm::llm::{encode, score, train, EncodedExample};
+use raffm::train::TrainOptions;
+use raffm::{with_backend, Checkpoint};
+
+/// The decoder LLM (LLaMA family, e.g. SmolLM2 imported by raffm-import-gguf) with LoRA
+/// adapters in PEFT's format.
+///
+///   eval     accuracy by option log-likelihood (zero-shot, or with --adapter)
+///   train    train an adapter on a task (the base stays frozen)
+///   average  the weighted mean of adapters (FedAvg of A and of B)
+///   merge    write base + adapter as a plain HF folder
+///
+/// Tasks: --task rotten-tomatoes (the CSV, as "Review: ...\nSentiment:" with " positive" or
+/// " negative"), bigbench (a BIG-bench task.json, e.g. MathQA), jsonl ({"prompt",
+/// "completion"} or {"prompt", "options", "answer"} per line).
+#[derive(Parser, Debug)]
+#[command(name = "raffm-llm", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Eval(EvalCmd),
+    Train(TrainCmd),
+    Average(AverageCmd),
+    Merge(MergeCmd),
+}
+
+/// Which task and which of its examples.
+#[derive(ClapArgs, Debug)]
+struct DataArgs {
+    /// Task format: rotten-tomatoes, bigbench or jsonl.
+    #[arg(long)]
+    task: TaskFormat,
+    /// The task's file.
+    #[arg(long)]
+    data: PathBuf,
+    /// Share of the examples held out for validation (seeded by --split-seed).
+    #[arg(long, default_value_t = 0.12)]
+    validation_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Use at most this many examples (the first of the seeded order).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Tokens per sequence (a longer prompt loses its beginning).
+    #[arg(long, default_value_t = 256)]
+    max_seq_len: usize,
+}
+
+impl DataArgs {
+    fn examples(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        validation: bool,
+        shard: Option<(usize, usize)>,
+    ) -> anyhow::Result<Vec<EncodedExample>> {
+        let all = task::load(self.task, &self.data)?;
+        let selection = Selection {
+            validation,
+            validation_fraction: self.validation_fraction,
+            seed: self.split_seed,
+            shard,
+            limit: self.limit,
+        };
+        let chosen: Vec<task::ChoiceExample> = selection
+            .indices(all.len())
+            .with_context(|| format!("{}", self.data.display()))?
+            .into_iter()
+            .map(|i| all[i].clone())
+            .collect();
+        Ok(encode(tokenizer, &chosen, self.max_seq_len, &self.data)?)
+    }
+}
+
+/// Evaluates the model (and an adapter) on the validation examples of a task.
+#[derive(ClapArgs, Debug)]
+struct EvalCmd {
+    /// The base model folder.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// A LoRA adapter folder to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Score the training examples instead.
+    #[arg(long)]
+    train_split: bool,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Also write the metrics to this JSON file.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Trains a LoRA adapter on a task's training examples (or one client's shard of them).
+#[derive(ClapArgs, Debug)]
+struct TrainCmd {
+    /// The base model folder (frozen).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Start from this adapter (the round's global one); without it a fresh adapter.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// The adapter folder to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Train on client I of N: every N-th training example from the I-th.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Rank of a fresh adapter.
+    #[arg(long, default_value_t = 16)]
+    r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
+    /// Modules a fresh adapter targets (q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TARGETS.map(String::from))]
+    target_modules: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Averages adapters of one rank and targets, weighted.
+#[derive(ClapArgs, Debug)]
+struct AverageCmd {
+    /// The base model folder the adapters belong to.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Adapter folders.
+    #[arg(long, required = true, num_args = 1..)]
+    adapter: Vec<PathBuf>,
+    /// One weight per adapter (e.g. its examples); default equal.
+    #[arg(long, value_delimiter = ',')]
+    weights: Vec<f64>,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// Writes base + adapter as a plain HF folder (config.json, model.safetensors, tokenizer).
+#[derive(ClapArgs, Debug)]
+struct MergeCmd {
+    #[arg(short, long)]
+    model: PathBuf,
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/4")?;
+    let parse = |x: &str| {
+        x.parse::<usize>()
+            .map_err(|_| format!("`{x}` is not a number"))
+    };
+    Ok((parse(i)?, parse(n)?))
+}
+
+fn load_base(path: &Path) -> anyhow::Result<(Checkpoint, tokenizers::Tokenizer, u32)> {
+    let checkpoint = Checkpoint::load(path)?;
+    let Some(config) = checkpoint.config.llama() else {
+        bail!(
+            "{}: a llama model was expected, not `{}`",
+            path.display(),
+            checkpoint.config.model_type()
+        );
+    };
+    let tokenizer_path = path.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", tokenizer_path.display()))?;
+    let pad = config.pad_token_id.unwrap_or(0) as u32;
+    Ok((checkpoint, tokenizer, pad))
+}
+
+fn progress(quiet: bool, len: usize, what: &str) -> anyhow::Result<ProgressBar> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len as u64)
+    };
+    bar.set_style(ProgressStyle::with_template(&format!(
+        "{what} [{{bar:30}}] {{pos}}/{{len}} {{elapsed}}<{{eta}} {{msg}}"
+    ))?);
+    Ok(bar)
+}
+
+fn eval(cmd: EvalCmd) -> anyhow::Result<()> {
+    if let Some(out) = &cmd.output {
+        raffm::io::check_output_apart(
+            ("--output", out),
+            &[("--model", &cmd.model), ("--data", &cmd.data.data)],
+        )?;
+    }
+    if cmd.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let (checkpoint, tokenizer, pad) = load_base(&cmd.model)?;
+    let config = checkpoint.config.llama().expect("checked by load_base");
+    let adapter = cmd
+        .adapter
+        .as_ref()
+        .map(|a| LoraAdapter::load(a, config))
+        .transpose()?;
+    let examples = cmd.data.examples(&tokenizer, !cmd.train_split, None)?;
+    let bar = progress(
+        cmd.quiet,
+        examples.iter().map(|e| e.options.len()).sum(),
+        "scoring",
+    )?;
+    let start = std::time::Instant::now();
+    let scores = with_backend!(cmd.device, B, device, {
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        let model =
+            LlamaForCausalLM::<Inner>::from_checkpoint(&checkpoint, adapter.as_ref(), &device);
+        score::option_log_likelihoods(&model, &examples, cmd.batch_size, pad, &device, |n| {
+            bar.set_position(n as u64)
+        })
+    });
+    bar.finish_and_clear();
+    let accuracy = score::accuracy(&examples, &scores);
+    let report = json!({
+        "model": cmd.model,
+        "model_sha256": checkpoint.weights_sha256(),
+        "adapter": cmd.adapter,
+        "data": cmd.data.data,
+        "data_sha256": sha256_file(&cmd.data.data)?.sha256,
+        "split": if cmd.train_split { "train" } else { "validation" },
+        "examples": examples.len(),
+        "accuracy": accuracy,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    if let Some(path) = &cmd.output {
+        write_file_atomic(
+            path,
+            format!("{}\n", serde_json::to_string_pretty(&report)?).as_bytes(),
+        )?;
+    }
+    println!(
+        "{}",
+        json!({"accuracy": accuracy, "examples": examples.len()})
+    );
+    Ok(())
+}
+
+fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
+    let mut inputs = vec![
+        ("--model", cmd.model.as_path()),
+        ("--data", cmd.data.data.as_path()),
+    ];
+    if let Some(a) = &cmd.adapter {
+        inputs.push(("--adapter", a.as_path()));
+    }
+    raffm::io::check_output_apart(("--output", &cmd.output), &inputs)?;
+    let options = TrainOptions {
+        epochs: cmd.epochs,
+        batch_size: cmd.batch_size,
+        learning_rate: cmd.lr,
+        warmup_ratio: cmd.warmup_ratio,
+        weight_decay: cmd.weight_decay,
+        max_grad_norm: None,
+        prox_mu: 0.0,
+        freeze_embeddings: false,
+        max_steps: cmd.max_steps,
+        seed: cmd.seed,
+    };
+    options.validate()?;
+    let (checkpoint, tokenizer, pad) = load_base(&cmd.model)?;
+    let config = checkpoint.config.llama().expect("checked by load_base");
+    let adapter = match &cmd.adapter {
+        Some(path) => LoraAdapter::load(path, config)?,
+        None => {
+            let mut lora =
+                LoraConfig::new(cmd.r, cmd.lora_alpha, cmd.lora_dropout, &cmd.target_modules)?;
+            lora.base_model = cmd.model.display().to_string();
+            LoraAdapter::init(&lora, config, cmd.seed)
+        }
+    };
+    let examples = cmd.data.examples(&tokenizer, false, cmd.shard)?;
+    let steps = (examples.len().div_ceil(cmd.batch_size) * cmd.epochs)
+        .min(cmd.max_steps.unwrap_or(usize::MAX));
+    let bar = progress(cmd.quiet, steps, "training")?;
+    let mut staging = StagingDir::new(&cmd.output)?;
+    let (trained, report) = with_backend!(cmd.device, B, device, {
+        train::train_lora::<B>(
+            &checkpoint,
+            &adapter,
+            &examples,
+            &options,
+            pad,
+            &device,
+            |s| {
+                bar.set_position(s.index as u64 + 1);
+                bar.set_message(format!("loss {:.4}", s.loss));
+            },
+        )?
+    });
+    bar.finish_and_clear();
+    trained.write_into(&mut staging)?;
+    let manifest = json!({
+        "stage": "raffm-llm train",
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "model": cmd.model,
+        "model_sha256": checkpoint.weights_sha256(),
+        "start_adapter": cmd.adapter,
+        "data": cmd.data.data,
+        "data_sha256": sha256_file(&cmd.data.data)?.sha256,
+        "shard": cmd.shard.map(|(i, n)| format!("{i}/{n}")),
+        "examples": examples.len(),
+        "options": options,
+        "lora": trained.config.to_json(),
+        "bytes_per_round": trained.parameter_count() * 4,
+        "report": report,
+    });
+    staging.write(
+        "train.json",
+        format!("{}\n", serde_json::to_string_pretty(&manifest)?).as_bytes(),
+    )?;
+    staging.commit()?;
+    let last = report.step_losses.last().copied().unwrap_or(f32::NAN);
+    println!(
+        "{}",
+        json!({"steps": report.steps, "final_loss": last, "trainable_parameters": report.trainable_parameters,
+               "answer_tokens": report.answer_tokens, "seconds": report.wall_seconds})
+    );
+    Ok(())
+}
+
+fn average(cmd: AverageCmd) -> anyhow::Result<()> {
+    let mut inputs: Vec<(&str, &Path)> = vec![("--model", cmd.model.as_path())];
+    inputs.extend(cmd.adapter.iter().map(|a| ("--adapter", a.as_path())));
+    raffm::io::check_output_apart(("--output", &cmd.output), &inputs)?;
+    let weights = if cmd.weights.is_empty() {
+        vec![1.0; cmd.adapter.len()]
+    } else {
+        cmd.weights.clone()
+    };
+    if weights.len() != cmd.adapter.len() {
+        bail!(
+            "--weights has {} values for {} adapters",
+            weights.len(),
+            cmd.adapter.len()
+        );
+    }
+    if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+        bail!("--weights: {w} is not a non-negative number");
+    }
+    let checkpoint = Checkpoint::load(&cmd.model)?;
+    let Some(config) = checkpoint.config.llama() else {
+        bail!("{}: a llama model was expected", cmd.model.display());
+    };
+    let adapters: Vec<LoraAdapter> = cmd
+        .adapter
+        .iter()
+        .map(|a| LoraAdapter::load(a, config))
+        .collect::<Result<_, _>>()?;
+    let weighted: Vec<(&LoraAdapter, f64)> = adapters.iter().zip(weights.iter().copied()).collect();
+    let mean = LoraAdapter::average(&weighted)?;
+    let mut staging = StagingDir::new(&cmd.output)?;
+    mean.write_into(&mut staging)?;
+    let hashes: Vec<String> = cmd
+        .adapter
+        .iter()
+        .map(|a| sha256_file(&a.join("adapter_model.safetensors")).map(|r| r.sha256))
+        .collect::<Result<_, _>>()?;
+    let manifest = json!({
+        "stage": "raffm-llm average",
+        "adapters": cmd.adapter,
+        "adapter_sha256": hashes,
+        "weights": weights,
+    });
+    staging.write(
+        "average.json",
+        format!("{}\n", serde_json::to_string_pretty(&manifest)?).as_bytes(),
+    )?;
+    staging.commit()?;
+    Ok(())
+}
+
+fn merge(cmd: MergeCmd) -> anyhow::Result<()> {
+    raffm::io::check_output_apart(
+        ("--output", &cmd.output),
+        &[("--model", &cmd.model), ("--adapter", &cmd.adapter)],
+    )?;
+    let checkpoint = Checkpoint::load(&cmd.model)?;
+    let Some(config) = checkpoint.config.llama() else {
+        bail!("{}: a llama model was expected", cmd.model.display());
+    };
+    let adapter = LoraAdapter::load(&cmd.adapter, config)?;
+    let mut tensors = checkpoint.tensors.clone();
+    adapter.merge_into(&mut tensors);
+    let merged = checkpoint.with_tensors(tensors);
+    let mut staging = StagingDir::new(&cmd.output)?;
+    merged.write_into(&mut staging)?;
+    staging.commit()?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Eval(c) => eval(c),
+        Command::Train(c) => train_cmd(c),
+        Command::Average(c) => average(c),
+        Command::Merge(c) => merge(c),
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    raffm::cli::exit_code("raffm-llm", run(Cli::parse()))
+}
