@@ -34,7 +34,7 @@ VENV         := .venv
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: help build binaries assets assets-llm slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: llm-rounds help build binaries assets assets-llm slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -58,6 +58,10 @@ $(LLM)/manifest.json: $(ASSETS)/.fetched-llm | $(BUILD_STEP)
 	$(BIN)/raffm-import-gguf --input $(ASSETS)/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --output $(LLM)
 
 assets-llm: $(LLM)/manifest.json
+
+# MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist.
+$(ASSETS)/bigbench/elementary_math_qa/question_only/task.json: assets-mathqa.lock scripts/fetch_assets.py
+	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-mathqa.lock
 
 # Python's `safetensors` and `tokenizers` read our files in tests; kept out of the system
 # Python. torch and transformers are too heavy for it: see the README's reference checks.
@@ -170,9 +174,44 @@ DRAW         = $(BIN)/raffm-sample-clients --budgets $(RUN)/budgets.json --round
 PARTICIPANTS = $(strip $(or $(file < $(RD)/participants.txt),$(if $(wildcard $(RUN)/budgets.json),$(shell $(DRAW) 2>/dev/null))))
 CLIENTS      = $(subst $(comma), ,$(PARTICIPANTS))
 
-round: $(if $(NO_BUILD),,$(ASSETS)/.fetched) | $(BUILD_STEP)
-	@for r in $$(seq 1 $(N)); do $(MAKE) $(SUB_FLAGS) round-one R=$$r || exit 1; done
-	@$(MAKE) $(SUB_FLAGS) report
+round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(if $(filter llm-lora,$(PL_KIND)),$(LLM)/manifest.json $(LLM_ASSET_$(PL_TASK)))) | $(BUILD_STEP)
+	@if [ "$(PL_KIND)" = llm-lora ]; then $(MAKE) $(SUB_FLAGS) llm-rounds; else \
+	  for r in $$(seq 1 $(N)); do $(MAKE) $(SUB_FLAGS) round-one R=$$r || exit 1; done; \
+	  $(MAKE) $(SUB_FLAGS) report; fi
+
+# ---- federated LoRA on the decoder LLM (pipelines with "kind": "llm-lora") ----------------
+#
+# artifacts/<pipeline>/
+#   round-0/adapter/, eval.json       the fresh adapter (B = 0): its eval is zero-shot
+#   round-R/clients/<client>/         the client's trained adapter (PEFT format) + train.json
+#   round-R/adapter/                  their average (FedAvg of A and of B) + average.json
+#   round-R/eval.json                 accuracy by option log-likelihood
+#   metrics.jsonl                     one line per finished round (raffm-llm report)
+#
+# Every client takes part in every round and trains the global adapter on its IID shard
+# (--shard I/N); the base model stays frozen and only adapters travel. Each step writes
+# its folder atomically and is skipped once it exists, so an interrupted run resumes.
+LLM_ASSET_bigbench := $(ASSETS)/bigbench/elementary_math_qa/question_only/task.json
+LLM_DATA  = --task $(PL_TASK) --data $(PL_DATA) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --split-seed $(PL_SEED)
+LLM_LORA  = $(call opt,--r,$(PL_LORA_R)) $(call opt,--lora-alpha,$(PL_LORA_ALPHA)) $(call opt,--lora-dropout,$(PL_LORA_DROPOUT)) $(call opt,--target-modules,$(PL_LORA_TARGETS))
+LLM_LOCAL = $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--lr,$(PL_LR))
+LLM_EVAL  = $(BIN)/raffm-llm eval --model $(PL_MODEL) $(LLM_DATA) $(call opt,--limit,$(PL_EVAL_MAX)) --quiet
+
+llm-rounds:
+	@set -e; run=$(RUN); \
+	if [ ! -e $$run/round-0/adapter ]; then (set -x; $(BIN)/raffm-llm init --model $(PL_MODEL) $(LLM_LORA) --seed $(PL_SEED) --output $$run/round-0/adapter); fi; \
+	if [ ! -e $$run/round-0/eval.json ]; then (set -x; $(LLM_EVAL) --adapter $$run/round-0/adapter --output $$run/round-0/eval.json); fi; \
+	for r in $$(seq 1 $(N)); do \
+	  prev=$$run/round-$$((r - 1))/adapter; out=$$run/round-$$r; clients=""; \
+	  for i in $$(seq 0 $$(($(PL_CLIENTS) - 1))); do \
+	    c=$$out/clients/$$(printf c%03d $$i); clients="$$clients $$c"; \
+	    if [ ! -e $$c ]; then (set -x; $(BIN)/raffm-llm train --model $(PL_MODEL) --adapter $$prev $(LLM_DATA) \
+	      --shard $$i/$(PL_CLIENTS) $(LLM_LOCAL) --seed $$(($(PL_SEED) + r * 1000 + i)) --quiet --output $$c); fi; \
+	  done; \
+	  if [ ! -e $$out/adapter ]; then (set -x; $(BIN)/raffm-llm average --model $(PL_MODEL) --adapter $$clients --output $$out/adapter); fi; \
+	  if [ ! -e $$out/eval.json ]; then (set -x; $(LLM_EVAL) --adapter $$out/adapter --output $$out/eval.json); fi; \
+	done; \
+	$(BIN)/raffm-llm report --run $$run
 
 # Two steps, because the clients of a round are known only once they are drawn. Then the
 # pipeline's metrics.jsonl is rewritten from the manifests (a line per finished round).

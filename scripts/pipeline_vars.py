@@ -23,9 +23,38 @@ def attack_option(path: str, attack: dict) -> str | None:
     sys.exit(f"{path}: attack: unknown kind {kind!r} (expected scale or flip)")
 
 
+def llm_lora_values(path: str, p: dict) -> dict:
+    """The settings of a federated LoRA pipeline of the decoder (`"kind": "llm-lora"`)."""
+    data, lora, local = p.get("data", {}), p.get("lora", {}), p.get("local", {})
+    targets = lora.get("target_modules")
+    return {
+        "PL_KIND": "llm-lora",
+        "PL_MODEL": p["model"],
+        "PL_DATA": data["path"],
+        "PL_TASK": data["format"],
+        "PL_VALIDATION_FRACTION": data.get("validation_fraction"),
+        "PL_CLIENTS": p["clients"],
+        "PL_SEED": p.get("seed", 0),
+        "PL_LORA_R": lora.get("r"),
+        "PL_LORA_ALPHA": lora.get("alpha"),
+        "PL_LORA_DROPOUT": lora.get("dropout"),
+        "PL_LORA_TARGETS": ",".join(targets) if targets else None,
+        "PL_MAX_STEPS": local.get("max_steps"),
+        "PL_EPOCHS": local.get("epochs"),
+        "PL_BATCH_SIZE": local.get("batch_size"),
+        "PL_LR": local.get("lr"),
+        "PL_EVAL_MAX": p.get("evaluation", {}).get("max_examples"),
+    }
+
+
 def main() -> None:
     path = sys.argv[1]
     p = json.load(open(path))
+    if p.get("kind") == "llm-lora":
+        print(f"# generated from {path} by scripts/pipeline_vars.py")
+        for key, value in llm_lora_values(path, p).items():
+            print(f"{key} := {'' if value is None else value}")
+        return
     data, part, rounds = p.get("data", {}), p.get("partition", {}), p.get("rounds", {})
     local, server = p.get("local", {}), p.get("server", {})
     evaluation = p.get("evaluation", {})

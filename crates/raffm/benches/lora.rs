@@ -69,6 +69,7 @@ fn measure(mode: &str) {
         batch_size: BATCH,
         max_steps: Some(STEPS + 1),
         learning_rate: 2e-4,
+        max_grad_norm: None,
         ..Default::default()
     };
     let mut ends = vec![Instant::now()];
@@ -120,6 +121,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     if let [mode] = &args[..] {
+        raffm::sys::keep_freed_memory();
         return measure(mode);
     }
     let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();

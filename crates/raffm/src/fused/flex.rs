@@ -12,10 +12,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor as Primitive;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
-use super::kernels::{self, AttentionSaved, AttentionShape, DropoutMask, LayerNormSaved};
-use super::{next_dropout_key, AdamWStep, AttentionOptions, FusedOps};
+use super::kernels::{
+    self, AttentionSaved, AttentionShape, DropoutMask, LayerNormSaved, RotaryTables,
+};
+use super::{next_dropout_key, AdamWStep, AttentionOptions, DecoderAttentionOptions, FusedOps};
 
 fn primitive<B: Backend, const D: usize>(x: Tensor<B, D>) -> Primitive<B> {
     x.into_primitive().tensor()
@@ -57,15 +59,39 @@ fn attention_shape(q: &FlexTensor, options: &AttentionOptions) -> AttentionShape
         batch: d[0],
         seq: d[1],
         heads: options.num_heads,
+        kv_heads: options.num_heads,
         head_dim: options.head_dim,
         scale: options.scale as f32,
+        causal: false,
     }
 }
 
+fn decoder_attention_shape(q: &FlexTensor, options: &DecoderAttentionOptions) -> AttentionShape {
+    let d = dims(q);
+    AttentionShape {
+        batch: d[0],
+        seq: d[1],
+        heads: options.num_heads,
+        kv_heads: options.kv_heads,
+        head_dim: options.head_dim,
+        scale: options.scale as f32,
+        causal: true,
+    }
+}
+
+fn rotary_tables(cos: &FlexTensor, sin: &FlexTensor) -> RotaryTables {
+    RotaryTables {
+        cos: values(cos).to_vec(),
+        sin: values(sin).to_vec(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn attention_forward(
     shape: &AttentionShape,
     [q, k, v]: [&FlexTensor; 3],
     mask_bias: &FlexTensor,
+    rotary: Option<&RotaryTables>,
     mask: Option<&DropoutMask>,
     save: bool,
 ) -> (FlexTensor, Option<AttentionSaved>) {
@@ -76,11 +102,55 @@ fn attention_forward(
         values(k),
         values(v),
         values(mask_bias),
+        rotary,
         mask,
         &mut out,
         save,
     );
     (flex_tensor(out, dims(q)), saved)
+}
+
+/// Right-padded decoder batches need no key mask: a zero bias per key.
+fn no_bias(shape: &AttentionShape) -> FlexTensor {
+    flex_tensor(
+        vec![0.0; shape.batch * shape.seq],
+        vec![shape.batch, shape.seq],
+    )
+}
+
+fn rms_norm_forward(x: &FlexTensor, weight: &FlexTensor, eps: f64) -> (FlexTensor, Vec<f32>) {
+    let mut out = vec![0.0; x.layout().num_elements()];
+    let inv_rms = kernels::rms_norm(values(x), values(weight), eps as f32, &mut out);
+    (flex_tensor(out, dims(x)), inv_rms)
+}
+
+/// Token ids as indices (targets are never tracked by autodiff).
+fn indices<B: Backend>(targets: Tensor<B, 1, Int>) -> Vec<usize> {
+    targets
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .expect("integer tensor")
+        .into_iter()
+        .map(|t| t as usize)
+        .collect()
+}
+
+fn target_log_probs_forward(
+    hidden: &FlexTensor,
+    weight: &FlexTensor,
+    targets: &[usize],
+) -> (FlexTensor, Vec<f32>) {
+    let width = dims(hidden)[1];
+    let (log_probs, lse) =
+        kernels::target_log_probs(values(hidden), values(weight), width, targets);
+    (flex_tensor(log_probs, vec![targets.len()]), lse)
+}
+
+fn swiglu_forward(gate: &FlexTensor, up: &FlexTensor) -> FlexTensor {
+    let mut out = vec![0.0; gate.layout().num_elements()];
+    kernels::swiglu(values(gate), values(up), &mut out);
+    flex_tensor(out, dims(gate))
 }
 
 fn layer_norm_forward(
@@ -134,7 +204,58 @@ impl FusedOps for Flex {
         ]
         .map(|t| t.to_contiguous());
         let shape = attention_shape(&q, options);
-        wrap(attention_forward(&shape, [&q, &k, &v], &bias, None, false).0)
+        wrap(attention_forward(&shape, [&q, &k, &v], &bias, None, None, false).0)
+    }
+
+    fn fused_decoder_attention(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        options: &DecoderAttentionOptions,
+    ) -> Tensor<Self, 3> {
+        let [q, k, v, cos, sin] = [
+            primitive(q),
+            primitive(k),
+            primitive(v),
+            primitive(cos),
+            primitive(sin),
+        ]
+        .map(|t| t.to_contiguous());
+        let shape = decoder_attention_shape(&q, options);
+        let rotary = rotary_tables(&cos, &sin);
+        wrap(
+            attention_forward(
+                &shape,
+                [&q, &k, &v],
+                &no_bias(&shape),
+                Some(&rotary),
+                None,
+                false,
+            )
+            .0,
+        )
+    }
+
+    fn fused_rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        let [x, weight] = [primitive(x), primitive(weight)].map(|t| t.to_contiguous());
+        wrap(rms_norm_forward(&x, &weight, eps).0)
+    }
+
+    fn fused_swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        let [gate, up] = [primitive(gate), primitive(up)].map(|t| t.to_contiguous());
+        wrap(swiglu_forward(&gate, &up))
+    }
+
+    fn fused_target_log_probs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        let targets = indices(targets);
+        let [hidden, weight] = [primitive(hidden), primitive(weight)].map(|t| t.to_contiguous());
+        wrap(target_log_probs_forward(&hidden, &weight, &targets).0)
     }
 
     fn fused_add_layer_norm(
@@ -250,6 +371,7 @@ impl<T> std::fmt::Debug for Saved<T> {
 struct AttentionState {
     shape: AttentionShape,
     inputs: [FlexTensor; 3],
+    rotary: Option<Saved<RotaryTables>>,
     saved: Saved<AttentionSaved>,
     mask: Option<DropoutMask>,
 }
@@ -265,6 +387,7 @@ impl Backward<Flex, 3> for AttentionBackward {
         let AttentionState {
             shape,
             inputs: [q, k, v],
+            rotary,
             saved,
             mask,
         } = ops.state;
@@ -273,13 +396,95 @@ impl Backward<Flex, 3> for AttentionBackward {
             values(&q),
             values(&k),
             values(&v),
+            rotary.as_ref().map(|r| &*r.0),
             &saved.0,
             mask.as_ref(),
             values(&grad),
         );
-        for (parent, g) in ops.parents.iter().zip(gradients) {
-            register!(grads, parent, flex_tensor(g, dims(&q)));
+        for ((parent, g), input) in ops.parents.iter().zip(gradients).zip([&q, &k, &v]) {
+            register!(grads, parent, flex_tensor(g, dims(input)));
         }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct RmsNormState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    inv_rms: Saved<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl Backward<Flex, 2> for RmsNormBackward {
+    type State = RmsNormState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let RmsNormState { x, weight, inv_rms } = ops.state;
+        let (dx, dweight) =
+            kernels::rms_norm_backward(values(&grad), values(&x), values(&weight), &inv_rms.0);
+        let [x_node, weight_node] = &ops.parents;
+        register!(grads, x_node, flex_tensor(dx, dims(&x)));
+        register!(grads, weight_node, flex_tensor(dweight, dims(&weight)));
+    }
+}
+
+#[derive(Clone, Debug)]
+struct TargetLogProbsState {
+    hidden: FlexTensor,
+    weight: FlexTensor,
+    targets: Saved<Vec<usize>>,
+    lse: Saved<Vec<f32>>,
+}
+
+#[derive(Debug)]
+struct TargetLogProbsBackward;
+
+impl Backward<Flex, 2> for TargetLogProbsBackward {
+    type State = TargetLogProbsState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let TargetLogProbsState {
+            hidden,
+            weight,
+            targets,
+            lse,
+        } = ops.state;
+        let [hidden_node, weight_node] = &ops.parents;
+        let width = dims(&hidden)[1];
+        let (d_hidden, d_weight) = kernels::target_log_probs_backward(
+            values(&hidden),
+            values(&weight),
+            width,
+            &targets.0,
+            &lse.0,
+            values(&grad),
+            weight_node.is_some(),
+        );
+        register!(grads, hidden_node, flex_tensor(d_hidden, dims(&hidden)));
+        if let Some(d_weight) = d_weight {
+            register!(grads, weight_node, flex_tensor(d_weight, dims(&weight)));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl Backward<Flex, 2> for SwigluBackward {
+    /// The gate and up projections.
+    type State = [FlexTensor; 2];
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let [gate, up] = ops.state;
+        let (dgate, dup) = kernels::swiglu_backward(values(&gate), values(&up), values(&grad));
+        let [gate_node, up_node] = &ops.parents;
+        register!(grads, gate_node, flex_tensor(dgate, dims(&gate)));
+        register!(grads, up_node, flex_tensor(dup, dims(&up)));
     }
 }
 
@@ -367,7 +572,8 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
         let shape = attention_shape(&inputs[0], options);
         let mask = DropoutMask::new(options.dropout, next_dropout_key());
         let [iq, ik, iv] = &inputs;
-        let forward = |save| attention_forward(&shape, [iq, ik, iv], &bias, mask.as_ref(), save);
+        let forward =
+            |save| attention_forward(&shape, [iq, ik, iv], &bias, None, mask.as_ref(), save);
         wrap(
             match AttentionBackward
                 .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
@@ -381,6 +587,7 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
                         AttentionState {
                             shape,
                             inputs: inputs.clone(),
+                            rotary: None,
                             saved,
                             mask,
                         },
@@ -388,6 +595,114 @@ impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
                     )
                 }
                 OpsKind::UnTracked(prep) => prep.finish(forward(false).0),
+            },
+        )
+    }
+
+    fn fused_decoder_attention(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        options: &DecoderAttentionOptions,
+    ) -> Tensor<Self, 3> {
+        let [q, k, v] = [primitive(q), primitive(k), primitive(v)];
+        let inputs = [&q, &k, &v].map(|t| t.primitive.to_contiguous());
+        let [cos, sin] = [primitive(cos), primitive(sin)].map(|t| t.primitive.to_contiguous());
+        let shape = decoder_attention_shape(&inputs[0], options);
+        let rotary = Saved(Arc::new(rotary_tables(&cos, &sin)));
+        let bias = no_bias(&shape);
+        let [iq, ik, iv] = &inputs;
+        let forward =
+            |save| attention_forward(&shape, [iq, ik, iv], &bias, Some(&rotary.0), None, save);
+        wrap(
+            match AttentionBackward
+                .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (out, saved) = forward(true);
+                    let saved = Saved(Arc::new(saved.expect("saved on request")));
+                    let state = AttentionState {
+                        shape,
+                        inputs: inputs.clone(),
+                        rotary: Some(rotary.clone()),
+                        saved,
+                        mask: None,
+                    };
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(forward(false).0),
+            },
+        )
+    }
+
+    fn fused_rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        let [x, weight] = [primitive(x), primitive(weight)];
+        let [ix, iw] = [&x, &weight].map(|t| t.primitive.to_contiguous());
+        let (out, inv_rms) = rms_norm_forward(&ix, &iw, eps);
+        wrap(
+            match RmsNormBackward
+                .prepare::<C>([x.node.clone(), weight.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let state = RmsNormState {
+                        x: ix,
+                        weight: iw,
+                        inv_rms: Saved(Arc::new(inv_rms)),
+                    };
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            },
+        )
+    }
+
+    fn fused_target_log_probs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        let targets = indices(targets);
+        let [hidden, weight] = [primitive(hidden), primitive(weight)];
+        let [ih, iw] = [&hidden, &weight].map(|t| t.primitive.to_contiguous());
+        let (out, lse) = target_log_probs_forward(&ih, &iw, &targets);
+        wrap(
+            match TargetLogProbsBackward
+                .prepare::<C>([hidden.node.clone(), weight.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let state = TargetLogProbsState {
+                        hidden: ih,
+                        weight: iw,
+                        targets: Saved(Arc::new(targets)),
+                        lse: Saved(Arc::new(lse)),
+                    };
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            },
+        )
+    }
+
+    fn fused_swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        let [gate, up] = [primitive(gate), primitive(up)];
+        let inputs = [&gate, &up].map(|t| t.primitive.to_contiguous());
+        let out = swiglu_forward(&inputs[0], &inputs[1]);
+        wrap(
+            match SwigluBackward
+                .prepare::<C>([gate.node.clone(), up.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(inputs, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
             },
         )
     }

@@ -465,30 +465,374 @@ pub fn add_layer_norm_backward(
     (grad_z, grad_gamma, grad_beta)
 }
 
+// ---- RMSNorm ------------------------------------------------------------------------------
+
+multiversion! {
+    fn rms_norm_chunk(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32], inv_rms: &mut [f32]) {
+        let width = weight.len();
+        for ((row, out), r) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)).zip(inv_rms) {
+            *r = 1.0 / (dot(row, row) / width as f32 + eps).sqrt();
+            for ((o, &x), &w) in out.iter_mut().zip(row).zip(weight) {
+                *o = x * *r * w;
+            }
+        }
+    }
+}
+
+/// `out = weight * x / sqrt(mean(x^2) + eps)` over rows of `weight.len()`, as HF's
+/// `LlamaRMSNorm`; returns each row's `1 / rms`, what the backward pass needs.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Vec<f32> {
+    let width = weight.len();
+    assert!(
+        x.len() == out.len() && x.len().is_multiple_of(width),
+        "rows of {width}"
+    );
+    let rows = rows_per_task(width);
+    let mut inv_rms = vec![0.0; x.len() / width];
+    out.par_chunks_mut(rows * width)
+        .zip(x.par_chunks(rows * width))
+        .zip(inv_rms.par_chunks_mut(rows))
+        .for_each(|((out, x), inv)| rms_norm_chunk(x, weight, eps, out, inv));
+    inv_rms
+}
+
+multiversion! {
+    /// Per row, with `r = 1 / rms` and `gw = grad * weight`: `dx = r * gw - x * r^3 *
+    /// mean(gw * x)`; `dweight += grad * x * r`.
+    fn rms_norm_backward_chunk(grad: &[f32], x: &[f32], weight: &[f32], inv_rms: &[f32], dx: &mut [f32], dweight: &mut [f32]) {
+        let width = weight.len();
+        let rows = grad.chunks_exact(width).zip(x.chunks_exact(width));
+        for (((g, x), dx), &r) in rows.zip(dx.chunks_exact_mut(width)).zip(inv_rms) {
+            let inner = (0..width).map(|j| g[j] * weight[j] * x[j]).sum::<f32>() / width as f32;
+            let c = r * r * r * inner;
+            for j in 0..width {
+                dx[j] = r * g[j] * weight[j] - x[j] * c;
+                dweight[j] += g[j] * x[j] * r;
+            }
+        }
+    }
+}
+
+/// Gradients of [`rms_norm`] with respect to `x` and `weight`.
+pub fn rms_norm_backward(
+    grad: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    inv_rms: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let width = weight.len();
+    let rows = rows_per_task(width);
+    let mut dx = vec![0.0; x.len()];
+    // One partial weight gradient per task, summed in task order afterwards.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(rows * width)
+        .zip(grad.par_chunks(rows * width))
+        .zip(x.par_chunks(rows * width))
+        .zip(inv_rms.par_chunks(rows))
+        .map(|(((dx, g), x), inv)| {
+            let mut dweight = vec![0.0; width];
+            rms_norm_backward_chunk(g, x, weight, inv, dx, &mut dweight);
+            dweight
+        })
+        .collect();
+    let mut dweight = vec![0.0; width];
+    for p in &partials {
+        dweight.iter_mut().zip(p).for_each(|(acc, v)| *acc += v);
+    }
+    (dx, dweight)
+}
+
+// ---- SwiGLU -------------------------------------------------------------------------------
+
+/// `sigmoid(x)`, from the same `exp` as the softmax.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+multiversion! {
+    fn swiglu_chunk(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g * sigmoid(g) * u;
+        }
+    }
+}
+
+multiversion! {
+    /// `d up = grad * silu(gate)`, `d gate = grad * up * s * (1 + gate * (1 - s))` with
+    /// `s = sigmoid(gate)`.
+    fn swiglu_backward_chunk(gate: &[f32], up: &[f32], grad: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+        for i in 0..gate.len() {
+            let (g, s) = (gate[i], sigmoid(gate[i]));
+            dup[i] = grad[i] * g * s;
+            dgate[i] = grad[i] * up[i] * s * (1.0 + g * (1.0 - s));
+        }
+    }
+}
+
+/// `out = silu(gate) * up`.
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == up.len() && gate.len() == out.len());
+    out.par_chunks_mut(TASK_ELEMENTS)
+        .zip(gate.par_chunks(TASK_ELEMENTS))
+        .zip(up.par_chunks(TASK_ELEMENTS))
+        .for_each(|((o, g), u)| swiglu_chunk(g, u, o));
+}
+
+/// Gradients of [`swiglu`] with respect to `gate` and `up`.
+pub fn swiglu_backward(gate: &[f32], up: &[f32], grad: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut dgate, mut dup) = (vec![0.0; gate.len()], vec![0.0; gate.len()]);
+    dgate
+        .par_chunks_mut(TASK_ELEMENTS)
+        .zip(dup.par_chunks_mut(TASK_ELEMENTS))
+        .zip(
+            gate.par_chunks(TASK_ELEMENTS)
+                .zip(up.par_chunks(TASK_ELEMENTS)),
+        )
+        .zip(grad.par_chunks(TASK_ELEMENTS))
+        .for_each(|(((dg, du), (g, u)), gr)| swiglu_backward_chunk(g, u, gr, dg, du));
+    (dgate, dup)
+}
+
+// ---- log-probabilities of target tokens --------------------------------------------------
+
+/// Rows of logits formed at once: `[LOGIT_ROWS, vocab]` (12.6 MB for a 49,152-token
+/// vocabulary) instead of all of them.
+const LOGIT_ROWS: usize = 64;
+
+fn all_threads() -> gemm::Parallelism {
+    gemm::Parallelism::Rayon(rayon::current_num_threads())
+}
+
+/// `out = hidden · weightᵀ` for a block of rows: `[rows, width] · [width, vocab]`.
+fn logits_block(hidden: &[f32], weight: &[f32], width: usize, out: &mut [f32]) {
+    let (rows, vocab) = (hidden.len() / width, weight.len() / width);
+    let w = Strided::rows(0, width).transposed();
+    matmul_on(
+        all_threads(),
+        (rows, vocab, width),
+        out,
+        Strided::rows(0, vocab),
+        hidden,
+        Strided::rows(0, width),
+        weight,
+        w,
+        false,
+    );
+}
+
+multiversion! {
+    /// Per row of logits: its log-sum-exp.
+    fn log_sum_exp_rows(logits: &[f32], vocab: usize, lse: &mut [f32]) {
+        for (row, l) in logits.chunks_exact(vocab).zip(lse) {
+            let top = max(row);
+            let total = sum_zip(row, row, |x, _| exp(x - top));
+            *l = top + total.ln();
+        }
+    }
+}
+
+multiversion! {
+    /// Per row, the gradient of `grad * log_softmax(row)[target]`: `grad * (onehot - p)`.
+    fn target_log_prob_grad_rows(logits: &mut [f32], vocab: usize, lse: &[f32], targets: &[usize], grad: &[f32]) {
+        for (((row, &l), &t), &g) in logits.chunks_exact_mut(vocab).zip(lse).zip(targets).zip(grad) {
+            for x in row.iter_mut() {
+                *x = -g * exp(*x - l);
+            }
+            row[t] += g;
+        }
+    }
+}
+
+/// `log_softmax(hidden · weightᵀ)[i, targets[i]]` for every row i of `hidden` (`[n,
+/// width]`, `weight` `[vocab, width]`), without the `[n, vocab]` logits: a block of rows at
+/// a time. Returns the log-probabilities and each row's log-sum-exp.
+pub fn target_log_probs(
+    hidden: &[f32],
+    weight: &[f32],
+    width: usize,
+    targets: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let (n, vocab) = (hidden.len() / width, weight.len() / width);
+    assert_eq!(targets.len(), n, "one target per row");
+    assert!(
+        targets.iter().all(|&t| t < vocab),
+        "targets inside the vocabulary"
+    );
+    let (mut log_probs, mut lse) = (vec![0.0; n], vec![0.0; n]);
+    let mut logits = vec![0.0; LOGIT_ROWS * vocab];
+    for start in (0..n).step_by(LOGIT_ROWS) {
+        let rows = LOGIT_ROWS.min(n - start);
+        let block = &mut logits[..rows * vocab];
+        logits_block(
+            &hidden[start * width..(start + rows) * width],
+            weight,
+            width,
+            block,
+        );
+        let lse = &mut lse[start..start + rows];
+        let per_task = rows.div_ceil(rayon::current_num_threads()).max(1);
+        block
+            .par_chunks(per_task * vocab)
+            .zip(lse.par_chunks_mut(per_task))
+            .for_each(|(b, l)| log_sum_exp_rows(b, vocab, l));
+        for (i, l) in lse.iter().enumerate() {
+            log_probs[start + i] = block[i * vocab + targets[start + i]] - l;
+        }
+    }
+    (log_probs, lse)
+}
+
+/// Gradients of [`target_log_probs`] with respect to `hidden` and, if `with_weight`, to
+/// `weight`, from the gradient of each row's log-probability. The logits are formed again,
+/// a block at a time.
+pub fn target_log_probs_backward(
+    hidden: &[f32],
+    weight: &[f32],
+    width: usize,
+    targets: &[usize],
+    lse: &[f32],
+    grad: &[f32],
+    with_weight: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let (n, vocab) = (hidden.len() / width, weight.len() / width);
+    let mut d_hidden = vec![0.0; n * width];
+    let mut d_weight = with_weight.then(|| vec![0.0; vocab * width]);
+    let mut logits = vec![0.0; LOGIT_ROWS * vocab];
+    for start in (0..n).step_by(LOGIT_ROWS) {
+        let rows = LOGIT_ROWS.min(n - start);
+        let span = start..start + rows;
+        let h = &hidden[start * width..(start + rows) * width];
+        let block = &mut logits[..rows * vocab];
+        logits_block(h, weight, width, block);
+        let per_task = rows.div_ceil(rayon::current_num_threads()).max(1);
+        block
+            .par_chunks_mut(per_task * vocab)
+            .zip(lse[span.clone()].par_chunks(per_task))
+            .zip(targets[span.clone()].par_chunks(per_task))
+            .zip(grad[span].par_chunks(per_task))
+            .for_each(|(((b, l), t), g)| target_log_prob_grad_rows(b, vocab, l, t, g));
+        // d hidden = d logits · weight: [rows, vocab] · [vocab, width]
+        let dh = &mut d_hidden[start * width..(start + rows) * width];
+        let (d_rows, w_rows) = (Strided::rows(0, vocab), Strided::rows(0, width));
+        matmul_on(
+            all_threads(),
+            (rows, width, vocab),
+            dh,
+            Strided::rows(0, width),
+            block,
+            d_rows,
+            weight,
+            w_rows,
+            false,
+        );
+        if let Some(dw) = &mut d_weight {
+            // d weight += d logitsᵀ · hidden: [vocab, rows] · [rows, width]
+            matmul_on(
+                all_threads(),
+                (vocab, width, rows),
+                dw,
+                Strided::rows(0, width),
+                block,
+                d_rows.transposed(),
+                h,
+                w_rows,
+                true,
+            );
+        }
+    }
+    (d_hidden, d_weight)
+}
+
 // ---- self-attention -----------------------------------------------------------------------
 
-/// Shapes of one self-attention call. Queries, keys, values and the output are
-/// `[batch, seq, heads * head_dim]` with head `h` in columns `h * head_dim..`, as the
-/// projections produce them: no head-split copies.
+/// Shapes of one self-attention call. Queries and the output are `[batch, seq, heads *
+/// head_dim]` with head `h` in columns `h * head_dim..`, keys and values `[batch, seq,
+/// kv_heads * head_dim]`, as the projections produce them: no head-split copies. Query head
+/// `h` reads key/value head `h / (heads / kv_heads)` (grouped-query attention; `kv_heads ==
+/// heads` is ordinary multi-head attention).
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
     pub batch: usize,
     pub seq: usize,
     pub heads: usize,
+    pub kv_heads: usize,
     pub head_dim: usize,
     /// Multiplies the scores before the softmax.
     pub scale: f32,
+    /// Each query sees only the keys at or before its position.
+    pub causal: bool,
 }
 
 impl AttentionShape {
     fn width(&self) -> usize {
         self.heads * self.head_dim
     }
-    fn tokens(&self) -> usize {
-        self.seq * self.width()
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
     }
     fn probs(&self) -> usize {
         self.heads * self.seq * self.seq
+    }
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    fn check(&self) {
+        assert!(
+            self.kv_heads > 0 && self.heads.is_multiple_of(self.kv_heads),
+            "query heads must be a multiple of key/value heads"
+        );
+    }
+}
+
+/// Rotary position embeddings applied to queries and keys inside the kernel, as HF's
+/// `apply_rotary_pos_emb`: `x * cos + rotate_half(x) * sin`, per position `[seq,
+/// head_dim]` tables.
+#[derive(Debug, Clone)]
+pub struct RotaryTables {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+multiversion! {
+    /// Rotates every head of `[seq, heads * d]` rows by position (`inverse`: the transpose,
+    /// which takes a gradient back through the rotation).
+    fn rotate(x: &[f32], d: usize, cos: &[f32], sin: &[f32], inverse: bool, out: &mut [f32]) {
+        let half = d / 2;
+        let width = x.len() / (cos.len() / d);
+        for (p, (row, out_row)) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+            let (c, s) = (&cos[p * d..(p + 1) * d], &sin[p * d..(p + 1) * d]);
+            for (head, out_head) in row.chunks_exact(d).zip(out_row.chunks_exact_mut(d)) {
+                let (x1, x2) = head.split_at(half);
+                let (o1, o2) = out_head.split_at_mut(half);
+                for i in 0..half {
+                    if inverse {
+                        o1[i] = x1[i] * c[i] + x2[i] * s[half + i];
+                        o2[i] = x2[i] * c[half + i] - x1[i] * s[i];
+                    } else {
+                        o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                        o2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `x` rotated, or `x` itself without rotary embeddings.
+fn rotated<'a>(
+    x: &'a [f32],
+    d: usize,
+    rotary: Option<&RotaryTables>,
+    inverse: bool,
+) -> std::borrow::Cow<'a, [f32]> {
+    match rotary {
+        None => std::borrow::Cow::Borrowed(x),
+        Some(t) => {
+            let mut out = vec![0.0; x.len()];
+            rotate(x, d, &t.cos, &t.sin, inverse, &mut out);
+            std::borrow::Cow::Owned(out)
+        }
     }
 }
 
@@ -525,10 +869,37 @@ impl Strided {
     }
 }
 
-/// `dst = beta * lhs · rhs` for an `[m, k] · [k, n]` product of strided views, on this
-/// thread (the callers already run one task per batch row).
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` with `accumulate`) for an `[m, k] · [k, n]`
+/// product of strided views, on this thread (the callers already run one task per batch
+/// row).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    d: Strided,
+    lhs: &[f32],
+    l: Strided,
+    rhs: &[f32],
+    r: Strided,
+    accumulate: bool,
+) {
+    matmul_on(
+        gemm::Parallelism::None,
+        dims,
+        dst,
+        d,
+        lhs,
+        l,
+        rhs,
+        r,
+        accumulate,
+    );
+}
+
+/// [`matmul`] on `parallelism`'s threads.
+#[allow(clippy::too_many_arguments)]
+fn matmul_on(
+    parallelism: gemm::Parallelism,
     (m, n, k): (usize, usize, usize),
     dst: &mut [f32],
     d: Strided,
@@ -536,7 +907,7 @@ fn matmul(
     l: Strided,
     rhs: &[f32],
     r: Strided,
-    beta: f32,
+    accumulate: bool,
 ) {
     d.check(dst.len(), m, n);
     l.check(lhs.len(), m, k);
@@ -551,36 +922,40 @@ fn matmul(
             dst.as_mut_ptr().add(d.offset),
             d.col as isize,
             d.row as isize,
-            false,
+            accumulate,
             lhs.as_ptr().add(l.offset),
             l.col as isize,
             l.row as isize,
             rhs.as_ptr().add(r.offset),
             r.col as isize,
             r.row as isize,
-            0.0,
-            beta,
+            1.0,
+            1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
 
 multiversion! {
-    /// Scores to probabilities in place, row by row: `softmax(scale * s + bias)`.
-    fn softmax_rows(scores: &mut [f32], bias: &[f32], scale: f32) {
-        for row in scores.chunks_exact_mut(bias.len()) {
-            for (s, &b) in row.iter_mut().zip(bias) {
+    /// Scores to probabilities in place, row by row: `softmax(scale * s + bias)`; with
+    /// `causal`, row i over its first i + 1 keys, the rest 0.
+    fn softmax_rows(scores: &mut [f32], bias: &[f32], scale: f32, causal: bool) {
+        let seq = bias.len();
+        for (i, row) in scores.chunks_exact_mut(seq).enumerate() {
+            let (live, masked) = row.split_at_mut(if causal { i + 1 } else { seq });
+            for (s, &b) in live.iter_mut().zip(bias) {
                 *s = *s * scale + b;
             }
-            let top = max(row);
-            for s in row.iter_mut() {
+            let top = max(live);
+            for s in live.iter_mut() {
                 *s = exp(*s - top);
             }
-            let inv = 1.0 / sum(row);
-            row.iter_mut().for_each(|s| *s *= inv);
+            let inv = 1.0 / sum(live);
+            live.iter_mut().for_each(|s| *s *= inv);
+            masked.fill(0.0);
         }
     }
 }
@@ -595,7 +970,8 @@ multiversion! {
 }
 
 multiversion! {
-    /// Softmax backward in place: `g <- p * (g * mask - sum_j p * g * mask)` per row, times `scale`.
+    /// Softmax backward in place: `g <- p * (g * mask - sum_j p * g * mask)` per row, times
+    /// `scale`. Masked keys have p = 0, so they get no gradient.
     fn softmax_backward_rows(grad: &mut [f32], probs: &[f32], mask: Option<&DropoutMask>, first: usize, seq: usize, scale: f32) {
         if let Some(m) = mask {
             for (i, g) in grad.iter_mut().enumerate() {
@@ -617,46 +993,58 @@ pub struct AttentionSaved {
     pub probs: Vec<f32>,
 }
 
-/// `out = dropout(softmax(scale * q kᵀ + bias)) v` per batch row and head. `bias` is
-/// `[batch, seq]`, added to every query's scores for that key (0 or a large negative number
-/// for padding). The dropout mask indexes the `[batch, heads, seq, seq]` probabilities.
+/// `out = dropout(softmax(scale * q kᵀ + bias)) v` per batch row and head, queries and
+/// keys rotated first where `rotary` is given. `bias` is `[batch, seq]`, added to every
+/// query's scores for that key (0 or a large negative number for padding). The dropout
+/// mask indexes the `[batch, heads, seq, seq]` probabilities.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     shape: &AttentionShape,
     q: &[f32],
     k: &[f32],
     v: &[f32],
     bias: &[f32],
+    rotary: Option<&RotaryTables>,
     mask: Option<&DropoutMask>,
     out: &mut [f32],
     save: bool,
 ) -> Option<AttentionSaved> {
+    shape.check();
     let AttentionShape { seq, head_dim, .. } = *shape;
-    let (width, tokens, per_row) = (shape.width(), shape.tokens(), shape.probs());
-    for t in [q, k, v, &*out] {
-        assert_eq!(t.len(), shape.batch * tokens, "attention input size");
+    let (width, kv_width, per_row) = (shape.width(), shape.kv_width(), shape.probs());
+    for t in [q, &*out] {
+        assert_eq!(t.len(), shape.batch * seq * width, "attention query size");
+    }
+    for t in [k, v] {
+        assert_eq!(t.len(), shape.batch * seq * kv_width, "attention key size");
     }
     assert_eq!(bias.len(), shape.batch * seq, "attention bias size");
     let run = |b: usize, out: &mut [f32], probs: &mut [f32]| {
-        let rows = b * tokens..(b + 1) * tokens;
-        let (q, k, v) = (&q[rows.clone()], &k[rows.clone()], &v[rows]);
+        let (qs, ks) = (seq * width, seq * kv_width);
+        let q = rotated(&q[b * qs..(b + 1) * qs], head_dim, rotary, false);
+        let k = rotated(&k[b * ks..(b + 1) * ks], head_dim, rotary, false);
+        let v = &v[b * ks..(b + 1) * ks];
         let mut dropped = mask.map(|_| vec![0.0; seq * seq]);
         for h in 0..shape.heads {
-            let col = h * head_dim;
+            let g = h / shape.group();
             let p = &mut probs[h * seq * seq..(h + 1) * seq * seq];
             let square = Strided::rows(0, seq);
+            let (qh, kg) = (
+                Strided::rows(h * head_dim, width),
+                Strided::rows(g * head_dim, kv_width),
+            );
             // [seq, head_dim] · [head_dim, seq]
-            let (qh, kh) = (Strided::rows(col, width), Strided::rows(col, width));
             matmul(
                 (seq, seq, head_dim),
                 p,
                 square,
-                q,
+                &q,
                 qh,
-                k,
-                kh.transposed(),
-                1.0,
+                &k,
+                kg.transposed(),
+                false,
             );
-            softmax_rows(p, &bias[b * seq..(b + 1) * seq], shape.scale);
+            softmax_rows(p, &bias[b * seq..(b + 1) * seq], shape.scale, shape.causal);
             let weights: &[f32] = match (&mut dropped, mask) {
                 (Some(buf), Some(m)) => {
                     masked_copy(p, m, (b * shape.heads + h) * seq * seq, buf);
@@ -665,10 +1053,10 @@ pub fn attention(
                 _ => p,
             };
             // [seq, seq] · [seq, head_dim]
-            let vh = Strided::rows(col, width);
-            matmul((seq, head_dim, seq), out, vh, weights, square, v, vh, 1.0);
+            matmul((seq, head_dim, seq), out, qh, weights, square, v, kg, false);
         }
     };
+    let tokens = seq * width;
     if !save {
         // Inference keeps one batch row's probabilities at a time instead of all of them.
         out.par_chunks_mut(tokens)
@@ -684,38 +1072,45 @@ pub fn attention(
     Some(AttentionSaved { probs })
 }
 
-/// Gradients of [`attention`] with respect to q, k and v, from the output's gradient.
+/// Gradients of [`attention`] with respect to q, k and v (before rotation), from the
+/// output's gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     shape: &AttentionShape,
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    rotary: Option<&RotaryTables>,
     saved: &AttentionSaved,
     mask: Option<&DropoutMask>,
     grad: &[f32],
 ) -> [Vec<f32>; 3] {
     let AttentionShape { seq, head_dim, .. } = *shape;
-    let (width, tokens, per_row) = (shape.width(), shape.tokens(), shape.probs());
-    let size = shape.batch * tokens;
-    let (mut dq, mut dk, mut dv) = (vec![0.0; size], vec![0.0; size], vec![0.0; size]);
-    dq.par_chunks_mut(tokens)
-        .zip(dk.par_chunks_mut(tokens))
-        .zip(dv.par_chunks_mut(tokens))
+    let (width, kv_width, per_row) = (shape.width(), shape.kv_width(), shape.probs());
+    let (qs, ks) = (seq * width, seq * kv_width);
+    let mut dq = vec![0.0; shape.batch * qs];
+    let (mut dk, mut dv) = (vec![0.0; shape.batch * ks], vec![0.0; shape.batch * ks]);
+    dq.par_chunks_mut(qs)
+        .zip(dk.par_chunks_mut(ks))
+        .zip(dv.par_chunks_mut(ks))
         .enumerate()
         .for_each(|(b, ((dq, dk), dv))| {
-            let rows = b * tokens..(b + 1) * tokens;
-            let (q, k, v, g) = (
-                &q[rows.clone()],
-                &k[rows.clone()],
-                &v[rows.clone()],
-                &grad[rows],
-            );
+            let q = rotated(&q[b * qs..(b + 1) * qs], head_dim, rotary, false);
+            let k = rotated(&k[b * ks..(b + 1) * ks], head_dim, rotary, false);
+            let (v, g) = (&v[b * ks..(b + 1) * ks], &grad[b * qs..(b + 1) * qs]);
             let probs = &saved.probs[b * per_row..(b + 1) * per_row];
+            // Gradients of the rotated queries and keys, rotated back at the end.
+            let (mut dq_rot, mut dk_rot) = (vec![0.0; qs], vec![0.0; ks]);
+            let (dq_out, dk_out): (&mut [f32], &mut [f32]) = if rotary.is_some() {
+                (&mut dq_rot, &mut dk_rot)
+            } else {
+                (dq, dk)
+            };
             let mut weights = vec![0.0; seq * seq];
             let mut grad_scores = vec![0.0; seq * seq];
             let square = Strided::rows(0, seq);
             for h in 0..shape.heads {
+                let (kv, first_of_group) = (h / shape.group(), h % shape.group() == 0);
                 let first = (b * shape.heads + h) * seq * seq;
                 let p = &probs[h * seq * seq..(h + 1) * seq * seq];
                 let weights: &[f32] = match mask {
@@ -725,17 +1120,21 @@ pub fn attention_backward(
                     }
                     None => p,
                 };
-                let head = Strided::rows(h * head_dim, width);
-                // dv = weightsᵀ · grad: [seq, seq] · [seq, head_dim]
+                let (qh, kg) = (
+                    Strided::rows(h * head_dim, width),
+                    Strided::rows(kv * head_dim, kv_width),
+                );
+                // dv += weightsᵀ · grad: [seq, seq] · [seq, head_dim], summed over the group
+                let acc = !first_of_group;
                 matmul(
                     (seq, head_dim, seq),
                     dv,
-                    head,
+                    kg,
                     weights,
                     square.transposed(),
                     g,
-                    head,
-                    1.0,
+                    qh,
+                    acc,
                 );
                 // d weights = grad · vᵀ: [seq, head_dim] · [head_dim, seq]
                 matmul(
@@ -743,33 +1142,37 @@ pub fn attention_backward(
                     &mut grad_scores,
                     square,
                     g,
-                    head,
+                    qh,
                     v,
-                    head.transposed(),
-                    1.0,
+                    kg.transposed(),
+                    false,
                 );
                 softmax_backward_rows(&mut grad_scores, p, mask, first, seq, shape.scale);
-                // dq = d scores · k, dk = d scoresᵀ · q: [seq, seq] · [seq, head_dim]
+                // dq = d scores · k, dk += d scoresᵀ · q: [seq, seq] · [seq, head_dim]
                 matmul(
                     (seq, head_dim, seq),
-                    dq,
-                    head,
+                    dq_out,
+                    qh,
                     &grad_scores,
                     square,
-                    k,
-                    head,
-                    1.0,
+                    &k,
+                    kg,
+                    false,
                 );
                 matmul(
                     (seq, head_dim, seq),
-                    dk,
-                    head,
+                    dk_out,
+                    kg,
                     &grad_scores,
                     square.transposed(),
-                    q,
-                    head,
-                    1.0,
+                    &q,
+                    qh,
+                    acc,
                 );
+            }
+            if let Some(t) = rotary {
+                rotate(&dq_rot, head_dim, &t.cos, &t.sin, true, dq);
+                rotate(&dk_rot, head_dim, &t.cos, &t.sin, true, dk);
             }
         });
     [dq, dk, dv]
@@ -1087,6 +1490,7 @@ mod tests {
             heads,
             head_dim,
             scale,
+            ..
         } = *shape;
         let width = heads * head_dim;
         let mut out = vec![0.0f32; batch * seq * width];
@@ -1129,18 +1533,30 @@ mod tests {
             batch: 3,
             seq: 7,
             heads: 2,
+            kv_heads: 2,
             head_dim: 5,
             scale: 0.4,
+            causal: false,
         };
-        let n = shape.batch * shape.tokens();
+        let n = shape.batch * shape.seq * shape.width();
         let (q, k, v) = (random(n, 10), random(n, 11), random(n, 12));
         let mut bias = vec![0.0f32; shape.batch * shape.seq];
         bias[shape.seq - 1] = -1e9; // the last key of the first row is padding
         bias[2 * shape.seq - 2] = -1e9;
         for mask in [None, DropoutMask::new(0.3, 5)] {
             let mut out = vec![0.0; n];
-            let saved =
-                attention(&shape, &q, &k, &v, &bias, mask.as_ref(), &mut out, true).unwrap();
+            let saved = attention(
+                &shape,
+                &q,
+                &k,
+                &v,
+                &bias,
+                None,
+                mask.as_ref(),
+                &mut out,
+                true,
+            )
+            .unwrap();
             // Padding gets exactly zero weight (no subnormals to slow the matmuls down).
             let seq = shape.seq;
             for row in saved.probs.chunks_exact(seq).take(shape.heads * seq) {
@@ -1154,7 +1570,7 @@ mod tests {
             );
 
             let w = random(n, 13);
-            let grads = attention_backward(&shape, &q, &k, &v, &saved, mask.as_ref(), &w);
+            let grads = attention_backward(&shape, &q, &k, &v, None, &saved, mask.as_ref(), &w);
             let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
                 let out = attention_reference(&shape, q, k, v, &bias, mask.as_ref());
                 out.iter().zip(&w).map(|(o, w)| *o as f64 * *w as f64).sum()

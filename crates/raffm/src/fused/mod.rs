@@ -21,7 +21,7 @@ use burn::nn::{DropoutConfig, LayerNorm};
 use burn::optim::{AdaptiveMomentumState, LearningRate, SimpleOptimizer};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 static DROPOUT_SEED: AtomicU64 = AtomicU64::new(0);
 static DROPOUT_CALLS: AtomicU64 = AtomicU64::new(0);
@@ -56,6 +56,17 @@ pub struct AttentionOptions {
 
 pub use kernels::AdamWStep;
 
+/// One causal decoder self-attention call's geometry (LLaMA's grouped-query attention).
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderAttentionOptions {
+    pub num_heads: usize,
+    /// Key/value heads; query head h reads key/value head h / (num_heads / kv_heads).
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies the scores before the softmax.
+    pub scale: f64,
+}
+
 /// Backends the encoder runs on. Every method defaults to its [`composed`] form.
 pub trait FusedOps: Backend {
     /// The exact (erf) GELU.
@@ -79,6 +90,42 @@ pub trait FusedOps: Backend {
         options: &AttentionOptions,
     ) -> Tensor<Self, 3> {
         composed::attention(q, k, v, mask_bias, options)
+    }
+
+    /// Causal grouped-query self-attention with rotary position embeddings, as LLaMA's:
+    /// `q` is `[batch, seq, heads * head_dim]`, `k` and `v` `[batch, seq, kv_heads *
+    /// head_dim]`, `cos` and `sin` `[seq, head_dim]`; the result is `[batch, seq, heads *
+    /// head_dim]`. Right padding needs no mask of its own: no real token sees it.
+    fn fused_decoder_attention(
+        q: Tensor<Self, 3>,
+        k: Tensor<Self, 3>,
+        v: Tensor<Self, 3>,
+        cos: Tensor<Self, 2>,
+        sin: Tensor<Self, 2>,
+        options: &DecoderAttentionOptions,
+    ) -> Tensor<Self, 3> {
+        composed::decoder_attention(q, k, v, cos, sin, options)
+    }
+
+    /// RMSNorm over the last dimension: `weight * x / sqrt(mean(x^2) + eps)`.
+    fn fused_rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        composed::rms_norm(x, weight, eps)
+    }
+
+    /// The log-probability of each row's target token under a language-model head:
+    /// `log_softmax(hidden · weightᵀ)[i, targets[i]]`, with `hidden` `[n, width]`, `weight`
+    /// `[vocab, width]` and `targets` `[n]`; the result is `[n]`.
+    fn fused_target_log_probs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+    ) -> Tensor<Self, 1> {
+        composed::target_log_probs(hidden, weight, targets)
+    }
+
+    /// The SwiGLU gate: `silu(gate) * up`.
+    fn fused_swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        composed::swiglu(gate, up)
     }
 
     /// `norm(dropout(y) + residual)`, with the norm's epsilon given as `eps` (burn keeps
@@ -144,6 +191,94 @@ pub mod composed {
             .matmul(split(v)) // [batch, heads, seq, head_dim]
             .swap_dims(1, 2) // [batch, seq, heads, head_dim]
             .reshape([batch, seq, num_heads * head_dim])
+    }
+
+    /// Large negative bias for the keys after a query. Finite, so no row becomes NaN.
+    const MASKED: f32 = -1e9;
+
+    /// HF's `apply_rotary_pos_emb` on `[batch, heads, seq, head_dim]`: `x * cos +
+    /// rotate_half(x) * sin`, with `cos` and `sin` `[1, 1, seq, head_dim]`.
+    pub fn rotary<B: Backend>(
+        x: Tensor<B, 4>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let d = x.dims()[3];
+        let first = x.clone().narrow(3, 0, d / 2); // [batch, heads, seq, d/2]
+        let second = x.clone().narrow(3, d / 2, d / 2); // [batch, heads, seq, d/2]
+        let rotated = Tensor::cat(vec![second.neg(), first], 3); // [batch, heads, seq, d]
+        x * cos + rotated * sin
+    }
+
+    pub fn decoder_attention<B: Backend>(
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        cos: Tensor<B, 2>,
+        sin: Tensor<B, 2>,
+        options: &DecoderAttentionOptions,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = q.dims();
+        let DecoderAttentionOptions {
+            num_heads: heads,
+            kv_heads: kv,
+            head_dim: d,
+            ..
+        } = *options;
+        let group = heads / kv;
+        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
+        let (cos, sin) = (cos.reshape([1, 1, seq, d]), sin.reshape([1, 1, seq, d]));
+        let q = rotary(split(q, heads), cos.clone(), sin.clone()); // [batch, heads, seq, d]
+        let k = rotary(split(k, kv), cos, sin); // [batch, kv, seq, d]
+                                                // Query head g * group + j reads KV head g, as HF's repeat_kv orders them.
+        let repeat = |t: Tensor<B, 4>| {
+            t.unsqueeze_dim::<5>(2)
+                .expand([batch, kv, group, seq, d])
+                .reshape([batch, heads, seq, d])
+        };
+        let mask: Vec<f32> = (0..seq * seq)
+            .map(|i| if i % seq > i / seq { MASKED } else { 0.0 })
+            .collect();
+        let causal = Tensor::<B, 4>::from_data(
+            burn::tensor::TensorData::new(mask, [1, 1, seq, seq]),
+            &q.device(),
+        );
+        let scores = q
+            .matmul(repeat(k).swap_dims(2, 3))
+            .mul_scalar(options.scale)
+            + causal; // [batch, heads, seq, seq]
+        activation::softmax(scores, 3)
+            .matmul(repeat(split(v, kv))) // [batch, heads, seq, d]
+            .swap_dims(1, 2)
+            .reshape([batch, seq, heads * d])
+    }
+
+    pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+        let hidden = weight.dims()[0];
+        let inv_rms = x
+            .clone()
+            .powi_scalar(2)
+            .mean_dim(2)
+            .add_scalar(eps)
+            .sqrt()
+            .recip(); // [batch, seq, 1]
+        x * inv_rms * weight.reshape([1, 1, hidden])
+    }
+
+    pub fn target_log_probs<B: Backend>(
+        hidden: Tensor<B, 2>,
+        weight: Tensor<B, 2>,
+        targets: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 1> {
+        let n = targets.dims()[0];
+        let logits = hidden.matmul(weight.transpose()); // [n, vocab]
+        activation::log_softmax(logits, 1)
+            .gather(1, targets.reshape([n, 1]))
+            .reshape([n])
+    }
+
+    pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+        activation::silu(gate) * up
     }
 
     pub fn add_layer_norm<B: Backend>(
@@ -315,6 +450,112 @@ mod tests {
         for (name, a, b) in [("q", &q1, &q2), ("k", &k1, &k2), ("v", &v1, &v2)] {
             assert_close(name, &grad(a, &g1), &grad(b, &g2), 1e-5);
         }
+    }
+
+    #[test]
+    fn fused_decoder_attention_matches_the_composition() {
+        // 6 query heads in 2 groups of 3, head dim 4, rotary tables of real angles.
+        let options = DecoderAttentionOptions {
+            num_heads: 6,
+            kv_heads: 2,
+            head_dim: 4,
+            scale: 0.5,
+        };
+        let (seq, d) = (5, 4);
+        let rotary = crate::families::llama::model::LlamaRotaryEmbedding::new(d, 10_000.0);
+        let (cos, sin) = rotary.cos_sin::<Ad>(seq, &Default::default());
+        let inputs = || {
+            [
+                random([2, seq, 24], 1).require_grad(),
+                random([2, seq, 8], 2).require_grad(),
+                random([2, seq, 8], 3).require_grad(),
+            ]
+        };
+        let [q1, k1, v1] = inputs();
+        let fused = Ad::fused_decoder_attention(
+            q1.clone(),
+            k1.clone(),
+            v1.clone(),
+            cos.clone(),
+            sin.clone(),
+            &options,
+        );
+        let [q2, k2, v2] = inputs();
+        let reference =
+            composed::decoder_attention(q2.clone(), k2.clone(), v2.clone(), cos, sin, &options);
+        assert_close("output", &values(&fused), &values(&reference), 1e-5);
+        let (g1, g2) = (
+            weighted_sum(fused, 9).backward(),
+            weighted_sum(reference, 9).backward(),
+        );
+        for (name, a, b) in [("q", &q1, &q2), ("k", &k1, &k2), ("v", &v1, &v2)] {
+            assert_close(name, &grad(a, &g1), &grad(b, &g2), 1e-5);
+        }
+        // Causal: the first position's output depends on the first key only.
+        let [q, k, v] = inputs();
+        let mut later = values(&k);
+        later[8..].iter_mut().for_each(|x| *x += 1.0);
+        let k_later =
+            Tensor::<Ad, 3>::from_data(TensorData::new(later, [2, seq, 8]), &Default::default());
+        let (cos, sin) = rotary.cos_sin::<Ad>(seq, &Default::default());
+        let a = Ad::fused_decoder_attention(
+            q.clone(),
+            k,
+            v.clone(),
+            cos.clone(),
+            sin.clone(),
+            &options,
+        );
+        let b = Ad::fused_decoder_attention(q, k_later, v, cos, sin, &options);
+        assert_close("first position", &values(&a)[..24], &values(&b)[..24], 0.0);
+    }
+
+    #[test]
+    fn fused_target_log_probs_match_the_composition() {
+        // 70 rows: two blocks of logits, the second partial.
+        let (n, width, vocab) = (70, 6, 50);
+        let targets: Vec<i64> = (0..n).map(|i| (i * 7 % vocab) as i64).collect();
+        let targets = || {
+            Tensor::<Ad, 1, Int>::from_data(
+                TensorData::new(targets.clone(), [n]),
+                &Default::default(),
+            )
+        };
+        let inputs = || {
+            [
+                random([n, width], 1).require_grad(),
+                random([vocab, width], 2).require_grad(),
+            ]
+        };
+        let [h1, w1] = inputs();
+        let fused = Ad::fused_target_log_probs(h1.clone(), w1.clone(), targets());
+        let [h2, w2] = inputs();
+        let reference = composed::target_log_probs(h2.clone(), w2.clone(), targets());
+        assert_close("output", &values(&fused), &values(&reference), 1e-5);
+        let weights = random::<1>([n], 3);
+        let g1 = (fused * weights.clone()).sum().backward();
+        let g2 = (reference * weights).sum().backward();
+        assert_close("hidden", &grad(&h1, &g1), &grad(&h2, &g2), 1e-5);
+        assert_close("weight", &grad(&w1, &g1), &grad(&w2, &g2), 1e-5);
+    }
+
+    #[test]
+    fn fused_rms_norm_and_swiglu_match_the_composition() {
+        let weight = || random::<1>([8], 4).require_grad();
+        let inputs = || [6, 7].map(|s| random([3, 4, 8], s).require_grad());
+        let (w1, [x1, u1]) = (weight(), inputs());
+        let fused = Ad::fused_swiglu(Ad::fused_rms_norm(x1.clone(), w1.clone(), 1e-5), u1.clone());
+        let (w2, [x2, u2]) = (weight(), inputs());
+        let reference =
+            composed::swiglu(composed::rms_norm(x2.clone(), w2.clone(), 1e-5), u2.clone());
+        assert_close("output", &values(&fused), &values(&reference), 1e-5);
+        let (g1, g2) = (
+            weighted_sum(fused, 8).backward(),
+            weighted_sum(reference, 8).backward(),
+        );
+        assert_close("x", &grad(&x1, &g1), &grad(&x2, &g2), 1e-5);
+        assert_close("up", &grad(&u1, &g1), &grad(&u2, &g2), 1e-5);
+        assert_close("weight", &grad(&w1, &g1), &grad(&w2, &g2), 1e-5);
     }
 
     #[test]

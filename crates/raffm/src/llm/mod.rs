@@ -115,17 +115,15 @@ impl<B: Backend> PaddedBatch<B> {
     }
 }
 
-/// The log-probability of every target of a batch, `[targets]`.
-pub fn target_log_probs<B: Backend>(
+/// The log-probability of every target of a batch, `[targets]`: the language-model head
+/// runs on the targets' positions only, a block of rows at a time.
+pub fn target_log_probs<B: crate::fused::FusedOps>(
     model: &crate::families::llama::model::LlamaForCausalLM<B>,
     batch: &PaddedBatch<B>,
 ) -> Tensor<B, 1> {
     let hidden = model.hidden_states(batch.input_ids.clone()); // [batch, seq, hidden]
     let [b, s, h] = hidden.dims();
     let picked = hidden.reshape([b * s, h]).select(0, batch.rows.clone()); // [targets, hidden]
-    let log_probs = burn::tensor::activation::log_softmax(model.logits_of(picked), 1); // [targets, vocab]
-    let n = batch.tokens.dims()[0];
-    log_probs
-        .gather(1, batch.tokens.clone().reshape([n, 1]))
-        .reshape([n]) // [targets]
+    B::fused_target_log_probs(picked, model.lm_head_weight(), batch.tokens.clone())
+    // [targets]
 }

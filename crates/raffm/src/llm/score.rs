@@ -1,8 +1,6 @@
 //! Multiple-choice evaluation by option log-likelihood: the option whose tokens are the
 //! most likely after the prompt (their log-probabilities summed) is the model's answer.
 
-use burn::tensor::backend::Backend;
-
 use super::{target_log_probs, EncodedExample, PaddedBatch, ScoredSequence};
 use crate::families::llama::model::LlamaForCausalLM;
 
@@ -32,7 +30,7 @@ fn sequences(example: &EncodedExample) -> Vec<(Option<usize>, ScoredSequence)> {
 /// Each example's options' log-likelihoods, `[example][option]`. Sequences run in batches
 /// of `batch_size`, shortest first to waste little on padding; `on_batch` is told the
 /// number of examples finished so far.
-pub fn option_log_likelihoods<B: Backend>(
+pub fn option_log_likelihoods<B: crate::fused::FusedOps>(
     model: &LlamaForCausalLM<B>,
     examples: &[EncodedExample],
     batch_size: usize,

@@ -36,7 +36,7 @@ pub struct LoraTrainReport {
 
 /// Trains `adapter` on `examples` (each on its right option) over the frozen `checkpoint`;
 /// `on_step` sees every step. Returns the trained adapter.
-pub fn train_lora<B: AutodiffBackend>(
+pub fn train_lora<B: AutodiffBackend + FusedOps>(
     checkpoint: &Checkpoint,
     adapter: &LoraAdapter,
     examples: &[EncodedExample],

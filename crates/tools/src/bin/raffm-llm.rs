@@ -13,6 +13,7 @@ use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::device::DeviceChoice;
 use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
 use raffm::families::llama::model::LlamaForCausalLM;
+use raffm::families::llama::LlamaConfig;
 use raffm::io::{sha256_file, write_file_atomic, StagingDir};
 use raffm::llm::task::{self, Selection, TaskFormat};
 use raffm::llm::{encode, score, train, EncodedExample};
@@ -22,10 +23,12 @@ use raffm::{with_backend, Checkpoint};
 /// The decoder LLM (LLaMA family, e.g. SmolLM2 imported by raffm-import-gguf) with LoRA
 /// adapters in PEFT's format.
 ///
+///   init     a fresh adapter (B = 0)
 ///   eval     accuracy by option log-likelihood (zero-shot, or with --adapter)
 ///   train    train an adapter on a task (the base stays frozen)
 ///   average  the weighted mean of adapters (FedAvg of A and of B)
 ///   merge    write base + adapter as a plain HF folder
+///   report   a federated run's metrics per round (metrics.jsonl and a table)
 ///
 /// Tasks: --task rotten-tomatoes (the CSV, as "Review: ...\nSentiment:" with " positive" or
 /// " negative"), bigbench (a BIG-bench task.json, e.g. MathQA), jsonl ({"prompt",
@@ -39,10 +42,20 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    Init(InitCmd),
     Eval(EvalCmd),
     Train(TrainCmd),
     Average(AverageCmd),
     Merge(MergeCmd),
+    Report(ReportCmd),
+}
+
+/// Collects a federated LoRA run's rounds (artifacts/<pipeline>/round-R/) into
+/// metrics.jsonl, one line per finished round, and prints them as a table.
+#[derive(ClapArgs, Debug)]
+struct ReportCmd {
+    #[arg(long)]
+    run: PathBuf,
 }
 
 /// Which task and which of its examples.
@@ -134,17 +147,8 @@ struct TrainCmd {
     /// Train on client I of N: every N-th training example from the I-th.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     shard: Option<(usize, usize)>,
-    /// Rank of a fresh adapter.
-    #[arg(long, default_value_t = 16)]
-    r: usize,
-    #[arg(long, default_value_t = 32.0)]
-    lora_alpha: f64,
-    #[arg(long, default_value_t = 0.05)]
-    lora_dropout: f64,
-    /// Modules a fresh adapter targets (q_proj, k_proj, v_proj, o_proj, gate_proj,
-    /// up_proj, down_proj).
-    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TARGETS.map(String::from))]
-    target_modules: Vec<String>,
+    #[command(flatten)]
+    lora: LoraArgs,
     #[arg(long, default_value_t = 1)]
     epochs: usize,
     #[arg(long, default_value_t = 8)]
@@ -163,6 +167,49 @@ struct TrainCmd {
     device: DeviceChoice,
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// The options of a fresh adapter.
+#[derive(ClapArgs, Debug)]
+struct LoraArgs {
+    /// Rank of a fresh adapter.
+    #[arg(long, default_value_t = 16)]
+    r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
+    /// Modules a fresh adapter targets (q_proj, k_proj, v_proj, o_proj, gate_proj,
+    /// up_proj, down_proj).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TARGETS.map(String::from))]
+    target_modules: Vec<String>,
+}
+
+impl LoraArgs {
+    /// A fresh adapter (B = 0) for the model at `model`, seeded.
+    fn fresh(&self, model: &Path, config: &LlamaConfig, seed: u64) -> anyhow::Result<LoraAdapter> {
+        let mut lora = LoraConfig::new(
+            self.r,
+            self.lora_alpha,
+            self.lora_dropout,
+            &self.target_modules,
+        )?;
+        lora.base_model = model.display().to_string();
+        Ok(LoraAdapter::init(&lora, config, seed))
+    }
+}
+
+/// Writes a fresh adapter (A drawn, B = 0): the global adapter of round 0.
+#[derive(ClapArgs, Debug)]
+struct InitCmd {
+    #[arg(short, long)]
+    model: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    lora: LoraArgs,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 /// Averages adapters of one rank and targets, weighted.
@@ -313,12 +360,7 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
     let config = checkpoint.config.llama().expect("checked by load_base");
     let adapter = match &cmd.adapter {
         Some(path) => LoraAdapter::load(path, config)?,
-        None => {
-            let mut lora =
-                LoraConfig::new(cmd.r, cmd.lora_alpha, cmd.lora_dropout, &cmd.target_modules)?;
-            lora.base_model = cmd.model.display().to_string();
-            LoraAdapter::init(&lora, config, cmd.seed)
-        }
+        None => cmd.lora.fresh(&cmd.model, config, cmd.seed)?,
     };
     let examples = cmd.data.examples(&tokenizer, false, cmd.shard)?;
     let steps = (examples.len().div_ceil(cmd.batch_size) * cmd.epochs)
@@ -366,6 +408,21 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
         "{}",
         json!({"steps": report.steps, "final_loss": last, "trainable_parameters": report.trainable_parameters,
                "answer_tokens": report.answer_tokens, "seconds": report.wall_seconds})
+    );
+    Ok(())
+}
+
+fn init(cmd: InitCmd) -> anyhow::Result<()> {
+    raffm::io::check_output_apart(("--output", &cmd.output), &[("--model", &cmd.model)])?;
+    let (checkpoint, _, _) = load_base(&cmd.model)?;
+    let config = checkpoint.config.llama().expect("checked by load_base");
+    let adapter = cmd.lora.fresh(&cmd.model, config, cmd.seed)?;
+    let mut staging = StagingDir::new(&cmd.output)?;
+    adapter.write_into(&mut staging)?;
+    staging.commit()?;
+    println!(
+        "{}",
+        json!({"trainable_parameters": adapter.parameter_count(), "bytes": adapter.parameter_count() * 4})
     );
     Ok(())
 }
@@ -440,12 +497,75 @@ fn merge(cmd: MergeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+fn report(cmd: ReportCmd) -> anyhow::Result<()> {
+    let mut lines = String::new();
+    println!("round  accuracy  clients  trainable  bytes/client/round  train s (max client)");
+    for round in 0.. {
+        let dir = cmd.run.join(format!("round-{round}"));
+        let eval_path = dir.join("eval.json");
+        if !eval_path.exists() {
+            if round == 0 {
+                bail!(
+                    "{}: no round-0/eval.json; is this a federated LoRA run?",
+                    cmd.run.display()
+                );
+            }
+            break;
+        }
+        let eval = read_json(&eval_path)?;
+        let mut trains = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(dir.join("clients")) {
+            for entry in entries {
+                trains.push(read_json(&entry?.path().join("train.json"))?);
+            }
+        }
+        let trainable = trains
+            .first()
+            .and_then(|t| t["report"]["trainable_parameters"].as_u64());
+        let bytes = trains.first().and_then(|t| t["bytes_per_round"].as_u64());
+        let seconds = trains
+            .iter()
+            .filter_map(|t| t["report"]["wall_seconds"].as_f64())
+            .fold(0.0, f64::max);
+        let line = json!({
+            "round": round,
+            "accuracy": eval["accuracy"],
+            "examples": eval["examples"],
+            "clients": trains.len(),
+            "trainable_parameters_per_client": trainable,
+            "bytes_per_client_per_round": bytes,
+            "max_client_train_seconds": seconds,
+            "eval_seconds": eval["seconds"],
+        });
+        lines += &format!("{line}\n");
+        println!(
+            "{round:>5}  {:>8.3}  {:>7}  {:>9}  {:>18}  {seconds:>8.0}",
+            eval["accuracy"].as_f64().unwrap_or(f64::NAN),
+            trains.len(),
+            trainable.map_or("-".into(), |t| t.to_string()),
+            bytes.map_or("-".into(), |b| format!(
+                "{:.1} MB up + down",
+                2.0 * b as f64 / 1e6
+            )),
+        );
+    }
+    write_file_atomic(&cmd.run.join("metrics.jsonl"), lines.as_bytes())?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Init(c) => init(c),
         Command::Eval(c) => eval(c),
         Command::Train(c) => train_cmd(c),
         Command::Average(c) => average(c),
         Command::Merge(c) => merge(c),
+        Command::Report(c) => report(c),
     }
 }
 
@@ -453,5 +573,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    raffm::sys::keep_freed_memory();
     raffm::cli::exit_code("raffm-llm", run(Cli::parse()))
 }

@@ -9,8 +9,6 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
@@ -19,10 +17,8 @@ use super::layer_tensor;
 use super::lora::{LoraAdapter, LoraConfig, LoraPair};
 use crate::checkpoint::Checkpoint;
 use crate::elastic::Axis;
+use crate::fused::{DecoderAttentionOptions, FusedOps};
 use crate::tensor::HostTensor;
-
-/// Large negative bias for masked keys. Finite, so a row can never become NaN.
-const MASKED: f32 = -1e9;
 
 fn device_tensor<B: Backend, const D: usize>(t: &HostTensor, device: &B::Device) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(t.data.clone(), t.shape.clone()), device)
@@ -50,7 +46,7 @@ pub struct LoraLinearAdapter<B: Backend> {
     lora_a: Param<Tensor<B, 2>>,
     /// `[r, out]`: PEFT's `lora_B.weight` transposed.
     lora_b: Param<Tensor<B, 2>>,
-    dropout: Dropout,
+    dropout: f64,
     scaling: f64,
 }
 
@@ -62,7 +58,7 @@ pub struct LoraLinear<B: Backend> {
     adapter: Option<LoraLinearAdapter<B>>,
 }
 
-impl<B: Backend> LoraLinear<B> {
+impl<B: FusedOps> LoraLinear<B> {
     fn load(
         weight: &HostTensor,
         pair: Option<(&LoraPair, &LoraConfig)>,
@@ -74,7 +70,7 @@ impl<B: Backend> LoraLinear<B> {
             adapter: pair.map(|(pair, config)| LoraLinearAdapter {
                 lora_a: param(device_tensor(&pair.a.transposed(), device), true),
                 lora_b: param(device_tensor(&pair.b.transposed(), device), true),
-                dropout: DropoutConfig::new(config.lora_dropout).init(),
+                dropout: config.lora_dropout,
                 scaling: config.scaling(),
             }),
         }
@@ -86,7 +82,7 @@ impl<B: Backend> LoraLinear<B> {
         match &self.adapter {
             None => base,
             Some(lora) => {
-                let low = lora.dropout.forward(x).matmul(lora.lora_a.val()); // [tokens, r]
+                let low = B::fused_dropout(x, lora.dropout).matmul(lora.lora_a.val()); // [tokens, r]
                 base + low.matmul(lora.lora_b.val()).mul_scalar(lora.scaling) // [tokens, out]
             }
         }
@@ -115,12 +111,9 @@ pub struct LlamaRMSNorm<B: Backend> {
     eps: f64,
 }
 
-impl<B: Backend> LlamaRMSNorm<B> {
+impl<B: FusedOps> LlamaRMSNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [_, _, hidden] = x.dims();
-        let mean_square = x.clone().powi_scalar(2).mean_dim(2); // [batch, seq, 1]
-        let inv_rms = mean_square.add_scalar(self.eps).sqrt().recip(); // [batch, seq, 1]
-        x * inv_rms * self.weight.val().reshape([1, 1, hidden])
+        B::fused_rms_norm(x, self.weight.val(), self.eps) // [batch, seq, hidden]
     }
 }
 
@@ -163,19 +156,6 @@ impl LlamaRotaryEmbedding {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` on `[batch, heads, seq, head_dim]`.
-fn apply_rotary<B: Backend>(
-    x: Tensor<B, 4>,
-    cos: &Tensor<B, 4>,
-    sin: &Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let d = x.dims()[3];
-    let first = x.clone().narrow(3, 0, d / 2); // [batch, heads, seq, d/2]
-    let second = x.clone().narrow(3, d / 2, d / 2); // [batch, heads, seq, d/2]
-    let rotated = Tensor::cat(vec![second.neg(), first], 3); // [batch, heads, seq, d]
-    x * cos.clone() + rotated * sin.clone()
-}
-
 /// Grouped-query self-attention: `kv_heads` key/value heads, each shared by
 /// `heads_per_group` query heads, with rotary embeddings and a causal mask.
 #[derive(Module, Debug)]
@@ -189,56 +169,38 @@ pub struct LlamaAttention<B: Backend> {
     head_dim: usize,
 }
 
-/// What every layer of one forward pass shares: the rotary tables and the causal mask.
+/// What every layer of one forward pass shares: the rotary tables, `[seq, head_dim]`.
 pub struct Positions<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
-    /// `[1, 1, seq, seq]`: 0 where a query may see a key, [`MASKED`] above the diagonal.
-    causal: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> Positions<B> {
     pub fn new(rotary: &LlamaRotaryEmbedding, seq: usize, device: &B::Device) -> Self {
         let (cos, sin) = rotary.cos_sin::<B>(seq, device);
-        let d = cos.dims()[1];
-        let mask: Vec<f32> = (0..seq * seq)
-            .map(|i| if i % seq > i / seq { MASKED } else { 0.0 })
-            .collect();
-        Self {
-            cos: cos.reshape([1, 1, seq, d]),
-            sin: sin.reshape([1, 1, seq, d]),
-            causal: Tensor::from_data(TensorData::new(mask, [1, 1, seq, seq]), device),
-        }
+        Self { cos, sin }
     }
 }
 
-impl<B: Backend> LlamaAttention<B> {
+impl<B: FusedOps> LlamaAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
-        let (kv, group, d) = (self.kv_heads, self.heads_per_group, self.head_dim);
-        let heads = kv * group;
-        let split = |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward3(x.clone()), heads); // [batch, heads, seq, d]
-        let k = split(self.k_proj.forward3(x.clone()), kv); // [batch, kv, seq, d]
-        let v = split(self.v_proj.forward3(x), kv); // [batch, kv, seq, d]
-        let q = apply_rotary(q, &positions.cos, &positions.sin);
-        let k = apply_rotary(k, &positions.cos, &positions.sin);
-        // Query head g * group + j reads KV head g, as HF's repeat_kv orders them.
-        let repeat = |t: Tensor<B, 4>| {
-            t.unsqueeze_dim::<5>(2)
-                .expand([batch, kv, group, seq, d])
-                .reshape([batch, heads, seq, d])
+        let q = self.q_proj.forward3(x.clone()); // [batch, seq, heads * head_dim]
+        let k = self.k_proj.forward3(x.clone()); // [batch, seq, kv_heads * head_dim]
+        let v = self.v_proj.forward3(x); // [batch, seq, kv_heads * head_dim]
+        let options = DecoderAttentionOptions {
+            num_heads: self.kv_heads * self.heads_per_group,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f64).sqrt(),
         };
-        let (k, v) = (repeat(k), repeat(v)); // [batch, heads, seq, d]
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (d as f64).sqrt())
-            + positions.causal.clone(); // [batch, heads, seq, seq]
-        let probs = activation::softmax(scores, 3);
-        let context = probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, heads * d]);
+        let context = B::fused_decoder_attention(
+            q,
+            k,
+            v,
+            positions.cos.clone(),
+            positions.sin.clone(),
+            &options,
+        );
         self.o_proj.forward3(context) // [batch, seq, hidden]
     }
 }
@@ -251,10 +213,11 @@ pub struct LlamaMLP<B: Backend> {
     down_proj: LoraLinear<B>,
 }
 
-impl<B: Backend> LlamaMLP<B> {
+impl<B: FusedOps> LlamaMLP<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = activation::silu(self.gate_proj.forward3(x.clone())); // [batch, seq, ffn]
-        self.down_proj.forward3(gate * self.up_proj.forward3(x)) // [batch, seq, hidden]
+        let gate = self.gate_proj.forward3(x.clone()); // [batch, seq, ffn]
+        let up = self.up_proj.forward3(x); // [batch, seq, ffn]
+        self.down_proj.forward3(B::fused_swiglu(gate, up)) // [batch, seq, hidden]
     }
 }
 
@@ -267,7 +230,7 @@ pub struct LlamaDecoderLayer<B: Backend> {
     post_attention_layernorm: LlamaRMSNorm<B>,
 }
 
-impl<B: Backend> LlamaDecoderLayer<B> {
+impl<B: FusedOps> LlamaDecoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, positions: &Positions<B>) -> Tensor<B, 3> {
         let x = x.clone()
             + self
@@ -288,7 +251,7 @@ pub struct LlamaModel<B: Backend> {
     rotary: LlamaRotaryEmbedding,
 }
 
-impl<B: Backend> LlamaModel<B> {
+impl<B: FusedOps> LlamaModel<B> {
     /// The final hidden states, `[batch, seq, hidden]`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();
@@ -315,7 +278,7 @@ pub struct LlamaForCausalLM<B: Backend> {
     lm_head: Option<Param<Tensor<B, 2>>>,
 }
 
-impl<B: Backend> LlamaForCausalLM<B> {
+impl<B: FusedOps> LlamaForCausalLM<B> {
     /// Builds the model from a decoder checkpoint, with `adapter`'s LoRA factors on its
     /// projections. With an adapter the base is frozen: only the factors get gradients.
     pub fn from_checkpoint(
@@ -390,8 +353,15 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// and scoring ask only for the positions they need: at batch 8 x 128 the whole
     /// `[batch, seq, 49152]` would be 0.2 GB per copy.
     pub fn logits_of(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.model.embed_tokens);
-        hidden.matmul(head.val().transpose()) // [n, vocab]
+        hidden.matmul(self.lm_head_weight().transpose()) // [n, vocab]
+    }
+
+    /// The language-model head's weight, `[vocab, hidden]` (the input embeddings when tied).
+    pub fn lm_head_weight(&self) -> Tensor<B, 2> {
+        self.lm_head
+            .as_ref()
+            .unwrap_or(&self.model.embed_tokens)
+            .val()
     }
 
     /// Every position's logits, `[batch, seq, vocab]`.
