@@ -189,7 +189,9 @@ round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(if $(filter llm-lora,$(PL_KIND)),$
 #   metrics.jsonl                     one line per finished round (raffm-llm report)
 #
 # Every client takes part in every round and trains the global adapter on its IID shard
-# (--shard I/N); the base model stays frozen and only adapters travel. Each step writes
+# (--shard I/N); the base model stays frozen and only adapters travel. With heterogeneous
+# ranks (lora.ranks) client i trains the first ranks[i] components of the global adapter
+# and the server aggregates with the pipeline's rule (padded or flexlora). Each step writes
 # its folder atomically and is skipped once it exists, so an interrupted run resumes.
 LLM_ASSET_bigbench := $(ASSETS)/bigbench/elementary_math_qa/question_only/task.json
 LLM_DATA  = --task $(PL_TASK) --data $(PL_DATA) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --split-seed $(PL_SEED)
@@ -205,10 +207,11 @@ llm-rounds:
 	  prev=$$run/round-$$((r - 1))/adapter; out=$$run/round-$$r; clients=""; \
 	  for i in $$(seq 0 $$(($(PL_CLIENTS) - 1))); do \
 	    c=$$out/clients/$$(printf c%03d $$i); clients="$$clients $$c"; \
-	    if [ ! -e $$c ]; then (set -x; $(BIN)/raffm-llm train --model $(PL_MODEL) --adapter $$prev $(LLM_DATA) \
+	    rank=$(if $(PL_LORA_RANKS),"--rank $$(echo $(PL_LORA_RANKS) | cut -d' ' -f$$((i % $(words $(PL_LORA_RANKS)) + 1)))"); \
+	    if [ ! -e $$c ]; then (set -x; $(BIN)/raffm-llm train --model $(PL_MODEL) --adapter $$prev $$rank $(LLM_DATA) \
 	      --shard $$i/$(PL_CLIENTS) $(LLM_LOCAL) --seed $$(($(PL_SEED) + r * 1000 + i)) --quiet --output $$c); fi; \
 	  done; \
-	  if [ ! -e $$out/adapter ]; then (set -x; $(BIN)/raffm-llm average --model $(PL_MODEL) --adapter $$clients --output $$out/adapter); fi; \
+	  if [ ! -e $$out/adapter ]; then (set -x; $(BIN)/raffm-llm average --model $(PL_MODEL) --adapter $$clients $(call opt,--rule,$(PL_AGGREGATION)) --output $$out/adapter); fi; \
 	  if [ ! -e $$out/eval.json ]; then (set -x; $(LLM_EVAL) --adapter $$out/adapter --output $$out/eval.json); fi; \
 	done; \
 	$(BIN)/raffm-llm report --run $$run

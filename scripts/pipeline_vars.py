@@ -27,6 +27,15 @@ def llm_lora_values(path: str, p: dict) -> dict:
     """The settings of a federated LoRA pipeline of the decoder (`"kind": "llm-lora"`)."""
     data, lora, local = p.get("data", {}), p.get("lora", {}), p.get("local", {})
     targets = lora.get("target_modules")
+    # Heterogeneous ranks: client i has ranks[i % len]; the global adapter the largest.
+    ranks = lora.get("ranks")
+    if ranks is not None and (not ranks or any(not isinstance(r, int) or r < 1 for r in ranks)):
+        sys.exit(f"{path}: lora.ranks must be a list of positive integers")
+    aggregation = p.get("aggregation")
+    if aggregation not in (None, "fedavg", "padded", "flexlora"):
+        sys.exit(f"{path}: aggregation: unknown rule {aggregation!r} (expected fedavg, padded or flexlora)")
+    if ranks and len(set(ranks)) > 1 and aggregation in (None, "fedavg"):
+        sys.exit(f"{path}: different ranks need aggregation padded or flexlora")
     return {
         "PL_KIND": "llm-lora",
         "PL_MODEL": p["model"],
@@ -35,7 +44,9 @@ def llm_lora_values(path: str, p: dict) -> dict:
         "PL_VALIDATION_FRACTION": data.get("validation_fraction"),
         "PL_CLIENTS": p["clients"],
         "PL_SEED": p.get("seed", 0),
-        "PL_LORA_R": lora.get("r"),
+        "PL_LORA_R": max(ranks) if ranks else lora.get("r"),
+        "PL_LORA_RANKS": " ".join(map(str, ranks)) if ranks else None,
+        "PL_AGGREGATION": aggregation,
         "PL_LORA_ALPHA": lora.get("alpha"),
         "PL_LORA_DROPOUT": lora.get("dropout"),
         "PL_LORA_TARGETS": ",".join(targets) if targets else None,

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::device::DeviceChoice;
+use raffm::families::llama::hetero::{self, HeteroRule};
 use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
 use raffm::families::llama::model::LlamaForCausalLM;
 use raffm::families::llama::LlamaConfig;
@@ -139,6 +140,10 @@ struct TrainCmd {
     /// Start from this adapter (the round's global one); without it a fresh adapter.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Train at this rank, taking the first RANK components of --adapter (a client of a
+    /// lower tier); default: the adapter's rank.
+    #[arg(long)]
+    rank: Option<usize>,
     /// The adapter folder to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -212,7 +217,11 @@ struct InitCmd {
     seed: u64,
 }
 
-/// Averages adapters of one rank and targets, weighted.
+/// Aggregates the clients' adapters, weighted: FedAvg of A and of B for one rank; for
+/// different ranks, `--rule padded` (each element averaged over the clients that hold it,
+/// HetLoRA-style) or `--rule flexlora` (the exact mean of the updates s·B·A, split back by
+/// a truncated SVD). The result has the largest rank; a client of rank r takes its first r
+/// components (`train --rank r`).
 #[derive(ClapArgs, Debug)]
 struct AverageCmd {
     /// The base model folder the adapters belong to.
@@ -224,6 +233,9 @@ struct AverageCmd {
     /// One weight per adapter (e.g. its examples); default equal.
     #[arg(long, value_delimiter = ',')]
     weights: Vec<f64>,
+    /// fedavg (one rank), padded or flexlora (any ranks).
+    #[arg(long, default_value = "fedavg")]
+    rule: String,
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -358,9 +370,18 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
     options.validate()?;
     let (checkpoint, tokenizer, pad) = load_base(&cmd.model)?;
     let config = checkpoint.config.llama().expect("checked by load_base");
-    let adapter = match &cmd.adapter {
-        Some(path) => LoraAdapter::load(path, config)?,
-        None => cmd.lora.fresh(&cmd.model, config, cmd.seed)?,
+    let adapter = match (&cmd.adapter, cmd.rank) {
+        (Some(path), rank) => {
+            let global = LoraAdapter::load(path, config)?;
+            match rank {
+                Some(r) => global.truncated(r).with_context(|| format!("--rank {r}"))?,
+                None => global,
+            }
+        }
+        (None, None) => cmd.lora.fresh(&cmd.model, config, cmd.seed)?,
+        (None, Some(_)) => {
+            bail!("--rank takes the components of --adapter; give --r for a fresh adapter")
+        }
     };
     let examples = cmd.data.examples(&tokenizer, false, cmd.shard)?;
     let steps = (examples.len().div_ceil(cmd.batch_size) * cmd.epochs)
@@ -456,7 +477,15 @@ fn average(cmd: AverageCmd) -> anyhow::Result<()> {
         .map(|a| LoraAdapter::load(a, config))
         .collect::<Result<_, _>>()?;
     let weighted: Vec<(&LoraAdapter, f64)> = adapters.iter().zip(weights.iter().copied()).collect();
-    let mean = LoraAdapter::average(&weighted)?;
+    let mean = match cmd.rule.as_str() {
+        "fedavg" => LoraAdapter::average(&weighted)?,
+        rule => {
+            let rule: HeteroRule = rule
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--rule: {e}"))?;
+            hetero::aggregate(&weighted, rule)?
+        }
+    };
     let mut staging = StagingDir::new(&cmd.output)?;
     mean.write_into(&mut staging)?;
     let hashes: Vec<String> = cmd
@@ -469,6 +498,8 @@ fn average(cmd: AverageCmd) -> anyhow::Result<()> {
         "adapters": cmd.adapter,
         "adapter_sha256": hashes,
         "weights": weights,
+        "rule": cmd.rule,
+        "ranks": adapters.iter().map(|a| a.config.r).collect::<Vec<_>>(),
     });
     staging.write(
         "average.json",
@@ -504,7 +535,7 @@ fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
 
 fn report(cmd: ReportCmd) -> anyhow::Result<()> {
     let mut lines = String::new();
-    println!("round  accuracy  clients  trainable  bytes/client/round  train s (max client)");
+    println!("round  accuracy  clients  rank   trainable/client  MB/client/round (up + down)  train s (max client)");
     for round in 0.. {
         let dir = cmd.run.join(format!("round-{round}"));
         let eval_path = dir.join("eval.json");
@@ -524,10 +555,20 @@ fn report(cmd: ReportCmd) -> anyhow::Result<()> {
                 trains.push(read_json(&entry?.path().join("train.json"))?);
             }
         }
-        let trainable = trains
-            .first()
-            .and_then(|t| t["report"]["trainable_parameters"].as_u64());
-        let bytes = trains.first().and_then(|t| t["bytes_per_round"].as_u64());
+        // Per client: its rank decides what it trains and sends (smallest to largest).
+        let sorted = |key: &dyn Fn(&serde_json::Value) -> Option<u64>| -> Vec<u64> {
+            let mut v: Vec<u64> = trains.iter().filter_map(key).collect();
+            v.sort_unstable();
+            v
+        };
+        let trainables = sorted(&|t| t["report"]["trainable_parameters"].as_u64());
+        let bytes_all = sorted(&|t| t["bytes_per_round"].as_u64());
+        let ranks = sorted(&|t| t["lora"]["r"].as_u64());
+        let range = |v: &[u64]| match (v.first(), v.last()) {
+            (Some(a), Some(b)) if a == b => a.to_string(),
+            (Some(a), Some(b)) => format!("{a}-{b}"),
+            _ => "-".into(),
+        };
         let seconds = trains
             .iter()
             .filter_map(|t| t["report"]["wall_seconds"].as_f64())
@@ -537,21 +578,27 @@ fn report(cmd: ReportCmd) -> anyhow::Result<()> {
             "accuracy": eval["accuracy"],
             "examples": eval["examples"],
             "clients": trains.len(),
-            "trainable_parameters_per_client": trainable,
-            "bytes_per_client_per_round": bytes,
+            "ranks": ranks,
+            "trainable_parameters_per_client": trainables,
+            "bytes_per_client_per_round": bytes_all,
             "max_client_train_seconds": seconds,
             "eval_seconds": eval["seconds"],
         });
         lines += &format!("{line}\n");
+        let megabytes = match (bytes_all.first(), bytes_all.last()) {
+            (Some(a), Some(b)) if a == b => format!("{:.1}", 2.0 * *a as f64 / 1e6),
+            (Some(a), Some(b)) => {
+                format!("{:.1}-{:.1}", 2.0 * *a as f64 / 1e6, 2.0 * *b as f64 / 1e6)
+            }
+            _ => "-".into(),
+        };
         println!(
-            "{round:>5}  {:>8.3}  {:>7}  {:>9}  {:>18}  {seconds:>8.0}",
+            "{round:>5}  {:>8.3}  {:>7}  {:>5}  {:>16}  {:>27}  {seconds:>8.0}",
             eval["accuracy"].as_f64().unwrap_or(f64::NAN),
             trains.len(),
-            trainable.map_or("-".into(), |t| t.to_string()),
-            bytes.map_or("-".into(), |b| format!(
-                "{:.1} MB up + down",
-                2.0 * b as f64 / 1e6
-            )),
+            range(&ranks),
+            range(&trainables),
+            megabytes,
         );
     }
     write_file_atomic(&cmd.run.join("metrics.jsonl"), lines.as_bytes())?;

@@ -1,7 +1,8 @@
 //! The LLaMA-style decoder (`LlamaForCausalLM`: grouped-query attention, rotary position
 //! embeddings, SwiGLU feed-forward, RMSNorm, optionally tied embeddings): its config
-//! (`config.rs`), the burn model (`model.rs`), LoRA adapters in PEFT's format (`lora.rs`),
-//! and its elastic description (here).
+//! (`config.rs`), the burn model (`model.rs`), LoRA adapters in PEFT's format (`lora.rs`)
+//! and their aggregation across ranks (`hetero.rs`, with `svd.rs`), and its elastic
+//! description (here).
 //!
 //! Canonical names are HF's own (`model.layers.3.self_attn.q_proj.weight`).
 //!
@@ -18,8 +19,10 @@
 //! dropping channels inside a head changes the function.
 
 pub mod config;
+pub mod hetero;
 pub mod lora;
 pub mod model;
+pub mod svd;
 
 pub use config::{tiny_config, LlamaConfig};
 
