@@ -4,7 +4,10 @@
 //! RSS 5.1-5.3 GiB, 1.84M trainable parameters).
 //!
 //! `lm` takes the loss on every position, as the reference does; `answer` on the last 8
-//! tokens of each sequence only, as the instruction tasks do. Each run is its own process,
+//! tokens of each sequence only, as the instruction tasks do; `half` is `lm` on a RaFFM
+//! sub-model of half the width (2 of 3 query heads per KV group rounded up, half the FFN
+//! neurons and half the hidden channels, the leading ones of the prioritized model),
+//! the paper's RaFFM + LoRA. Each run is its own process,
 //! so its peak resident memory is its own. With `RAFFM_TORCH_PYTHON` set to a Python with
 //! torch, transformers and peft, `scripts/bench/lora_pytorch.py` runs in between, side by
 //! side. Throughput is the median over steps after the first; `steal` is the share of CPU
@@ -15,12 +18,13 @@ use std::process::Command;
 use std::time::Instant;
 
 use raffm::burn::backend::Autodiff;
+use raffm::extract::{extract, select, selection_map, Strategy};
 use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
 use raffm::llm::{train::train_lora, EncodedExample};
 use raffm::rng::SplitMix64;
 use raffm::sys::peak_rss_bytes;
 use raffm::train::TrainOptions;
-use raffm::{Checkpoint, CpuBackend};
+use raffm::{Axis, Checkpoint, CpuBackend};
 
 const BATCH: usize = 8;
 const SEQ: usize = 128;
@@ -45,13 +49,39 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
     Some((*fields.get(7)?, fields.iter().take(8).sum()))
 }
 
+/// The real model, or its half-width RaFFM sub-model.
+fn model(mode: &str) -> Checkpoint {
+    let full = Checkpoint::load(model_dir()).expect("run `make assets-llm` first");
+    if mode != "half" {
+        return full;
+    }
+    let (prioritized, _) = raffm::prioritize::prioritize(&full, raffm::tensor::Norm::L1, |_| {});
+    let global = prioritized.config.widths();
+    let mut widths = global.clone();
+    widths
+        .global
+        .set(Axis::Hidden, global.global.get(Axis::Hidden) / 2);
+    for layer in &mut widths.layers {
+        layer.set(Axis::Heads, layer.get(Axis::Heads).div_ceil(2));
+        layer.set(Axis::Ffn, layer.get(Axis::Ffn) / 2);
+    }
+    let config = &prioritized.config;
+    let selection = select(config, Strategy::Salient, &global, &widths, 0, 0, "bench");
+    extract(
+        &prioritized,
+        &widths,
+        &selection_map(config, &widths, &selection),
+    )
+    .unwrap()
+}
+
 fn measure(mode: &str) {
-    let checkpoint = Checkpoint::load(model_dir()).expect("run `make assets-llm` first");
+    let checkpoint = model(mode);
     let config = checkpoint.config.llama().unwrap();
     let targets: Vec<String> = DEFAULT_TARGETS.map(String::from).to_vec();
     let lora = LoraConfig::new(16, 32.0, 0.05, &targets).unwrap();
     let adapter = LoraAdapter::init(&lora, config, 0);
-    let answer = if mode == "lm" { SEQ - 1 } else { 8 };
+    let answer = if mode == "answer" { 8 } else { SEQ - 1 };
     let mut rng = SplitMix64::new(1);
     let examples: Vec<EncodedExample> = (0..BATCH * (STEPS + 1))
         .map(|_| {
@@ -90,10 +120,11 @@ fn measure(mode: &str) {
         .collect();
     seconds.sort_by(f64::total_cmp);
     println!(
-        "{{\"tokens_per_second\": {:.1}, \"peak_rss_mib\": {:.0}, \"trainable\": {}}}",
+        "{{\"tokens_per_second\": {:.1}, \"peak_rss_mib\": {:.0}, \"trainable\": {}, \"base_parameters\": {}}}",
         (BATCH * SEQ) as f64 / seconds[seconds.len() / 2],
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
-        report.trainable_parameters
+        report.trainable_parameters,
+        checkpoint.parameter_count()
     );
 }
 
@@ -132,7 +163,7 @@ fn main() {
     println!("LoRA training, SmolLM2-135M, batch {BATCH} x seq {SEQ}, r 16 on q/k/v/o, 2 threads; reference PyTorch 195-201 tokens/s, 5.1-5.3 GiB");
     // Interleaved, twice: ours (both losses), then PyTorch, so the machine's noise falls on both.
     for round in 0..2 {
-        for mode in ["lm", "answer"] {
+        for mode in ["lm", "answer", "half"] {
             let mut cmd = Command::new(std::env::current_exe().unwrap());
             cmd.arg(mode);
             if let Some(v) = run(&mut cmd) {

@@ -249,7 +249,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
                 "--adapter",
                 at("bad"),
                 "--output",
-                s(&out),
+                s(out),
             ],
             "r = 8",
         ),
@@ -262,7 +262,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
                 at("a"),
                 at("qv"),
                 "--output",
-                s(&out),
+                s(out),
             ],
             "differ in rank or targets",
         ),
@@ -278,7 +278,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
                 "--shard",
                 "2/2",
                 "--output",
-                s(&out),
+                s(out),
             ],
             "--shard 2/2",
         ),
@@ -290,7 +290,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
                 "--target-modules",
                 "q_proj,lm_head",
                 "--output",
-                s(&out),
+                s(out),
             ],
             "unknown LoRA target module `lm_head`",
         ),
@@ -319,7 +319,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     let minilm = model.with_file_name("minilm");
     let o = run(
         "raffm-llm",
-        &["init", "--model", s(&minilm), "--output", s(&out)],
+        &["init", "--model", s(&minilm), "--output", s(out)],
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("a llama model was expected"));
     for sub in ["init", "eval", "train", "average", "merge", "report"] {

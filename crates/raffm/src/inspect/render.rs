@@ -105,7 +105,8 @@ impl TensorReport {
     pub fn to_text(&self) -> String {
         let a = &self.architecture;
         let mut model = format!("{}, {}", a.model_type, a.widths.global);
-        model += &format!(", {} layers, vocab {}", a.widths.layers.len(), a.vocab_size);
+        // The global widths already name the vocabulary.
+        model += &format!(", {} layers", a.widths.layers.len());
         if let Some(labels) = a.classifier_labels {
             model += &format!(", classifier with {labels} labels");
         }

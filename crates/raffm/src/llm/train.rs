@@ -51,6 +51,14 @@ where
     if examples.is_empty() {
         return Err(Error::Invalid("no training examples".into()));
     }
+    let Some(config) = checkpoint.config.llama() else {
+        return Err(Error::Invalid(format!(
+            "LoRA training needs a llama model, not `{}`",
+            checkpoint.config.model_type()
+        )));
+    };
+    let source = checkpoint.source.clone().unwrap_or_default();
+    adapter.check_against(config, &source)?;
     options.validate()?;
     if options.prox_mu > 0.0 || options.freeze_embeddings || options.max_grad_norm.is_some() {
         return Err(Error::Invalid(

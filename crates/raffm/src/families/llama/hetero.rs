@@ -71,7 +71,8 @@ fn check_same_targets(adapters: &[(&LoraAdapter, f64)]) -> Result<()> {
         )));
     }
     let total: f64 = adapters.iter().map(|(_, w)| w).sum();
-    if !(total > 0.0) || adapters.iter().any(|(_, w)| !(w.is_finite() && *w >= 0.0)) {
+    if total.is_nan() || total <= 0.0 || adapters.iter().any(|(_, w)| !(w.is_finite() && *w >= 0.0))
+    {
         return Err(Error::Invalid(
             "adapter weights must be non-negative and sum to a positive number".into(),
         ));
@@ -404,11 +405,7 @@ mod tests {
             assert!((s * s - e).abs() < 1e-9 * sigma2[0], "{} vs {e}", s * s);
         }
         let global = aggregate(
-            &clients
-                .iter()
-                .zip(weights)
-                .map(|(c, w)| (c, w))
-                .collect::<Vec<_>>(),
+            &clients.iter().zip(weights).collect::<Vec<_>>(),
             HeteroRule::FlexLora,
         )
         .unwrap();

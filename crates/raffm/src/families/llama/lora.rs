@@ -447,7 +447,7 @@ impl LoraAdapter {
             )));
         }
         let total: f64 = adapters.iter().map(|(_, w)| w).sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Err(Error::Invalid(
                 "adapter weights must sum to a positive number".into(),
             ));
