@@ -161,20 +161,18 @@ fn main() {
         "/../../scripts/bench/lora_pytorch.py"
     );
     println!("LoRA training, SmolLM2-135M, batch {BATCH} x seq {SEQ}, r 16 on q/k/v/o, 2 threads; reference PyTorch 195-201 tokens/s, 5.1-5.3 GiB");
-    // Interleaved, twice: ours (both losses), then PyTorch, so the machine's noise falls on both.
+    // Interleaved, twice: ours (each mode), then PyTorch, so the machine's noise falls on both.
     for round in 0..2 {
         for mode in ["lm", "answer", "half"] {
             let mut cmd = Command::new(std::env::current_exe().unwrap());
             cmd.arg(mode);
             if let Some(v) = run(&mut cmd) {
-                println!(
-                    "round {round}  raffm   loss on {:<14} {v}",
-                    if mode == "lm" {
-                        "every token"
-                    } else {
-                        "8 answer tokens"
-                    }
-                );
+                let what = match mode {
+                    "lm" => "every token",
+                    "answer" => "8 answer tokens",
+                    _ => "every token, half-width RaFFM sub-model",
+                };
+                println!("round {round}  raffm   loss on {what:<14} {v}");
             }
         }
         if let Some(python) = &torch {

@@ -417,6 +417,7 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
         "options": options,
         "lora": trained.config.to_json(),
         "bytes_per_round": trained.parameter_count() * 4,
+        "peak_rss_bytes": raffm::sys::peak_rss_bytes(),
         "report": report,
     });
     staging.write(
