@@ -1,7 +1,8 @@
 # raffm: Resource-aware Federated Foundation Models as a chain of file transformations.
 #
 #   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/;
-#                       SEED=S for another seed, into artifacts/<pipeline>-seedS)
+#                       SEED=S for another seed, into artifacts/<pipeline>-seedS);
+#                       PIPELINE=llm-rt: federated LoRA on the SmolLM2 decoder
 #   make deploy N=5     deploy round 5's model to every client (largest that fits for inference)
 #   make ablation N=5   SPP ablation: sub-models of round 5's model with and without prioritization
 #   make report         Markdown report with charts of PIPELINES (default: PIPELINE)
@@ -12,7 +13,8 @@
 #                       assets/smollm2-135m-instruct/ (an F32 HF folder)
 #   make test           every test, on the real model (fetches what it needs; installs Debian's
 #                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
-#   make bench          benchmarks: forward throughput, extraction vs the I/O floor
+#   make bench          benchmarks: training, evaluation, extraction, aggregation, LoRA
+#                       (RAFFM_TORCH_PYTHON=<python with torch, peft>: PyTorch beside it)
 #   make check-cuda     type-check the CUDA backend (offline)
 #   make help           this list
 #
@@ -106,7 +108,7 @@ test: assets $(LLM)/manifest.json $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,s
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
-bench: assets
+bench: assets $(LLM)/manifest.json
 	$(CARGO) bench --locked $(if $(FEATURES),--features $(FEATURES)) -p raffm
 
 fmt:
