@@ -36,19 +36,6 @@ fn model_dir() -> PathBuf {
     PathBuf::from(assets).join("smollm2-135m-instruct")
 }
 
-/// (steal, total) CPU jiffies from /proc/stat.
-fn cpu_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    Some((*fields.get(7)?, fields.iter().take(8).sum()))
-}
-
 /// The real model, or its half-width RaFFM sub-model.
 fn model(mode: &str) -> Checkpoint {
     let full = Checkpoint::load(model_dir()).expect("run `make assets-llm` first");
@@ -129,7 +116,7 @@ fn measure(mode: &str) {
 }
 
 fn run(command: &mut Command) -> Option<serde_json::Value> {
-    let before = cpu_jiffies();
+    let before = raffm::sys::cpu_jiffies();
     let out = command.output().ok()?;
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -137,7 +124,7 @@ fn run(command: &mut Command) -> Option<serde_json::Value> {
     }
     let mut value: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    if let (Some((s0, t0)), Some((s1, t1))) = (before, cpu_jiffies()) {
+    if let (Some((s0, t0)), Some((s1, t1))) = (before, raffm::sys::cpu_jiffies()) {
         value["steal_percent"] = (100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64).into();
     }
     Some(value)

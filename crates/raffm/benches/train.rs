@@ -82,21 +82,8 @@ fn rows(n: usize) -> (Vec<TokenizedRow>, Vec<f32>) {
     (rows, (0..n).map(|i| (i % 2) as f32).collect())
 }
 
-/// (steal, total) CPU jiffies from /proc/stat: time the hypervisor gave to other guests.
-fn cpu_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    Some((*fields.get(7)?, fields.iter().take(8).sum()))
-}
-
 fn measure(config: &str, mode: &str) {
-    let jiffies_before = cpu_jiffies();
+    let jiffies_before = raffm::sys::cpu_jiffies();
     let checkpoint = model(config);
     let device = Default::default();
     let (line, throughput) = if mode == "train" {
@@ -159,7 +146,7 @@ fn measure(config: &str, mode: &str) {
         ("ffn768", "train") => Some(37.0),
         _ => None,
     };
-    let steal = match (jiffies_before, cpu_jiffies()) {
+    let steal = match (jiffies_before, raffm::sys::cpu_jiffies()) {
         (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
             format!(
                 "  steal {:.0}%",

@@ -14,6 +14,20 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// (steal, total) CPU jiffies from /proc/stat: the time the hypervisor gave to other guests,
+/// for benchmarks to print beside their figures on a shared VM.
+pub fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((*fields.get(7)?, fields.iter().take(8).sum()))
+}
+
 /// Asks mimalloc (the binaries' allocator) to keep freed memory instead of returning it to
 /// the system after 10 ms, its default. Training the decoder frees and reallocates
 /// activations of hundreds of megabytes every step; returned to the system they come back

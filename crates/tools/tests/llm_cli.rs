@@ -322,6 +322,24 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
         &["init", "--model", s(&minilm), "--output", s(out)],
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("a llama model was expected"));
+    // A decoder takes no classification head.
+    let o = run(
+        "raffm-init-head",
+        &[
+            "--model",
+            s(&model),
+            "--labels",
+            "neg,pos",
+            "--output",
+            s(out),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("takes no classification head"),
+        "{err}"
+    );
+    assert!(!out.exists());
     for sub in ["init", "eval", "train", "average", "merge", "report"] {
         ok("raffm-llm", &[sub, "--help"]);
     }

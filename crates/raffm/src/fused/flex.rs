@@ -53,30 +53,35 @@ fn apply_mask(x: &FlexTensor, mask: &DropoutMask) -> FlexTensor {
     flex_tensor(y, dims(x))
 }
 
-fn attention_shape(q: &FlexTensor, options: &AttentionOptions) -> AttentionShape {
+/// The kernel's geometry of a call on queries `q`, `[batch, seq, heads * head_dim]`.
+fn shape_of(
+    q: &FlexTensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    causal: bool,
+) -> AttentionShape {
     let d = dims(q);
     AttentionShape {
         batch: d[0],
         seq: d[1],
-        heads: options.num_heads,
-        kv_heads: options.num_heads,
-        head_dim: options.head_dim,
-        scale: options.scale as f32,
-        causal: false,
+        heads,
+        kv_heads,
+        head_dim,
+        scale: scale as f32,
+        causal,
     }
 }
 
-fn decoder_attention_shape(q: &FlexTensor, options: &DecoderAttentionOptions) -> AttentionShape {
-    let d = dims(q);
-    AttentionShape {
-        batch: d[0],
-        seq: d[1],
-        heads: options.num_heads,
-        kv_heads: options.kv_heads,
-        head_dim: options.head_dim,
-        scale: options.scale as f32,
-        causal: true,
-    }
+/// The encoder's self-attention: every head its own keys, no causal mask.
+fn attention_shape(q: &FlexTensor, o: &AttentionOptions) -> AttentionShape {
+    shape_of(q, o.num_heads, o.num_heads, o.head_dim, o.scale, false)
+}
+
+/// The decoder's: grouped keys and values, causal.
+fn decoder_attention_shape(q: &FlexTensor, o: &DecoderAttentionOptions) -> AttentionShape {
+    shape_of(q, o.num_heads, o.kv_heads, o.head_dim, o.scale, true)
 }
 
 fn rotary_tables(cos: &FlexTensor, sin: &FlexTensor) -> RotaryTables {

@@ -51,6 +51,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("give --partition or --labels");
     }
     let checkpoint = Checkpoint::load(&args.model)?;
+    if !checkpoint.config.takes_classification_head() {
+        bail!(
+            "{}: a `{}` model takes no classification head (decoders score answers with their language-model head; see raffm-llm)",
+            args.model.display(),
+            checkpoint.config.model_type()
+        );
+    }
     checkpoint.check_tokenizer()?;
     let with_head =
         checkpoint
