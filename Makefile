@@ -189,6 +189,7 @@ round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(if $(filter llm-lora,$(PL_KIND)),$
 # ---- federated LoRA on the decoder LLM (pipelines with "kind": "llm-lora") ----------------
 #
 # artifacts/<pipeline>/
+#   base/, submodels/<client>/        RaFFM + LoRA only: the prioritized base, client sub-models
 #   round-0/adapter/, eval.json       the fresh adapter (B = 0): its eval is zero-shot
 #   round-R/clients/<client>/         the client's trained adapter (PEFT format) + train.json
 #   round-R/adapter/                  their average (FedAvg of A and of B) + average.json
@@ -198,27 +199,41 @@ round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(if $(filter llm-lora,$(PL_KIND)),$
 # Every client takes part in every round and trains the global adapter on its IID shard
 # (--shard I/N); the base model stays frozen and only adapters travel. With heterogeneous
 # ranks (lora.ranks) client i trains the first ranks[i] components of the global adapter
-# and the server aggregates with the pipeline's rule (padded or flexlora). Each step writes
-# its folder atomically and is skipped once it exists, so an interrupted run resumes.
+# and the server aggregates with the pipeline's rule (padded or flexlora). With
+# "submodels" (RaFFM + LoRA) the base is prioritized once into base/, client i's base
+# sub-model is extracted once into submodels/<client>/ (sent once: the base is frozen),
+# the client trains its block of the global adapter, and the server places it back
+# through the sub-model's index map. Each step writes its folder atomically and is
+# skipped once it exists, so an interrupted run resumes.
 LLM_DATA  = --task $(PL_TASK) --data $(PL_DATA) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --split-seed $(PL_SEED)
 LLM_LORA  = $(call opt,--r,$(PL_LORA_R)) $(call opt,--lora-alpha,$(PL_LORA_ALPHA)) $(call opt,--lora-dropout,$(PL_LORA_DROPOUT)) $(call opt,--target-modules,$(PL_LORA_TARGETS))
 LLM_LOCAL = $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--lr,$(PL_LR))
-LLM_EVAL  = $(BIN)/raffm-llm eval --model $(PL_MODEL) $(LLM_DATA) $(call opt,--limit,$(PL_EVAL_MAX)) --quiet
+LLM_EVAL  = $(BIN)/raffm-llm eval $(LLM_DATA) $(call opt,--limit,$(PL_EVAL_MAX)) --quiet
 
 llm-rounds:
-	@set -e; run=$(RUN); \
-	if [ ! -e $$run/round-0/adapter ]; then (set -x; $(BIN)/raffm-llm init --model $(PL_MODEL) $(LLM_LORA) --seed $(PL_SEED) --output $$run/round-0/adapter); fi; \
-	if [ ! -e $$run/round-0/eval.json ]; then (set -x; $(LLM_EVAL) --adapter $$run/round-0/adapter --output $$run/round-0/eval.json); fi; \
+	@set -e; run=$(RUN); base=$(PL_MODEL); \
+	if [ -n "$(PL_SUBMODELS)" ]; then \
+	  base=$$run/base; tiers=$$(echo "$(PL_SUBMODELS)" | tr '|' '\n' | wc -l); \
+	  if [ ! -e $$base ]; then (set -x; $(BIN)/raffm-prioritize --input $(PL_MODEL) --output $$base --quiet); fi; \
+	  for i in $$(seq 0 $$(($(PL_CLIENTS) - 1))); do \
+	    shape=$$(echo "$(PL_SUBMODELS)" | cut -d'|' -f$$((i % tiers + 1))); sub=$$run/submodels/$$(printf c%03d $$i); \
+	    if [ "$$shape" != - ] && [ ! -e $$sub ]; then (set -x; $(BIN)/raffm-llm extract --model $$base $$shape $(LLM_LORA) \
+	      $(call opt,--batch-size,$(PL_BATCH_SIZE)) --output $$sub > /dev/null); fi; \
+	  done; \
+	fi; \
+	if [ ! -e $$run/round-0/adapter ]; then (set -x; $(BIN)/raffm-llm init --model $$base $(LLM_LORA) --seed $(PL_SEED) --output $$run/round-0/adapter); fi; \
+	if [ ! -e $$run/round-0/eval.json ]; then (set -x; $(LLM_EVAL) --model $$base --adapter $$run/round-0/adapter --output $$run/round-0/eval.json); fi; \
 	for r in $$(seq 1 $(N)); do \
 	  prev=$$run/round-$$((r - 1))/adapter; out=$$run/round-$$r; clients=""; \
 	  for i in $$(seq 0 $$(($(PL_CLIENTS) - 1))); do \
 	    c=$$out/clients/$$(printf c%03d $$i); clients="$$clients $$c"; \
+	    model=$$run/submodels/$$(printf c%03d $$i); [ -e $$model ] || model=$$base; \
 	    rank=$(if $(PL_LORA_RANKS),"--rank $$(echo $(PL_LORA_RANKS) | cut -d' ' -f$$((i % $(words $(PL_LORA_RANKS)) + 1)))"); \
-	    if [ ! -e $$c ]; then (set -x; $(BIN)/raffm-llm train --model $(PL_MODEL) --adapter $$prev $$rank $(LLM_DATA) \
+	    if [ ! -e $$c ]; then (set -x; $(BIN)/raffm-llm train --model $$model --adapter $$prev $$rank $(LLM_DATA) \
 	      --shard $$i/$(PL_CLIENTS) $(LLM_LOCAL) --seed $$(($(PL_SEED) + r * 1000 + i)) --quiet --output $$c); fi; \
 	  done; \
-	  if [ ! -e $$out/adapter ]; then (set -x; $(BIN)/raffm-llm average --model $(PL_MODEL) --adapter $$clients $(call opt,--rule,$(PL_AGGREGATION)) --output $$out/adapter); fi; \
-	  if [ ! -e $$out/eval.json ]; then (set -x; $(LLM_EVAL) --adapter $$out/adapter --output $$out/eval.json); fi; \
+	  if [ ! -e $$out/adapter ]; then (set -x; $(BIN)/raffm-llm average --model $$base --adapter $$clients $(if $(PL_SUBMODELS),--previous $$prev) $(call opt,--rule,$(PL_AGGREGATION)) --output $$out/adapter); fi; \
+	  if [ ! -e $$out/eval.json ]; then (set -x; $(LLM_EVAL) --model $$base --adapter $$out/adapter --output $$out/eval.json); fi; \
 	done; \
 	$(BIN)/raffm-llm report --run $$run
 

@@ -23,6 +23,30 @@ def attack_option(path: str, attack: dict) -> str | None:
     sys.exit(f"{path}: attack: unknown kind {kind!r} (expected scale or flip)")
 
 
+SUBMODEL_KEYS = {"width": "--width", "hidden": "--hidden", "depth": "--depth", "memory_mib": "--memory-budget"}
+
+
+def submodel_options(path: str, tiers) -> str | None:
+    """RaFFM + LoRA: client i trains on the base sub-model of tiers[i % len], given as
+    raffm-llm extract options, one tier per `|`; `-` is the whole base."""
+    if tiers is None:
+        return None
+    if not isinstance(tiers, list) or not tiers:
+        sys.exit(f"{path}: submodels must be a list of tiers, e.g. [{{\"width\": 0.5}}]")
+    out = []
+    for n, tier in enumerate(tiers):
+        if not isinstance(tier, dict) or set(tier) - set(SUBMODEL_KEYS):
+            sys.exit(f"{path}: submodels[{n}]: expected an object with {', '.join(SUBMODEL_KEYS)}")
+        for key, value in tier.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                sys.exit(f"{path}: submodels[{n}].{key} must be a positive number")
+        if "width" in tier and "memory_mib" in tier:
+            sys.exit(f"{path}: submodels[{n}]: give width or memory_mib, not both")
+        whole = all(tier.get(k, 1) == 1 for k in ("width", "hidden")) and not {"depth", "memory_mib"} & set(tier)
+        out.append("-" if whole else " ".join(f"{SUBMODEL_KEYS[k]} {v}" for k, v in tier.items()))
+    return "|".join(out)
+
+
 def llm_lora_values(path: str, p: dict) -> dict:
     """The settings of a federated LoRA pipeline of the decoder (`"kind": "llm-lora"`)."""
     data, lora, local = p.get("data", {}), p.get("lora", {}), p.get("local", {})
@@ -37,6 +61,7 @@ def llm_lora_values(path: str, p: dict) -> dict:
     if ranks and len(set(ranks)) > 1 and aggregation in (None, "fedavg"):
         sys.exit(f"{path}: different ranks need aggregation padded or flexlora")
     return {
+        "PL_SUBMODELS": submodel_options(path, p.get("submodels")),
         "PL_KIND": "llm-lora",
         "PL_MODEL": p["model"],
         "PL_DATA": data["path"],

@@ -344,3 +344,151 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
         ok("raffm-llm", &[sub, "--help"]);
     }
 }
+
+/// RaFFM + LoRA by hand: a client on a half-width base sub-model trains its block of the
+/// global adapter, and the server places it back through the sub-model's index map.
+#[test]
+fn a_sub_model_client_trains_its_block_and_is_placed_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = (smollm2(), task(tmp.path()));
+    let at = |name: &str| path_in(tmp.path(), name);
+    ok(
+        "raffm-llm",
+        &[
+            "init",
+            "--model",
+            s(&model),
+            "--r",
+            "4",
+            "--output",
+            at("global"),
+        ],
+    );
+    ok(
+        "raffm-llm",
+        &[
+            "extract",
+            "--model",
+            s(&model),
+            "--width",
+            "0.5",
+            "--hidden",
+            "1",
+            "--output",
+            at("sub"),
+        ],
+    );
+    for (client, base) in [("c0", at("sub")), ("c1", s(&model))] {
+        let mut args = vec!["train", "--model", base, "--adapter", at("global")];
+        args.extend(["--task", "jsonl", "--data", s(&data), "--max-steps", "2"]);
+        args.extend([
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--quiet",
+            "--output",
+            at(client),
+        ]);
+        ok("raffm-llm", &args);
+    }
+    let manifest = |client: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(Path::new(at(client)).join("train.json")).unwrap())
+            .unwrap()
+    };
+    let (m0, m1) = (manifest("c0"), manifest("c1"));
+    // 2 of 3 query heads per KV group: q_proj and o_proj lose a third of their heads.
+    assert_eq!(m1["base_parameters"], 134_515_008);
+    assert!(
+        m0["base_parameters"].as_u64().unwrap() < 100_000_000,
+        "{m0}"
+    );
+    // r 4 on q [384, 576], k, v [192, 576], o [576, 384] of 30 layers.
+    assert_eq!(
+        m0["report"]["trainable_parameters"],
+        30 * 4 * (960 + 2 * 768 + 960)
+    );
+    assert!(Path::new(at("c0")).join("placement.json").is_file());
+
+    // Without the round's global adapter the server cannot place the block.
+    let mut args = vec![
+        "average",
+        "--model",
+        s(&model),
+        "--adapter",
+        at("c0"),
+        at("c1"),
+    ];
+    args.extend(["--rule", "padded", "--output", at("mean")]);
+    let out = run("raffm-llm", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("global adapter"),
+        "{err}"
+    );
+    assert!(!Path::new(at("mean")).exists());
+    args.extend(["--previous", at("global")]);
+    ok("raffm-llm", &args);
+
+    let config = Checkpoint::load(&model)
+        .unwrap()
+        .config
+        .llama()
+        .unwrap()
+        .clone();
+    let (mean, c1) = (
+        LoraAdapter::load(Path::new(at("mean")), &config).unwrap(),
+        LoraAdapter::load(Path::new(at("c1")), &config).unwrap(),
+    );
+    let c0 = LoraAdapter::read(Path::new(at("c0"))).unwrap();
+    let placement = raffm::families::llama::placement::Placement::load(Path::new(at("c0")), None)
+        .unwrap()
+        .unwrap();
+    let module = "model.layers.3.self_attn.q_proj";
+    let held = placement.index_map[&format!("{module}.weight")].dims[0]
+        .clone()
+        .unwrap()
+        .0;
+    assert_eq!(held.len(), 384);
+    let (got, full, sub) = (
+        &mean.modules[module].b,
+        &c1.modules[module].b,
+        &c0.modules[module].b,
+    );
+    for o in 0..576 {
+        for k in 0..4 {
+            let want = match held.iter().position(|&h| h == o) {
+                // Held by both clients: their mean.
+                Some(j) => {
+                    ((full.data[o * 4 + k] as f64 + sub.data[j * 4 + k] as f64) / 2.0) as f32
+                }
+                // Only the whole-base client holds the rows of the dropped heads.
+                None => full.data[o * 4 + k],
+            };
+            // The rule works on √s-scaled factors: equal up to rounding.
+            let g = got.data[o * 4 + k];
+            assert!(
+                (g - want).abs() <= 1e-6 * want.abs(),
+                "B[{o},{k}]: {g} vs {want}"
+            );
+        }
+    }
+
+    // A placement is refused for another global model.
+    let mut args = vec!["average", "--model", at("sub"), "--adapter", at("c0")];
+    args.extend([
+        "--previous",
+        at("global"),
+        "--rule",
+        "padded",
+        "--output",
+        at("wrong"),
+    ]);
+    let out = run("raffm-llm", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("placement.json"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -11,11 +11,16 @@ use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::device::DeviceChoice;
+use raffm::extract::{extract, select, selection_map, Strategy};
+use raffm::families::llama::hetero::ClientAdapter;
 use raffm::families::llama::hetero::{self, HeteroRule};
 use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
 use raffm::families::llama::model::LlamaForCausalLM;
+use raffm::families::llama::placement::Placement;
 use raffm::families::llama::LlamaConfig;
 use raffm::io::{sha256_file, write_file_atomic, StagingDir};
+use raffm::llm::budget::{self, SubmodelShape};
+use raffm::llm::report as llm_report;
 use raffm::llm::task::{self, Selection, TaskFormat};
 use raffm::llm::{encode, score, train, EncodedExample};
 use raffm::train::TrainOptions;
@@ -25,6 +30,7 @@ use raffm::{with_backend, Checkpoint};
 /// adapters in PEFT's format.
 ///
 ///   init     a fresh adapter (B = 0)
+///   extract  a client's base sub-model (RaFFM + LoRA), by width or by memory budget
 ///   eval     accuracy by option log-likelihood (zero-shot, or with --adapter)
 ///   train    train an adapter on a task (the base stays frozen)
 ///   average  the weighted mean of adapters (FedAvg of A and of B)
@@ -44,6 +50,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Init(InitCmd),
+    Extract(ExtractCmd),
     Eval(EvalCmd),
     Train(TrainCmd),
     Average(AverageCmd),
@@ -52,11 +59,16 @@ enum Command {
 }
 
 /// Collects a federated LoRA run's rounds (artifacts/<pipeline>/round-R/) into
-/// metrics.jsonl, one line per finished round, and prints them as a table.
+/// metrics.jsonl, one line per finished round, and prints them as a table. With several
+/// runs, also a comparison in the shape of the paper's Table 5 (accuracy by round; rank,
+/// base and trainable parameters, peak memory and bytes per client; round time).
 #[derive(ClapArgs, Debug)]
 struct ReportCmd {
+    #[arg(long, required = true, num_args = 1..)]
+    run: Vec<PathBuf>,
+    /// Write the comparison table (Markdown) here.
     #[arg(long)]
-    run: PathBuf,
+    table: Option<PathBuf>,
 }
 
 /// Which task and which of its examples.
@@ -132,9 +144,11 @@ struct EvalCmd {
 }
 
 /// Trains a LoRA adapter on a task's training examples (or one client's shard of them).
+/// On a base sub-model (from `raffm-llm extract`, with placement.json) the client trains
+/// its part of the global adapter, and the output carries the placement for `average`.
 #[derive(ClapArgs, Debug)]
 struct TrainCmd {
-    /// The base model folder (frozen).
+    /// The base model folder (frozen): the global base, or a client's sub-model of it.
     #[arg(short, long)]
     model: PathBuf,
     /// Start from this adapter (the round's global one); without it a fresh adapter.
@@ -204,6 +218,42 @@ impl LoraArgs {
     }
 }
 
+/// Cuts a client's base sub-model out of the global base (RaFFM + LoRA): a share of the
+/// hidden channels, of the query heads in each KV group and of the FFN neurons, the
+/// leading ones, so give a prioritized base (raffm-prioritize). Writes an HF folder with
+/// placement.json, which places the client's adapter back into the global one.
+#[derive(ClapArgs, Debug)]
+struct ExtractCmd {
+    /// The global base.
+    #[arg(short, long)]
+    model: PathBuf,
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Share of the query heads in each KV group and of the FFN neurons the sub-model
+    /// keeps, in (0, 1]; the hidden channels too unless --hidden says otherwise.
+    #[arg(long, value_name = "FRACTION")]
+    width: Option<f64>,
+    /// Share of the hidden channels (default: --width). Slicing them changes every
+    /// RMSNorm, which costs the most accuracy.
+    #[arg(long, value_name = "FRACTION")]
+    hidden: Option<f64>,
+    /// Keep this many of the base's layers (spread evenly, the first one kept).
+    #[arg(long)]
+    depth: Option<usize>,
+    /// Instead of --width: the widest sub-model (width 1, 0.875, ..., 0.25) whose
+    /// estimated LoRA training memory fits, for an adapter of rank --r (and --target-modules)
+    /// at --batch-size sequences of --seq-len tokens.
+    #[arg(long, value_name = "MIB", conflicts_with = "width")]
+    memory_budget: Option<f64>,
+    #[command(flatten)]
+    lora: LoraArgs,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// The longest training sequence to plan the activations for.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+}
+
 /// Writes a fresh adapter (A drawn, B = 0): the global adapter of round 0.
 #[derive(ClapArgs, Debug)]
 struct InitCmd {
@@ -233,9 +283,15 @@ struct AverageCmd {
     /// One weight per adapter (e.g. its examples); default equal.
     #[arg(long, value_delimiter = ',')]
     weights: Vec<f64>,
-    /// fedavg (one rank), padded or flexlora (any ranks).
+    /// fedavg (one rank), padded or flexlora (any ranks). Adapters on base sub-models
+    /// (with placement.json) are placed into the global shapes first; fedavg then means
+    /// padded (for one rank: FedAvg over the clients that hold each element).
     #[arg(long, default_value = "fedavg")]
     rule: String,
+    /// The round's global adapter: needed when clients trained on base sub-models. It
+    /// gives the global shapes and keeps every element that no client held.
+    #[arg(long)]
+    previous: Option<PathBuf>,
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -370,13 +426,31 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
     options.validate()?;
     let (checkpoint, tokenizer, pad) = load_base(&cmd.model)?;
     let config = checkpoint.config.llama().expect("checked by load_base");
+    // On a sub-model the adapter given is the global one: the client trains its block.
+    let placement = Placement::load(&cmd.model, None)?;
     let adapter = match (&cmd.adapter, cmd.rank) {
         (Some(path), rank) => {
-            let global = LoraAdapter::load(path, config)?;
-            match rank {
-                Some(r) => global.truncated(r).with_context(|| format!("--rank {r}"))?,
+            let mut global = match &placement {
+                Some(_) => LoraAdapter::read(path)?,
+                None => LoraAdapter::load(path, config)?,
+            };
+            if let Some(r) = rank {
+                global = global.truncated(r).with_context(|| format!("--rank {r}"))?;
+            }
+            match &placement {
+                Some(p) => {
+                    let part = global
+                        .restricted(&p.index_map)
+                        .with_context(|| format!("{}: placement.json", cmd.model.display()))?;
+                    part.check_against(config, path)
+                        .context("is --adapter the global adapter of this sub-model's base?")?;
+                    part
+                }
                 None => global,
             }
+        }
+        (None, None) if placement.is_some() => {
+            bail!("a sub-model trains its part of the global adapter: give --adapter")
         }
         (None, None) => cmd.lora.fresh(&cmd.model, config, cmd.seed)?,
         (None, Some(_)) => {
@@ -384,6 +458,13 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
         }
     };
     let examples = cmd.data.examples(&tokenizer, false, cmd.shard)?;
+    let longest = examples
+        .iter()
+        .map(|e| e.prompt.len() + e.options[e.answer].len())
+        .max()
+        .unwrap_or(0);
+    let memory =
+        budget::lora_train_memory(&checkpoint.config, &adapter.config, cmd.batch_size, longest)?;
     let steps = (examples.len().div_ceil(cmd.batch_size) * cmd.epochs)
         .min(cmd.max_steps.unwrap_or(usize::MAX));
     let bar = progress(cmd.quiet, steps, "training")?;
@@ -404,11 +485,21 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
     });
     bar.finish_and_clear();
     trained.write_into(&mut staging)?;
+    // The placement travels with the adapter, so that `average` can place it.
+    if let Some(p) = &placement {
+        p.write_into(&mut staging)?;
+    }
     let manifest = json!({
         "stage": "raffm-llm train",
         "tool_version": env!("CARGO_PKG_VERSION"),
         "model": cmd.model,
         "model_sha256": checkpoint.weights_sha256(),
+        "submodel": placement.as_ref().map(|p| json!({
+            "global_sha256": p.global_sha256,
+            "widths": p.widths.summary(),
+        })),
+        "base_parameters": checkpoint.config.parameter_count(),
+        "memory_estimate": memory,
         "start_adapter": cmd.adapter,
         "data": cmd.data.data,
         "data_sha256": sha256_file(&cmd.data.data)?.sha256,
@@ -434,6 +525,83 @@ fn train_cmd(cmd: TrainCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn extract_cmd(cmd: ExtractCmd) -> anyhow::Result<()> {
+    raffm::io::check_output_apart(("--output", &cmd.output), &[("--model", &cmd.model)])?;
+    let (global, _, _) = load_base(&cmd.model)?;
+    let llama = global.config.llama().expect("checked by load_base");
+    let lora = cmd.lora.fresh(&cmd.model, llama, 0)?.config;
+    let shape = match cmd.memory_budget {
+        Some(mib) if !(mib.is_finite() && mib > 0.0) => {
+            bail!("--memory-budget must be a positive number of MiB, got {mib}")
+        }
+        Some(mib) => {
+            let bytes = (mib * (1 << 20) as f64) as u64;
+            budget::widest_within(
+                &global.config,
+                &lora,
+                cmd.hidden,
+                cmd.depth,
+                cmd.batch_size,
+                cmd.seq_len,
+                bytes,
+            )?
+            .0
+        }
+        None => {
+            let width = cmd.width.unwrap_or(1.0);
+            SubmodelShape {
+                width,
+                hidden: cmd.hidden.unwrap_or(width),
+                depth: cmd.depth,
+            }
+        }
+    };
+    let widths = budget::submodel_widths(&global.config, shape)?;
+    let config = &global.config;
+    let selection = select(
+        config,
+        Strategy::Salient,
+        &config.widths(),
+        &widths,
+        0,
+        0,
+        "client",
+    );
+    let index_map = selection_map(config, &widths, &selection);
+    let sub = extract(&global, &widths, &index_map)?;
+    let memory = budget::lora_train_memory(&sub.config, &lora, cmd.batch_size, cmd.seq_len)?;
+    let placement = Placement {
+        global_sha256: global
+            .weights_sha256()
+            .context("the global model has no weights file")?
+            .to_string(),
+        widths,
+        index_map,
+    };
+    let mut staging = StagingDir::new(&cmd.output)?;
+    sub.write_into(&mut staging)?;
+    placement.write_into(&mut staging)?;
+    let summary = json!({
+        "stage": "raffm-llm extract",
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "model": cmd.model,
+        "shape": shape,
+        "memory_budget_mib": cmd.memory_budget,
+        "widths": placement.widths.summary(),
+        "base_parameters": sub.config.parameter_count(),
+        "global_parameters": global.config.parameter_count(),
+        "memory_estimate": memory,
+        "estimate_for": {"r": lora.r, "target_modules": lora.target_modules, "batch_size": cmd.batch_size, "seq_len": cmd.seq_len},
+    });
+    staging.write(
+        "extract.json",
+        format!("{}\n", serde_json::to_string_pretty(&summary)?).as_bytes(),
+    )?;
+    staging.commit()?;
+    println!("{summary}");
+    Ok(())
+}
+
 fn init(cmd: InitCmd) -> anyhow::Result<()> {
     raffm::io::check_output_apart(("--output", &cmd.output), &[("--model", &cmd.model)])?;
     let (checkpoint, _, _) = load_base(&cmd.model)?;
@@ -452,6 +620,7 @@ fn init(cmd: InitCmd) -> anyhow::Result<()> {
 fn average(cmd: AverageCmd) -> anyhow::Result<()> {
     let mut inputs: Vec<(&str, &Path)> = vec![("--model", cmd.model.as_path())];
     inputs.extend(cmd.adapter.iter().map(|a| ("--adapter", a.as_path())));
+    inputs.extend(cmd.previous.iter().map(|a| ("--previous", a.as_path())));
     raffm::io::check_output_apart(("--output", &cmd.output), &inputs)?;
     let weights = if cmd.weights.is_empty() {
         vec![1.0; cmd.adapter.len()]
@@ -472,19 +641,56 @@ fn average(cmd: AverageCmd) -> anyhow::Result<()> {
     let Some(config) = checkpoint.config.llama() else {
         bail!("{}: a llama model was expected", cmd.model.display());
     };
-    let adapters: Vec<LoraAdapter> = cmd
-        .adapter
+    // Each adapter with its placement: one on a base sub-model is checked against the
+    // sub-model's config and placed through its index map.
+    let mut adapters = Vec::new();
+    for dir in &cmd.adapter {
+        let placement = Placement::load(dir, checkpoint.weights_sha256())?;
+        let adapter = match &placement {
+            Some(p) => {
+                let sub = checkpoint
+                    .config
+                    .with_widths(&p.widths)
+                    .with_context(|| format!("{}: placement.json", dir.display()))?;
+                LoraAdapter::load(dir, sub.llama().expect("a llama config's sub-model"))?
+            }
+            None => LoraAdapter::load(dir, config)?,
+        };
+        let blocks = placement
+            .map(|p| p.blocks(adapter.modules.keys()))
+            .transpose()
+            .with_context(|| format!("{}: placement.json", dir.display()))?;
+        adapters.push((adapter, blocks));
+    }
+    let previous = cmd
+        .previous
+        .as_ref()
+        .map(|p| LoraAdapter::load(p, config))
+        .transpose()?;
+    let placed = adapters.iter().any(|(_, b)| b.is_some());
+    let clients: Vec<ClientAdapter> = adapters
         .iter()
-        .map(|a| LoraAdapter::load(a, config))
-        .collect::<Result<_, _>>()?;
-    let weighted: Vec<(&LoraAdapter, f64)> = adapters.iter().zip(weights.iter().copied()).collect();
+        .zip(&weights)
+        .map(|((adapter, blocks), &weight)| ClientAdapter {
+            adapter,
+            blocks: blocks.as_ref(),
+            weight,
+        })
+        .collect();
     let mean = match cmd.rule.as_str() {
-        "fedavg" => LoraAdapter::average(&weighted)?,
+        "fedavg" if !placed => {
+            let weighted: Vec<(&LoraAdapter, f64)> =
+                clients.iter().map(|c| (c.adapter, c.weight)).collect();
+            LoraAdapter::average(&weighted)?
+        }
         rule => {
-            let rule: HeteroRule = rule
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--rule: {e}"))?;
-            hetero::aggregate(&weighted, rule)?
+            let rule: HeteroRule = match rule {
+                "fedavg" => HeteroRule::Padded,
+                other => other
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--rule: {e}"))?,
+            };
+            hetero::aggregate(&clients, rule, previous.as_ref())?
         }
     };
     let mut staging = StagingDir::new(&cmd.output)?;
@@ -500,7 +706,9 @@ fn average(cmd: AverageCmd) -> anyhow::Result<()> {
         "adapter_sha256": hashes,
         "weights": weights,
         "rule": cmd.rule,
-        "ranks": adapters.iter().map(|a| a.config.r).collect::<Vec<_>>(),
+        "previous": cmd.previous,
+        "ranks": adapters.iter().map(|(a, _)| a.config.r).collect::<Vec<_>>(),
+        "placed": adapters.iter().map(|(_, b)| b.is_some()).collect::<Vec<_>>(),
     });
     staging.write(
         "average.json",
@@ -529,86 +737,39 @@ fn merge(cmd: MergeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
-}
-
 fn report(cmd: ReportCmd) -> anyhow::Result<()> {
-    let mut lines = String::new();
-    println!("round  accuracy  clients  rank   trainable/client  MB/client/round (up + down)  train s (max client)");
-    for round in 0.. {
-        let dir = cmd.run.join(format!("round-{round}"));
-        let eval_path = dir.join("eval.json");
-        if !eval_path.exists() {
-            if round == 0 {
-                bail!(
-                    "{}: no round-0/eval.json; is this a federated LoRA run?",
-                    cmd.run.display()
-                );
-            }
-            break;
-        }
-        let eval = read_json(&eval_path)?;
-        let mut trains = Vec::new();
-        if let Ok(entries) = std::fs::read_dir(dir.join("clients")) {
-            for entry in entries {
-                trains.push(read_json(&entry?.path().join("train.json"))?);
-            }
-        }
-        // Per client: its rank decides what it trains and sends (smallest to largest).
-        let sorted = |key: &dyn Fn(&serde_json::Value) -> Option<u64>| -> Vec<u64> {
-            let mut v: Vec<u64> = trains.iter().filter_map(key).collect();
-            v.sort_unstable();
-            v
-        };
-        let trainables = sorted(&|t| t["report"]["trainable_parameters"].as_u64());
-        let bytes_all = sorted(&|t| t["bytes_per_round"].as_u64());
-        let ranks = sorted(&|t| t["lora"]["r"].as_u64());
-        let range = |v: &[u64]| match (v.first(), v.last()) {
-            (Some(a), Some(b)) if a == b => a.to_string(),
-            (Some(a), Some(b)) => format!("{a}-{b}"),
-            _ => "-".into(),
-        };
-        let seconds = trains
+    let mut runs = Vec::new();
+    for run in &cmd.run {
+        let rounds = llm_report::read_run(run)?;
+        let lines: String = rounds
             .iter()
-            .filter_map(|t| t["report"]["wall_seconds"].as_f64())
-            .fold(0.0, f64::max);
-        let line = json!({
-            "round": round,
-            "accuracy": eval["accuracy"],
-            "examples": eval["examples"],
-            "clients": trains.len(),
-            "ranks": ranks,
-            "trainable_parameters_per_client": trainables,
-            "bytes_per_client_per_round": bytes_all,
-            "max_client_train_seconds": seconds,
-            "eval_seconds": eval["seconds"],
-        });
-        lines += &format!("{line}\n");
-        let megabytes = match (bytes_all.first(), bytes_all.last()) {
-            (Some(a), Some(b)) if a == b => format!("{:.1}", 2.0 * *a as f64 / 1e6),
-            (Some(a), Some(b)) => {
-                format!("{:.1}-{:.1}", 2.0 * *a as f64 / 1e6, 2.0 * *b as f64 / 1e6)
-            }
-            _ => "-".into(),
-        };
-        println!(
-            "{round:>5}  {:>8.3}  {:>7}  {:>5}  {:>16}  {:>27}  {seconds:>8.0}",
-            eval["accuracy"].as_f64().unwrap_or(f64::NAN),
-            trains.len(),
-            range(&ranks),
-            range(&trainables),
-            megabytes,
+            .map(|r| format!("{}\n", r.to_json()))
+            .collect();
+        write_file_atomic(&run.join("metrics.jsonl"), lines.as_bytes())?;
+        if cmd.run.len() > 1 {
+            println!("{}", run.display());
+        }
+        print!("{}", llm_report::round_table(&rounds));
+        let name = run.file_name().map_or_else(
+            || run.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
         );
+        runs.push((name, rounds));
     }
-    write_file_atomic(&cmd.run.join("metrics.jsonl"), lines.as_bytes())?;
+    if runs.len() > 1 || cmd.table.is_some() {
+        let table = llm_report::comparison_table(&runs);
+        println!("\n{table}");
+        if let Some(path) = &cmd.table {
+            write_file_atomic(path, table.as_bytes())?;
+        }
+    }
     Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Init(c) => init(c),
+        Command::Extract(c) => extract_cmd(c),
         Command::Eval(c) => eval(c),
         Command::Train(c) => train_cmd(c),
         Command::Average(c) => average(c),

@@ -338,6 +338,14 @@ impl LoraAdapter {
 
     /// Reads an adapter folder and checks it against the base model's config.
     pub fn load(dir: &Path, model: &LlamaConfig) -> Result<Self> {
+        let adapter = Self::read(dir)?;
+        adapter.check_against(model, &dir.join(ADAPTER_WEIGHTS_FILE))?;
+        Ok(adapter)
+    }
+
+    /// Reads an adapter folder without a base model to check it against (the caller
+    /// checks what it makes of it, e.g. its restriction to a sub-model).
+    pub fn read(dir: &Path) -> Result<Self> {
         let config_path = dir.join(ADAPTER_CONFIG_FILE);
         let bytes = std::fs::read(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let value: Value = serde_json::from_slice(&bytes)
@@ -386,9 +394,7 @@ impl LoraAdapter {
             };
             modules.insert(module, LoraPair { a, b });
         }
-        let adapter = LoraAdapter { config, modules };
-        adapter.check_against(model, &weights_path)?;
-        Ok(adapter)
+        Ok(LoraAdapter { config, modules })
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into a folder under

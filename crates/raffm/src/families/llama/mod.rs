@@ -22,6 +22,7 @@ pub mod config;
 pub mod hetero;
 pub mod lora;
 pub mod model;
+pub mod placement;
 pub mod svd;
 
 pub use config::{tiny_config, LlamaConfig};
