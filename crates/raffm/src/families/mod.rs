@@ -4,7 +4,9 @@
 //! lists them; every stage works through it and never names a family's tensors.
 
 pub mod bert;
+pub(crate) mod hf;
 pub mod llama;
+pub mod vit;
 
 use std::path::Path;
 
@@ -18,10 +20,11 @@ use crate::error::{Error, Result};
 pub enum ModelConfig {
     Bert(bert::BertConfig),
     Llama(llama::LlamaConfig),
+    Vit(vit::VitConfig),
 }
 
 /// The model types we read, for error messages.
-const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, llama";
+const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, llama, vit, dinov2";
 
 /// Activations of one layer, in elements (see each family's `layer_activations`).
 pub use bert::LayerActivations;
@@ -49,6 +52,11 @@ impl ModelConfig {
                 variant, raw, path,
             )?));
         }
+        if let Some(variant) = vit::Variant::of_model_type(model_type) {
+            return Ok(ModelConfig::Vit(vit::VitConfig::from_json(
+                variant, raw, path,
+            )?));
+        }
         if model_type == "llama" {
             return Ok(ModelConfig::Llama(llama::LlamaConfig::from_json(
                 raw, path,
@@ -65,6 +73,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.to_json(),
             ModelConfig::Llama(c) => c.to_json(),
+            ModelConfig::Vit(c) => c.to_json(),
         }
     }
 
@@ -73,7 +82,9 @@ impl ModelConfig {
     pub fn bert(&self) -> &bert::BertConfig {
         match self {
             ModelConfig::Bert(c) => c,
-            ModelConfig::Llama(_) => panic!("a BERT-family model was expected"),
+            ModelConfig::Llama(_) | ModelConfig::Vit(_) => {
+                panic!("a BERT-family model was expected")
+            }
         }
     }
 
@@ -81,7 +92,15 @@ impl ModelConfig {
     pub fn llama(&self) -> Option<&llama::LlamaConfig> {
         match self {
             ModelConfig::Llama(c) => Some(c),
-            ModelConfig::Bert(_) => None,
+            ModelConfig::Bert(_) | ModelConfig::Vit(_) => None,
+        }
+    }
+
+    /// The vision transformer's config, if this is one.
+    pub fn vit(&self) -> Option<&vit::VitConfig> {
+        match self {
+            ModelConfig::Vit(c) => Some(c),
+            ModelConfig::Bert(_) | ModelConfig::Llama(_) => None,
         }
     }
 
@@ -90,6 +109,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.model_type(),
             ModelConfig::Llama(_) => "llama",
+            ModelConfig::Vit(c) => c.variant.model_type(),
         }
     }
 
@@ -99,6 +119,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(_) => &bert::AXES,
             ModelConfig::Llama(_) => &llama::AXES,
+            ModelConfig::Vit(_) => &vit::AXES,
         }
     }
 
@@ -107,6 +128,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.outer_tensors(),
             ModelConfig::Llama(c) => c.outer_tensors(),
+            ModelConfig::Vit(c) => c.outer_tensors(),
         }
     }
 
@@ -115,6 +137,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.layer_tensors(layer),
             ModelConfig::Llama(c) => c.layer_tensors(layer),
+            ModelConfig::Vit(c) => c.layer_tensors(layer),
         }
     }
 
@@ -155,6 +178,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.widths(),
             ModelConfig::Llama(c) => c.widths(),
+            ModelConfig::Vit(c) => c.widths(),
         }
     }
 
@@ -163,6 +187,7 @@ impl ModelConfig {
         Ok(match self {
             ModelConfig::Bert(c) => ModelConfig::Bert(c.with_widths(widths)?),
             ModelConfig::Llama(c) => ModelConfig::Llama(c.with_widths(widths)?),
+            ModelConfig::Vit(c) => ModelConfig::Vit(c.with_widths(widths)?),
         })
     }
 
@@ -177,6 +202,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(_) => bert::layer_activations(global, layer, batch, seq),
             ModelConfig::Llama(_) => llama::layer_activations(global, layer, batch, seq),
+            ModelConfig::Vit(_) => vit::layer_activations(global, layer, batch, seq),
         }
     }
 
@@ -185,6 +211,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(_) => bert::embedding_activations(global, batch, seq),
             ModelConfig::Llama(_) => llama::outer_activations(global, batch, seq),
+            ModelConfig::Vit(_) => vit::outer_activations(global, batch, seq),
         }
     }
 
@@ -196,6 +223,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => bert::names::to_canonical(c.variant, hf_name),
             ModelConfig::Llama(_) => llama::to_canonical(hf_name),
+            ModelConfig::Vit(c) => vit::to_canonical(c.variant, hf_name),
         }
     }
 
@@ -206,6 +234,7 @@ impl ModelConfig {
                 bert::names::from_canonical(c.variant, canonical, prefixed, c.classifier)
             }
             ModelConfig::Llama(_) => canonical.to_string(),
+            ModelConfig::Vit(c) => vit::from_canonical(c.variant, canonical, prefixed),
         }
     }
 
@@ -216,6 +245,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.adopt_parts(names),
             // Whether lm_head is tied comes from the config, as in HF.
             ModelConfig::Llama(_) => {}
+            ModelConfig::Vit(c) => c.adopt_parts(names),
         }
     }
 
@@ -240,6 +270,9 @@ impl ModelConfig {
             ModelConfig::Llama(_) => Err(Error::Invalid(
                 "client vocabularies are implemented for the encoders only, not for llama".into(),
             )),
+            ModelConfig::Vit(_) => Err(Error::Invalid(
+                "a vision model has no vocabulary to cut".into(),
+            )),
         }
     }
 
@@ -249,13 +282,14 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.classifier,
             ModelConfig::Llama(_) => false,
+            ModelConfig::Vit(c) => c.classifier,
         }
     }
 
     /// Whether the family takes a classification head (the encoders; a decoder scores
     /// its answers with its language-model head).
     pub fn takes_classification_head(&self) -> bool {
-        matches!(self, ModelConfig::Bert(_))
+        matches!(self, ModelConfig::Bert(_) | ModelConfig::Vit(_))
     }
 
     /// Declares a classification head for `labels` (and whatever it reads, a pooler); a
@@ -268,6 +302,7 @@ impl ModelConfig {
                 c.classifier = true;
             }
             ModelConfig::Llama(_) => {}
+            ModelConfig::Vit(c) => c.set_labels(labels),
         }
     }
 
@@ -275,6 +310,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.num_labels,
             ModelConfig::Llama(_) => 0,
+            ModelConfig::Vit(c) => c.num_labels,
         }
     }
 
@@ -282,6 +318,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.label_names(),
             ModelConfig::Llama(_) => Vec::new(),
+            ModelConfig::Vit(c) => c.label_names(),
         }
     }
 
@@ -289,6 +326,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Bert(c) => c.vocab_size,
             ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Vit(_) => 0,
         }
     }
 
@@ -303,6 +341,8 @@ impl ModelConfig {
                 bert::Variant::Bert | bert::Variant::DistilBert => c.max_position_embeddings,
             },
             ModelConfig::Llama(c) => c.max_position_embeddings,
+            // Patches at the pre-training size, and the CLS token.
+            ModelConfig::Vit(c) => 1 + c.grid() * c.grid(),
         }
     }
 
@@ -310,6 +350,7 @@ impl ModelConfig {
     pub fn needs_tokenizer(&self) -> bool {
         match self {
             ModelConfig::Bert(_) | ModelConfig::Llama(_) => true,
+            ModelConfig::Vit(_) => false,
         }
     }
 
@@ -318,6 +359,7 @@ impl ModelConfig {
             ModelConfig::Bert(c) => c.pad_token_id,
             // Right padding behind a causal mask is never attended to: any id will do.
             ModelConfig::Llama(c) => c.pad_token_id.unwrap_or(0),
+            ModelConfig::Vit(_) => 0,
         }
     }
 }

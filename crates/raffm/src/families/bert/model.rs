@@ -6,119 +6,22 @@
 //! attention scale stays the full model's so that a sub-model computes what the full model
 //! computes with the dropped heads, channels and neurons zeroed.
 
-use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 
 use super::config::{Activation, BertConfig, Variant};
 use super::names::layer_tensor;
 use crate::checkpoint::Checkpoint;
 use crate::elastic::{Axis, AxisSizes};
 use crate::error::{Error, Result};
+use crate::families::hf::{linear_tokens, Exporter, Loader};
 use crate::fused::{AttentionOptions, FusedOps};
-use crate::tensor::HostTensor;
 
 /// Large negative bias for masked keys. Finite, so a row can never become NaN.
 const MASKED: f32 = -1e9;
-
-/// Reads tensors out of a checkpoint onto a device, by canonical name.
-struct Loader<'a, B: Backend> {
-    checkpoint: &'a Checkpoint,
-    device: &'a B::Device,
-}
-
-impl<B: Backend> Loader<'_, B> {
-    fn host(&self, name: &str) -> &HostTensor {
-        self.checkpoint.tensor(name)
-    }
-
-    fn tensor<const D: usize>(&self, t: &HostTensor) -> Tensor<B, D> {
-        Tensor::from_data(
-            TensorData::new(t.data.clone(), t.shape.clone()),
-            self.device,
-        )
-    }
-
-    /// An HF Linear: PyTorch stores `[out, in]`, burn computes with `[in, out]`.
-    fn linear(&self, prefix: &str) -> Linear<B> {
-        let weight = self.host(&format!("{prefix}.weight")).transposed();
-        Linear {
-            weight: Param::from_tensor(self.tensor(&weight)),
-            bias: Some(Param::from_tensor(
-                self.tensor(self.host(&format!("{prefix}.bias"))),
-            )),
-        }
-    }
-
-    fn layer_norm(&self, prefix: &str, eps: f64) -> LayerNorm<B> {
-        let gamma = self.host(&format!("{prefix}.weight"));
-        let mut norm = LayerNormConfig::new(gamma.numel())
-            .with_epsilon(eps)
-            .init(self.device);
-        norm.gamma = Param::from_tensor(self.tensor(gamma));
-        norm.beta = Some(Param::from_tensor(
-            self.tensor(self.host(&format!("{prefix}.bias"))),
-        ));
-        norm
-    }
-
-    fn embedding(&self, name: &str) -> Embedding<B> {
-        Embedding {
-            weight: Param::from_tensor(self.tensor(self.host(name))),
-        }
-    }
-}
-
-/// A Linear on `[batch, seq, in]` as one `[batch * seq, in]` matmul. burn's Linear on a
-/// 3-D input runs a batched matmul that broadcasts the weight, and its weight gradient
-/// then materialises one `[in, out]` product per batch row before summing them.
-fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, seq, width] = x.dims();
-    let y = linear.forward(x.reshape([batch * seq, width])); // [batch * seq, out]
-    let out = y.dims()[1];
-    y.reshape([batch, seq, out])
-}
-
-/// Collects a module's tensors back to the host under canonical names.
-#[derive(Default)]
-struct Exporter {
-    tensors: Vec<(String, HostTensor)>,
-}
-
-impl Exporter {
-    fn tensor<B: Backend, const D: usize>(&mut self, name: String, t: Tensor<B, D>) {
-        let shape = t.dims().to_vec();
-        let data = t
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("float tensor");
-        self.tensors.push((name, HostTensor::new(shape, data)));
-    }
-
-    fn linear<B: Backend>(&mut self, prefix: &str, l: &Linear<B>) {
-        let shape = l.weight.val().dims();
-        let data = l
-            .weight
-            .val()
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("float tensor");
-        let weight = HostTensor::new(shape.to_vec(), data).transposed();
-        self.tensors.push((format!("{prefix}.weight"), weight));
-        let bias = l.bias.as_ref().expect("HF linears have biases").val();
-        self.tensor(format!("{prefix}.bias"), bias);
-    }
-
-    fn layer_norm<B: Backend>(&mut self, prefix: &str, n: &LayerNorm<B>) {
-        self.tensor(format!("{prefix}.weight"), n.gamma.val());
-        let beta = n.beta.as_ref().expect("HF layer norms have biases").val();
-        self.tensor(format!("{prefix}.bias"), beta);
-    }
-}
 
 /// Word, position and token-type embeddings, summed and normalised.
 #[derive(Module, Debug)]

@@ -1,0 +1,435 @@
+//! `config.json` as HuggingFace writes it for ViT (`ViTModel`, `ViTForImageClassification`)
+//! and DINOv2 (`Dinov2Model`, `Dinov2ForImageClassification`), plus a sub-model's elastic
+//! widths under the key `"raffm"`, as for the other families.
+//!
+//! The config is kept as its raw JSON object and a typed view of the fields we use: keys we
+//! do not know survive a load/save round trip untouched.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::elastic::{Axis, AxisSizes, Widths};
+use crate::error::{Error, Result};
+
+pub use crate::families::bert::config::ELASTIC_KEY;
+
+/// Which HF layout: the names, the layer's parts and the classification head differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `ViTModel`: `layernorm_before`/`layernorm_after`, `intermediate`/`output`, no
+    /// LayerScale; the classifier reads the CLS token.
+    Vit,
+    /// `Dinov2Model`: `norm1`/`norm2`, `mlp.fc1`/`mlp.fc2`, LayerScale; the classifier reads
+    /// the CLS token concatenated with the mean of the patch tokens.
+    Dinov2,
+}
+
+impl Variant {
+    pub fn of_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "vit" => Some(Variant::Vit),
+            "dinov2" => Some(Variant::Dinov2),
+            _ => None,
+        }
+    }
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Variant::Vit => "vit",
+            Variant::Dinov2 => "dinov2",
+        }
+    }
+
+    /// The prefix HF gives the backbone inside `...ForImageClassification`.
+    pub fn base_prefix(self) -> &'static str {
+        match self {
+            Variant::Vit => "vit.",
+            Variant::Dinov2 => "dinov2.",
+        }
+    }
+}
+
+/// The widths of a layer of a full model.
+pub fn full_layer(heads: usize, head_dim: usize, ffn: usize) -> AxisSizes {
+    AxisSizes::of(&[
+        (Axis::Heads, heads),
+        (Axis::HeadDim, head_dim),
+        (Axis::Ffn, ffn),
+    ])
+}
+
+/// Typed view of an HF ViT or DINOv2 `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitConfig {
+    pub variant: Variant,
+    pub hidden_size: usize,
+    /// Heads of the model the config was made for; per-layer counts are in `layers`.
+    pub num_attention_heads: usize,
+    pub head_dim: usize,
+    /// The full model's head dimension: the attention scale stays `1/sqrt` of it in a
+    /// sub-model with narrower heads, which then computes the masked full model.
+    pub attention_scale_head_dim: usize,
+    /// FFN width of the model the config was made for (DINOv2: `mlp_ratio * hidden_size`).
+    pub intermediate_size: usize,
+    pub layer_norm_eps: f64,
+    /// The input size the position embeddings were trained at.
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_channels: usize,
+    /// DINOv2's LayerScale (a per-channel scale on each residual branch).
+    pub layer_scale: bool,
+    /// Task head: `...ForImageClassification` with these labels (empty: a backbone).
+    pub classifier: bool,
+    pub num_labels: usize,
+    /// Per-layer widths: heads, head_dim, ffn.
+    pub layers: Vec<AxisSizes>,
+    /// The global layer each layer is (`0..n` for a model with all its layers).
+    pub global_layers: Vec<usize>,
+    raw: Map<String, Value>,
+}
+
+/// The `"raffm"` section: a sub-model's widths.
+#[derive(Serialize, Deserialize)]
+struct ElasticJson {
+    layers: Vec<AxisSizes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    global_layers: Option<Vec<usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attention_scale_head_dim: Option<usize>,
+}
+
+impl VitConfig {
+    /// Builds the typed view from a parsed `config.json`; `path` only names it in errors.
+    pub fn from_json(variant: Variant, raw: Map<String, Value>, path: &Path) -> Result<Self> {
+        let bad = |m: String| Error::format(path, m);
+        let get = |key: &str| raw.get(key).filter(|v| !v.is_null());
+        let usize_of = |key: &str, default: Option<usize>| -> Result<usize> {
+            match get(key) {
+                Some(v) => v
+                    .as_u64()
+                    .map(|x| x as usize)
+                    .ok_or_else(|| bad(format!("`{key}` must be a non-negative integer"))),
+                None => default.ok_or_else(|| bad(format!("missing `{key}`"))),
+            }
+        };
+        let f64_of = |key: &str, default: f64| -> Result<f64> {
+            match get(key) {
+                Some(v) => v
+                    .as_f64()
+                    .ok_or_else(|| bad(format!("`{key}` must be a number"))),
+                None => Ok(default),
+            }
+        };
+        let bool_of = |key: &str, default: bool| -> Result<bool> {
+            match get(key) {
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| bad(format!("`{key}` must be true or false"))),
+                None => Ok(default),
+            }
+        };
+        let act = get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+        if act != "gelu" {
+            return Err(bad(format!(
+                "unsupported activation `{act}` (ViT and DINOv2 use gelu)"
+            )));
+        }
+        if !bool_of("qkv_bias", true)? {
+            return Err(bad("`qkv_bias` false is not supported".into()));
+        }
+        if bool_of("use_swiglu_ffn", false)? {
+            return Err(bad(
+                "`use_swiglu_ffn` (DINOv2 giant) is not supported".into()
+            ));
+        }
+        let hidden_size = usize_of("hidden_size", None)?;
+        let num_hidden_layers = usize_of("num_hidden_layers", None)?;
+        let num_attention_heads = usize_of("num_attention_heads", None)?;
+        if num_attention_heads == 0 || !hidden_size.is_multiple_of(num_attention_heads) {
+            return Err(bad(format!(
+                "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
+            )));
+        }
+        let head_dim = hidden_size / num_attention_heads;
+        let intermediate_size = match variant {
+            Variant::Vit => usize_of("intermediate_size", None)?,
+            Variant::Dinov2 => {
+                let ratio = f64_of("mlp_ratio", 4.0)?;
+                let n = hidden_size as f64 * ratio;
+                if !(n >= 1.0 && n.fract() == 0.0) {
+                    return Err(bad(format!(
+                        "mlp_ratio {ratio} times hidden_size {hidden_size} is not a whole number"
+                    )));
+                }
+                n as usize
+            }
+        };
+        let default_eps = match variant {
+            Variant::Vit => 1e-12,
+            Variant::Dinov2 => 1e-6,
+        };
+        let (layers, global_layers, attention_scale_head_dim) = match raw.get(ELASTIC_KEY) {
+            Some(elastic) => {
+                let elastic: ElasticJson = serde_json::from_value(elastic.clone())
+                    .map_err(|e| bad(format!("invalid `{ELASTIC_KEY}` section: {e}")))?;
+                let global_layers = elastic
+                    .global_layers
+                    .unwrap_or_else(|| (0..elastic.layers.len()).collect());
+                let scale = elastic.attention_scale_head_dim.unwrap_or(head_dim);
+                (elastic.layers, global_layers, scale)
+            }
+            None => (
+                vec![
+                    full_layer(num_attention_heads, head_dim, intermediate_size);
+                    num_hidden_layers
+                ],
+                (0..num_hidden_layers).collect(),
+                head_dim,
+            ),
+        };
+        let architectures: Vec<&str> = get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let classifier = architectures
+            .iter()
+            .any(|a| a.ends_with("ForImageClassification"));
+        let num_labels = match get("id2label").and_then(Value::as_object) {
+            Some(labels) => labels.len(),
+            None => usize_of("num_labels", Some(0))?,
+        };
+        let config = VitConfig {
+            variant,
+            hidden_size,
+            num_attention_heads,
+            head_dim,
+            attention_scale_head_dim,
+            intermediate_size,
+            layer_norm_eps: f64_of("layer_norm_eps", default_eps)?,
+            image_size: usize_of("image_size", Some(224))?,
+            patch_size: usize_of("patch_size", None)?,
+            num_channels: usize_of("num_channels", Some(3))?,
+            layer_scale: variant == Variant::Dinov2,
+            classifier,
+            num_labels,
+            layers,
+            global_layers,
+            raw,
+        };
+        if config.layers.len() != num_hidden_layers {
+            return Err(bad(format!(
+                "`{ELASTIC_KEY}.layers` has {} entries but num_hidden_layers is {num_hidden_layers}",
+                config.layers.len()
+            )));
+        }
+        config.validate().map_err(bad)?;
+        Ok(config)
+    }
+
+    /// Checks the widths: at least one of everything, and a patch that fits the image.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.hidden_size == 0
+            || self.patch_size == 0
+            || self.num_channels == 0
+            || self.attention_scale_head_dim == 0
+        {
+            return Err(
+                "hidden_size, patch_size, num_channels and the attention scale must be positive"
+                    .into(),
+            );
+        }
+        if self.image_size < self.patch_size {
+            return Err(format!(
+                "image_size {} is smaller than patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        if !(self.layer_norm_eps > 0.0) {
+            return Err("layer_norm_eps must be positive".into());
+        }
+        if self.classifier && self.num_labels == 0 {
+            return Err("an image classifier needs id2label or num_labels".into());
+        }
+        if self.global_layers.len() != self.layers.len() {
+            return Err(format!(
+                "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",
+                self.global_layers.len(),
+                self.layers.len()
+            ));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            for axis in [Axis::Heads, Axis::HeadDim, Axis::Ffn] {
+                match l.0.get(&axis) {
+                    Some(&n) if n > 0 => {}
+                    _ => return Err(format!("layer {i}: `{axis}` must be at least 1, got {l}")),
+                }
+            }
+            if l.0.len() != 3 {
+                return Err(format!("layer {i}: unknown widths in {l}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Patches per side at the pre-training size: the position grid.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    fn full_layer(&self) -> AxisSizes {
+        full_layer(
+            self.num_attention_heads,
+            self.head_dim,
+            self.intermediate_size,
+        )
+    }
+
+    /// True when HF's reading of the config describes the model exactly.
+    pub fn is_uniform_full(&self) -> bool {
+        let full = self.full_layer();
+        self.layers.iter().all(|l| *l == full)
+            && self.global_layers.iter().enumerate().all(|(i, &g)| i == g)
+            && self.attention_scale_head_dim == self.head_dim
+            && self.num_attention_heads * self.head_dim == self.hidden_size
+            && (self.variant == Variant::Vit
+                || self.intermediate_size.is_multiple_of(self.hidden_size))
+    }
+
+    pub fn widths(&self) -> Widths {
+        Widths {
+            global: AxisSizes::of(&[(Axis::Hidden, self.hidden_size)]),
+            layers: self.layers.clone(),
+            global_layers: self.global_layers.clone(),
+        }
+    }
+
+    /// A copy with other widths (a sub-model's config). Where every layer is alike and
+    /// heads times head_dim is the hidden size, the HF fields say so and HF tooling loads
+    /// the sub-model as it is.
+    pub fn with_widths(&self, widths: &Widths) -> Result<Self> {
+        let mut c = self.clone();
+        c.hidden_size = widths.global.get(Axis::Hidden);
+        c.layers = widths.layers.clone();
+        c.global_layers = widths.global_layers.clone();
+        if let Some(first) = c
+            .layers
+            .first()
+            .filter(|f| c.layers.iter().all(|l| l == *f))
+        {
+            c.num_attention_heads = first.get(Axis::Heads);
+            c.head_dim = first.get(Axis::HeadDim);
+            c.intermediate_size = first.get(Axis::Ffn);
+        }
+        c.validate().map_err(Error::Invalid)?;
+        Ok(c)
+    }
+
+    /// The labels, in id order (`LABEL_i` where the config names none).
+    pub fn label_names(&self) -> Vec<String> {
+        let names = self.raw.get("id2label").and_then(Value::as_object);
+        (0..self.num_labels)
+            .map(|i| {
+                names
+                    .and_then(|m| m.get(&i.to_string()))
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("LABEL_{i}"), str::to_string)
+            })
+            .collect()
+    }
+
+    /// Declares a classification head for `labels`.
+    pub fn set_labels(&mut self, labels: &[String]) {
+        let id2label: Map<String, Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), json!(l)))
+            .collect();
+        let label2id: Map<String, Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), json!(i)))
+            .collect();
+        self.raw.insert("id2label".into(), Value::Object(id2label));
+        self.raw.insert("label2id".into(), Value::Object(label2id));
+        self.num_labels = labels.len();
+        self.classifier = true;
+    }
+
+    /// The config as HF's `config.json`: the original object with our fields written back.
+    pub fn to_json(&self) -> Value {
+        let mut raw = self.raw.clone();
+        raw.insert("model_type".into(), json!(self.variant.model_type()));
+        raw.insert("hidden_size".into(), json!(self.hidden_size));
+        raw.insert("num_hidden_layers".into(), json!(self.layers.len()));
+        raw.insert(
+            "num_attention_heads".into(),
+            json!(self.num_attention_heads),
+        );
+        match self.variant {
+            Variant::Vit => {
+                raw.insert("intermediate_size".into(), json!(self.intermediate_size));
+            }
+            // HF's mlp_ratio is an integer; other widths live in the elastic section.
+            Variant::Dinov2 if self.intermediate_size.is_multiple_of(self.hidden_size) => {
+                let ratio = self.intermediate_size / self.hidden_size;
+                raw.insert("mlp_ratio".into(), json!(ratio));
+            }
+            Variant::Dinov2 => {}
+        }
+        if self.classifier {
+            let name = match self.variant {
+                Variant::Vit => "ViTForImageClassification",
+                Variant::Dinov2 => "Dinov2ForImageClassification",
+            };
+            raw.insert("architectures".into(), json!([name]));
+            raw.insert("num_labels".into(), json!(self.num_labels));
+        }
+        if self.is_uniform_full() {
+            raw.remove(ELASTIC_KEY);
+        } else {
+            let identity = self.global_layers.iter().enumerate().all(|(i, &g)| i == g);
+            let elastic = ElasticJson {
+                layers: self.layers.clone(),
+                global_layers: (!identity).then(|| self.global_layers.clone()),
+                attention_scale_head_dim: Some(self.attention_scale_head_dim),
+            };
+            raw.insert(
+                ELASTIC_KEY.into(),
+                serde_json::to_value(elastic).expect("plain struct serializes"),
+            );
+        }
+        Value::Object(raw)
+    }
+}
+
+/// Config of a small vision transformer, for tests and fixtures.
+pub fn tiny_config(
+    variant: Variant,
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    ffn: usize,
+    image: usize,
+    patch: usize,
+) -> VitConfig {
+    let mut value = json!({
+        "model_type": variant.model_type(),
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "image_size": image,
+        "patch_size": patch,
+        "num_channels": 3,
+        "hidden_act": "gelu",
+    });
+    match variant {
+        Variant::Vit => value["intermediate_size"] = json!(ffn),
+        Variant::Dinov2 => value["mlp_ratio"] = json!(ffn as f64 / hidden as f64),
+    }
+    let Value::Object(raw) = value else {
+        unreachable!()
+    };
+    VitConfig::from_json(variant, raw, Path::new("<tiny config>")).expect("tiny config is valid")
+}
