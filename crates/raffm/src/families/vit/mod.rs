@@ -139,7 +139,7 @@ impl VitConfig {
             Embedding,
             Init::Weight,
         )];
-        if self.variant == Variant::Dinov2 {
+        if self.use_mask_token {
             before.push(spec(
                 "embeddings.mask_token",
                 &[&one, HIDDEN],

@@ -294,7 +294,8 @@ impl<B: Backend> VitModel<B> {
         Ok(Self {
             embeddings: VitEmbeddings {
                 cls_token: Param::from_tensor(l.tensor(l.host("embeddings.cls_token"))),
-                mask_token: (config.variant == Variant::Dinov2)
+                mask_token: config
+                    .use_mask_token
                     .then(|| Param::from_tensor(l.tensor(l.host("embeddings.mask_token")))),
                 position_embeddings: Param::from_tensor(
                     l.tensor(l.host("embeddings.position_embeddings")),
