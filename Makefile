@@ -42,7 +42,7 @@ BUILD_STEP   := $(if $(NO_BUILD),,binaries)
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: llm-rounds help build binaries assets assets-llm assets-vit slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: llm-rounds help build binaries assets assets-llm assets-vit assets-cifar10 slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -80,6 +80,13 @@ $(VIT)/manifest.json: $(ASSETS)/.fetched-vit | $(BUILD_STEP)
 	$(BIN)/raffm-import-onnx --input $(ASSETS)/onnx/vit_s_focus.onnx --output $(VIT)
 
 assets-vit: $(VIT)/manifest.json
+
+# CIFAR-10 (BIG-bench's 10,000 test images as base64 PNGs), for the vision pipelines.
+CIFAR10      := $(ASSETS)/bigbench/cifar10_classification/base64/task.json
+$(CIFAR10): assets-cifar10.lock scripts/fetch_assets.py
+	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-cifar10.lock
+
+assets-cifar10: $(CIFAR10)
 
 # MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist.
 $(LLM_ASSET_bigbench): assets-mathqa.lock scripts/fetch_assets.py
@@ -164,7 +171,7 @@ R             ?= 1
 PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
-NON_PIPELINE_GOALS := help build binaries assets assets-llm assets-vit slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
+NON_PIPELINE_GOALS := help build binaries assets assets-llm assets-vit assets-cifar10 slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed

@@ -41,6 +41,7 @@ pub mod sys;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;
+pub mod vision;
 pub mod vocab;
 
 pub use burn;
