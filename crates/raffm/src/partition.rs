@@ -89,14 +89,6 @@ impl Partition {
     }
 }
 
-fn histogram(dataset: &Dataset, ids: &[usize]) -> Vec<usize> {
-    let mut h = vec![0; dataset.num_labels()];
-    for &id in ids {
-        h[dataset.examples[id].label as usize] += 1;
-    }
-    h
-}
-
 /// Assigns `train` (example ids of `dataset`) to `clients` clients by `scheme`.
 pub fn partition(
     dataset: &Dataset,
@@ -105,9 +97,6 @@ pub fn partition(
     scheme: Scheme,
     seed: u64,
 ) -> Result<Vec<ClientShard>> {
-    if clients == 0 {
-        return Err(Error::Invalid("need at least one client".into()));
-    }
     if !matches!(dataset.task, crate::data::Task::Classification { .. })
         && !matches!(scheme, Scheme::Iid)
     {
@@ -115,12 +104,34 @@ pub fn partition(
             "label-based partitions need a classification task; use iid".into(),
         ));
     }
+    // A regression target is no class: its histogram is one count.
+    let classification = matches!(dataset.task, crate::data::Task::Classification { .. });
+    let labels: Vec<usize> = dataset
+        .examples
+        .iter()
+        .map(|e| if classification { e.label as usize } else { 0 })
+        .collect();
+    partition_labels(&labels, dataset.num_labels(), train, clients, scheme, seed)
+}
+
+/// [`partition`] of any labelled examples (text or images): `labels[id]` is example id's
+/// class, out of `classes`.
+pub fn partition_labels(
+    labels: &[usize],
+    classes: usize,
+    train: &[usize],
+    clients: usize,
+    scheme: Scheme,
+    seed: u64,
+) -> Result<Vec<ClientShard>> {
+    if clients == 0 {
+        return Err(Error::Invalid("need at least one client".into()));
+    }
     let mut rng = SplitMix64::derive(seed, "partition");
-    let classes = dataset.num_labels();
     let by_class = |rng: &mut SplitMix64| -> Vec<Vec<usize>> {
         let mut per = vec![Vec::new(); classes];
         for &id in train {
-            per[dataset.examples[id].label as usize].push(id);
+            per[labels[id]].push(id);
         }
         for ids in &mut per {
             rng.shuffle(ids);
@@ -216,7 +227,10 @@ pub fn partition(
         .zip(shards)
         .map(|(client, mut examples)| {
             examples.sort_unstable();
-            let label_histogram = histogram(dataset, &examples);
+            let mut label_histogram = vec![0; classes];
+            for &id in &examples {
+                label_histogram[labels[id]] += 1;
+            }
             ClientShard {
                 client,
                 examples,
@@ -229,6 +243,26 @@ pub fn partition(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kshot_over_image_labels_gives_exactly_k_per_class_and_each_example_once() {
+        // 10 classes of 30 examples, shuffled ids; 4 clients, 5-shot, from the first 280.
+        let labels: Vec<usize> = (0..300).map(|i| (i * 7) % 10).collect();
+        let train: Vec<usize> = (0..280).collect();
+        let shards = partition_labels(&labels, 10, &train, 4, Scheme::Kshot { k: 5 }, 3).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for shard in &shards {
+            assert_eq!(shard.label_histogram, vec![5; 10], "{}", shard.client);
+            for &id in &shard.examples {
+                assert!(
+                    id < 280 && seen.insert(id),
+                    "example {id} twice or outside train"
+                );
+            }
+        }
+        let err = partition_labels(&labels, 10, &train, 6, Scheme::Kshot { k: 5 }, 3).unwrap_err();
+        assert!(err.to_string().contains("5-shot for 6 clients"), "{err}");
+    }
     use crate::data::{Example, Input, Task};
 
     fn dataset(n: usize, classes: usize) -> Dataset {
