@@ -1,0 +1,183 @@
+//! `raffm-vision`: the vision family on image data.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::device::DeviceChoice;
+use raffm::families::vit::model::VitModel;
+use raffm::io::{sha256_file, write_file_atomic};
+use raffm::rng::SplitMix64;
+use raffm::vision::probe::{cls_features, knn_accuracy};
+use raffm::vision::{cifar10_bigbench, image_folder, LabeledImages, Preprocess};
+use raffm::{with_backend, Checkpoint};
+
+/// The vision transformers (HF ViT and DINOv2 folders, e.g. from raffm-import-onnx) on
+/// image data.
+///
+///   probe    k-nearest-neighbour accuracy of the backbone's CLS features
+///
+/// Data: --cifar10 (BIG-bench's cifar10_classification/base64/task.json, `make
+/// assets-cifar10`) or --image-folder (root/<class>/<image>.png|jpg).
+#[derive(Parser, Debug)]
+#[command(name = "raffm-vision", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Probe(ProbeCmd),
+}
+
+/// Classifies seeded held-out images by the majority of their k nearest training images
+/// in the backbone's CLS feature space (cosine similarity). Prints the accuracy as JSON.
+#[derive(ClapArgs, Debug)]
+struct ProbeCmd {
+    /// The model folder.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// BIG-bench's CIFAR-10 task.json.
+    #[arg(long, conflicts_with = "image_folder")]
+    cifar10: Option<PathBuf>,
+    /// A folder of images per class.
+    #[arg(long)]
+    image_folder: Option<PathBuf>,
+    /// Input side in pixels (the position embeddings are interpolated to it).
+    #[arg(long, default_value_t = 112)]
+    size: u32,
+    /// Training (reference) images, drawn with the seed.
+    #[arg(long, default_value_t = 1000)]
+    train: usize,
+    /// Test images, drawn with the seed from the rest.
+    #[arg(long, default_value_t = 1000)]
+    test: usize,
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Also write the result (with the inputs' hashes) here.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn probe(cmd: ProbeCmd) -> anyhow::Result<()> {
+    if cmd.k == 0 || cmd.train == 0 || cmd.test == 0 || cmd.batch_size == 0 || cmd.size == 0 {
+        bail!("--k, --train, --test, --batch-size and --size must be positive");
+    }
+    let (data, path): (LabeledImages, &PathBuf) = match (&cmd.cifar10, &cmd.image_folder) {
+        (Some(p), None) => (cifar10_bigbench(p, 32)?, p),
+        (None, Some(p)) => (image_folder(p)?, p),
+        _ => bail!("give --cifar10 or --image-folder"),
+    };
+    let n = data.images.len();
+    if cmd.train + cmd.test > n {
+        bail!(
+            "--train {} and --test {} need {} images; {} has {n}",
+            cmd.train,
+            cmd.test,
+            cmd.train + cmd.test,
+            path.display()
+        );
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::derive(cmd.seed, "probe").shuffle(&mut order);
+    let (train, test) = (&order[..cmd.train], &order[cmd.train..cmd.train + cmd.test]);
+    let checkpoint = Checkpoint::load(&cmd.model)?;
+    let preprocess = Preprocess::from_model_dir(&cmd.model, cmd.size)?;
+    let bar = if cmd.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new((cmd.train + cmd.test) as u64)
+    };
+    bar.set_style(ProgressStyle::with_template(
+        "{msg} {bar:40} {pos}/{len} images {elapsed}",
+    )?);
+    bar.set_message("features");
+    let start = std::time::Instant::now();
+    let (train_features, test_features) = with_backend!(cmd.device, B, device, {
+        // Features need no gradients: the inner backend.
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        let model = VitModel::<Inner>::from_checkpoint(&checkpoint, &device)?;
+        let images = |ids: &[usize]| ids.iter().map(|&i| &data.images[i]).collect::<Vec<_>>();
+        let a = cls_features(
+            &model,
+            &images(train),
+            &preprocess,
+            cmd.batch_size,
+            &device,
+            |d| bar.set_position(d as u64),
+        );
+        let b = cls_features(
+            &model,
+            &images(test),
+            &preprocess,
+            cmd.batch_size,
+            &device,
+            |d| bar.set_position((cmd.train + d) as u64),
+        );
+        (a, b)
+    });
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let labels = |ids: &[usize]| ids.iter().map(|&i| data.labels[i]).collect::<Vec<_>>();
+    let accuracy = knn_accuracy(
+        &train_features,
+        &labels(train),
+        &test_features,
+        &labels(test),
+        cmd.k,
+    );
+    let result = json!({
+        "accuracy": accuracy,
+        "k": cmd.k,
+        "train": cmd.train,
+        "test": cmd.test,
+        "size": cmd.size,
+        "classes": data.classes,
+        "feature_seconds": seconds,
+        "images_per_second": (cmd.train + cmd.test) as f64 / seconds,
+    });
+    if let Some(out) = &cmd.output {
+        let mut record = result.clone();
+        record["model"] = json!(cmd.model);
+        record["model_sha256"] = json!(checkpoint.weights_sha256());
+        record["data"] = json!(path);
+        // A folder of images has no single hash.
+        let hash = if path.is_file() {
+            Some(sha256_file(path)?.sha256)
+        } else {
+            None
+        };
+        record["data_sha256"] = json!(hash);
+        write_file_atomic(
+            out,
+            format!("{}\n", serde_json::to_string_pretty(&record)?).as_bytes(),
+        )?;
+    }
+    println!("{result}");
+    Ok(())
+}
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Probe(c) => probe(c),
+    };
+    raffm::cli::exit_code("raffm-vision", result)
+}
