@@ -170,7 +170,7 @@ impl Preprocess {
             mean = three("image_mean")?.unwrap_or(mean);
             std = three("image_std")?.unwrap_or(std);
         }
-        if std.iter().any(|s| !(*s > 0.0)) {
+        if std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return Err(Error::format(&path, "`image_std` must be positive"));
         }
         Ok(Self { size, mean, std })

@@ -249,7 +249,7 @@ impl VitConfig {
                 self.image_size, self.patch_size
             ));
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return Err("layer_norm_eps must be positive".into());
         }
         if self.classifier && self.num_labels == 0 {
