@@ -129,7 +129,7 @@ test: assets $(LLM)/manifest.json $(VIT)/manifest.json $(VENV)/.installed $(if $
 	$(CARGO) build $(CARGO_FLAGS) --workspace --bins
 	$(CARGO) test $(CARGO_FLAGS) --workspace
 
-bench: assets $(LLM)/manifest.json
+bench: assets $(LLM)/manifest.json $(VIT)/manifest.json
 	$(CARGO) bench --locked $(if $(FEATURES),--features $(FEATURES)) -p raffm
 
 fmt:
