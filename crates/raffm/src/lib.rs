@@ -49,6 +49,7 @@ pub use checkpoint::Checkpoint;
 pub use elastic::{Axis, AxisSizes, Widths};
 pub use error::{Error, Result};
 pub use families::ModelConfig;
+pub use image;
 
 /// The CPU backend selected by cargo features: flex (default) or ndarray.
 #[cfg(feature = "flex")]
