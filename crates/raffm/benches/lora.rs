@@ -13,6 +13,8 @@
 //! side. Throughput is the median over steps after the first; `steal` is the share of CPU
 //! time the hypervisor gave to other guests meanwhile. Run with `make bench`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -115,21 +117,6 @@ fn measure(mode: &str) {
     );
 }
 
-fn run(command: &mut Command) -> Option<serde_json::Value> {
-    let before = raffm::sys::cpu_jiffies();
-    let out = command.output().ok()?;
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let mut value: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    if let (Some((s0, t0)), Some((s1, t1))) = (before, raffm::sys::cpu_jiffies()) {
-        value["steal_percent"] = (100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64).into();
-    }
-    Some(value)
-}
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -153,7 +140,7 @@ fn main() {
         for mode in ["lm", "answer", "half"] {
             let mut cmd = Command::new(std::env::current_exe().unwrap());
             cmd.arg(mode);
-            if let Some(v) = run(&mut cmd) {
+            if let Some(v) = common::run(&mut cmd) {
                 let what = match mode {
                     "lm" => "every token",
                     "answer" => "8 answer tokens",
@@ -165,7 +152,7 @@ fn main() {
         if let Some(python) = &torch {
             let mut cmd = Command::new(python);
             cmd.arg(script).arg(model_dir()).env("OMP_NUM_THREADS", "2");
-            if let Some(v) = run(&mut cmd) {
+            if let Some(v) = common::run(&mut cmd) {
                 println!("round {round}  pytorch loss on {:<14} {v}", "every token");
             }
         }

@@ -9,6 +9,8 @@
 //! the median over steps after the first; `steal` is the share of CPU time the hypervisor
 //! gave to other guests meanwhile. Run with `make bench`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -99,21 +101,6 @@ fn measure(mode: &str, size: usize) {
     );
 }
 
-fn run(command: &mut Command) -> Option<serde_json::Value> {
-    let before = raffm::sys::cpu_jiffies();
-    let out = command.output().ok()?;
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let mut value: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    if let (Some((s0, t0)), Some((s1, t1))) = (before, raffm::sys::cpu_jiffies()) {
-        value["steal_percent"] = (100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64).into();
-    }
-    Some(value)
-}
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -137,7 +124,7 @@ fn main() {
         for mode in ["train", "eval"] {
             let mut cmd = Command::new(std::env::current_exe().unwrap());
             cmd.args([mode, size]);
-            if let Some(v) = run(&mut cmd) {
+            if let Some(v) = common::run(&mut cmd) {
                 println!("{size} px {mode:<5} raffm   {v}");
             }
             if let Some(python) = &torch {
@@ -146,7 +133,7 @@ fn main() {
                     .arg(model_dir())
                     .args([mode, size])
                     .env("OMP_NUM_THREADS", "2");
-                if let Some(v) = run(&mut cmd) {
+                if let Some(v) = common::run(&mut cmd) {
                     println!("{size} px {mode:<5} pytorch {v}");
                 }
             }

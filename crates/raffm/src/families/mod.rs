@@ -4,6 +4,7 @@
 //! lists them; every stage works through it and never names a family's tensors.
 
 pub mod bert;
+pub(crate) mod config_fields;
 pub(crate) mod hf;
 pub mod llama;
 pub mod vit;

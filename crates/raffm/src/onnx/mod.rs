@@ -118,7 +118,15 @@ pub fn import_dinov2(
         {
             return Err(format!("two weights for `{name}`"));
         }
-        let bias_len = tensors[&format!("{module}.bias")].numel();
+        let bias_len = tensors
+            .get(&format!("{module}.bias"))
+            .ok_or_else(|| {
+                format!(
+                    "`{}` feeds `{module}.bias`, which is no initializer",
+                    weight.name
+                )
+            })?
+            .numel();
         if bias_len != out {
             return Err(format!(
                 "`{}` [{inp}, {out}] feeds the bias of `{module}` with {bias_len} values",
@@ -139,7 +147,7 @@ pub fn import_dinov2(
         .get("embeddings.cls_token")
         .map(|t| t.numel())
         .ok_or("no `backbone.embeddings.cls_token`")?;
-    if cls.data.len() != hidden || grid.data.len() % hidden != 0 {
+    if hidden == 0 || cls.data.len() != hidden || grid.data.len() % hidden != 0 {
         return Err(format!(
             "position embeddings {:?} and {:?} do not fit hidden size {hidden}",
             cls.dims, grid.dims
@@ -165,7 +173,17 @@ pub fn import_dinov2(
     let projection = tensors
         .get("embeddings.patch_embeddings.projection.weight")
         .ok_or("no `backbone.embeddings.patch_embeddings.projection.weight`")?;
-    let (channels, patch) = (projection.shape[1], projection.shape[2]);
+    let [_, channels, patch, patch_w] = projection.shape[..] else {
+        return Err(format!(
+            "the patch projection has shape {:?}, not [hidden, channels, p, p]",
+            projection.shape
+        ));
+    };
+    if patch != patch_w || patch == 0 {
+        return Err(format!(
+            "the patch projection's kernel {patch}x{patch_w} is not square"
+        ));
+    }
     let ffn = tensors
         .get("encoder.layer.0.mlp.fc1.weight")
         .ok_or("no MatMul feeds `backbone.encoder.layer.0.mlp.fc1.bias`")?
@@ -176,7 +194,7 @@ pub fn import_dinov2(
             recovered.len()
         ));
     }
-    if hidden % export.head_dim != 0 || ffn % hidden != 0 {
+    if export.head_dim == 0 || hidden % export.head_dim != 0 || ffn % hidden != 0 {
         return Err(format!(
             "hidden {hidden} with head_dim {} and FFN {ffn} is not a DINOv2 shape",
             export.head_dim

@@ -179,18 +179,19 @@ impl Preprocess {
     /// One image as normalised `[3, size, size]` values; with `augment`, a seeded random
     /// padded crop and flip first.
     pub fn pixels(&self, image: &RgbImage, augment: Option<&mut SplitMix64>) -> Vec<f32> {
-        let mut image = image.clone();
-        if let Some(rng) = augment {
-            image = crop_and_flip(&image, rng);
-        }
-        let resized = if image.dimensions() == (self.size, self.size) {
+        // Copies only where something changes the image.
+        let augmented = augment.map(|rng| crop_and_flip(image, rng));
+        let image = augmented.as_ref().unwrap_or(image);
+        let resized;
+        let input = if image.dimensions() == (self.size, self.size) {
             image
         } else {
-            image::imageops::resize(&image, self.size, self.size, FilterType::Triangle)
+            resized = image::imageops::resize(image, self.size, self.size, FilterType::Triangle);
+            &resized
         };
         let n = (self.size * self.size) as usize;
         let mut out = vec![0.0; 3 * n];
-        for (i, pixel) in resized.pixels().enumerate() {
+        for (i, pixel) in input.pixels().enumerate() {
             for c in 0..3 {
                 out[c * n + i] = (pixel[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
             }

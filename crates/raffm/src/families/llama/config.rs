@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::elastic::{Axis, AxisSizes, Widths};
 use crate::error::{Error, Result};
+use crate::families::config_fields::Fields;
 
 pub use crate::families::bert::config::ELASTIC_KEY;
 
@@ -65,50 +66,31 @@ impl LlamaConfig {
     /// Builds the typed view from a parsed `config.json` with `model_type` "llama"; `path`
     /// only names it in errors.
     pub fn from_json(raw: Map<String, Value>, path: &Path) -> Result<Self> {
+        let f = Fields::new(&raw, path);
         let bad = |m: String| Error::format(path, m);
-        let get = |key: &str| raw.get(key).filter(|v| !v.is_null());
-        let usize_of = |key: &str, default: Option<usize>| -> Result<usize> {
-            match get(key) {
-                Some(v) => v
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad(format!("`{key}` must be a non-negative integer"))),
-                None => default.ok_or_else(|| bad(format!("missing `{key}`"))),
-            }
-        };
-        let f64_of = |key: &str, default: f64| -> Result<f64> {
-            match get(key) {
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| bad(format!("`{key}` must be a number"))),
-                None => Ok(default),
-            }
-        };
-        let bool_of = |key: &str, default: bool| -> Result<bool> {
-            match get(key) {
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| bad(format!("`{key}` must be true or false"))),
-                None => Ok(default),
-            }
-        };
-        let act = get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        let act = f
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
         if act != "silu" {
             return Err(bad(format!(
                 "unsupported activation `{act}` (LLaMA uses silu)"
             )));
         }
         for key in ["attention_bias", "mlp_bias"] {
-            if bool_of(key, false)? {
+            if f.bool(key, false)? {
                 return Err(bad(format!("`{key}` true is not supported")));
             }
         }
         // transformers 5 nests the rotary settings in `rope_parameters`; 4.x has `rope_theta`
         // and `rope_scaling` at the top level.
-        let rope = get("rope_parameters").and_then(Value::as_object);
+        let rope = f.get("rope_parameters").and_then(Value::as_object);
         let scaling = rope
             .and_then(|r| r.get("rope_type"))
-            .or_else(|| get("rope_scaling").and_then(|s| s.get("rope_type").or(s.get("type"))))
+            .or_else(|| {
+                f.get("rope_scaling")
+                    .and_then(|s| s.get("rope_type").or(s.get("type")))
+            })
             .and_then(Value::as_str)
             .unwrap_or("default");
         if scaling != "default" {
@@ -118,13 +100,13 @@ impl LlamaConfig {
             Some(v) => v
                 .as_f64()
                 .ok_or_else(|| bad("`rope_parameters.rope_theta` must be a number".into()))?,
-            None => f64_of("rope_theta", 10_000.0)?,
+            None => f.f64("rope_theta", 10_000.0)?,
         };
-        let hidden_size = usize_of("hidden_size", None)?;
-        let num_hidden_layers = usize_of("num_hidden_layers", None)?;
-        let num_attention_heads = usize_of("num_attention_heads", None)?;
-        let num_key_value_heads = usize_of("num_key_value_heads", Some(num_attention_heads))?;
-        let intermediate_size = usize_of("intermediate_size", None)?;
+        let hidden_size = f.usize("hidden_size", None)?;
+        let num_hidden_layers = f.usize("num_hidden_layers", None)?;
+        let num_attention_heads = f.usize("num_attention_heads", None)?;
+        let num_key_value_heads = f.usize("num_key_value_heads", Some(num_attention_heads))?;
+        let intermediate_size = f.usize("intermediate_size", None)?;
         if num_attention_heads == 0
             || num_key_value_heads == 0
             || !num_attention_heads.is_multiple_of(num_key_value_heads)
@@ -133,8 +115,8 @@ impl LlamaConfig {
                 "num_attention_heads {num_attention_heads} is not a positive multiple of num_key_value_heads {num_key_value_heads}"
             )));
         }
-        let head_dim = match get("head_dim") {
-            Some(_) => usize_of("head_dim", None)?,
+        let head_dim = match f.get("head_dim") {
+            Some(_) => f.usize("head_dim", None)?,
             None if hidden_size.is_multiple_of(num_attention_heads) => hidden_size / num_attention_heads,
             None => {
                 return Err(bad(format!(
@@ -170,18 +152,18 @@ impl LlamaConfig {
             }
         };
         let config = LlamaConfig {
-            vocab_size: usize_of("vocab_size", None)?,
+            vocab_size: f.usize("vocab_size", None)?,
             hidden_size,
             intermediate_size,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            max_position_embeddings: usize_of("max_position_embeddings", Some(2048))?,
-            rms_norm_eps: f64_of("rms_norm_eps", 1e-6)?,
+            max_position_embeddings: f.usize("max_position_embeddings", Some(2048))?,
+            rms_norm_eps: f.f64("rms_norm_eps", 1e-6)?,
             rope_theta,
-            tie_word_embeddings: bool_of("tie_word_embeddings", false)?,
-            pad_token_id: match get("pad_token_id") {
-                Some(_) => Some(usize_of("pad_token_id", None)?),
+            tie_word_embeddings: f.bool("tie_word_embeddings", false)?,
+            pad_token_id: match f.get("pad_token_id") {
+                Some(_) => Some(f.usize("pad_token_id", None)?),
                 None => None,
             },
             layers,

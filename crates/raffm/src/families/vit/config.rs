@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::elastic::{Axis, AxisSizes, Widths};
 use crate::error::{Error, Result};
+use crate::families::config_fields::Fields;
 
 pub use crate::families::bert::config::ELASTIC_KEY;
 
@@ -105,50 +106,28 @@ struct ElasticJson {
 impl VitConfig {
     /// Builds the typed view from a parsed `config.json`; `path` only names it in errors.
     pub fn from_json(variant: Variant, raw: Map<String, Value>, path: &Path) -> Result<Self> {
+        let f = Fields::new(&raw, path);
         let bad = |m: String| Error::format(path, m);
-        let get = |key: &str| raw.get(key).filter(|v| !v.is_null());
-        let usize_of = |key: &str, default: Option<usize>| -> Result<usize> {
-            match get(key) {
-                Some(v) => v
-                    .as_u64()
-                    .map(|x| x as usize)
-                    .ok_or_else(|| bad(format!("`{key}` must be a non-negative integer"))),
-                None => default.ok_or_else(|| bad(format!("missing `{key}`"))),
-            }
-        };
-        let f64_of = |key: &str, default: f64| -> Result<f64> {
-            match get(key) {
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| bad(format!("`{key}` must be a number"))),
-                None => Ok(default),
-            }
-        };
-        let bool_of = |key: &str, default: bool| -> Result<bool> {
-            match get(key) {
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| bad(format!("`{key}` must be true or false"))),
-                None => Ok(default),
-            }
-        };
-        let act = get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+        let act = f
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu");
         if act != "gelu" {
             return Err(bad(format!(
                 "unsupported activation `{act}` (ViT and DINOv2 use gelu)"
             )));
         }
-        if !bool_of("qkv_bias", true)? {
+        if !f.bool("qkv_bias", true)? {
             return Err(bad("`qkv_bias` false is not supported".into()));
         }
-        if bool_of("use_swiglu_ffn", false)? {
+        if f.bool("use_swiglu_ffn", false)? {
             return Err(bad(
                 "`use_swiglu_ffn` (DINOv2 giant) is not supported".into()
             ));
         }
-        let hidden_size = usize_of("hidden_size", None)?;
-        let num_hidden_layers = usize_of("num_hidden_layers", None)?;
-        let num_attention_heads = usize_of("num_attention_heads", None)?;
+        let hidden_size = f.usize("hidden_size", None)?;
+        let num_hidden_layers = f.usize("num_hidden_layers", None)?;
+        let num_attention_heads = f.usize("num_attention_heads", None)?;
         if num_attention_heads == 0 || !hidden_size.is_multiple_of(num_attention_heads) {
             return Err(bad(format!(
                 "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
@@ -156,9 +135,9 @@ impl VitConfig {
         }
         let head_dim = hidden_size / num_attention_heads;
         let intermediate_size = match variant {
-            Variant::Vit => usize_of("intermediate_size", None)?,
+            Variant::Vit => f.usize("intermediate_size", None)?,
             Variant::Dinov2 => {
-                let ratio = f64_of("mlp_ratio", 4.0)?;
+                let ratio = f.f64("mlp_ratio", 4.0)?;
                 let n = hidden_size as f64 * ratio;
                 if !(n >= 1.0 && n.fract() == 0.0) {
                     return Err(bad(format!(
@@ -191,16 +170,17 @@ impl VitConfig {
                 head_dim,
             ),
         };
-        let architectures: Vec<&str> = get("architectures")
+        let architectures: Vec<&str> = f
+            .get("architectures")
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         let classifier = architectures
             .iter()
             .any(|a| a.ends_with("ForImageClassification"));
-        let num_labels = match get("id2label").and_then(Value::as_object) {
+        let num_labels = match f.get("id2label").and_then(Value::as_object) {
             Some(labels) => labels.len(),
-            None => usize_of("num_labels", Some(0))?,
+            None => f.usize("num_labels", Some(0))?,
         };
         let config = VitConfig {
             variant,
@@ -209,12 +189,12 @@ impl VitConfig {
             head_dim,
             attention_scale_head_dim,
             intermediate_size,
-            layer_norm_eps: f64_of("layer_norm_eps", default_eps)?,
-            image_size: usize_of("image_size", Some(224))?,
-            patch_size: usize_of("patch_size", None)?,
-            num_channels: usize_of("num_channels", Some(3))?,
+            layer_norm_eps: f.f64("layer_norm_eps", default_eps)?,
+            image_size: f.usize("image_size", Some(224))?,
+            patch_size: f.usize("patch_size", None)?,
+            num_channels: f.usize("num_channels", Some(3))?,
             layer_scale: variant == Variant::Dinov2,
-            use_mask_token: variant == Variant::Dinov2 && bool_of("use_mask_token", true)?,
+            use_mask_token: variant == Variant::Dinov2 && f.bool("use_mask_token", true)?,
             classifier,
             num_labels,
             layers,
