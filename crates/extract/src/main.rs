@@ -155,6 +155,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         batch_size: args.batch_size.unwrap_or(base_shape.batch_size),
         max_seq_len: args.max_seq_len.unwrap_or(base_shape.max_seq_len),
         freeze_embeddings: args.freeze_embeddings || base_shape.freeze_embeddings,
+        image_size: base_shape.image_size,
     };
     let cost_model = CostModel::for_checkpoint(&global, shape);
     let base_space = budgets_file

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -17,17 +18,22 @@ use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
 use raffm::tokenizer::TextTokenizer;
 use raffm::train::{train, Step, TrainData, TrainOptions};
+use raffm::vision::train::train_classifier;
+use raffm::vision::Preprocess;
 use raffm::{with_backend, Checkpoint};
 
 /// Fine-tunes a checkpoint with a classification head (a client's sub-model from
 /// raffm-extract, or any model from raffm-init-head) on one client's examples of a
-/// partition (raffm-partition), and writes the trained checkpoint plus manifest.json:
+/// partition (raffm-partition): text with a BERT-family model, images with a ViT or
+/// DINOv2 one (at the input size of its preprocessor_config.json, with seeded random crop
+/// and flip). Writes the trained checkpoint plus manifest.json:
 /// the input's sha256, client, examples seen, per-step loss, wall time, peak memory, and
 /// bytes downloaded and uploaded. Index maps and the global checkpoint's hash in the
 /// input's manifest are carried over, so raffm-aggregate can place the update.
 ///
 /// AdamW with linear warmup and linear decay, gradient clipping by global norm, optional
-/// FedProx (--mu) and frozen embeddings. The data order and dropout are seeded.
+/// FedProx (--mu) and frozen embeddings (text). The data order, dropout and augmentation
+/// are seeded.
 #[derive(Parser, Debug)]
 #[command(
     name = "raffm-local-train",
@@ -117,7 +123,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    let tokenizer = TextTokenizer::from_dir(&args.model)?;
     let partition = Partition::load(&args.partition)?;
     let shard = partition
         .client(&args.client)
@@ -135,9 +140,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     dataset.check_labels(&ids, checkpoint.config.num_labels())?;
-    let max_seq_len =
-        raffm::tokenizer::resolve_max_seq_len(args.max_seq_len, checkpoint.config.max_positions())?;
-    let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, max_seq_len)?;
     let options = TrainOptions {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -149,12 +151,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         freeze_embeddings: args.freeze_embeddings,
         max_steps: args.max_steps,
         seed: args.seed,
-    };
-    let data = TrainData {
-        rows: &rows,
-        labels: &labels,
-        pad_id: checkpoint.config.pad_token_id() as i64,
-        regression: dataset.task == Task::Regression,
     };
 
     let progress = if args.quiet {
@@ -173,12 +169,49 @@ fn run(args: Args) -> anyhow::Result<()> {
         progress.set_message(format!("loss {:.4}  {rate:.1} ex/s", step.loss));
         progress.inc(1);
     };
-    let (mut trained, report) = with_backend!(
-        args.device,
-        B,
-        device,
-        train::<B>(&checkpoint, &data, &options, &device, on_step)?
-    );
+    // Images train the vision classifier at the input size of the model's preprocessor;
+    // text is tokenized with the model's tokenizer.
+    let mut max_seq_len = None;
+    let (mut trained, report) = if dataset.is_images() {
+        let preprocess = Preprocess::from_model_dir(&args.model, None)?;
+        let (images, labels) = raffm::data::images(&dataset, &ids)?;
+        let images: Vec<&RgbImage> = images.iter().collect();
+        let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+        with_backend!(
+            args.device,
+            B,
+            device,
+            train_classifier::<B>(
+                &checkpoint,
+                &images,
+                &labels,
+                &preprocess,
+                &options,
+                &device,
+                on_step
+            )?
+        )
+    } else {
+        let tokenizer = TextTokenizer::from_dir(&args.model)?;
+        let len = raffm::tokenizer::resolve_max_seq_len(
+            args.max_seq_len,
+            checkpoint.config.max_positions(),
+        )?;
+        max_seq_len = Some(len);
+        let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, len)?;
+        let data = TrainData {
+            rows: &rows,
+            labels: &labels,
+            pad_id: checkpoint.config.pad_token_id() as i64,
+            regression: dataset.task == Task::Regression,
+        };
+        with_backend!(
+            args.device,
+            B,
+            device,
+            train::<B>(&checkpoint, &data, &options, &device, on_step)?
+        )
+    };
     progress.finish_and_clear();
     if let Some(attack) = attack {
         attack.apply(&checkpoint, &mut trained)?;

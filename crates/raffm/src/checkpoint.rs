@@ -1,5 +1,5 @@
 //! Checkpoint folders as a HuggingFace user knows them: `config.json`, `model.safetensors`
-//! (HF names, PyTorch layouts), tokenizer files, and our `manifest.json`.
+//! (HF names, PyTorch layouts), tokenizer and image-processor files, and our `manifest.json`.
 //!
 //! A [`Checkpoint`] holds every tensor on the host under its family's canonical name,
 //! checked against the shapes that `config.json` implies through the family's elastic
@@ -22,8 +22,9 @@ use crate::tensor::HostTensor;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// Tokenizer files copied along with a checkpoint when present.
-pub const TOKENIZER_FILES: [&str; 6] = [
+/// Tokenizer and image-processor files copied along with a checkpoint when present.
+pub const PROCESSOR_FILES: [&str; 7] = [
+    "preprocessor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -66,19 +67,20 @@ pub struct Checkpoint {
     /// Whether the HF names carry the family's base prefix (`bert.` ...). Checkpoints with
     /// a classification head are always written with it, as HF's task models are.
     pub prefixed: bool,
-    /// The folder it was read from; tokenizer files are copied from there on save.
+    /// The folder it was read from; tokenizer and image-processor files are copied from
+    /// there on save.
     pub source: Option<PathBuf>,
     /// Hashes of the files it was read from (config.json, model.safetensors).
     pub files: Vec<FileRecord>,
     /// Tensors of the file that are not part of the model (an MLM head, buffers): left out.
     pub ignored: Vec<String>,
-    /// Tokenizer files to write in place of the source's (a client's reduced vocabulary),
-    /// by file name.
-    pub tokenizer: Option<std::sync::Arc<BTreeMap<String, Vec<u8>>>>,
+    /// Processor files to write in place of the source's, by file name: a client's
+    /// reduced vocabulary, or an image processor at the pipeline's input size.
+    pub processor_files: Option<std::sync::Arc<BTreeMap<String, Vec<u8>>>>,
 }
 
 impl Checkpoint {
-    /// The same model with new values: config, naming, source and tokenizer kept, no file
+    /// The same model with new values: config, naming, source and processor files kept, no file
     /// records (it was not read from a file).
     pub fn with_tensors(&self, tensors: BTreeMap<String, HostTensor>) -> Checkpoint {
         Checkpoint {
@@ -88,14 +90,18 @@ impl Checkpoint {
             source: self.source.clone(),
             files: Vec::new(),
             ignored: self.ignored.clone(),
-            tokenizer: self.tokenizer.clone(),
+            processor_files: self.processor_files.clone(),
         }
     }
 
     /// Checks that a text model's folder has its tokenizer (`tokenizer.json` or
     /// `vocab.txt`): every stage after this one tokenizes with it.
     pub fn check_tokenizer(&self) -> Result<()> {
-        if !self.config.needs_tokenizer() || self.tokenizer.is_some() {
+        let replaced = self
+            .processor_files
+            .as_ref()
+            .is_some_and(|f| f.contains_key("tokenizer.json") || f.contains_key("vocab.txt"));
+        if !self.config.needs_tokenizer() || replaced {
             return Ok(());
         }
         let has =
@@ -184,7 +190,7 @@ impl Checkpoint {
             source: Some(dir.to_path_buf()),
             files,
             ignored,
-            tokenizer: None,
+            processor_files: None,
         };
         checkpoint.validate(&weights_path)?;
         Ok(checkpoint)
@@ -229,7 +235,7 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Writes `config.json`, `model.safetensors` and the source's tokenizer files into an
+    /// Writes `config.json`, `model.safetensors` and the source's processor files into an
     /// output folder under construction.
     pub fn write_into(&self, staging: &mut StagingDir) -> Result<()> {
         let config = self.config.to_json();
@@ -242,15 +248,15 @@ impl Checkpoint {
             .map(|(name, t)| (self.config.hf_name(name, prefixed), t))
             .collect();
         staging.write_with(WEIGHTS_FILE, |w| write_safetensors(w, &named))?;
-        if let Some(files) = &self.tokenizer {
+        if let Some(files) = &self.processor_files {
             for (name, bytes) in files.iter() {
                 staging.write(name, bytes)?;
             }
         }
         if let Some(source) = &self.source {
-            for name in TOKENIZER_FILES {
+            for name in PROCESSOR_FILES {
                 if self
-                    .tokenizer
+                    .processor_files
                     .as_ref()
                     .is_some_and(|f| f.contains_key(name))
                 {
@@ -299,7 +305,7 @@ impl Checkpoint {
             source: None,
             files: Vec::new(),
             ignored: Vec::new(),
-            tokenizer: None,
+            processor_files: None,
         }
     }
 

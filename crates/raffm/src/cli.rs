@@ -69,7 +69,7 @@ impl SpaceArgs {
 /// evaluate the models they write.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// Evaluate on at most this many validation examples (the first ones).
+    /// Evaluate on at most this many validation examples, spread evenly over the split.
     #[arg(long)]
     pub eval_max_examples: Option<usize>,
     #[arg(long, default_value_t = 64)]
@@ -89,10 +89,10 @@ impl EvalArgs {
         partition: &Partition,
         partition_path: &Path,
     ) -> Result<Vec<usize>> {
-        let mut ids = partition.validation.clone();
-        if let Some(max) = self.eval_max_examples {
-            ids.truncate(max);
-        }
+        let ids = match self.eval_max_examples {
+            Some(max) => crate::data::spread_subset(&partition.validation, max),
+            None => partition.validation.clone(),
+        };
         if ids.is_empty() {
             return Err(Error::format(
                 partition_path,

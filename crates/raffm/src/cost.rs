@@ -20,14 +20,19 @@ use crate::families::ModelConfig;
 
 const F32: u64 = 4;
 
-/// The training shape the memory estimate is for.
+/// The training shape the memory estimate is for; a field left out takes its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainingShape {
     pub batch_size: usize,
+    /// Tokens per example of a text model.
     pub max_seq_len: usize,
     /// Frozen embeddings have no gradients or optimizer state.
     pub freeze_embeddings: bool,
+    /// Input side in pixels of a vision model (its tokens: the CLS token and the
+    /// patches); without it, the model's pre-training size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
 }
 
 impl Default for TrainingShape {
@@ -36,6 +41,7 @@ impl Default for TrainingShape {
             batch_size: 32,
             max_seq_len: 64,
             freeze_embeddings: false,
+            image_size: None,
         }
     }
 }
@@ -110,8 +116,13 @@ impl CostModel {
         &self.config
     }
 
+    /// The batch and the tokens per example.
     fn batch_and_seq(&self) -> (u64, u64) {
-        (self.shape.batch_size as u64, self.shape.max_seq_len as u64)
+        let tokens = match self.config.vit() {
+            Some(vit) => vit.tokens_at(self.shape.image_size.unwrap_or(vit.image_size)),
+            None => self.shape.max_seq_len,
+        };
+        (self.shape.batch_size as u64, tokens as u64)
     }
 
     /// Costs outside the layers at global widths `global`.
@@ -273,5 +284,28 @@ mod tests {
         );
         assert!(frozen.cost(&small).train_memory_bytes < base.cost(&small).train_memory_bytes);
         assert!(base.cost(&small).inference_memory_bytes < base.cost(&small).train_memory_bytes);
+    }
+
+    /// A vision model's tokens come from the input size, not from max_seq_len: the CLS
+    /// token and the patches.
+    #[test]
+    fn vision_activations_follow_the_image_size() {
+        use crate::families::vit::{tiny_config, Variant};
+        let config = ModelConfig::Vit(tiny_config(Variant::Dinov2, 2, 24, 4, 48, 32, 4));
+        let at = |image_size, max_seq_len| {
+            let shape = TrainingShape {
+                image_size,
+                max_seq_len,
+                ..Default::default()
+            };
+            CostModel::new(&config, shape).cost(&config.widths())
+        };
+        // Pre-training size 32 / patch 4: 65 tokens, whatever max_seq_len says.
+        assert_eq!(at(None, 8), at(Some(32), 512));
+        let (small, large) = (at(Some(16), 64), at(Some(64), 64));
+        assert_eq!(small.parameters, large.parameters);
+        assert!(small.train_memory_bytes < at(None, 64).train_memory_bytes);
+        assert!(at(None, 64).train_memory_bytes < large.train_memory_bytes);
+        assert_eq!(config.vit().unwrap().tokens_at(16), 1 + 16);
     }
 }

@@ -7,7 +7,12 @@
 //!   `sentence1`, `question`, `question1`), optionally a second one for pairs
 //!   (`sentence2`, `question2`, `text_pair`, `hypothesis`), and `label`;
 //! * `jsonl`: one object per line, `{"text": .., "label": ..}` (optional `text_pair`);
-//! * `idx`: IDX image files (MNIST, Fashion-MNIST): an images file and a labels file.
+//! * `idx`: IDX image files (MNIST, Fashion-MNIST): an images file and a labels file;
+//! * `cifar10-bigbench`: CIFAR-10 as BIG-bench stores it (`task.json`, base64 PNGs);
+//! * `image-folder`: a folder with one subfolder of PNG or JPEG images per class.
+//!
+//! Images are RGB (grayscale is converted) at their stored size; the model's
+//! preprocessor resizes and normalizes them (see [`crate::vision::data::Preprocess`]).
 //!
 //! Labels are class indices (integers) or class names (strings, indexed in sorted order);
 //! non-integer numbers make a regression task. Example ids are positions in the file (of
@@ -27,6 +32,8 @@ pub enum Format {
     Tsv,
     Jsonl,
     Idx,
+    Cifar10Bigbench,
+    ImageFolder,
 }
 
 impl std::str::FromStr for Format {
@@ -37,8 +44,10 @@ impl std::str::FromStr for Format {
             "tsv" => Ok(Format::Tsv),
             "jsonl" => Ok(Format::Jsonl),
             "idx" => Ok(Format::Idx),
+            "cifar10-bigbench" => Ok(Format::Cifar10Bigbench),
+            "image-folder" => Ok(Format::ImageFolder),
             _ => Err(format!(
-                "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl or idx)"
+                "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl, idx, cifar10-bigbench or image-folder)"
             )),
         }
     }
@@ -47,6 +56,12 @@ impl std::str::FromStr for Format {
 impl Format {
     /// The format a file's name suggests.
     pub fn guess(path: &Path) -> Option<Format> {
+        if path.is_dir() {
+            return Some(Format::ImageFolder);
+        }
+        if path.ends_with("cifar10_classification/base64/task.json") {
+            return Some(Format::Cifar10Bigbench);
+        }
         let name = path.file_name()?.to_string_lossy().to_ascii_lowercase();
         if name.contains("rotten_tomatoes") && name.ends_with(".csv") {
             Some(Format::RottenTomatoes)
@@ -76,11 +91,7 @@ pub struct DataSource {
 pub enum Input {
     Text(String),
     Pair(String, String),
-    Image {
-        rows: usize,
-        cols: usize,
-        pixels: Vec<u8>,
-    },
+    Image(image::RgbImage),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +123,13 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Whether the examples are images (for a vision model) rather than text.
+    pub fn is_images(&self) -> bool {
+        self.examples
+            .first()
+            .is_some_and(|e| matches!(e.input, Input::Image(_)))
+    }
+
     pub fn num_labels(&self) -> usize {
         match &self.task {
             Task::Classification { labels } => labels.len(),
@@ -187,6 +205,10 @@ impl Dataset {
                 })?;
                 load_idx(path, labels)?
             }
+            Format::Cifar10Bigbench => {
+                images_dataset(path, crate::vision::data::cifar10_bigbench(path, 32)?)
+            }
+            Format::ImageFolder => images_dataset(path, crate::vision::data::image_folder(path)?),
         };
         if dataset.examples.is_empty() {
             return Err(Error::format(path, "no examples"));
@@ -441,20 +463,19 @@ fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
             format!("{} labels for {} images", label_dims[0], dims[0]),
         ));
     }
-    let (rows, cols) = (dims[1], dims[2]);
+    let (rows, cols) = (dims[1] as u32, dims[2] as u32);
     let examples = pixels
-        .chunks_exact(rows * cols)
+        .chunks_exact((rows * cols) as usize)
         .zip(&label_bytes)
         .enumerate()
-        .map(|(id, (p, &l))| Example {
-            id,
-            input: Input::Image {
-                rows,
-                cols,
-                pixels: p.to_vec(),
-            },
-            label: l as f32,
-            line: None,
+        .map(|(id, (p, &l))| {
+            let gray = image::GrayImage::from_raw(cols, rows, p.to_vec()).expect("rows x cols");
+            Example {
+                id,
+                input: Input::Image(image::DynamicImage::ImageLuma8(gray).to_rgb8()),
+                label: l as f32,
+                line: None,
+            }
         })
         .collect();
     let n_classes = *label_bytes.iter().max().unwrap_or(&0) as usize + 1;
@@ -467,6 +488,40 @@ fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
     })
 }
 
+/// At most `max` of `ids`, spread evenly over the list (`ids[i * n / max]`): a subset
+/// drawn across the whole file, so a file sorted by class (CIFAR-10's, say) still gives
+/// every class its share, where the first `max` would hold a few classes only.
+pub fn spread_subset(ids: &[usize], max: usize) -> Vec<usize> {
+    let n = ids.len();
+    if max >= n {
+        return ids.to_vec();
+    }
+    (0..max).map(|i| ids[i * n / max]).collect()
+}
+
+/// A dataset of labelled images, their ids in the loader's order.
+fn images_dataset(path: &Path, loaded: crate::vision::data::LabeledImages) -> Dataset {
+    let examples = loaded
+        .images
+        .into_iter()
+        .zip(loaded.labels)
+        .enumerate()
+        .map(|(id, (image, label))| Example {
+            id,
+            input: Input::Image(image),
+            label: label as f32,
+            line: None,
+        })
+        .collect();
+    Dataset {
+        task: Task::Classification {
+            labels: loaded.classes,
+        },
+        examples,
+        path: path.to_path_buf(),
+    }
+}
+
 /// Seeded split of all example ids into (train, validation).
 pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut ids: Vec<usize> = (0..dataset.examples.len()).collect();
@@ -477,6 +532,30 @@ pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usi
     validation.sort_unstable();
     train.sort_unstable();
     (train, validation)
+}
+
+/// The images and labels of the examples `ids` (a vision model's inputs).
+pub fn images(dataset: &Dataset, ids: &[usize]) -> Result<(Vec<image::RgbImage>, Vec<f32>)> {
+    let mut images = Vec::with_capacity(ids.len());
+    let mut labels = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let example = dataset.get(id).ok_or_else(|| {
+            Error::Invalid(format!(
+                "example id {id} is not in {} ({} examples)",
+                dataset.path.display(),
+                dataset.examples.len()
+            ))
+        })?;
+        let Input::Image(image) = &example.input else {
+            return Err(Error::Invalid(format!(
+                "{}: not an image",
+                dataset.locate(id)
+            )));
+        };
+        images.push(image.clone());
+        labels.push(example.label);
+    }
+    Ok((images, labels))
 }
 
 /// Tokenizes the examples `ids` of a text dataset; returns rows and labels.
@@ -498,10 +577,11 @@ pub fn tokenize(
         inputs.push(match &example.input {
             Input::Text(t) => t.as_str().into(),
             Input::Pair(a, b) => (a.as_str(), b.as_str()).into(),
-            Input::Image { .. } => {
-                return Err(Error::Invalid(
-                    "image examples need a vision model; this is a text encoder".into(),
-                ))
+            Input::Image(_) => {
+                return Err(Error::Invalid(format!(
+                    "{}: image examples need a vision model; this is a text encoder",
+                    dataset.path.display()
+                )))
             }
         });
         labels.push(example.label);
@@ -599,14 +679,15 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ds.examples.len(), 2);
-        assert_eq!(
-            ds.examples[1].input,
-            Input::Image {
-                rows: 2,
-                cols: 3,
-                pixels: (6..12).collect()
-            }
-        );
+        let Input::Image(image) = &ds.examples[1].input else {
+            panic!("not an image")
+        };
+        // Grayscale becomes RGB: every channel holds the gray level.
+        assert_eq!(image.dimensions(), (3, 2));
+        let gray: Vec<u8> = image.pixels().map(|p| p[0]).collect();
+        assert_eq!(gray, (6..12).collect::<Vec<u8>>());
+        assert!(image.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
+        assert!(ds.is_images());
         assert_eq!((ds.examples[1].label, ds.num_labels()), (4.0, 10));
         std::fs::write(&pl, &labels[..9]).unwrap();
         let e = Dataset::load(&DataSource {
@@ -616,6 +697,47 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("need 2 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_spread_subset_covers_a_class_sorted_list() {
+        // 10 classes of 100, sorted by class: 50 taken are 5 of each.
+        let ids: Vec<usize> = (0..1000).collect();
+        let subset = spread_subset(&ids, 50);
+        assert_eq!(subset.len(), 50);
+        for class in 0..10 {
+            assert_eq!(subset.iter().filter(|&&i| i / 100 == class).count(), 5);
+        }
+        assert!(
+            subset.windows(2).all(|w| w[0] < w[1]),
+            "no repeats, in order"
+        );
+        assert_eq!(spread_subset(&ids[..3], 10), [0, 1, 2]);
+    }
+
+    #[test]
+    fn an_image_folder_is_a_dataset_of_rgb_images_with_its_class_names() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("images");
+        crate::fixtures::tiny_image_folder(&root, 2);
+        assert_eq!(Format::guess(&root), Some(Format::ImageFolder));
+        let cifar = Path::new("assets/bigbench/cifar10_classification/base64/task.json");
+        assert_eq!(Format::guess(cifar), Some(Format::Cifar10Bigbench));
+        let ds = Dataset::load(&DataSource {
+            format: Format::ImageFolder,
+            path: root.clone(),
+            labels_path: None,
+        })
+        .unwrap();
+        assert_eq!(ds.label_names(), ["blue", "green", "red"]);
+        let labels: Vec<f32> = ds.examples.iter().map(|e| e.label).collect();
+        assert_eq!(labels, [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);
+        assert!(ds.is_images());
+        let (red, _) = images(&ds, &[5]).unwrap();
+        assert_eq!(red[0].dimensions(), (20, 20));
+        assert!(red[0].get_pixel(0, 0)[0] > 200, "a red image");
+        let err = images(&ds, &[6]).unwrap_err().to_string();
+        assert!(err.contains("example id 6 is not in"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub fn predict<B: FusedOps>(
     device: &B::Device,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
+    crate::vision::check_not_vision(checkpoint)?;
     crate::tokenizer::check_vocab(rows, checkpoint.config.vocab_size())?;
     crate::tokenizer::check_positions(rows, checkpoint.config.max_positions())?;
     let model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
@@ -58,9 +59,21 @@ pub fn predict<B: FusedOps>(
     Ok(outputs)
 }
 
-/// Labelled examples tokenized once, to evaluate any number of checkpoints on.
+/// A model's inputs for a set of examples, prepared once.
+enum Inputs {
+    /// Text, tokenized.
+    Tokens(Vec<TokenizedRow>),
+    /// Images, with the model's preprocessing (size, normalization).
+    Images {
+        images: Vec<image::RgbImage>,
+        preprocess: crate::vision::Preprocess,
+    },
+}
+
+/// Labelled examples prepared once (tokenized, or images with their preprocessing), to
+/// evaluate any number of checkpoints on.
 pub struct EvalSet {
-    pub rows: Vec<TokenizedRow>,
+    inputs: Inputs,
     pub labels: Vec<f32>,
     /// Where each example is, and what the labels need of a model, for checking it.
     locations: Vec<String>,
@@ -68,31 +81,38 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
-    /// The examples `ids` of a partition's dataset, tokenized with the tokenizer of
-    /// `tokenizer_dir`.
+    /// The examples `ids` of a partition's dataset, prepared with the processor files of
+    /// `model_dir` (its tokenizer, or its `preprocessor_config.json` for images).
     pub fn load(
-        tokenizer_dir: &std::path::Path,
+        model_dir: &std::path::Path,
         partition: &crate::partition::Partition,
         ids: &[usize],
         max_seq_len: usize,
     ) -> Result<Self> {
         let dataset = partition.dataset()?;
-        Self::of(tokenizer_dir, &dataset, ids, max_seq_len)
+        Self::of(model_dir, &dataset, ids, max_seq_len)
     }
 
-    /// The examples `ids` of a loaded dataset, tokenized with the tokenizer of
-    /// `tokenizer_dir`.
+    /// The examples `ids` of a loaded dataset, prepared with the processor files of
+    /// `model_dir`; `max_seq_len` applies to text.
     pub fn of(
-        tokenizer_dir: &std::path::Path,
+        model_dir: &std::path::Path,
         dataset: &crate::data::Dataset,
         ids: &[usize],
         max_seq_len: usize,
     ) -> Result<Self> {
-        let tokenizer = crate::tokenizer::TextTokenizer::from_dir(tokenizer_dir)?;
-        let (rows, labels) = crate::data::tokenize(dataset, ids, &tokenizer, max_seq_len)?;
+        let (inputs, labels) = if dataset.is_images() {
+            let preprocess = crate::vision::Preprocess::from_model_dir(model_dir, None)?;
+            let (images, labels) = crate::data::images(dataset, ids)?;
+            (Inputs::Images { images, preprocess }, labels)
+        } else {
+            let tokenizer = crate::tokenizer::TextTokenizer::from_dir(model_dir)?;
+            let (rows, labels) = crate::data::tokenize(dataset, ids, &tokenizer, max_seq_len)?;
+            (Inputs::Tokens(rows), labels)
+        };
         let locations = ids.iter().map(|&id| dataset.locate(id)).collect();
         Ok(Self {
-            rows,
+            inputs,
             labels,
             locations,
             task: dataset.task.clone(),
@@ -128,16 +148,26 @@ impl EvalSet {
         device: &B::Device,
         on_batch: impl FnMut(usize),
     ) -> Result<Vec<Vec<f32>>> {
-        let pad = checkpoint.config.pad_token_id() as i64;
-        predict::<B>(checkpoint, &self.rows, pad, batch_size, device, on_batch)
+        match &self.inputs {
+            Inputs::Tokens(rows) => {
+                let pad = checkpoint.config.pad_token_id() as i64;
+                predict::<B>(checkpoint, rows, pad, batch_size, device, on_batch)
+            }
+            Inputs::Images { images, preprocess } => {
+                let images: Vec<&image::RgbImage> = images.iter().collect();
+                crate::vision::train::predict::<B>(
+                    checkpoint, &images, preprocess, batch_size, device, on_batch,
+                )
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.labels.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.labels.is_empty()
     }
 
     /// Metrics of `checkpoint` on these examples. `on_batch` sees the size of every batch.
@@ -154,12 +184,12 @@ impl EvalSet {
     }
 }
 
-/// Metrics of `checkpoint` on the examples `ids` of a partition's dataset, tokenized with
-/// the tokenizer of `tokenizer_dir`. `on_batch` sees the size of every batch done.
+/// Metrics of `checkpoint` on the examples `ids` of a partition's dataset, prepared with
+/// the processor files of `model_dir`. `on_batch` sees the size of every batch done.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_examples<B: FusedOps>(
     checkpoint: &Checkpoint,
-    tokenizer_dir: &std::path::Path,
+    model_dir: &std::path::Path,
     partition: &crate::partition::Partition,
     ids: &[usize],
     max_seq_len: usize,
@@ -167,7 +197,7 @@ pub fn evaluate_examples<B: FusedOps>(
     device: &B::Device,
     on_batch: impl FnMut(usize),
 ) -> Result<Metrics> {
-    EvalSet::load(tokenizer_dir, partition, ids, max_seq_len)?
+    EvalSet::load(model_dir, partition, ids, max_seq_len)?
         .evaluate::<B>(checkpoint, batch_size, device, on_batch)
 }
 

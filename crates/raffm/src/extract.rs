@@ -229,7 +229,7 @@ pub fn extract(global: &Checkpoint, widths: &Widths, map: &IndexMap) -> Result<C
         source: global.source.clone(),
         files: Vec::new(),
         ignored: Vec::new(),
-        tokenizer,
+        processor_files: tokenizer,
     };
     // The sub-model must be exactly what its config describes.
     for (spec, shape) in sub.config.shapes() {
@@ -319,7 +319,7 @@ pub fn padded(global: &ModelConfig, sub: &Checkpoint, map: &IndexMap) -> Result<
         source: sub.source.clone(),
         files: Vec::new(),
         ignored: Vec::new(),
-        tokenizer: None,
+        processor_files: None,
     })
 }
 

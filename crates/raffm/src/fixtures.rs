@@ -1,5 +1,6 @@
 //! Small real inputs for tests and examples: a tiny BERT with its own WordPiece
-//! vocabulary, and a labelled review set it can read. Generated, seeded, no downloads.
+//! vocabulary and a labelled review set it can read; a tiny DINOv2 and a folder of
+//! labelled images. Generated, seeded, no downloads.
 
 use std::path::{Path, PathBuf};
 
@@ -50,4 +51,37 @@ pub fn tiny_reviews(path: &Path, n: usize) {
         })
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").expect("fixture reviews are written");
+}
+
+/// Writes a tiny random DINOv2 (2 layers, hidden 24, 4 heads, FFN 48, 16 px images of
+/// 4 px patches, LayerScale, no classification head) into `dir`, and returns `dir`.
+pub fn tiny_vision_model(dir: &Path) -> PathBuf {
+    use crate::families::vit::{tiny_config, Variant as VitVariant};
+    let config = tiny_config(VitVariant::Dinov2, 2, 24, 4, 48, 16, 4);
+    Checkpoint::random(&crate::ModelConfig::Vit(config), 1)
+        .save(dir)
+        .expect("fixture model is written");
+    dir.to_path_buf()
+}
+
+/// Writes an image folder (`root/<class>/<i>.png`) of `per_class` 20 x 20 images for each
+/// of three classes a tiny model can tell apart: reddish, greenish and bluish, shaded.
+pub fn tiny_image_folder(root: &Path, per_class: usize) {
+    let classes = [
+        ("blue", [20u8, 40, 220]),
+        ("green", [30, 200, 40]),
+        ("red", [220, 30, 20]),
+    ];
+    for (class, colour) in classes {
+        std::fs::create_dir_all(root.join(class)).expect("fixture folder is made");
+        for i in 0..per_class {
+            let image = image::RgbImage::from_fn(20, 20, |x, y| {
+                let shade = ((x + y) as usize + 3 * i) % 30;
+                image::Rgb(colour.map(|c| c.saturating_add(shade as u8)))
+            });
+            image
+                .save(root.join(class).join(format!("{i}.png")))
+                .expect("fixture image is written");
+        }
+    }
 }

@@ -54,6 +54,35 @@ pub fn sha256_file(path: &Path) -> Result<FileRecord> {
     })
 }
 
+/// The sha256 of a dataset: of the file, or of a folder (an image folder) the sha256 of
+/// its files' relative paths and hashes, in sorted order, so that a renamed, added,
+/// removed or changed image changes it.
+pub fn sha256_data(path: &Path) -> Result<String> {
+    if !path.is_dir() {
+        return Ok(sha256_file(path)?.sha256);
+    }
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            if path.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                let relative = path.strip_prefix(root).unwrap_or(&path);
+                out.push((relative.display().to_string(), sha256_file(&path)?.sha256));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(path, path, &mut files)?;
+    files.sort();
+    let mut hasher = Sha256::new();
+    for (name, hash) in files {
+        hasher.update(format!("{name}\0{hash}\n").as_bytes());
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 /// Writes a file in chunks and hashes them on a second thread: hashing a large checkpoint
 /// costs about as much as writing it, so the two overlap.
 struct HashingWriter<'a> {
@@ -459,6 +488,20 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<FileRecord> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_folder_hash_follows_its_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("cat")).unwrap();
+        std::fs::write(d.path().join("cat/1.png"), b"a").unwrap();
+        let first = super::sha256_data(d.path()).unwrap();
+        assert_eq!(first, super::sha256_data(d.path()).unwrap());
+        std::fs::rename(d.path().join("cat/1.png"), d.path().join("cat/2.png")).unwrap();
+        let renamed = super::sha256_data(d.path()).unwrap();
+        assert_ne!(first, renamed);
+        std::fs::write(d.path().join("cat/2.png"), b"b").unwrap();
+        assert_ne!(renamed, super::sha256_data(d.path()).unwrap());
+    }
+
     use super::*;
 
     #[test]

@@ -62,7 +62,7 @@ impl Partition {
     /// The partitioned dataset, checked against the sha256 recorded when it was
     /// partitioned: example ids mean nothing in a file that has changed since.
     pub fn dataset(&self) -> Result<Dataset> {
-        let got = crate::io::sha256_file(&self.data.path)?.sha256;
+        let got = crate::io::sha256_data(&self.data.path)?;
         if got != self.data_sha256 {
             return Err(Error::format(
                 &self.data.path,

@@ -622,7 +622,7 @@ mod tests {
             TrainingShape {
                 batch_size: 4,
                 max_seq_len: 16,
-                freeze_embeddings: false,
+                ..Default::default()
             },
         );
         let plan = DepthPolicy::Even.plan(3, &[]);

@@ -140,9 +140,24 @@ pub fn learning_rate_at(options: &TrainOptions, step: usize, total: usize) -> f6
     }
 }
 
-/// Collects every parameter's value, flattened, by id.
-struct Snapshot<B: Backend> {
+/// Every parameter's value at the start of local training, flattened, by id: FedProx's
+/// anchor.
+pub(crate) struct Snapshot<B: Backend> {
     values: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<B: Backend> Snapshot<B> {
+    pub(crate) fn of<A, M>(model: &M) -> Self
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        M: Module<A>,
+    {
+        let mut s = Snapshot {
+            values: HashMap::new(),
+        };
+        model.visit(&mut s);
+        s
+    }
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Snapshot<B::InnerBackend> {
@@ -196,6 +211,33 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
     }
 }
 
+/// What the options do to a step's gradients before the optimizer sees them: FedProx's
+/// proximal term `mu (w - w0)` (with `start` the anchor `w0`), then clipping to a global
+/// L2 norm.
+pub(crate) fn adjust_gradients<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: &mut GradientsParams,
+    start: Option<&Snapshot<B::InnerBackend>>,
+    options: &TrainOptions,
+) {
+    let mut pass = ProxAndNorm {
+        grads,
+        start,
+        mu: options.prox_mu,
+        squared_norm: None,
+    };
+    model.visit(&mut pass);
+    if let (Some(max), Some(sq)) = (options.max_grad_norm, pass.squared_norm) {
+        let norm = sq.into_scalar().elem::<f64>().sqrt();
+        if norm > max {
+            model.visit(&mut Scale {
+                grads,
+                factor: max / (norm + 1e-6),
+            });
+        }
+    }
+}
+
 /// Fine-tunes `checkpoint` (which must have a classification head) on `data`; `on_step`
 /// sees every step. Returns the trained checkpoint.
 pub fn train<B: AutodiffBackend + FusedOps>(
@@ -231,6 +273,7 @@ where
             )));
         }
     }
+    crate::vision::check_not_vision(checkpoint)?;
     crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size())?;
     crate::tokenizer::check_positions(data.rows, checkpoint.config.max_positions())?;
     B::seed(device, options.seed);
@@ -239,13 +282,7 @@ where
     if options.freeze_embeddings {
         model = model.freeze_embeddings();
     }
-    let start = (options.prox_mu > 0.0).then(|| {
-        let mut s = Snapshot {
-            values: HashMap::new(),
-        };
-        model.visit(&mut s);
-        s
-    });
+    let start = (options.prox_mu > 0.0).then(|| Snapshot::of(&model));
     let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
         beta_1: 0.9,
         beta_2: 0.999,
@@ -293,22 +330,7 @@ where
                 )));
             }
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            let mut pass = ProxAndNorm {
-                grads: &mut grads,
-                start: start.as_ref(),
-                mu: options.prox_mu,
-                squared_norm: None,
-            };
-            model.visit(&mut pass);
-            if let (Some(max), Some(sq)) = (options.max_grad_norm, pass.squared_norm) {
-                let norm = sq.into_scalar().elem::<f64>().sqrt();
-                if norm > max {
-                    model.visit(&mut Scale {
-                        grads: &mut grads,
-                        factor: max / (norm + 1e-6),
-                    });
-                }
-            }
+            adjust_gradients(&model, &mut grads, start.as_ref(), options);
             model = optimizer.step(learning_rate_at(options, step, total), model, grads);
             losses.push(loss_value);
             seen += chunk.len();

@@ -101,7 +101,7 @@ pub fn data_tokens(
         inputs.push(match &example.input {
             Input::Text(t) => t.as_str().into(),
             Input::Pair(a, b) => (a.as_str(), b.as_str()).into(),
-            Input::Image { .. } => {
+            Input::Image(_) => {
                 return Err(Error::Invalid(
                     "a client vocabulary needs text examples".into(),
                 ))

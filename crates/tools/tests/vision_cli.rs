@@ -1,5 +1,6 @@
-//! `raffm-vision probe` on a generated folder of images with the tiny DINOv2 fixture: the
-//! whole path from files to accuracy, and bad inputs refused in one line.
+//! Vision on generated image folders: `raffm-vision probe` with the tiny DINOv2 fixture
+//! (from files to accuracy, bad inputs refused in one line), and the federated stages
+//! training and evaluating a vision model.
 
 mod common;
 
@@ -11,20 +12,8 @@ fn tiny_dinov2() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../raffm/tests/data/vit-tiny/dinov2")
 }
 
-/// Two classes of plain images: reddish and bluish, six each, 20 x 20 px.
 fn folder(root: &Path) {
-    for (class, colour) in [("blue", [20u8, 40, 220]), ("red", [220, 30, 20])] {
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        for i in 0..6u8 {
-            let image = image::RgbImage::from_fn(20, 20, |x, y| {
-                let shade = (x as u8 + y as u8 + 3 * i) % 30;
-                image::Rgb(colour.map(|c| c.saturating_add(shade)))
-            });
-            image
-                .save(root.join(class).join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
+    raffm::fixtures::tiny_image_folder(root, 6);
 }
 
 #[test]
@@ -54,7 +43,10 @@ fn a_probe_runs_from_image_files_to_an_accuracy() {
     ];
     ok("raffm-vision", &args);
     let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(result["classes"], serde_json::json!(["blue", "red"]));
+    assert_eq!(
+        result["classes"],
+        serde_json::json!(["blue", "green", "red"])
+    );
     let accuracy = result["accuracy"].as_f64().unwrap();
     assert!(
         (0.0..=1.0).contains(&accuracy) && result["test"] == 4,
@@ -62,8 +54,8 @@ fn a_probe_runs_from_image_files_to_an_accuracy() {
     );
     assert_eq!(
         result["data_sha256"].as_str().map(str::len),
-        None,
-        "a folder has no single hash"
+        Some(64),
+        "a folder's hash is that of its files"
     );
 }
 
@@ -97,4 +89,162 @@ fn bad_inputs_are_one_line_errors() {
         err.contains("empty") && err.contains("without images"),
         "{err}"
     );
+}
+
+/// The federated stages take images as they take text: a k-shot partition of an image
+/// folder, a head and an input size, local training, evaluation.
+#[test]
+fn the_stages_train_and_evaluate_a_vision_model_on_an_image_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    raffm::fixtures::tiny_image_folder(&tmp.path().join("images"), 10);
+    raffm::fixtures::tiny_vision_model(&tmp.path().join("backbone"));
+    ok(
+        "raffm-partition",
+        &[
+            "--data",
+            &p("images"),
+            "--clients",
+            "2",
+            "--scheme",
+            "kshot",
+            "--k",
+            "2",
+            "--validation-fraction",
+            "0.2",
+            "--output",
+            &p("partition.json"),
+        ],
+    );
+    let partition: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p("partition.json")).unwrap()).unwrap();
+    assert_eq!(partition["data"]["format"], "image-folder");
+    assert_eq!(
+        partition["label_names"],
+        serde_json::json!(["blue", "green", "red"])
+    );
+
+    // A text model refuses an input size; a vision model gets it in its preprocessor file.
+    let text_model = raffm::fixtures::tiny_text_model(&tmp.path().join("bert"));
+    let out = run(
+        "raffm-init-head",
+        &[
+            "--model",
+            text_model.to_str().unwrap(),
+            "--partition",
+            &p("partition.json"),
+            "--image-size",
+            "12",
+            "--output",
+            &p("bad"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--image-size") && err.contains("takes text"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("bad").exists());
+    ok(
+        "raffm-init-head",
+        &[
+            "--model",
+            &p("backbone"),
+            "--partition",
+            &p("partition.json"),
+            "--image-size",
+            "12",
+            "--output",
+            &p("global"),
+        ],
+    );
+    let processor: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("global/preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        processor["size"],
+        serde_json::json!({"height": 12, "width": 12})
+    );
+
+    ok(
+        "raffm-local-train",
+        &[
+            "--model",
+            &p("global"),
+            "--partition",
+            &p("partition.json"),
+            "--client",
+            "c001",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "2",
+            "--lr",
+            "0.003",
+            "--mu",
+            "0.01",
+            "--quiet",
+            "--output",
+            &p("trained"),
+        ],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("trained/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["metrics"]["examples_seen"], 18, "{manifest}");
+    assert!(tmp
+        .path()
+        .join("trained/preprocessor_config.json")
+        .is_file());
+    ok(
+        "raffm-evaluate",
+        &[
+            "--model",
+            &p("trained"),
+            "--partition",
+            &p("partition.json"),
+            "--quiet",
+            "--output",
+            &p("eval.json"),
+        ],
+    );
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p("eval.json")).unwrap()).unwrap();
+    // Three colours a tiny model tells apart after a few steps: well above chance (1/3).
+    let metrics = &eval["metrics"];
+    assert!(
+        metrics["examples"] == 6 && metrics["accuracy"].as_f64().unwrap() > 0.5,
+        "{eval}"
+    );
+
+    // Text data on a vision model: one clear line, nothing written.
+    raffm::fixtures::tiny_reviews(&tmp.path().join("reviews.jsonl"), 20);
+    ok(
+        "raffm-partition",
+        &[
+            "--data",
+            &p("reviews.jsonl"),
+            "--clients",
+            "2",
+            "--output",
+            &p("text.json"),
+        ],
+    );
+    let out = run(
+        "raffm-local-train",
+        &[
+            "--model",
+            &p("global"),
+            "--partition",
+            &p("text.json"),
+            "--client",
+            "c000",
+            "--output",
+            &p("wrong"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(!tmp.path().join("wrong").exists());
 }

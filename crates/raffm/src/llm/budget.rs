@@ -114,6 +114,7 @@ pub fn lora_train_memory(
         batch_size: batch,
         max_seq_len: seq,
         freeze_embeddings: true,
+        image_size: None,
     };
     let cost_model = CostModel::new(model, shape);
     let widths = model.widths();

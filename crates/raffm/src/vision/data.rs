@@ -145,11 +145,17 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
+/// The preprocessor file of an HF vision model's folder.
+pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+
 impl Preprocess {
-    /// Reads `preprocessor_config.json`'s mean and std (ImageNet's where it has none).
-    pub fn from_model_dir(dir: &Path, size: u32) -> Result<Self> {
-        let path = dir.join("preprocessor_config.json");
+    /// Reads the folder's `preprocessor_config.json`: mean and std (ImageNet's where it has
+    /// none) and the input size (`crop_size` when it center-crops, else `size`), which
+    /// `size` overrides. Without a size from either, an error.
+    pub fn from_model_dir(dir: &Path, size: Option<u32>) -> Result<Self> {
+        let path = dir.join(PREPROCESSOR_FILE);
         let (mut mean, mut std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        let mut stored_size = None;
         if path.is_file() {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             let value: serde_json::Value = serde_json::from_slice(&bytes)
@@ -169,11 +175,41 @@ impl Preprocess {
             };
             mean = three("image_mean")?.unwrap_or(mean);
             std = three("image_std")?.unwrap_or(std);
+            let crops = value["do_center_crop"].as_bool().unwrap_or(false);
+            let side = if crops { "crop_size" } else { "size" };
+            stored_size = ["height", "shortest_edge"]
+                .iter()
+                .find_map(|k| value[side][k].as_u64())
+                .map(|s| s as u32);
         }
         if std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return Err(Error::format(&path, "`image_std` must be positive"));
         }
+        let size = size
+            .or(stored_size)
+            .ok_or_else(|| Error::format(&path, "gives no input size (`size.height`); give one"))?;
+        if size == 0 {
+            return Err(Error::format(&path, "the input size must be positive"));
+        }
         Ok(Self { size, mean, std })
+    }
+
+    /// As `preprocessor_config.json` (HF's `BitImageProcessor` fields): a square resize
+    /// to `size` (bilinear, PIL's 2), no crop, then the normalisation.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "image_processor_type": "BitImageProcessor",
+            "do_resize": true,
+            "size": {"height": self.size, "width": self.size},
+            "resample": 2,
+            "do_center_crop": false,
+            "do_rescale": true,
+            "rescale_factor": 1.0 / 255.0,
+            "do_normalize": true,
+            "image_mean": self.mean,
+            "image_std": self.std,
+            "do_convert_rgb": true,
+        })
     }
 
     /// One image as normalised `[3, size, size]` values; with `augment`, a seeded random

@@ -1,5 +1,5 @@
 //! Images for the vision family: datasets and preprocessing ([`data`]), local training and
-//! accuracy of a classifier ([`train`]), and a k-nearest-neighbour probe of a backbone's
+//! predictions of a classifier ([`train`]), and a k-nearest-neighbour probe of a backbone's
 //! CLS features ([`probe`]), the quickest check that a backbone and the data path work
 //! together.
 
@@ -8,3 +8,14 @@ pub mod probe;
 pub mod train;
 
 pub use data::{cifar10_bigbench, decode, image_folder, LabeledImages, Preprocess};
+
+/// Refuses a vision model where text comes in, before a text model's loader would.
+pub(crate) fn check_not_vision(checkpoint: &crate::Checkpoint) -> crate::error::Result<()> {
+    match checkpoint.config.vit() {
+        Some(_) => Err(crate::error::Error::Invalid(format!(
+            "a `{}` model takes images, and these examples are text",
+            checkpoint.config.model_type()
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,6 +1,7 @@
 //! Local training and evaluation of an image classifier (the vision family with its head):
-//! cross-entropy over the labels, the encoders' AdamW with their warmup and decay
-//! ([`crate::train::TrainOptions`]), seeded crop-and-flip augmentation per epoch.
+//! cross-entropy over the labels, the encoders' AdamW with their warmup and decay,
+//! gradient clipping and FedProx ([`crate::train::TrainOptions`]), seeded crop-and-flip
+//! augmentation per epoch.
 
 use std::time::Instant;
 
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::families::vit::model::VitForImageClassification;
 use crate::fused::{FusedAdamW, FusedOps};
 use crate::rng::SplitMix64;
-use crate::train::{learning_rate_at, Step, TrainOptions, TrainReport};
+use crate::train::{adjust_gradients, learning_rate_at, Snapshot, Step, TrainOptions, TrainReport};
 
 fn batch_tensor<B: Backend>(
     preprocess: &Preprocess,
@@ -61,14 +62,15 @@ where
             "label {bad} is outside the model's {classes} labels"
         )));
     }
-    if options.prox_mu > 0.0 || options.freeze_embeddings || options.max_grad_norm.is_some() {
+    if options.freeze_embeddings {
         return Err(Error::Invalid(
-            "--prox-mu, --freeze-embeddings and --max-grad-norm are not implemented for images"
+            "frozen embeddings are for text models; a vision model trains its patch embedding"
                 .into(),
         ));
     }
     B::seed(device, options.seed);
     let mut model = VitForImageClassification::<B>::from_checkpoint(checkpoint, device)?;
+    let start = (options.prox_mu > 0.0).then(|| Snapshot::of(&model));
     let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
         beta_1: 0.9,
         beta_2: 0.999,
@@ -106,7 +108,8 @@ where
                     "the loss became {value} at step {step}; lower the learning rate"
                 )));
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            adjust_gradients(&model, &mut grads, start.as_ref(), options);
             model = optimizer.step(learning_rate_at(options, step, total), model, grads);
             losses.push(value);
             seen += chunk.len();
@@ -130,32 +133,30 @@ where
     Ok((model.valid().to_checkpoint(checkpoint), report))
 }
 
-/// Accuracy of the classifier on `images`, in batches of `batch`.
-pub fn accuracy<B: FusedOps>(
+/// The classifier's logits for every image, in order, in batches of `batch`; `on_batch`
+/// sees the size of every batch done.
+pub fn predict<B: FusedOps>(
     checkpoint: &Checkpoint,
     images: &[&RgbImage],
-    labels: &[usize],
     preprocess: &Preprocess,
     batch: usize,
     device: &B::Device,
-) -> Result<f64> {
+    mut on_batch: impl FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
     let model = VitForImageClassification::<B>::from_checkpoint(checkpoint, device)?;
-    let mut correct = 0;
-    for (chunk, truth) in images.chunks(batch.max(1)).zip(labels.chunks(batch.max(1))) {
+    let mut outputs = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch.max(1)) {
         let logits = model.forward(batch_tensor::<B>(preprocess, chunk, None, device)); // [batch, labels]
-        let predicted: Vec<i64> = logits
-            .argmax(1)
+        let width = logits.dims()[1];
+        let values = logits
             .into_data()
-            .convert::<i64>()
-            .into_vec()
-            .expect("ints");
-        correct += predicted
-            .iter()
-            .zip(truth)
-            .filter(|(p, t)| **p as usize == **t)
-            .count();
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("float logits");
+        outputs.extend(values.chunks(width).map(<[f32]>::to_vec));
+        on_batch(chunk.len());
     }
-    Ok(correct as f64 / images.len().max(1) as f64)
+    Ok(outputs)
 }
 
 #[cfg(test)]
@@ -213,7 +214,11 @@ mod tests {
         let (trained, report) = train();
         assert_eq!(report.steps, 20);
         let acc = |c: &Checkpoint| {
-            accuracy::<CpuBackend>(c, &refs, &labels, &preprocess, 5, &device).unwrap()
+            let logits = predict::<CpuBackend>(c, &refs, &preprocess, 5, &device, |_| {}).unwrap();
+            let outputs: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+            crate::evaluate::metrics(&logits, &outputs)
+                .accuracy
+                .unwrap()
         };
         assert_eq!(acc(&trained), 1.0, "losses {:?}", report.step_losses);
         let (again, _) = train();

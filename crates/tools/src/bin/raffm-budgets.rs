@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::bail;
 use clap::Parser;
 
 use raffm::checkpoint::CONFIG_FILE;
 use raffm::cost::CostModel;
 use raffm::io::write_file_atomic;
+use raffm::partition::Partition;
 use raffm::pipeline::{make_budgets, Pipeline};
 use raffm::ModelConfig;
 
@@ -32,25 +34,38 @@ struct Args {
     /// Model folder whose config.json the fractions refer to (default: the pipeline's).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// partition.json, whose labels size the classification head the fractions count
+    /// (default: the model's own labels), so that a fraction of 1 is the whole model the
+    /// rounds train.
+    #[arg(long)]
+    partition: Option<PathBuf>,
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let pipeline = Pipeline::load(&args.pipeline)?;
     let model = args.model.unwrap_or_else(|| pipeline.model.clone());
-    raffm::io::check_output_apart(
-        ("--output", &args.output),
-        &[
-            ("--pipeline", &args.pipeline),
-            ("the pipeline's model", &model),
-        ],
-    )?;
+    let mut inputs = vec![
+        ("--pipeline", args.pipeline.as_path()),
+        ("the pipeline's model", model.as_path()),
+    ];
+    inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
+    raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let mut config = ModelConfig::load(&model.join(CONFIG_FILE))?;
     pipeline
         .search_space
         .validate(config.axes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    if config.vit().is_some() && pipeline.training.image_size.is_none() {
+        bail!(
+            "{}: a vision model needs `training.image_size` (the input side in pixels, which its memory depends on)",
+            args.pipeline.display()
+        );
+    }
     // The fractions refer to the model the rounds train: with its task head.
-    let labels = config.label_names();
+    let labels = match &args.partition {
+        Some(p) => Partition::load(p)?.label_names,
+        None => config.label_names(),
+    };
     config.set_classification_head(&labels);
     let full = CostModel::new(&config, pipeline.training).cost(&config.widths());
     let budgets = make_budgets(&pipeline, full, args.seed);

@@ -38,7 +38,7 @@ struct Args {
     /// Which examples: validation, train, or a client id.
     #[arg(long, default_value = "validation")]
     split: String,
-    /// Use at most this many examples (the first ones).
+    /// Use at most this many examples, spread evenly over the split.
     #[arg(long)]
     max_examples: Option<usize>,
     #[arg(long, default_value_t = 64)]
@@ -93,7 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .clone(),
     };
     if let Some(max) = args.max_examples {
-        ids.truncate(max);
+        ids = raffm::data::spread_subset(&ids, max);
     }
     if ids.is_empty() {
         bail!("no examples in split `{}`", args.split);
@@ -126,7 +126,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let input = match &dataset.get(*id).expect("tokenized, so present").input {
                 Input::Text(t) => json!({"text": t}),
                 Input::Pair(a, b) => json!({"text": a, "text_pair": b}),
-                Input::Image { .. } => json!({}),
+                Input::Image(_) => json!({}),
             };
             let mut line = json!({"example": id, "label": label, "logits": output});
             line.as_object_mut()

@@ -1,7 +1,9 @@
 //! `raffm-init-head`: give a pre-trained encoder a fresh classification head.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::bail;
 use clap::Parser;
@@ -11,12 +13,18 @@ use raffm::checkpoint::HeadInit;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::Manifest;
 use raffm::partition::Partition;
+use raffm::vision::data::PREPROCESSOR_FILE;
+use raffm::vision::Preprocess;
 use raffm::Checkpoint;
 
 /// Adds a freshly initialised sequence-classification head (a pooler if the model has
 /// none, and a classifier; N(0, 0.02) weights, or zero classifier weights with
 /// --head-init zeros; zero biases; seeded) to a checkpoint, with the labels of a
 /// partition or given by --labels. This is round 0 of a federated run.
+///
+/// A vision model (ViT, DINOv2) gets its input size here: --image-size writes its
+/// preprocessor_config.json at that size (the source's mean and std kept); every later
+/// stage reads it from there, and the position embeddings are interpolated to it.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-init-head", version, allow_negative_numbers = true)]
 struct Args {
@@ -34,6 +42,9 @@ struct Args {
     /// How the classifier's weights start: normal (HF's N(0, 0.02)) or zeros.
     #[arg(long, default_value = "normal")]
     head_init: HeadInit,
+    /// A vision model's input side in pixels (default: its preprocessor's).
+    #[arg(long)]
+    image_size: Option<u32>,
     /// Folder to write.
     #[arg(short, long)]
     output: PathBuf,
@@ -59,14 +70,33 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     checkpoint.check_tokenizer()?;
-    let with_head =
+    let mut with_head =
         checkpoint
             .clone()
             .with_classification_head_init(&labels, args.seed, args.head_init);
+    if let Some(size) = args.image_size {
+        let Some(vit) = checkpoint.config.vit() else {
+            bail!(
+                "--image-size: {} is a `{}` model, which takes text",
+                args.model.display(),
+                checkpoint.config.model_type()
+            );
+        };
+        if (size as usize) < vit.patch_size {
+            bail!(
+                "--image-size {size} is smaller than the model's {}-pixel patches",
+                vit.patch_size
+            );
+        }
+        let preprocess = Preprocess::from_model_dir(&args.model, Some(size))?;
+        let text = serde_json::to_string_pretty(&preprocess.to_json())? + "\n";
+        let files = BTreeMap::from([(PREPROCESSOR_FILE.to_string(), text.into_bytes())]);
+        with_head.processor_files = Some(Arc::new(files));
+    }
     let mut manifest = Manifest::new(
         "init-head",
         "raffm-init-head",
-        json!({"model": args.model, "labels": labels, "output": args.output, "head_init": args.head_init}),
+        json!({"model": args.model, "labels": labels, "output": args.output, "head_init": args.head_init, "image_size": args.image_size}),
     );
     manifest.seeds.insert("seed".into(), json!(args.seed));
     manifest.inputs = checkpoint.files.clone();

