@@ -10,6 +10,7 @@ download` would build it to read its metadata. A Debian package (`deb`) is fetch
 everything in place does nothing.
 """
 import bz2
+import functools
 import gzip
 import hashlib
 import io
@@ -65,6 +66,13 @@ def install_member(tar: tarfile.TarFile, member: str, target: Path, digest: str)
         return False
     install(target, digest, found)
     return True
+
+
+@functools.cache
+def deb_tree(path: Path) -> bytes:
+    """A Debian package's file tree as the tar archive dpkg-deb gives; read once per run."""
+    return subprocess.run(["dpkg-deb", "--fsys-tarfile", str(path)],
+                          check=True, capture_output=True).stdout
 
 
 def main() -> int:
@@ -141,9 +149,7 @@ def main() -> int:
                 if found:
                     break
             for deb, _, _ in debs if not found else []:
-                tree = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(downloads / deb)],
-                                      check=True, capture_output=True).stdout
-                with tarfile.open(fileobj=io.BytesIO(tree)) as tar:
+                with tarfile.open(fileobj=io.BytesIO(deb_tree(downloads / deb))) as tar:
                     found = install_member(tar, member, target, digest)
                 if found:
                     break

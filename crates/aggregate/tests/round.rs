@@ -13,7 +13,6 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let pipeline = fixture(dir.path());
     let (a, b) = two_deterministic_rounds(&pipeline, dir.path());
-    let global = global_weights;
 
     // The global model's manifest carries the round's evaluation and client sizes.
     let m: serde_json::Value =
@@ -61,13 +60,13 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
 
     // A second call does nothing.
     let stamp = |p: PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
-    let before = stamp(global(&a, 2));
+    let before = stamp(global_weights(&a, 2));
     let again = make_round(&pipeline, &a, 2);
     assert!(
         !again.contains("raffm-local-train") && !again.contains("raffm-aggregate"),
         "{again}"
     );
-    assert_eq!(stamp(global(&a, 2)), before);
+    assert_eq!(stamp(global_weights(&a, 2)), before);
 
     // Lose one client's training and the round's result (as after `kill -9`): the re-run
     // trains only that client and reproduces the same global model.
@@ -80,7 +79,7 @@ fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {
     let resumed = make_round(&pipeline, &a, 2);
     assert_eq!(resumed.matches("raffm-local-train").count(), 1, "{resumed}");
     assert_eq!(stamp(kept), kept_time);
-    assert_eq!(read(global(&a, 2)), read(global(&b, 2)));
+    assert_eq!(read(global_weights(&a, 2)), read(global_weights(&b, 2)));
 
     // A dry run of a finished run builds once and does nothing else; of the next round, it
     // shows the clients the seeded draw will pick, and their commands.
