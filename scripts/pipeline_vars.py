@@ -102,6 +102,9 @@ def main() -> None:
         "PL_DATA": data["path"],
         "PL_DATA_FORMAT": data.get("format"),
         "PL_LABELS_FILE": data.get("labels_file"),
+        # A dataset's own test split (Fashion-MNIST's t10k files) as the validation set.
+        "PL_VALIDATION_DATA": data.get("validation_path"),
+        "PL_VALIDATION_LABELS_FILE": data.get("validation_labels_file"),
         "PL_VALIDATION_FRACTION": data.get("validation_fraction"),
         "PL_CLIENTS": p["clients"],
         "PL_SCHEME": part.get("scheme"),

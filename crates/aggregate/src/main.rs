@@ -194,6 +194,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     inputs.extend(args.updates.iter().map(|u| ("--updates", u.as_path())));
     inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
     raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
+    // Held from the start, so a concurrent writer of the same output is refused at once.
+    let mut staging = StagingDir::new(&args.output)?;
     let (rule, seed_record) = server_rule(&args)?;
     rule.validate()?;
     if let Some(dp) = &rule.dp {
@@ -300,7 +302,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let mut staging = StagingDir::new(&args.output)?;
     next.write_into(&mut staging)?;
     manifest.write_into(&mut staging)?;
     staging.commit()?;

@@ -107,6 +107,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
     )?;
+    // Taken before training, not after: a second writer of the same output is refused at
+    // once instead of training for minutes and then replacing this one's result.
+    let mut staging = StagingDir::new(&args.output)?;
     let checkpoint = Checkpoint::load(&args.model)?;
     let manifest_path = args.model.join(MANIFEST_FILE);
     let extracted = match manifest_path.is_file() {
@@ -267,7 +270,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Where the update belongs: carried over from raffm-extract's manifest.
     manifest.placement = extracted.and_then(|m| m.placement);
 
-    let mut staging = StagingDir::new(&args.output)?;
     trained.write_into(&mut staging)?;
     manifest.write_into(&mut staging)?;
     staging.commit()?;

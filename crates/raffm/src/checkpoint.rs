@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::json;
 
 use crate::elastic::{Init, TensorKind};
@@ -107,13 +107,30 @@ impl Checkpoint {
         let has =
             |dir: &Path| dir.join("tokenizer.json").is_file() || dir.join("vocab.txt").is_file();
         match &self.source {
-            Some(dir) if has(dir) => Ok(()),
+            // Loaded, not only found: a damaged tokenizer is refused here, before any
+            // stage copies it on.
+            Some(dir) if has(dir) => crate::tokenizer::TextTokenizer::from_dir(dir).map(|_| ()),
             Some(dir) => Err(Error::format(
                 dir,
                 "has no tokenizer (tokenizer.json or vocab.txt), which the later stages need",
             )),
             None => Err(Error::Invalid("the model has no tokenizer files".into())),
         }
+    }
+
+    /// Checks a folder an importer has staged, before it is committed: it must load as
+    /// the model it claims to be (config and tensors agree, every weight is finite, the
+    /// tokenizer loads). Errors are said of `input`, the file imported, which is what a
+    /// user can act on; the staging folder is gone once this returns.
+    pub fn check_import(staged: &Path, input: &Path) -> Result<Checkpoint> {
+        let checked = Checkpoint::load(staged).and_then(|c| c.check_tokenizer().map(|()| c));
+        checked.map_err(|e| {
+            let message = match e {
+                Error::Format { message, .. } => message,
+                other => other.to_string(),
+            };
+            Error::format(input, format!("the imported model is not valid: {message}"))
+        })
     }
 
     pub fn parameter_count(&self) -> u64 {
@@ -236,8 +253,22 @@ impl Checkpoint {
     }
 
     /// Writes `config.json`, `model.safetensors` and the source's processor files into an
-    /// output folder under construction.
+    /// output folder under construction. Refused before anything is written: tensors that
+    /// are not exactly what the config implies, or a non-finite weight. Every stage that
+    /// writes a model comes through here, so none commits a folder the next would refuse.
     pub fn write_into(&self, staging: &mut StagingDir) -> Result<()> {
+        self.validate(staging.target())?;
+        for (name, t) in &self.tensors {
+            if let Some(i) = crate::tensor::first_non_finite(&t.data) {
+                return Err(Error::format(
+                    staging.target(),
+                    format!(
+                        "not written: tensor `{name}` has a non-finite value ({}) at element {i}",
+                        t.data[i]
+                    ),
+                ));
+            }
+        }
         let config = self.config.to_json();
         let text = serde_json::to_string_pretty(&config).expect("config serializes");
         staging.write(CONFIG_FILE, format!("{text}\n").as_bytes())?;
@@ -265,6 +296,7 @@ impl Checkpoint {
                 let path = source.join(name);
                 if path.is_file() {
                     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+                    check_processor_file(&path, &bytes)?;
                     staging.write(name, &bytes)?;
                 }
             }
@@ -349,6 +381,19 @@ impl Checkpoint {
 /// Checks the files of a checkpoint folder against the hashes its `manifest.json` records
 /// (where it has one): `hashed` are records of files already hashed; other recorded files
 /// in the folder (the tokenizer's) are hashed here.
+/// A processor file is copied only once it reads: JSON files parse, and `tokenizer.json`
+/// loads as a tokenizer. A truncated copy stops the stage that would pass it on.
+fn check_processor_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if path.file_name().is_some_and(|n| n == "tokenizer.json") {
+        tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::format(path, format!("cannot load tokenizer: {e}")))?;
+    } else if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+            .map_err(|e| Error::format(path, format!("invalid JSON: {e}")))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn verify_recorded(dir: &Path, hashed: &[FileRecord]) -> Result<()> {
     let manifest_path = dir.join(crate::manifest::MANIFEST_FILE);
     if !manifest_path.is_file() {
@@ -415,12 +460,7 @@ type ReadTensors = (BTreeMap<String, HostTensor>, bool, Vec<String>);
 
 /// Decodes a safetensors file into canonical names; float dtypes are widened to f32.
 fn read_safetensors(path: &Path, bytes: &[u8], config: &ModelConfig) -> Result<ReadTensors> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| {
-        Error::format(
-            path,
-            format!("not a valid safetensors file ({e}); is it truncated?"),
-        )
-    })?;
+    let st = crate::safetensors_header::deserialize(path, bytes)?;
     let mut tensors = BTreeMap::new();
     let mut ignored = Vec::new();
     let mut prefixed = false;

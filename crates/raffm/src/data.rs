@@ -9,6 +9,8 @@
 //! * `jsonl`: one object per line, `{"text": .., "label": ..}` (optional `text_pair`);
 //! * `idx`: IDX image files (MNIST, Fashion-MNIST): an images file and a labels file;
 //! * `cifar10-bigbench`: CIFAR-10 as BIG-bench stores it (`task.json`, base64 PNGs);
+//! * `cifar10-binary`: CIFAR-10's binary batches (`data_batch_N.bin`, `test_batch.bin`): a
+//!   batch file, or the folder of the five training batches;
 //! * `image-folder`: a folder with one subfolder of PNG or JPEG images per class.
 //!
 //! Images are RGB (grayscale is converted) at their stored size; the model's
@@ -17,6 +19,10 @@
 //! Labels are class indices (integers) or class names (strings, indexed in sorted order);
 //! non-integer numbers make a regression task. Example ids are positions in the file (of
 //! the rows kept), so a partition can refer to them.
+//!
+//! A dataset that comes with its own test split (Fashion-MNIST's `t10k` files, CIFAR-10's
+//! `test_batch.bin`) names it as [`DataSource::validation`]: its examples follow the
+//! training file's, their ids continuing, and [`split`] makes them the validation set.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +39,7 @@ pub enum Format {
     Jsonl,
     Idx,
     Cifar10Bigbench,
+    Cifar10Binary,
     ImageFolder,
 }
 
@@ -45,9 +52,10 @@ impl std::str::FromStr for Format {
             "jsonl" => Ok(Format::Jsonl),
             "idx" => Ok(Format::Idx),
             "cifar10-bigbench" => Ok(Format::Cifar10Bigbench),
+            "cifar10-binary" => Ok(Format::Cifar10Binary),
             "image-folder" => Ok(Format::ImageFolder),
             _ => Err(format!(
-                "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl, idx, cifar10-bigbench or image-folder)"
+                "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl, idx, cifar10-bigbench, cifar10-binary or image-folder)"
             )),
         }
     }
@@ -57,7 +65,11 @@ impl Format {
     /// The format a file's name suggests.
     pub fn guess(path: &Path) -> Option<Format> {
         if path.is_dir() {
-            return Some(Format::ImageFolder);
+            return Some(if path.join("data_batch_1.bin").is_file() {
+                Format::Cifar10Binary
+            } else {
+                Format::ImageFolder
+            });
         }
         if path.ends_with("cifar10_classification/base64/task.json") {
             return Some(Format::Cifar10Bigbench);
@@ -71,6 +83,8 @@ impl Format {
             Some(Format::Jsonl)
         } else if name.contains("idx3-ubyte") {
             Some(Format::Idx)
+        } else if name.ends_with(".bin") && name.contains("batch") {
+            Some(Format::Cifar10Binary)
         } else {
             None
         }
@@ -85,6 +99,30 @@ pub struct DataSource {
     /// The labels file of an IDX dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_path: Option<PathBuf>,
+    /// The dataset's own test split, in the same format: the validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<ValidationFiles>,
+}
+
+/// Where a dataset's own test split is: a file (or folder) of the training data's format,
+/// with its labels file for IDX.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationFiles {
+    pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_path: Option<PathBuf>,
+}
+
+impl DataSource {
+    /// A source of one file (or folder) in `format`, with no labels file or test split.
+    pub fn file(format: Format, path: impl Into<PathBuf>) -> Self {
+        DataSource {
+            format,
+            path: path.into(),
+            labels_path: None,
+            validation: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,6 +158,15 @@ pub struct Dataset {
     pub examples: Vec<Example>,
     /// The file it was read from, for error messages.
     pub path: PathBuf,
+    /// Where the examples of a separate test split start, when the source has one.
+    pub held_out: Option<HeldOut>,
+}
+
+/// The examples read from a dataset's own test split: ids from `first_id` on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOut {
+    pub first_id: usize,
+    pub path: PathBuf,
 }
 
 impl Dataset {
@@ -149,11 +196,16 @@ impl Dataset {
         self.examples.get(id)
     }
 
-    /// Where example `id` is, for a message: `data.csv line 12`, or `data.idx example 3`.
+    /// Where example `id` is, for a message: `data.csv line 12`, or `data.idx example 3`
+    /// (counted within its file, for the examples of a separate test split).
     pub fn locate(&self, id: usize) -> String {
+        let (path, local) = match &self.held_out {
+            Some(h) if id >= h.first_id => (&h.path, id - h.first_id),
+            _ => (&self.path, id),
+        };
         match self.get(id).and_then(|e| e.line) {
-            Some(line) => format!("{} line {line}", self.path.display()),
-            None => format!("{} example {id}", self.path.display()),
+            Some(line) => format!("{} line {line}", path.display()),
+            None => format!("{} example {local}", path.display()),
         }
     }
 
@@ -193,31 +245,80 @@ impl Dataset {
         Ok(())
     }
 
+    /// Reads a dataset; with a [`DataSource::validation`] test split, its examples follow
+    /// the training file's.
     pub fn load(source: &DataSource) -> Result<Dataset> {
-        let path = &source.path;
-        let dataset = match source.format {
-            Format::RottenTomatoes => load_rotten_tomatoes(path)?,
-            Format::Tsv => load_table(path, b'\t')?,
-            Format::Jsonl => load_jsonl(path)?,
-            Format::Idx => {
-                let labels = source.labels_path.as_ref().ok_or_else(|| {
-                    Error::format(path, "an IDX dataset needs its labels file too")
-                })?;
-                load_idx(path, labels)?
-            }
-            Format::Cifar10Bigbench => {
-                images_dataset(path, crate::vision::data::cifar10_bigbench(path, 32)?)
-            }
-            Format::ImageFolder => images_dataset(path, crate::vision::data::image_folder(path)?),
-        };
-        if dataset.examples.is_empty() {
-            return Err(Error::format(path, "no examples"));
+        let mut dataset = load_file(source.format, &source.path, source.labels_path.as_deref())?;
+        if let Some(files) = &source.validation {
+            let test = load_file(source.format, &files.path, files.labels_path.as_deref())?;
+            dataset.append_held_out(test)?;
         }
-        Ok(Dataset {
-            path: path.clone(),
-            ..dataset
-        })
+        Ok(dataset)
     }
+
+    /// Appends a test split read from another file; both must have the same classes (a
+    /// numbered class missing from one of them is only a shorter list of numbers).
+    fn append_held_out(&mut self, test: Dataset) -> Result<()> {
+        let task = match (&self.task, &test.task) {
+            (Task::Regression, Task::Regression) => Task::Regression,
+            (Task::Classification { labels: a }, Task::Classification { labels: b })
+                if a.starts_with(b) || b.starts_with(a) =>
+            {
+                Task::Classification {
+                    labels: if a.len() >= b.len() { a } else { b }.clone(),
+                }
+            }
+            _ => {
+                return Err(Error::format(
+                    &test.path,
+                    format!(
+                        "its classes {:?} differ from those of {} ({:?})",
+                        test.label_names(),
+                        self.path.display(),
+                        self.label_names()
+                    ),
+                ))
+            }
+        };
+        let first_id = self.examples.len();
+        self.task = task;
+        self.examples
+            .extend(test.examples.into_iter().map(|e| Example {
+                id: first_id + e.id,
+                ..e
+            }));
+        self.held_out = Some(HeldOut {
+            first_id,
+            path: test.path,
+        });
+        Ok(())
+    }
+}
+
+/// One file (or folder) of a dataset.
+fn load_file(format: Format, path: &Path, labels: Option<&Path>) -> Result<Dataset> {
+    let dataset = match format {
+        Format::RottenTomatoes => load_rotten_tomatoes(path)?,
+        Format::Tsv => load_table(path, b'\t')?,
+        Format::Jsonl => load_jsonl(path)?,
+        Format::Idx => {
+            let labels = labels
+                .ok_or_else(|| Error::format(path, "an IDX dataset needs its labels file too"))?;
+            load_idx(path, labels)?
+        }
+        Format::Cifar10Bigbench => {
+            images_dataset(path, crate::vision::data::cifar10_bigbench(path, 32)?)
+        }
+        Format::Cifar10Binary => images_dataset(path, crate::vision::data::cifar10_binary(path)?),
+        Format::ImageFolder => images_dataset(path, crate::vision::data::image_folder(path)?),
+    };
+    if dataset.examples.is_empty() {
+        return Err(Error::format(path, "no examples"));
+    }
+    Ok(Dataset {
+        path: path.to_path_buf(),
+        ..dataset
+    })
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -293,6 +394,7 @@ fn assemble(path: &Path, rows: Vec<(Input, String, usize)>) -> Result<Dataset> {
         task,
         examples,
         path: path.to_path_buf(),
+        held_out: None,
     })
 }
 
@@ -346,6 +448,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
         },
         examples,
         path: path.to_path_buf(),
+        held_out: None,
     })
 }
 
@@ -485,6 +588,7 @@ fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
         },
         examples,
         path: images.to_path_buf(),
+        held_out: None,
     })
 }
 
@@ -519,11 +623,21 @@ fn images_dataset(path: &Path, loaded: crate::vision::data::LabeledImages) -> Da
         },
         examples,
         path: path.to_path_buf(),
+        held_out: None,
     }
 }
 
-/// Seeded split of all example ids into (train, validation).
+/// Seeded split of all example ids into (train, validation). A dataset with its own test
+/// split keeps it: the training file's examples train, the test file's validate, and
+/// `validation_fraction` is not used.
 pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    if let Some(held_out) = &dataset.held_out {
+        let n = dataset.examples.len();
+        return (
+            (0..held_out.first_id).collect(),
+            (held_out.first_id..n).collect(),
+        );
+    }
     let mut ids: Vec<usize> = (0..dataset.examples.len()).collect();
     SplitMix64::derive(seed, "split").shuffle(&mut ids);
     let n_val = ((ids.len() as f64) * validation_fraction).round() as usize;
@@ -604,6 +718,7 @@ mod tests {
             format,
             path,
             labels_path: None,
+            validation: None,
         })
     }
 
@@ -676,6 +791,7 @@ mod tests {
             format: Format::Idx,
             path: pi.clone(),
             labels_path: Some(pl.clone()),
+            validation: None,
         })
         .unwrap();
         assert_eq!(ds.examples.len(), 2);
@@ -694,9 +810,142 @@ mod tests {
             format: Format::Idx,
             path: pi,
             labels_path: Some(pl),
+            validation: None,
         })
         .unwrap_err();
         assert!(e.to_string().contains("need 2 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_test_split_file_is_the_validation_set_with_ids_after_the_training_file() {
+        let d = tempfile::tempdir().unwrap();
+        let file = |name: &str| d.path().join(name);
+        crate::fixtures::tiny_idx(
+            &file("train-images-idx3-ubyte"),
+            &file("train-labels-idx1-ubyte"),
+            2,
+            2,
+            &[0, 1, 2, 1],
+        );
+        crate::fixtures::tiny_idx(
+            &file("t10k-images-idx3-ubyte"),
+            &file("t10k-labels-idx1-ubyte"),
+            2,
+            2,
+            &[1, 0],
+        );
+        let source = DataSource {
+            format: Format::Idx,
+            path: file("train-images-idx3-ubyte"),
+            labels_path: Some(file("train-labels-idx1-ubyte")),
+            validation: Some(ValidationFiles {
+                path: file("t10k-images-idx3-ubyte"),
+                labels_path: Some(file("t10k-labels-idx1-ubyte")),
+            }),
+        };
+        let ds = Dataset::load(&source).unwrap();
+        assert_eq!(ds.examples.len(), 6);
+        assert_eq!(
+            ds.num_labels(),
+            3,
+            "the test file's classes 0-1 are within 0-2"
+        );
+        let ids: Vec<usize> = ds.examples.iter().map(|e| e.id).collect();
+        assert_eq!(ids, (0..6).collect::<Vec<_>>());
+        let Input::Image(first_test) = &ds.examples[4].input else {
+            panic!("not an image")
+        };
+        assert_eq!(
+            (first_test.get_pixel(0, 0)[0], ds.examples[4].label),
+            (0, 1.0)
+        );
+        // Whatever the fraction and seed, the files decide the split.
+        assert_eq!(split(&ds, 0.5, 7), (vec![0, 1, 2, 3], vec![4, 5]));
+        assert!(
+            ds.locate(5).ends_with("t10k-images-idx3-ubyte example 1"),
+            "{}",
+            ds.locate(5)
+        );
+        assert!(ds.locate(3).ends_with("train-images-idx3-ubyte example 3"));
+        // The source round-trips through partition.json.
+        let json = serde_json::to_string(&source).unwrap();
+        assert_eq!(serde_json::from_str::<DataSource>(&json).unwrap(), source);
+
+        // Classes that disagree are refused, naming the test file.
+        let jsonl = |name: &str, text: &str| write(d.path(), name, text);
+        let train = jsonl("a.jsonl", "{\"text\": \"x\", \"label\": \"cat\"}\n");
+        let test = jsonl("b.jsonl", "{\"text\": \"y\", \"label\": \"dog\"}\n");
+        let err = Dataset::load(&DataSource {
+            validation: Some(ValidationFiles {
+                path: test,
+                labels_path: None,
+            }),
+            ..DataSource::file(Format::Jsonl, train)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("b.jsonl") && err.contains("differ"), "{err}");
+    }
+
+    #[test]
+    fn cifar10_binary_batches_read_as_planes_with_their_class_names() {
+        let d = tempfile::tempdir().unwrap();
+        let folder = d.path().join("cifar-10-batches-bin");
+        std::fs::create_dir(&folder).unwrap();
+        crate::fixtures::tiny_cifar10_batch(&folder.join("data_batch_1.bin"), &[3, 9]);
+        crate::fixtures::tiny_cifar10_batch(&folder.join("data_batch_2.bin"), &[0]);
+        crate::fixtures::tiny_cifar10_batch(&folder.join("test_batch.bin"), &[5]);
+        assert_eq!(Format::guess(&folder), Some(Format::Cifar10Binary));
+        assert_eq!(
+            Format::guess(&folder.join("test_batch.bin")),
+            Some(Format::Cifar10Binary)
+        );
+        let ds = Dataset::load(&DataSource {
+            validation: Some(ValidationFiles {
+                path: folder.join("test_batch.bin"),
+                labels_path: None,
+            }),
+            ..DataSource::file(Format::Cifar10Binary, &folder)
+        })
+        .unwrap();
+        let labels: Vec<f32> = ds.examples.iter().map(|e| e.label).collect();
+        assert_eq!(
+            labels,
+            [3.0, 9.0, 0.0, 5.0],
+            "batches 1, 2, then the test batch"
+        );
+        assert_eq!(ds.label_names()[9], "truck");
+        assert_eq!(split(&ds, 0.1, 0), (vec![0, 1, 2], vec![3]));
+        let (images, _) = images(&ds, &[1]).unwrap();
+        // Red is the image's index in its batch, green the column, blue the row.
+        assert_eq!(images[0].dimensions(), (32, 32));
+        assert_eq!(images[0].get_pixel(7, 20).0, [1, 7, 20]);
+
+        // Class names from batches.meta.txt; a label past them, or a torn batch, is an
+        // error naming the file.
+        std::fs::write(folder.join("batches.meta.txt"), "a\nb\n\n").unwrap();
+        let batch = folder.join("data_batch_1.bin");
+        let err = Dataset::load(&DataSource::file(Format::Cifar10Binary, &batch))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("label 3"),
+            "{err}"
+        );
+        std::fs::write(&batch, [1u8; 100]).unwrap();
+        let err = Dataset::load(&DataSource::file(Format::Cifar10Binary, &folder))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("data_batch_1.bin") && err.contains("3073-byte"),
+            "{err}"
+        );
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let err = crate::vision::data::cifar10_binary(&empty)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data_batch_1.bin"), "{err}");
     }
 
     #[test]
@@ -727,6 +976,7 @@ mod tests {
             format: Format::ImageFolder,
             path: root.clone(),
             labels_path: None,
+            validation: None,
         })
         .unwrap();
         assert_eq!(ds.label_names(), ["blue", "green", "red"]);
@@ -790,6 +1040,7 @@ mod tests {
                 })
                 .collect(),
             path: "x".into(),
+            held_out: None,
         };
         let (t, v) = split(&ds, 0.2, 1);
         assert_eq!((t.len(), v.len()), (80, 20));

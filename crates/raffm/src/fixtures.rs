@@ -85,3 +85,34 @@ pub fn tiny_image_folder(root: &Path, per_class: usize) {
         }
     }
 }
+
+/// Writes a CIFAR-10 binary batch of one image per label in `labels`. Image `i`'s pixel at
+/// column x, row y is red `i`, green `x`, blue `y`, so a reader's plane order can be checked.
+pub fn tiny_cifar10_batch(path: &Path, labels: &[u8]) {
+    let mut bytes = Vec::with_capacity(labels.len() * 3073);
+    for (i, &label) in labels.iter().enumerate() {
+        bytes.push(label);
+        bytes.extend(std::iter::repeat_n(i as u8, 1024)); // red plane
+        bytes.extend((0..1024).map(|at| (at % 32) as u8)); // green: the column
+        bytes.extend((0..1024).map(|at| (at / 32) as u8)); // blue: the row
+    }
+    std::fs::write(path, bytes).expect("fixture batch is written");
+}
+
+/// Writes IDX images (`n` of `rows` x `cols`, image `i` filled with gray level `i`) and their
+/// labels (`labels`, one per image) to `images` and `labels_path`.
+pub fn tiny_idx(images: &Path, labels_path: &Path, rows: u32, cols: u32, labels: &[u8]) {
+    let n = labels.len() as u32;
+    let mut bytes = vec![0, 0, 8, 3];
+    for dim in [n, rows, cols] {
+        bytes.extend(dim.to_be_bytes());
+    }
+    for i in 0..labels.len() {
+        bytes.extend(std::iter::repeat_n(i as u8, (rows * cols) as usize));
+    }
+    std::fs::write(images, bytes).expect("fixture images are written");
+    let mut label_bytes = vec![0, 0, 8, 1];
+    label_bytes.extend(n.to_be_bytes());
+    label_bytes.extend(labels);
+    std::fs::write(labels_path, label_bytes).expect("fixture labels are written");
+}

@@ -36,6 +36,7 @@ pub mod pipeline;
 pub mod prioritize;
 pub mod privacy;
 pub mod rng;
+pub mod safetensors_header;
 pub mod search;
 pub mod sys;
 pub mod tensor;

@@ -37,6 +37,15 @@ pub struct Partition {
     pub file: std::path::PathBuf,
     pub data: DataSource,
     pub data_sha256: String,
+    /// The sha256 of the data's own test split, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_sha256: Option<String>,
+    /// The sha256 of the labels files (IDX) of the data and of its test split: a changed
+    /// labels file changes every label without touching the images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_labels_sha256: Option<String>,
     pub seed: u64,
     pub scheme: Scheme,
     pub label_names: Vec<String>,
@@ -55,26 +64,109 @@ impl Partition {
         let folder = path.parent().unwrap_or(Path::new(""));
         p.data.path = folder.join(&p.data.path);
         p.data.labels_path = p.data.labels_path.map(|l| folder.join(l));
+        if let Some(v) = &mut p.data.validation {
+            v.path = folder.join(&v.path);
+            v.labels_path = v.labels_path.as_ref().map(|l| folder.join(l));
+        }
         p.file = path.to_path_buf();
+        p.check_apart().map_err(|m| Error::format(path, m))?;
         Ok(p)
+    }
+
+    /// Validation examples are no client's, and no example is two clients': otherwise
+    /// validation accuracy is measured on trained-on data, or one example counts twice.
+    /// Checked wherever a partition is read, since a user may have written it.
+    fn check_apart(&self) -> std::result::Result<(), String> {
+        use std::collections::hash_map::Entry;
+        let mut owner: std::collections::HashMap<usize, Option<&str>> = Default::default();
+        for &id in &self.validation {
+            if owner.insert(id, None).is_some() {
+                return Err(format!(
+                    "example {id} is listed twice in the validation set"
+                ));
+            }
+        }
+        for &id in &self.train {
+            if owner.get(&id) == Some(&None) {
+                return Err(format!(
+                    "example {id} is in both the training and the validation set"
+                ));
+            }
+        }
+        for shard in &self.clients {
+            for &id in &shard.examples {
+                match owner.entry(id) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(Some(&shard.client));
+                    }
+                    Entry::Occupied(taken) => {
+                        return Err(match taken.get() {
+                            None => format!(
+                                "example {id} is in client {}'s training data and in the validation set",
+                                shard.client
+                            ),
+                            Some(other) if *other == shard.client => {
+                                format!("example {id} is listed twice for client {other}")
+                            }
+                            Some(other) => format!(
+                                "example {id} is in the training data of both client {other} and client {}",
+                                shard.client
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The partitioned dataset, checked against the sha256 recorded when it was
     /// partitioned: example ids mean nothing in a file that has changed since.
     pub fn dataset(&self) -> Result<Dataset> {
-        let got = crate::io::sha256_data(&self.data.path)?;
-        if got != self.data_sha256 {
+        self.check_unchanged(&self.data.path, &self.data_sha256)?;
+        match (&self.data.validation, &self.validation_sha256) {
+            (Some(v), Some(recorded)) => self.check_unchanged(&v.path, recorded)?,
+            (None, None) => {}
+            _ => {
+                return Err(Error::format(
+                    &self.file,
+                    "gives a validation file without its sha256, or a sha256 without the file",
+                ))
+            }
+        }
+        // Partitions written before labels were hashed record none; those are not checked.
+        let labels = [
+            (self.data.labels_path.as_ref(), &self.labels_sha256),
+            (
+                self.data
+                    .validation
+                    .as_ref()
+                    .and_then(|v| v.labels_path.as_ref()),
+                &self.validation_labels_sha256,
+            ),
+        ];
+        for (path, recorded) in labels {
+            if let (Some(path), Some(recorded)) = (path, recorded) {
+                self.check_unchanged(path, recorded)?;
+            }
+        }
+        Dataset::load(&self.data)
+    }
+
+    fn check_unchanged(&self, path: &Path, recorded: &str) -> Result<()> {
+        let got = crate::io::sha256_data(path)?;
+        if got != recorded {
             return Err(Error::format(
-                &self.data.path,
+                path,
                 format!(
                     "changed since {} was made (sha256 {}..., recorded {}...); partition it again",
                     self.file.display(),
                     crate::io::short_hash(&got),
-                    crate::io::short_hash(&self.data_sha256)
+                    crate::io::short_hash(recorded)
                 ),
             ));
         }
-        Dataset::load(&self.data)
+        Ok(())
     }
 
     /// How `data` is written in a partition file at `partition_path`: relative to the
@@ -279,6 +371,7 @@ mod tests {
                 })
                 .collect(),
             path: "x".into(),
+            held_out: None,
         }
     }
 
@@ -297,6 +390,104 @@ mod tests {
             })
             .sum::<f64>()
             / shards.len() as f64
+    }
+
+    #[test]
+    fn a_partition_that_leaks_validation_or_shares_examples_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partition.json");
+        let shard = |client: &str, examples: Vec<usize>| ClientShard {
+            client: client.into(),
+            label_histogram: vec![examples.len()],
+            examples,
+        };
+        let good = Partition {
+            file: path.clone(),
+            data: DataSource::file(crate::data::Format::Jsonl, "d.jsonl"),
+            data_sha256: "0".repeat(64),
+            validation_sha256: None,
+            labels_sha256: None,
+            validation_labels_sha256: None,
+            seed: 0,
+            scheme: Scheme::Iid,
+            label_names: vec!["a".into()],
+            train: vec![0, 1, 2, 3],
+            validation: vec![4, 5],
+            clients: vec![shard("c0", vec![0, 1]), shard("c1", vec![2, 3])],
+        };
+        let load = |p: &Partition| {
+            std::fs::write(&path, serde_json::to_string(p).unwrap()).unwrap();
+            Partition::load(&path)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(load(&good), Ok(()));
+        let mut leaky = good.clone();
+        leaky.clients[1].examples.push(5);
+        let e = load(&leaky).unwrap_err();
+        assert!(
+            e.contains("partition.json")
+                && e.contains(
+                    "example 5 is in client c1's training data and in the validation set"
+                ),
+            "{e}"
+        );
+        let mut shared = good.clone();
+        shared.clients[1].examples.push(0);
+        let e = load(&shared).unwrap_err();
+        assert!(
+            e.contains("example 0 is in the training data of both client c0 and client c1"),
+            "{e}"
+        );
+        let mut overlap = good.clone();
+        overlap.train.push(4);
+        assert!(load(&overlap)
+            .unwrap_err()
+            .contains("both the training and the validation set"));
+    }
+
+    #[test]
+    fn a_labels_file_changed_after_partitioning_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| dir.path().join(name);
+        crate::fixtures::tiny_idx(
+            &file("i-idx3-ubyte"),
+            &file("l-idx1-ubyte"),
+            2,
+            2,
+            &[0, 1, 1, 0],
+        );
+        let hash = |name: &str| Some(crate::io::sha256_data(&file(name)).unwrap());
+        let partition = Partition {
+            file: file("partition.json"),
+            data: DataSource {
+                labels_path: Some(file("l-idx1-ubyte")),
+                ..DataSource::file(crate::data::Format::Idx, file("i-idx3-ubyte"))
+            },
+            data_sha256: hash("i-idx3-ubyte").unwrap(),
+            validation_sha256: None,
+            labels_sha256: hash("l-idx1-ubyte"),
+            validation_labels_sha256: None,
+            seed: 0,
+            scheme: Scheme::Iid,
+            label_names: vec!["0".into(), "1".into()],
+            train: vec![0, 1],
+            validation: vec![2, 3],
+            clients: vec![],
+        };
+        assert_eq!(partition.dataset().unwrap().examples.len(), 4);
+        crate::fixtures::tiny_idx(
+            &file("i2-idx3-ubyte"),
+            &file("l-idx1-ubyte"),
+            2,
+            2,
+            &[1, 1, 1, 0],
+        );
+        let err = partition.dataset().unwrap_err().to_string();
+        assert!(
+            err.contains("l-idx1-ubyte") && err.contains("changed since"),
+            "{err}"
+        );
     }
 
     #[test]

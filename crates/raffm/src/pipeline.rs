@@ -153,8 +153,54 @@ pub struct Budgets {
 impl Budgets {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("invalid budgets file: {e}")))
+        let budgets: Budgets = serde_json::from_str(&text)
+            .map_err(|e| Error::format(path, format!("invalid budgets file: {e}")))?;
+        budgets.validate().map_err(|m| Error::format(path, m))?;
+        Ok(budgets)
+    }
+
+    /// Every limit is positive (a zero would be met by no model, or, as a device's memory,
+    /// silently overruled by what the client trained), every client id appears once, and
+    /// clients of one tier share their limits: a tier is a label for a budget, which the
+    /// per-tier summaries read from its first client.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let mut tiers: std::collections::HashMap<&str, &ClientBudget> = Default::default();
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.clients {
+            if !seen.insert(c.client.as_str()) {
+                return Err(format!("client `{}` appears twice", c.client));
+            }
+            let zero = [
+                ("train.max_parameters", c.train.max_parameters),
+                (
+                    "train.max_train_memory_bytes",
+                    c.train.max_train_memory_bytes,
+                ),
+                ("device_memory_bytes", c.device_memory_bytes),
+            ]
+            .into_iter()
+            .find(|(_, v)| *v == Some(0));
+            if let Some((field, _)) = zero {
+                return Err(format!(
+                    "client `{}`: {field} is 0; give a positive limit, or leave it out for none",
+                    c.client
+                ));
+            }
+            if c.tier.trim().is_empty() {
+                return Err(format!("client `{}` has no tier name", c.client));
+            }
+            let first = *tiers.entry(c.tier.as_str()).or_insert(c);
+            if (&first.train, first.device_memory_bytes) != (&c.train, c.device_memory_bytes) {
+                return Err(format!(
+                    "clients `{}` and `{}` are both of tier `{}` but have different limits",
+                    first.client, c.client, c.tier
+                ));
+            }
+        }
+        if self.clients.is_empty() {
+            return Err("no clients".into());
+        }
+        Ok(())
     }
 
     pub fn client(&self, id: &str) -> Option<&ClientBudget> {

@@ -24,6 +24,7 @@ fn shard() -> (Dataset, Vec<usize>) {
         format: Format::RottenTomatoes,
         path: assets_dir().join("rotten_tomatoes/rotten_tomatoes_corpus_full.csv"),
         labels_path: None,
+        validation: None,
     };
     let dataset = Dataset::load(&source).unwrap();
     let (train, _) = raffm::data::split(&dataset, 0.1, 0);

@@ -68,6 +68,7 @@ fn a_client_vocabulary_trains_and_aggregates_to_what_the_full_vocabulary_does() 
         format: Format::Jsonl,
         path: dir.path().join("reviews.jsonl"),
         labels_path: None,
+        validation: None,
     })
     .unwrap();
     // The client's shard uses some of the words only.

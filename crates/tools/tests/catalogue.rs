@@ -656,9 +656,16 @@ fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
         ),
     ]);
 
+    check_cases(&f, &cases);
+}
+
+/// Runs every case against the fixture: each must exit non-zero with one line holding its
+/// needles and write nothing; afterwards no hidden staging file or lock is left and no
+/// input has changed.
+fn check_cases(f: &Fixture, cases: &[Case]) {
     let inputs = snapshot(&f.root);
     let mut failures = Vec::new();
-    for c in &cases {
+    for c in cases {
         let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
         let o = run(c.binary, &args);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
@@ -722,5 +729,462 @@ fn a_run_reads_its_partition_from_any_working_directory() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Rewrites the JSON header of a safetensors file through `edit` (text in, text out),
+/// keeping the data, and drops the folder's manifest so its hashes cannot be what objects.
+fn rewrite_header(folder: &str, edit: impl FnOnce(&str) -> String) {
+    let file = format!("{folder}/model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let start = data_start(&file);
+    let header = edit(std::str::from_utf8(&bytes[8..start]).unwrap());
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header.as_bytes());
+    out.extend(&bytes[start..]);
+    std::fs::write(&file, out).unwrap();
+    let _ = std::fs::remove_file(format!("{folder}/manifest.json"));
+}
+
+/// The first tensor entry of a safetensors header: its name and its JSON object.
+fn first_entry(header: &str) -> (String, serde_json::Value) {
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(header).unwrap();
+    v.into_iter().find(|(k, _)| k != "__metadata__").unwrap()
+}
+
+/// The second audit: what a folder without a manifest, or a re-hashed one, could slip past
+/// the stages. Every case is refused in one line naming the file and the problem.
+#[test]
+fn the_second_audit_is_refused_cleanly() {
+    let f = Fixture::new();
+    let p = |s: &str| f.p(s);
+    let out = |s: &str| f.p(&format!("out/{s}"));
+    std::fs::create_dir_all(f.root.join("out")).unwrap();
+
+    // Data leakage: a validation example in a client's training set, one example in two
+    // clients' sets.
+    let partition: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("run/partition.json")).unwrap()).unwrap();
+    let held_out = partition["validation"][0].clone();
+    let leaky = f.copy("run/partition.json", "bad/leaky-partition.json");
+    edit_json(&leaky, |p| {
+        p["clients"][0]["examples"]
+            .as_array_mut()
+            .unwrap()
+            .push(held_out.clone())
+    });
+    let shared = f.copy("run/partition.json", "bad/shared-partition.json");
+    let of_c001 = partition["clients"][1]["examples"][0].clone();
+    edit_json(&shared, |p| {
+        p["clients"][0]["examples"]
+            .as_array_mut()
+            .unwrap()
+            .push(of_c001.clone())
+    });
+
+    // Header trust: one tensor listed twice (the second entry reads the same bytes as
+    // F16); an entry whose offsets do not fit its shape.
+    let twice = f.copy("run/global", "bad/twice");
+    rewrite_header(&twice, |h| {
+        let (name, mut entry) = first_entry(h);
+        let [start, end] = [0, 1].map(|i| entry["data_offsets"][i].as_u64().unwrap());
+        entry["dtype"] = "F16".into();
+        entry["data_offsets"] = serde_json::json!([start, start + (end - start) / 2]);
+        format!("{{\"{name}\":{entry},{}", &h[1..])
+    });
+    let offsets = f.copy("run/global", "bad/offsets");
+    let offsets_tensor = std::cell::RefCell::new(String::new());
+    rewrite_header(&offsets, |h| {
+        let (name, entry) = first_entry(h);
+        let end = entry["data_offsets"][1].as_u64().unwrap();
+        *offsets_tensor.borrow_mut() = name;
+        // The first entry's end, moved four bytes on: its shape no longer fits.
+        let from = format!("{end}]");
+        h.replacen(&from, &format!("{}]", end + 4), 1)
+    });
+    let offsets_tensor = offsets_tensor.into_inner();
+
+    // A truncated tokenizer.json in a folder without a manifest.
+    let torn = f.copy("run/global", "bad/torn-tokenizer");
+    std::fs::write(
+        format!("{torn}/tokenizer.json"),
+        "{\"version\": \"1.0\", \"mod",
+    )
+    .unwrap();
+    std::fs::remove_file(format!("{torn}/manifest.json")).unwrap();
+
+    // A consistent model without layers: config and tensors agree on none.
+    let no_layers = p("bad/no-layers");
+    let one_layer = raffm::Checkpoint::random(
+        &raffm::families::bert::tiny_model(
+            raffm::families::bert::Variant::Bert,
+            1,
+            32,
+            4,
+            64,
+            false,
+        ),
+        1,
+    );
+    std::fs::create_dir_all(&no_layers).unwrap();
+    let mut config = one_layer.config.to_json();
+    config["num_hidden_layers"] = 0.into();
+    config.as_object_mut().unwrap().remove("raffm");
+    std::fs::write(format!("{no_layers}/config.json"), config.to_string()).unwrap();
+    let outer: Vec<(String, &raffm::tensor::HostTensor)> = one_layer
+        .tensors
+        .iter()
+        .filter(|(name, _)| !name.contains("layer."))
+        .map(|(name, t)| (one_layer.config.hf_name(name, false), t))
+        .collect();
+    let mut weights = std::fs::File::create(format!("{no_layers}/model.safetensors")).unwrap();
+    raffm::checkpoint::write_safetensors(&mut weights, &outer).unwrap();
+    std::fs::copy(p("model/vocab.txt"), format!("{no_layers}/vocab.txt")).unwrap();
+
+    // budgets.json: a device of 0 bytes; two clients of one tier with different limits.
+    let zero_device = f.copy("run/budgets.json", "bad/zero-device.json");
+    edit_json(&zero_device, |b| {
+        b["clients"][0]["device_memory_bytes"] = 0.into()
+    });
+    let split_tier = f.copy("run/budgets.json", "bad/split-tier.json");
+    edit_json(&split_tier, |b| {
+        b["clients"][1]["train"]["max_parameters"] = 12345.into()
+    });
+
+    // An update whose config.json disagrees with its tensors, its manifest re-hashed to
+    // match.
+    let rehashed = f.copy("run/trained/c000", "bad/rehashed");
+    let config = format!("{rehashed}/config.json");
+    edit_json(&config, |c| c["hidden_size"] = 24.into());
+    let digest = raffm::io::sha256_file(Path::new(&config)).unwrap().sha256;
+    edit_json(&format!("{rehashed}/manifest.json"), |m| {
+        for o in m["outputs"].as_array_mut().unwrap() {
+            if o["path"].as_str().unwrap().ends_with("config.json") {
+                o["sha256"] = digest.clone().into();
+            }
+        }
+    });
+
+    let train = |partition: &str, o: &str| {
+        vec![
+            "-m".to_string(),
+            p("run/extracted/c000"),
+            "-p".into(),
+            partition.into(),
+            "-c".into(),
+            "c000".into(),
+            "-o".into(),
+            o.into(),
+        ]
+    };
+    let mut cases = vec![
+        Case {
+            name: "validation example in a client's training set, local-train",
+            binary: "raffm-local-train",
+            args: train(&leaky, &out("a")),
+            needles: vec![
+                "leaky-partition.json".into(),
+                format!("example {held_out} is in client c000's training data and in the validation set"),
+            ],
+            output: out("a"),
+        },
+        Case {
+            name: "one example in two clients, local-train",
+            binary: "raffm-local-train",
+            args: train(&shared, &out("b")),
+            needles: vec![
+                "shared-partition.json".into(),
+                format!("example {of_c001} is in the training data of both client c000 and client c001"),
+            ],
+            output: out("b"),
+        },
+    ];
+    cases.extend([
+        case(
+            "validation example in a client's training set, aggregate --partition",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &p("run/trained/c000"),
+                "--partition",
+                &leaky,
+                "-o",
+                &out("c"),
+            ],
+            &["leaky-partition.json", "validation set"],
+            &out("c"),
+        ),
+        case(
+            "validation example in a client's training set, extract --vocabulary client",
+            "raffm-extract",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "--budgets",
+                &p("run/budgets.json"),
+                "--partition",
+                &leaky,
+                "--vocabulary",
+                "client",
+                "--clients",
+                "c000",
+                "-o",
+                &out("d"),
+            ],
+            &["leaky-partition.json", "validation set"],
+            &out("d"),
+        ),
+        case(
+            "a tensor listed twice in the header",
+            "raffm-prioritize",
+            &["-i", &twice, "-o", &out("e")],
+            &["twice/model.safetensors", "is listed twice"],
+            &out("e"),
+        ),
+        case(
+            "a tensor listed twice in the header, evaluate",
+            "raffm-evaluate",
+            &["-m", &twice, "-p", &p("run/partition.json")],
+            &["twice/model.safetensors", "is listed twice"],
+            &out("none"),
+        ),
+    ]);
+    cases.push(Case {
+        name: "data_offsets that do not fit the shape",
+        binary: "raffm-prioritize",
+        args: vec!["-i".into(), offsets.clone(), "-o".into(), out("f")],
+        needles: vec![
+            "offsets/model.safetensors".into(),
+            format!("tensor `{offsets_tensor}`"),
+            "data_offsets".into(),
+        ],
+        output: out("f"),
+    });
+    for (binary, args, o) in [
+        (
+            "raffm-prioritize",
+            vec!["-i", &torn, "-o", &out("g")],
+            out("g"),
+        ),
+        (
+            "raffm-extract",
+            vec!["-g", &torn, "--clients", "c0", "-o", &out("h")],
+            out("h"),
+        ),
+    ] {
+        cases.push(case(
+            "a truncated tokenizer.json without a manifest",
+            binary,
+            &args,
+            &["torn-tokenizer/tokenizer.json", "cannot load tokenizer"],
+            &o,
+        ));
+    }
+    for (binary, args, o) in [
+        (
+            "raffm-prioritize",
+            vec!["-i", &no_layers, "-o", &out("i")],
+            out("i"),
+        ),
+        (
+            "raffm-extract",
+            vec!["-g", &no_layers, "--clients", "c0", "-o", &out("j")],
+            out("j"),
+        ),
+        (
+            "raffm-deploy-scale",
+            vec![
+                "-g",
+                &no_layers,
+                "--budgets",
+                &p("run/budgets.json"),
+                "--partition",
+                &p("run/partition.json"),
+                "-o",
+                &out("k"),
+            ],
+            out("k"),
+        ),
+        (
+            "raffm-evaluate",
+            vec!["-m", &no_layers, "-p", &p("run/partition.json")],
+            out("none"),
+        ),
+        (
+            "raffm-local-train",
+            vec![
+                "-m",
+                &no_layers,
+                "-p",
+                &p("run/partition.json"),
+                "-c",
+                "c000",
+                "-o",
+                &out("l"),
+            ],
+            out("l"),
+        ),
+    ] {
+        cases.push(case(
+            "num_hidden_layers 0, config and tensors agreeing",
+            binary,
+            &args,
+            &[
+                "no-layers/config.json",
+                "num_hidden_layers must be at least 1",
+            ],
+            &o,
+        ));
+    }
+    cases.extend([
+        case(
+            "a device of 0 bytes",
+            "raffm-deploy-scale",
+            &[
+                "-g",
+                &p("run/global"),
+                "--budgets",
+                &zero_device,
+                "--partition",
+                &p("run/partition.json"),
+                "-o",
+                &out("m"),
+            ],
+            &[
+                "zero-device.json",
+                "client `c000`: device_memory_bytes is 0",
+            ],
+            &out("m"),
+        ),
+        case(
+            "two clients of one tier with different limits",
+            "raffm-extract",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "--budgets",
+                &split_tier,
+                "--clients",
+                "c000",
+                "-o",
+                &out("n"),
+            ],
+            &[
+                "split-tier.json",
+                "both of tier `s` but have different limits",
+            ],
+            &out("n"),
+        ),
+        case(
+            "an update whose config disagrees with its tensors, re-hashed",
+            "raffm-aggregate",
+            &[
+                "-g",
+                &p("run/prioritized"),
+                "-u",
+                &rehashed,
+                "-o",
+                &out("o"),
+            ],
+            &["rehashed/model.safetensors", "config.json implies"],
+            &out("o"),
+        ),
+    ]);
+    check_cases(&f, &cases);
+}
+
+/// A tier name is a label for a budget: `budgets.json` defines none, and one the pipeline
+/// never named ("galactic") is accepted, its clients getting the limits written beside it.
+#[test]
+fn a_tier_name_is_a_label_for_the_limits_beside_it() {
+    let f = Fixture::new();
+    let budgets = f.copy("run/budgets.json", "galactic.json");
+    edit_json(&budgets, |b| {
+        for c in b["clients"].as_array_mut().unwrap() {
+            c["tier"] = "galactic".into();
+        }
+    });
+    let o = f.p("out");
+    ok(
+        "raffm-extract",
+        &[
+            "-g",
+            &f.p("run/prioritized"),
+            "--budgets",
+            &budgets,
+            "--clients",
+            "c000",
+            "-o",
+            &o,
+            "-q",
+        ],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{o}/c000/manifest.json")).unwrap())
+            .unwrap();
+    let want = raffm::pipeline::Budgets::load(Path::new(&budgets))
+        .unwrap()
+        .clients[0]
+        .train
+        .max_parameters;
+    assert_eq!(manifest["budget"]["max_parameters"].as_u64(), want);
+}
+
+/// Two writers of one output: the second is refused at once, while the first still runs,
+/// instead of training too and silently replacing the first's result.
+#[test]
+fn a_second_local_train_into_the_same_output_is_refused_while_the_first_runs() {
+    let f = Fixture::new();
+    let o = f.p("out/c000");
+    let args = |seed: &str| -> Vec<String> {
+        [
+            "-m",
+            &f.p("run/extracted/c000"),
+            "-p",
+            &f.p("run/partition.json"),
+            "-c",
+            "c000",
+            "--max-steps",
+            "400",
+            "--batch-size",
+            "4",
+            "--seed",
+            seed,
+            "-q",
+            "-o",
+            &o,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut first = Command::new(bin("raffm-local-train"))
+        .args(args("1"))
+        .spawn()
+        .unwrap();
+    // The first holds the output's lock from its start.
+    let lock = f.root.join("out/.c000.lock");
+    let started = std::time::Instant::now();
+    while !lock.exists() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the first writer never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = run(
+        "raffm-local-train",
+        &args("2").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "both writers succeeded");
+    assert!(err.contains("another process is writing it"), "{err}");
+    assert!(first.wait().unwrap().success());
+    let manifest = std::fs::read_to_string(format!("{o}/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"seed\": 1") || manifest.contains("\"seed\":1"),
+        "{manifest}"
     );
 }

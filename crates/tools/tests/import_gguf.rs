@@ -198,3 +198,52 @@ fn a_truncated_gguf_and_a_non_llama_file_are_one_line_errors_and_write_nothing()
         assert_eq!(left.len(), 2, "{left:?}");
     }
 }
+
+/// The storage type of tensor `name` in a GGUF file's header, and where it is written.
+fn type_field(bytes: &[u8], name: &str) -> usize {
+    let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("the tensor is in the header")
+        + needle.len();
+    let dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * dims
+}
+
+#[test]
+fn a_tensor_whose_type_was_changed_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(gguf_path()).unwrap();
+    let field = type_field(&bytes, "blk.0.ffn_down.weight");
+    assert_eq!(
+        u32::from_le_bytes(bytes[field..field + 4].try_into().unwrap()),
+        3,
+        "stored as Q4_1"
+    );
+    // Q4_0 (type 2) reads Q4_1's blocks with the wrong stride; F32 (type 0) reads its
+    // bytes as floats.
+    for new_type in [2u32, 0] {
+        let mut changed = bytes.clone();
+        changed[field..field + 4].copy_from_slice(&new_type.to_le_bytes());
+        let input = dir.path().join("changed.gguf");
+        std::fs::write(&input, &changed).unwrap();
+        let out = dir.path().join("out");
+        let result = run(
+            "raffm-import-gguf",
+            &[
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "type {new_type}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("changed.gguf"), "{err}");
+        assert!(!out.exists(), "type {new_type}: an output was written");
+        std::fs::remove_file(&input).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -59,6 +59,80 @@ fn a_probe_runs_from_image_files_to_an_accuracy() {
     );
 }
 
+/// With a partition, the references are its training examples and the queries its
+/// validation examples: here an IDX training file and its own test split.
+#[test]
+fn a_probe_reads_a_partition_with_a_test_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let labels: Vec<u8> = (0..12).map(|i| i % 3).collect();
+    raffm::fixtures::tiny_idx(
+        Path::new(&file("train-images-idx3-ubyte")),
+        Path::new(&file("train-labels-idx1-ubyte")),
+        6,
+        6,
+        &labels,
+    );
+    raffm::fixtures::tiny_idx(
+        Path::new(&file("t10k-images-idx3-ubyte")),
+        Path::new(&file("t10k-labels-idx1-ubyte")),
+        6,
+        6,
+        &labels[..5],
+    );
+    ok(
+        "raffm-partition",
+        &[
+            "--data",
+            &file("train-images-idx3-ubyte"),
+            "--labels-file",
+            &file("train-labels-idx1-ubyte"),
+            "--validation-data",
+            &file("t10k-images-idx3-ubyte"),
+            "--validation-labels-file",
+            &file("t10k-labels-idx1-ubyte"),
+            "--clients",
+            "2",
+            "--output",
+            &file("partition.json"),
+        ],
+    );
+    let (model, partition) = (tiny_dinov2(), file("partition.json"));
+    let probe = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "probe",
+            "--model",
+            model.to_str().unwrap(),
+            "--partition",
+            &partition,
+            "--size",
+            "16",
+            "--k",
+            "3",
+            "--quiet",
+        ];
+        args.extend(extra);
+        let out = run("raffm-vision", &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let all = probe(&[]);
+    assert_eq!(
+        (all["train"].as_u64(), all["test"].as_u64()),
+        (Some(12), Some(5)),
+        "{all}"
+    );
+    let capped = probe(&["--train", "6", "--test", "2"]);
+    assert_eq!(
+        (capped["train"].as_u64(), capped["test"].as_u64()),
+        (Some(6), Some(2))
+    );
+}
+
 #[test]
 fn bad_inputs_are_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();

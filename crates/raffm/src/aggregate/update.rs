@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 use crate::attack::Attack;
 use crate::checkpoint::{
@@ -42,12 +42,7 @@ impl UpdateWeights {
         let map = map_file(path)?;
         let mut tensors = BTreeMap::new();
         {
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
-                Error::format(
-                    path,
-                    format!("not a valid safetensors file ({e}); is it truncated?"),
-                )
-            })?;
+            let st = crate::safetensors_header::deserialize(path, &map)?;
             let base = map.as_ptr() as usize;
             for (hf_name, view) in st.tensors() {
                 let Some((canonical, _)) = config.canonical_name(&hf_name) else {
@@ -75,10 +70,53 @@ impl UpdateWeights {
                 }
             }
         }
-        Ok(Self {
+        let weights = Self {
             map: Some(map),
             tensors,
-        })
+        };
+        weights.check_config(config, path)?;
+        Ok(weights)
+    }
+
+    /// The tensors must be exactly those `config` implies, with its shapes: an update
+    /// whose `config.json` disagrees with its weights was not written by a stage, whatever
+    /// its manifest's hashes say.
+    fn check_config(&self, config: &ModelConfig, path: &Path) -> Result<()> {
+        let expected = config.shapes();
+        for (spec, shape) in &expected {
+            match self.tensors.get(&spec.name) {
+                None => {
+                    return Err(Error::format(
+                        path,
+                        format!("missing tensor `{}`, which config.json implies", spec.name),
+                    ))
+                }
+                Some(t) if &t.shape != shape => {
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "tensor `{}` has shape {:?} but config.json implies {:?}",
+                            spec.name, t.shape, shape
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.tensors.len() != expected.len() {
+            let extra = self
+                .tensors
+                .keys()
+                .find(|n| !expected.iter().any(|(s, _)| &s.name == *n));
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor `{}` is not described by config.json",
+                    extra.map_or("?", |n| n)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The tensors of an in-memory checkpoint (tests, library users).

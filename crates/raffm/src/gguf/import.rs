@@ -221,7 +221,14 @@ fn tensors(g: &GgufFile, hp: &Hparams) -> Result<BTreeMap<String, HostTensor>> {
                 want[&name]
             )));
         }
-        let mut t = HostTensor::new(info.shape(), g.tensor_f32(info)?);
+        let values = g.tensor_f32(info)?;
+        if let Some(i) = crate::tensor::first_non_finite(&values) {
+            return Err(bad(format!(
+                "tensor {} decodes to a non-finite value ({}) at element {i}: its data do not match its type",
+                info.name, values[i]
+            )));
+        }
+        let mut t = HostTensor::new(info.shape(), values);
         if name.ends_with("q_proj.weight") {
             t = unpermute_rotary_rows(&t, hp.heads);
         } else if name.ends_with("k_proj.weight") {

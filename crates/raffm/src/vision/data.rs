@@ -2,8 +2,9 @@
 //! the model's input.
 //!
 //! Sources: CIFAR-10 as BIG-bench stores it (`cifar10_classification/base64/task.json`:
-//! base64 PNGs, the label the `target_scores` key with value 1), a folder of images per
-//! class (the ImageFolder layout: `root/<class>/<image>.png|jpg`, classes in sorted order),
+//! base64 PNGs, the label the `target_scores` key with value 1), CIFAR-10's binary batches
+//! (`data_batch_N.bin`, `test_batch.bin`: a label byte, then 32 x 32 red, green and blue
+//! planes, per image), a folder of images per class (the ImageFolder layout: `root/<class>/<image>.png|jpg`, classes in sorted order),
 //! and IDX files (Fashion-MNIST). PNG and JPEG decode through the `image` crate; grayscale
 //! becomes RGB. Every error names the file (and the example) it is about.
 //!
@@ -90,6 +91,110 @@ pub fn cifar10_bigbench(path: &Path, size: u32) -> Result<LabeledImages> {
         out.labels.push(label);
     }
     Ok(out)
+}
+
+/// CIFAR-10's class names, in label order, for batches without `batches.meta.txt`.
+pub const CIFAR10_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// Bytes of one image in a CIFAR-10 binary batch: its label, then its three planes.
+const CIFAR10_RECORD: usize = 1 + 3 * 32 * 32;
+
+/// CIFAR-10's binary batches: one batch file (`test_batch.bin`, say), or a folder, read as
+/// its training batches `data_batch_1.bin` to `data_batch_5.bin` in order (those present,
+/// at least the first). Class names come from `batches.meta.txt` beside the batches when
+/// it is there.
+pub fn cifar10_binary(path: &Path) -> Result<LabeledImages> {
+    let (folder, batches) = if path.is_dir() {
+        let batches: Vec<PathBuf> = (1..=5)
+            .map(|i| path.join(format!("data_batch_{i}.bin")))
+            .take_while(|p| p.is_file())
+            .collect();
+        if batches.is_empty() {
+            return Err(Error::format(
+                path,
+                "a CIFAR-10 folder needs data_batch_1.bin (and up to data_batch_5.bin)",
+            ));
+        }
+        (path, batches)
+    } else {
+        (
+            path.parent().unwrap_or(Path::new("")),
+            vec![path.to_path_buf()],
+        )
+    };
+    let classes = cifar10_class_names(&folder.join("batches.meta.txt"))?;
+    let mut out = LabeledImages {
+        images: Vec::new(),
+        labels: Vec::new(),
+        classes,
+    };
+    for batch in &batches {
+        let bytes = std::fs::read(batch).map_err(|e| Error::io(batch, e))?;
+        if bytes.is_empty() || bytes.len() % CIFAR10_RECORD != 0 {
+            return Err(Error::format(
+                batch,
+                format!(
+                    "{} bytes is not a whole number of {CIFAR10_RECORD}-byte CIFAR-10 records",
+                    bytes.len()
+                ),
+            ));
+        }
+        for (i, record) in bytes.chunks_exact(CIFAR10_RECORD).enumerate() {
+            let label = record[0] as usize;
+            if label >= out.classes.len() {
+                return Err(Error::format(
+                    batch,
+                    format!(
+                        "image {i} has label {label}; there are {} classes",
+                        out.classes.len()
+                    ),
+                ));
+            }
+            let planes = &record[1..]; // [channel, row, col]
+            let image = RgbImage::from_fn(32, 32, |x, y| {
+                let at = (y * 32 + x) as usize;
+                image::Rgb([planes[at], planes[1024 + at], planes[2048 + at]])
+            });
+            out.images.push(image);
+            out.labels.push(label);
+        }
+    }
+    Ok(out)
+}
+
+/// `batches.meta.txt`: one class name per line; CIFAR-10's own names when it is absent.
+fn cifar10_class_names(meta: &Path) -> Result<Vec<String>> {
+    if !meta.is_file() {
+        return Ok(CIFAR10_CLASSES.map(String::from).to_vec());
+    }
+    let text = std::fs::read_to_string(meta).map_err(|e| Error::io(meta, e))?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() || names.len() > 256 {
+        return Err(Error::format(
+            meta,
+            format!(
+                "expected 1 to 256 class names, one per line, found {}",
+                names.len()
+            ),
+        ));
+    }
+    Ok(names)
 }
 
 /// A folder with one subfolder of images per class (PNG or JPEG; other files are an

@@ -7,7 +7,7 @@ pub mod data;
 pub mod probe;
 pub mod train;
 
-pub use data::{cifar10_bigbench, decode, image_folder, LabeledImages, Preprocess};
+pub use data::{cifar10_bigbench, cifar10_binary, decode, image_folder, LabeledImages, Preprocess};
 
 /// Refuses a vision model where text comes in, before a text model's loader would.
 pub(crate) fn check_not_vision(checkpoint: &crate::Checkpoint) -> crate::error::Result<()> {

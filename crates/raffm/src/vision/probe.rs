@@ -51,7 +51,9 @@ pub fn cls_features<B: FusedOps>(
 }
 
 /// The share of `test` whose majority class among its `k` nearest `train` features (by
-/// cosine similarity of normalised features) is its label.
+/// cosine similarity of normalised features) is its label. Queries run in parallel; each
+/// selects its `k` nearest in linear time, so 60,000 references by 10,000 queries take
+/// seconds rather than a sort per query.
 pub fn knn_accuracy(
     train: &[Vec<f32>],
     train_labels: &[usize],
@@ -59,19 +61,31 @@ pub fn knn_accuracy(
     test_labels: &[usize],
     k: usize,
 ) -> f64 {
+    use rayon::prelude::*;
     let classes = train_labels.iter().max().map_or(0, |m| m + 1);
+    let k = k.min(train.len());
+    if k == 0 {
+        return 0.0;
+    }
     let correct = test
-        .iter()
-        .zip(test_labels)
+        .par_iter()
+        .zip(test_labels.par_iter())
         .filter(|(query, &label)| {
+            // Nearest first; equal similarities by training index, so the result does
+            // not depend on how the selection ran.
             let mut scored: Vec<(f32, usize)> = train
                 .iter()
-                .zip(train_labels)
-                .map(|(t, &l)| (t.iter().zip(query.iter()).map(|(a, b)| a * b).sum(), l))
+                .enumerate()
+                .map(|(i, t)| (dot(t, query), i))
                 .collect();
-            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let nearer =
+                |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+            scored.select_nth_unstable_by(k - 1, nearer);
+            let nearest = &mut scored[..k];
+            nearest.sort_unstable_by(nearer);
             let mut votes = vec![(0usize, usize::MAX); classes];
-            for (rank, &(_, l)) in scored.iter().take(k).enumerate() {
+            for (rank, &(_, i)) in nearest.iter().enumerate() {
+                let l = train_labels[i];
                 votes[l].0 += 1;
                 votes[l].1 = votes[l].1.min(rank);
             }
@@ -88,6 +102,24 @@ pub fn knn_accuracy(
         })
         .count();
     correct as f64 / test.len().max(1) as f64
+}
+
+/// A dot product in eight independent lanes, which the compiler keeps in vector registers.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for l in 0..8 {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -116,6 +148,23 @@ mod tests {
         assert_eq!(
             knn_accuracy(&train[1..3], &labels[1..3], &[unit(1.0, 0.3)], &[0], 2),
             1.0
+        );
+        // k past the references takes them all.
+        assert_eq!(
+            knn_accuracy(&train[..2], &labels[..2], &test[..1], &[0], 50),
+            1.0
+        );
+    }
+
+    #[test]
+    fn the_lane_dot_product_is_the_plain_one() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..19).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!(
+            (dot(&a, &b) - plain).abs() < 1e-4,
+            "{} vs {plain}",
+            dot(&a, &b)
         );
     }
 }

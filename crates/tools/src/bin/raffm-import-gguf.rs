@@ -50,6 +50,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             "tensor_types": tensor_types(&gguf),
         }),
     );
+    // The folder must read back as the model it claims to be (every weight finite, the
+    // tokenizer loading) before it replaces anything.
+    raffm::Checkpoint::check_import(staging.path(), &args.input)?;
     manifest.write_into(&mut staging)?;
     staging.commit()?;
     eprintln!(

@@ -72,10 +72,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|(n, t)| (n.clone(), t))
         .collect();
     staging.write_with("model.safetensors", |w| write_safetensors(w, &ordered))?;
+    // The folder must read back as the model it claims to be before it replaces anything.
+    raffm::Checkpoint::check_import(staging.path(), &args.input)?;
     manifest.write_into(&mut staging)?;
     staging.commit()?;
-    // The folder must read back as the model it claims to be.
-    raffm::Checkpoint::load(&args.output)?;
     eprintln!(
         "{}: {} tensors ({} recovered from MatMuls), {:.1}M parameters ({} layers, hidden {}) -> {}",
         args.input.display(),

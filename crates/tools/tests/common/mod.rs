@@ -156,6 +156,7 @@ impl Fixture {
                 std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
             }
         } else {
+            std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
             std::fs::copy(&src, &dst).unwrap();
         }
         self.p(to)

@@ -274,6 +274,9 @@ impl BertConfig {
         if self.hidden_size == 0 || self.attention_scale_head_dim == 0 {
             return Err("hidden_size and the attention head dimension must be positive".into());
         }
+        if self.layers.is_empty() {
+            return Err("num_hidden_layers must be at least 1".into());
+        }
         if self.global_layers.len() != self.layers.len() {
             return Err(format!(
                 "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",

@@ -189,6 +189,9 @@ impl LlamaConfig {
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
+        if self.layers.is_empty() {
+            return Err("num_hidden_layers must be at least 1".into());
+        }
         if self.global_layers.len() != self.layers.len() {
             return Err(format!(
                 "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",

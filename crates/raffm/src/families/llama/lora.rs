@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::SafeTensors;
 use serde_json::{json, Map, Value};
 
 use super::config::LlamaConfig;
@@ -353,12 +352,7 @@ impl LoraAdapter {
         let config = LoraConfig::from_json(&value, &config_path)?;
         let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
         let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
-            Error::format(
-                &weights_path,
-                format!("not a valid safetensors file ({e}); is it truncated?"),
-            )
-        })?;
+        let st = crate::safetensors_header::deserialize(&weights_path, &bytes)?;
         let mut halves: BTreeMap<String, [Option<HostTensor>; 2]> = BTreeMap::new();
         for (name, view) in st.tensors() {
             let (module, slot) = name

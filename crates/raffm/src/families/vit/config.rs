@@ -235,6 +235,9 @@ impl VitConfig {
         if self.classifier && self.num_labels == 0 {
             return Err("an image classifier needs id2label or num_labels".into());
         }
+        if self.layers.is_empty() {
+            return Err("num_hidden_layers must be at least 1".into());
+        }
         if self.global_layers.len() != self.layers.len() {
             return Err(format!(
                 "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",
