@@ -256,37 +256,52 @@ impl Dataset {
         Ok(dataset)
     }
 
-    /// Appends a test split read from another file; both must have the same classes (a
-    /// numbered class missing from one of them is only a shorter list of numbers).
+    /// Appends a test split read from another file. Its classes must be among the training
+    /// file's: numbered classes are a shorter or longer list of numbers, and named classes
+    /// (indexed in sorted order within each file) are matched by name, so a test split that
+    /// lacks a class still labels the others as the training file does.
     fn append_held_out(&mut self, test: Dataset) -> Result<()> {
-        let task = match (&self.task, &test.task) {
-            (Task::Regression, Task::Regression) => Task::Regression,
-            (Task::Classification { labels: a }, Task::Classification { labels: b })
-                if a.starts_with(b) || b.starts_with(a) =>
-            {
-                Task::Classification {
-                    labels: if a.len() >= b.len() { a } else { b }.clone(),
+        let differ = |ours: &[String], theirs: &[String]| {
+            Error::format(
+                &test.path,
+                format!(
+                    "its classes {theirs:?} differ from those of {} ({ours:?})",
+                    self.path.display()
+                ),
+            )
+        };
+        // The training file's index of each of the test file's classes.
+        let (task, index_of): (Task, Vec<usize>) = match (&self.task, &test.task) {
+            (Task::Regression, Task::Regression) => (Task::Regression, Vec::new()),
+            (Task::Classification { labels: a }, Task::Classification { labels: b }) => {
+                if a.starts_with(b) || b.starts_with(a) {
+                    let longer = if a.len() >= b.len() { a } else { b };
+                    let task = Task::Classification {
+                        labels: longer.clone(),
+                    };
+                    (task, (0..b.len()).collect())
+                } else {
+                    let index_of = b
+                        .iter()
+                        .map(|name| a.iter().position(|n| n == name))
+                        .collect::<Option<Vec<usize>>>()
+                        .ok_or_else(|| differ(a, b))?;
+                    (self.task.clone(), index_of)
                 }
             }
-            _ => {
-                return Err(Error::format(
-                    &test.path,
-                    format!(
-                        "its classes {:?} differ from those of {} ({:?})",
-                        test.label_names(),
-                        self.path.display(),
-                        self.label_names()
-                    ),
-                ))
-            }
+            _ => return Err(differ(&self.label_names(), &test.label_names())),
         };
         let first_id = self.examples.len();
         self.task = task;
-        self.examples
-            .extend(test.examples.into_iter().map(|e| Example {
+        self.examples.extend(test.examples.into_iter().map(|e| {
+            Example {
                 id: first_id + e.id,
+                label: index_of
+                    .get(e.label as usize)
+                    .map_or(e.label, |&i| i as f32),
                 ..e
-            }));
+            }
+        }));
         self.held_out = Some(HeldOut {
             first_id,
             path: test.path,
@@ -871,10 +886,28 @@ mod tests {
         let json = serde_json::to_string(&source).unwrap();
         assert_eq!(serde_json::from_str::<DataSource>(&json).unwrap(), source);
 
-        // Classes that disagree are refused, naming the test file.
+        // Named classes are matched by name: a test split with only `dog` labels it 1, as
+        // the training file does; a class the training file lacks is refused, naming the
+        // test file.
         let jsonl = |name: &str, text: &str| write(d.path(), name, text);
-        let train = jsonl("a.jsonl", "{\"text\": \"x\", \"label\": \"cat\"}\n");
-        let test = jsonl("b.jsonl", "{\"text\": \"y\", \"label\": \"dog\"}\n");
+        let train = jsonl(
+            "a.jsonl",
+            "{\"text\": \"x\", \"label\": \"cat\"}\n{\"text\": \"z\", \"label\": \"dog\"}\n",
+        );
+        let dogs = jsonl("dogs.jsonl", "{\"text\": \"y\", \"label\": \"dog\"}\n");
+        let ds = Dataset::load(&DataSource {
+            validation: Some(ValidationFiles {
+                path: dogs,
+                labels_path: None,
+            }),
+            ..DataSource::file(Format::Jsonl, &train)
+        })
+        .unwrap();
+        assert_eq!(
+            (ds.label_names(), ds.examples[2].label),
+            (vec!["cat".to_string(), "dog".into()], 1.0)
+        );
+        let test = jsonl("b.jsonl", "{\"text\": \"y\", \"label\": \"emu\"}\n");
         let err = Dataset::load(&DataSource {
             validation: Some(ValidationFiles {
                 path: test,
