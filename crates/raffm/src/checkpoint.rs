@@ -378,9 +378,6 @@ impl Checkpoint {
     }
 }
 
-/// Checks the files of a checkpoint folder against the hashes its `manifest.json` records
-/// (where it has one): `hashed` are records of files already hashed; other recorded files
-/// in the folder (the tokenizer's) are hashed here.
 /// A processor file is copied only once it reads: JSON files parse, and `tokenizer.json`
 /// loads as a tokenizer. A truncated copy stops the stage that would pass it on.
 fn check_processor_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -394,6 +391,9 @@ fn check_processor_file(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Checks the files of a checkpoint folder against the hashes its `manifest.json` records
+/// (where it has one): `hashed` are records of files already hashed; other recorded files
+/// in the folder (the tokenizer's) are hashed here.
 pub(crate) fn verify_recorded(dir: &Path, hashed: &[FileRecord]) -> Result<()> {
     let manifest_path = dir.join(crate::manifest::MANIFEST_FILE);
     if !manifest_path.is_file() {

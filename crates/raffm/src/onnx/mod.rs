@@ -225,23 +225,17 @@ pub fn import_dinov2(
         "attention_probs_dropout_prob": 0.0,
         "drop_path_rate": 0.0,
     });
-    // Every tensor the config implies must be there, named as the export names it.
+    // Every tensor the config implies must be there, named as the export names it. The
+    // layers' matrices come from MatMuls, found through the bias each one feeds.
     let model = crate::families::ModelConfig::from_json(config.clone(), Path::new("config.json"))
         .map_err(|e| format!("the recovered shape is no DINOv2: {e}"))?;
-    for (spec, _) in model.shapes() {
+    for (spec, shape) in model.shapes() {
         let name = model.hf_name(&spec.name, false);
         if !tensors.contains_key(&name) {
-            let how = if name.ends_with(".weight")
-                && !name.contains("norm")
-                && !name.contains("layer_scale")
-                && name.starts_with("encoder.")
-            {
-                format!(
-                    " (no MatMul feeds `{PREFIX}{}`)",
-                    name.replace(".weight", ".bias")
-                )
-            } else {
-                String::new()
+            let matrix = spec.layer.is_some() && shape.len() == 2;
+            let how = match name.strip_suffix(".weight") {
+                Some(module) if matrix => format!(" (no MatMul feeds `{PREFIX}{module}.bias`)"),
+                _ => String::new(),
             };
             return Err(format!("no initializer `{PREFIX}{name}`{how}"));
         }

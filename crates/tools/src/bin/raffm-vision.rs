@@ -30,8 +30,9 @@ use raffm::{with_backend, Checkpoint};
 /// cifar10_classification/base64/task.json) or --image-folder (root/<class>/<image>).
 ///
 /// Training and evaluation go through the federated stages, as for text: raffm-partition
-/// (--format cifar10-bigbench or image-folder), raffm-init-head --image-size,
-/// raffm-local-train, raffm-evaluate; or a pipeline (`make round PIPELINE=cifar10-raffm`).
+/// (--format idx, cifar10-binary, cifar10-bigbench or image-folder), raffm-init-head
+/// --image-size, raffm-local-train, raffm-evaluate; or a pipeline (`make round
+/// PIPELINE=fashion-mnist-raffm`).
 #[derive(Parser, Debug)]
 #[command(name = "raffm-vision", version, verbatim_doc_comment)]
 struct Cli {

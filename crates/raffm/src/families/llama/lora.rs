@@ -392,8 +392,23 @@ impl LoraAdapter {
     }
 
     /// Writes `adapter_config.json` and `adapter_model.safetensors` into a folder under
-    /// construction.
+    /// construction; an adapter with a non-finite value is refused before anything is
+    /// written, as every reader would refuse it.
     pub fn write_into(&self, staging: &mut StagingDir) -> Result<()> {
+        for (module, pair) in &self.modules {
+            for (factor, t) in [(Factor::A, &pair.a), (Factor::B, &pair.b)] {
+                if let Some(i) = crate::tensor::first_non_finite(&t.data) {
+                    return Err(Error::format(
+                        staging.target(),
+                        format!(
+                            "not written: `{}` has a non-finite value ({}) at element {i}",
+                            peft_name(module, factor),
+                            t.data[i]
+                        ),
+                    ));
+                }
+            }
+        }
         let text = serde_json::to_string_pretty(&self.config.to_json()).expect("config serializes");
         staging.write(ADAPTER_CONFIG_FILE, format!("{text}\n").as_bytes())?;
         let mut named: Vec<(String, &HostTensor)> = Vec::new();
