@@ -1,6 +1,7 @@
 //! The catalogue of bad inputs: every case a skeptical user found, each refused with one
 //! line that names the file or option and the problem, with no output and no leftover, and
-//! with every input byte for byte as it was.
+//! with every input byte for byte as it was. Two audits on a small generated run, and the
+//! importers' cases on the real GGUF and ONNX files.
 
 mod common;
 
@@ -1187,4 +1188,142 @@ fn a_second_local_train_into_the_same_output_is_refused_while_the_first_runs() {
         manifest.contains("\"seed\": 1") || manifest.contains("\"seed\":1"),
         "{manifest}"
     );
+}
+
+// ---- the importers, on the real files (`make assets-llm assets-vit`; `make test` fetches
+// them): an input changed in place is refused, naming what is wrong, and nothing is
+// written or replaced.
+
+/// The assets folder the Makefile fetches into.
+fn assets() -> PathBuf {
+    std::env::var_os("RAFFM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
+}
+
+fn gguf_path() -> PathBuf {
+    let path = assets().join("gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make assets-llm` (or `make test`, which fetches it)",
+        path.display()
+    );
+    path
+}
+
+/// The storage type of tensor `name` in a GGUF file's header, and where it is written.
+fn type_field(bytes: &[u8], name: &str) -> usize {
+    let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("the tensor is in the header")
+        + needle.len();
+    let dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * dims
+}
+
+#[test]
+fn a_tensor_whose_type_was_changed_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(gguf_path()).unwrap();
+    let field = type_field(&bytes, "blk.0.ffn_down.weight");
+    assert_eq!(
+        u32::from_le_bytes(bytes[field..field + 4].try_into().unwrap()),
+        3,
+        "stored as Q4_1"
+    );
+    // Q4_0 (type 2) reads Q4_1's blocks with the wrong stride; F32 (type 0) reads its
+    // bytes as floats.
+    for new_type in [2u32, 0] {
+        let mut changed = bytes.clone();
+        changed[field..field + 4].copy_from_slice(&new_type.to_le_bytes());
+        let input = dir.path().join("changed.gguf");
+        std::fs::write(&input, &changed).unwrap();
+        let out = dir.path().join("out");
+        let result = run(
+            "raffm-import-gguf",
+            &[
+                "--input",
+                input.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "type {new_type}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("changed.gguf"), "{err}");
+        assert!(!out.exists(), "type {new_type}: an output was written");
+        std::fs::remove_file(&input).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
+
+fn onnx_path() -> PathBuf {
+    let path = assets().join("onnx/vit_s_focus.onnx");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make assets-vit` (or `make test`, which fetches it)",
+        path.display()
+    );
+    path
+}
+
+/// A copy of the export at `to` with every occurrence of the name `from` renamed to one of
+/// the same length (protobuf strings are length-prefixed, so the file stays well formed):
+/// as if the export had no initializer `from`.
+fn without_initializer(from: &str, to: &Path) {
+    let renamed = format!("{}X", &from[..from.len() - 1]);
+    let mut bytes = std::fs::read(onnx_path()).unwrap();
+    let mut found = 0;
+    let mut at = 0;
+    while let Some(i) = bytes[at..]
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+    {
+        let start = at + i;
+        bytes[start..start + from.len()].copy_from_slice(renamed.as_bytes());
+        at = start + from.len();
+        found += 1;
+    }
+    assert!(found > 0, "{from} is not in the export");
+    std::fs::write(to, bytes).unwrap();
+}
+
+#[test]
+fn a_missing_initializer_is_named_and_an_earlier_import_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("dinov2");
+    let out = output.to_str().unwrap();
+    ok(
+        "raffm-import-onnx",
+        &["--input", onnx_path().to_str().unwrap(), "--output", out],
+    );
+    let good = snapshot(&output);
+    for missing in [
+        "backbone.encoder.layer.0.norm1.weight",
+        "backbone.encoder.layer.3.layer_scale1.lambda1",
+    ] {
+        let input = dir.path().join("broken.onnx");
+        without_initializer(missing, &input);
+        let result = run(
+            "raffm-import-onnx",
+            &["--input", input.to_str().unwrap(), "--output", out],
+        );
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("broken.onnx") && err.contains(&format!("no initializer `{missing}`")),
+            "{err}"
+        );
+        assert_eq!(snapshot(&output), good, "the earlier import changed");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "leftovers: {left:?}");
+    }
 }
