@@ -215,41 +215,12 @@ impl Checkpoint {
 
     /// Checks that the tensors are exactly those the config implies, with the right shapes.
     fn validate(&self, path: &Path) -> Result<()> {
-        let expected = self.config.shapes();
-        for (spec, shape) in &expected {
-            match self.tensors.get(&spec.name) {
-                None => {
-                    return Err(Error::format(
-                        path,
-                        format!("missing tensor `{}`", spec.name),
-                    ))
-                }
-                Some(t) if &t.shape != shape => {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "tensor `{}` has shape {:?} but config.json implies {:?}",
-                            spec.name, t.shape, shape
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        if self.tensors.len() != expected.len() {
-            let known: std::collections::HashSet<&str> =
-                expected.iter().map(|(t, _)| t.name.as_str()).collect();
-            let extra: Vec<&String> = self
-                .tensors
-                .keys()
-                .filter(|n| !known.contains(n.as_str()))
-                .collect();
-            return Err(Error::format(
-                path,
-                format!("tensors not described by config.json: {extra:?}"),
-            ));
-        }
-        Ok(())
+        let shapes = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.shape.as_slice()))
+            .collect();
+        check_shapes(&self.config, &shapes, path)
     }
 
     /// Writes `config.json`, `model.safetensors` and the source's processor files into an
@@ -376,6 +347,47 @@ impl Checkpoint {
         }
         self
     }
+}
+
+/// Tensors by canonical name and shape (`shapes`) must be exactly those `config` implies,
+/// with its shapes; `path` names the weights in errors. Shared by checkpoints and client
+/// updates, which hold their tensors differently.
+pub(crate) fn check_shapes(
+    config: &ModelConfig,
+    shapes: &BTreeMap<&str, &[usize]>,
+    path: &Path,
+) -> Result<()> {
+    let expected = config.shapes();
+    for (spec, shape) in &expected {
+        match shapes.get(spec.name.as_str()) {
+            None => {
+                return Err(Error::format(
+                    path,
+                    format!("missing tensor `{}`", spec.name),
+                ))
+            }
+            Some(got) if got != shape => {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "tensor `{}` has shape {got:?} but config.json implies {shape:?}",
+                        spec.name
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if shapes.len() != expected.len() {
+        let known: std::collections::HashSet<&str> =
+            expected.iter().map(|(t, _)| t.name.as_str()).collect();
+        let extra: Vec<&&str> = shapes.keys().filter(|n| !known.contains(**n)).collect();
+        return Err(Error::format(
+            path,
+            format!("tensors not described by config.json: {extra:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A processor file is copied only once it reads: JSON files parse, and `tokenizer.json`

@@ -420,17 +420,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
         .headers()
         .map_err(|e| Error::format(path, format!("bad CSV header: {e}")))?
         .clone();
-    let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| {
-            Error::format(
-                path,
-                format!(
-                    "no `{name}` column (columns: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
-    };
+    let column = |name: &str| csv_column(path, &headers, name);
     let (category, text_col) = (column("category")?, column("text")?);
     let mut examples = Vec::new();
     for record in reader.records() {
@@ -464,6 +454,19 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
         examples,
         path: path.to_path_buf(),
         held_out: None,
+    })
+}
+
+/// The index of column `name` in a CSV header; the error lists the columns there are.
+pub(crate) fn csv_column(path: &Path, headers: &csv::StringRecord, name: &str) -> Result<usize> {
+    headers.iter().position(|h| h == name).ok_or_else(|| {
+        Error::format(
+            path,
+            format!(
+                "no `{name}` column (columns: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
     })
 }
 

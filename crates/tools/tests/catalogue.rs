@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{bin, ok, run, snapshot, Fixture};
+use common::{bin, gguf_path, ok, run, snapshot, Fixture};
 use raffm::fixtures::tiny_reviews;
 
 /// Overwrites `bytes.len()` bytes of `file` at `offset`.
@@ -1194,23 +1194,6 @@ fn a_second_local_train_into_the_same_output_is_refused_while_the_first_runs() {
 // them): an input changed in place is refused, naming what is wrong, and nothing is
 // written or replaced.
 
-/// The assets folder the Makefile fetches into.
-fn assets() -> PathBuf {
-    std::env::var_os("RAFFM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
-}
-
-fn gguf_path() -> PathBuf {
-    let path = assets().join("gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make assets-llm` (or `make test`, which fetches it)",
-        path.display()
-    );
-    path
-}
-
 /// The storage type of tensor `name` in a GGUF file's header, and where it is written.
 fn type_field(bytes: &[u8], name: &str) -> usize {
     let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
@@ -1261,13 +1244,7 @@ fn a_tensor_whose_type_was_changed_is_refused_and_nothing_is_written() {
 }
 
 fn onnx_path() -> PathBuf {
-    let path = assets().join("onnx/vit_s_focus.onnx");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make assets-vit` (or `make test`, which fetches it)",
-        path.display()
-    );
-    path
+    common::asset("onnx/vit_s_focus.onnx", "assets-vit")
 }
 
 /// A copy of the export at `to` with every occurrence of the name `from` renamed to one of

@@ -6,24 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 
-use common::run;
-
-fn gguf_path() -> PathBuf {
-    let assets = std::env::var_os("RAFFM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
-    let path = assets.join("gguf/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make assets-llm` (or `make test`, which fetches it)",
-        path.display()
-    );
-    path
-}
+use common::{gguf_path, run};
 
 fn reference() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2-gguf-reference.json");

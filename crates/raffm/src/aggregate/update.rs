@@ -82,41 +82,12 @@ impl UpdateWeights {
     /// whose `config.json` disagrees with its weights was not written by a stage, whatever
     /// its manifest's hashes say.
     fn check_config(&self, config: &ModelConfig, path: &Path) -> Result<()> {
-        let expected = config.shapes();
-        for (spec, shape) in &expected {
-            match self.tensors.get(&spec.name) {
-                None => {
-                    return Err(Error::format(
-                        path,
-                        format!("missing tensor `{}`, which config.json implies", spec.name),
-                    ))
-                }
-                Some(t) if &t.shape != shape => {
-                    return Err(Error::format(
-                        path,
-                        format!(
-                            "tensor `{}` has shape {:?} but config.json implies {:?}",
-                            spec.name, t.shape, shape
-                        ),
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        if self.tensors.len() != expected.len() {
-            let extra = self
-                .tensors
-                .keys()
-                .find(|n| !expected.iter().any(|(s, _)| &s.name == *n));
-            return Err(Error::format(
-                path,
-                format!(
-                    "tensor `{}` is not described by config.json",
-                    extra.map_or("?", |n| n)
-                ),
-            ));
-        }
-        Ok(())
+        let shapes = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.shape.as_slice()))
+            .collect();
+        crate::checkpoint::check_shapes(config, &shapes, path)
     }
 
     /// The tensors of an in-memory checkpoint (tests, library users).

@@ -98,17 +98,7 @@ fn load_political(path: &Path) -> Result<Vec<ChoiceExample>> {
         .headers()
         .map_err(|e| Error::format(path, format!("bad CSV header: {e}")))?
         .clone();
-    let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| {
-            Error::format(
-                path,
-                format!(
-                    "no `{name}` column (columns: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
-    };
+    let column = |name: &str| crate::data::csv_column(path, &headers, name);
     let (party, speech) = (column("party")?, column("text")?);
     let mut out = Vec::new();
     for (n, record) in reader.records().enumerate() {

@@ -162,3 +162,26 @@ impl Fixture {
         self.p(to)
     }
 }
+
+/// The assets folder the Makefile fetches into (`RAFFM_ASSETS`, else the workspace's).
+pub fn assets() -> PathBuf {
+    std::env::var_os("RAFFM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
+}
+
+/// An asset file the tests need, with what fetches it when it is missing.
+pub fn asset(relative: &str, goal: &str) -> PathBuf {
+    let path = assets().join(relative);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make {goal}` (or `make test`, which fetches it)",
+        path.display()
+    );
+    path
+}
+
+/// SmolLM2-135M-Instruct's GGUF file (`make assets-llm`).
+pub fn gguf_path() -> PathBuf {
+    asset("gguf/SmolLM2-135M-Instruct.Q4_1.gguf", "assets-llm")
+}
