@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use common::{gguf_path, run};
+use common::{gguf_path, import_refused, run};
 
 fn reference() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2-gguf-reference.json");
@@ -160,22 +160,8 @@ fn a_truncated_gguf_and_a_non_llama_file_are_one_line_errors_and_write_nothing()
         (&not_gguf, "not a GGUF file"),
     ] {
         let out = dir.path().join("out");
-        let result = run(
-            "raffm-import-gguf",
-            &[
-                "--input",
-                input.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-            ],
-        );
-        let err = String::from_utf8_lossy(&result.stderr);
-        assert_eq!(result.status.code(), Some(1), "{err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-        assert!(
-            err.contains(input.to_str().unwrap()) && err.contains(want),
-            "{err}"
-        );
+        let err = import_refused("raffm-import-gguf", input, &out);
+        assert!(err.contains(want), "{err}");
         assert!(!out.exists(), "an output was written");
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

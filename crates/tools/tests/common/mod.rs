@@ -185,3 +185,24 @@ pub fn asset(relative: &str, goal: &str) -> PathBuf {
 pub fn gguf_path() -> PathBuf {
     asset("gguf/SmolLM2-135M-Instruct.Q4_1.gguf", "assets-llm")
 }
+
+/// Runs importer `binary` from `input` into `output` and checks that it refused: exit
+/// status 1 and one line on stderr that names the input. Returns that line.
+pub fn import_refused(binary: &str, input: &Path, output: &Path) -> String {
+    let result = run(
+        binary,
+        &[
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&result.stderr)
+        .trim_end()
+        .to_string();
+    assert_eq!(result.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(input.to_str().unwrap()), "{err}");
+    err
+}
