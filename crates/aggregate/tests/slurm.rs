@@ -91,6 +91,75 @@ fn slurm_make(
     )
 }
 
+/// A job cancelled while it waits ends CANCELLED with exit code 0, and `sbatch --wait`
+/// returns 0 for it: the launcher must still fail. A drained node keeps the job pending.
+fn cancelled_before_it_starts_is_a_failure(cluster: &Cluster, dir: &Path) {
+    let node = String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap();
+    let set_node = |state: &str| {
+        let mut c = cluster.command("scontrol");
+        c.args([
+            "update",
+            &format!("nodename={}", node.trim()),
+            &format!("state={state}"),
+        ]);
+        if state == "drain" {
+            c.arg("reason=raffm-test");
+        }
+        assert!(c.status().unwrap().success(), "scontrol state={state}");
+    };
+    set_node("drain");
+    let marker = dir.join("ran");
+    let launch = cluster
+        .command(bin_dir().join("raffm-launch").to_str().unwrap())
+        .args([
+            "--launcher",
+            "slurm",
+            "--memory-mib",
+            "64",
+            "--job-name",
+            "raffm-held",
+        ])
+        .arg("--log-dir")
+        .arg(dir.join("held-logs"))
+        .args(["--", "touch"])
+        .arg(&marker)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        assert!(Instant::now() < deadline, "the held job never queued");
+        let out = cluster
+            .command("squeue")
+            .args(["-h", "-t", "PENDING", "-n", "raffm-held", "-o", "%i"])
+            .output()
+            .unwrap();
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !id.is_empty() {
+            break id;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(cluster
+        .command("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
+    let out = launch.wait_with_output().unwrap();
+    set_node("resume");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a cancelled job was reported done:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("Slurm job {job} (raffm-held) ended CANCELLED")),
+        "{text}"
+    );
+    assert!(!marker.exists(), "the cancelled job ran");
+}
+
 fn globals_equal(a: &Path, b: &Path, rounds: usize) {
     for r in 1..=rounds {
         let file = format!("tiny/round-{r}/global/model.safetensors");
@@ -266,6 +335,8 @@ fn rounds_through_slurm_equal_local_ones_with_a_job_per_client_sized_to_it() {
     assert_eq!(arrays.len(), 4, "every run its own array task");
     let report = std::fs::read_to_string(sweep.join("sweep/report/report.md")).unwrap();
     assert!(report.contains("other-seed1") && report.contains("tiny-seed0"));
+
+    cancelled_before_it_starts_is_a_failure(&cluster, dir.path());
 
     drop(cluster);
     for pid in pids {

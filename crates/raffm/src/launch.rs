@@ -6,8 +6,10 @@
 //! training-memory estimate of its sub-model (recorded by raffm-extract in the sub-model's
 //! manifest) plus a margin for the process itself, so a 30% client asks for a third of
 //! what a full-model client asks for and the scheduler packs them accordingly. `sbatch
-//! --wait` blocks until the job ends and returns its exit status; the stage's atomic
-//! outputs make a failed or cancelled job safe to redo.
+//! --wait` blocks until the job ends and returns its exit status, but not always a
+//! failing one: a job cancelled before its script starts ends CANCELLED with exit code 0,
+//! and sbatch returns 0. So the launcher reads the job's state after it ([`JobOutcome`]).
+//! The stage's atomic outputs make a failed or cancelled job safe to redo.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,6 +62,50 @@ pub struct Launch {
     /// Where the job's output goes (`<job name>-<job id>.out`; arrays add the task index).
     pub log_dir: PathBuf,
     pub command: Vec<String>,
+}
+
+/// How a Slurm job ended, read from `scontrol show job -o` (one line per array task).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Every task is COMPLETED with exit code 0:0.
+    Completed,
+    /// Some task is still running or completing: ask again.
+    Ending,
+    /// The first task that did not complete: its JobState and ExitCode.
+    Failed { state: String, exit: String },
+    /// scontrol said nothing we can read (the job was purged, or no scontrol).
+    Unknown,
+}
+
+impl JobOutcome {
+    pub fn from_scontrol(text: &str) -> JobOutcome {
+        let field = |line: &str, key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let mut outcome = JobOutcome::Unknown;
+        for line in text.lines() {
+            let Some(state) = field(line, "JobState=") else {
+                continue;
+            };
+            let exit = field(line, "ExitCode=").unwrap_or_else(|| "unknown".into());
+            match state.as_str() {
+                "COMPLETED" if exit == "0:0" => {
+                    if outcome == JobOutcome::Unknown {
+                        outcome = JobOutcome::Completed;
+                    }
+                }
+                "PENDING" | "RUNNING" | "COMPLETING" | "CONFIGURING" | "SUSPENDED" => {
+                    if !matches!(outcome, JobOutcome::Failed { .. }) {
+                        outcome = JobOutcome::Ending;
+                    }
+                }
+                _ => return JobOutcome::Failed { state, exit },
+            }
+        }
+        outcome
+    }
 }
 
 /// The training-memory estimate raffm-extract recorded for the sub-model in `dir`, in
@@ -186,6 +232,43 @@ mod tests {
         assert_eq!(
             shell_quote("artifacts/default/round-1"),
             "artifacts/default/round-1"
+        );
+    }
+
+    #[test]
+    fn a_job_is_done_only_when_every_task_completed_with_code_zero() {
+        let line = |state: &str, exit: &str| {
+            format!("JobId=7 JobName=raffm-c000 JobState={state} Reason=None ExitCode={exit} Restarts=0\n")
+        };
+        let outcome = |t: &str| JobOutcome::from_scontrol(t);
+        assert_eq!(outcome(&line("COMPLETED", "0:0")), JobOutcome::Completed);
+        // Cancelled before its script ran: the code is 0, the job did not complete.
+        assert_eq!(
+            outcome(&line("CANCELLED", "0:0")),
+            JobOutcome::Failed {
+                state: "CANCELLED".into(),
+                exit: "0:0".into()
+            }
+        );
+        assert_eq!(
+            outcome(&line("COMPLETED", "1:0")),
+            JobOutcome::Failed {
+                state: "COMPLETED".into(),
+                exit: "1:0".into()
+            }
+        );
+        assert_eq!(outcome(&line("COMPLETING", "0:0")), JobOutcome::Ending);
+        // An array: one failed task fails the job, wherever it is.
+        let array = line("COMPLETED", "0:0") + &line("OUT_OF_MEMORY", "0:125");
+        assert!(
+            matches!(outcome(&array), JobOutcome::Failed { state, .. } if state == "OUT_OF_MEMORY")
+        );
+        let array = line("COMPLETING", "0:0") + &line("COMPLETED", "0:0");
+        assert_eq!(outcome(&array), JobOutcome::Ending);
+        assert_eq!(outcome(""), JobOutcome::Unknown);
+        assert_eq!(
+            outcome("slurm_load_jobs error: Invalid job id specified"),
+            JobOutcome::Unknown
         );
     }
 

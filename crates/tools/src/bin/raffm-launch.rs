@@ -7,7 +7,9 @@ use std::process::{ExitCode, Stdio};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use raffm::launch::{memory_request_mib, training_memory_estimate, Launch, Launcher, Resources};
+use raffm::launch::{
+    memory_request_mib, training_memory_estimate, JobOutcome, Launch, Launcher, Resources,
+};
 
 /// Runs COMMAND through a launcher. local: here, as it is (what `make round` does by
 /// default). slurm: as a Slurm batch job (`sbatch --wait`), which blocks until the job
@@ -135,43 +137,48 @@ fn slurm(launch: &Launch) -> anyhow::Result<()> {
         );
     }
     let status = child.wait()?;
-    if status.success() {
-        if launch.resources.array.is_none() {
-            // The command's own last line (local-train's summary) for the terminal.
-            if let Ok(text) = std::fs::read_to_string(launch.log_path(&job)) {
-                if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-                    eprintln!("{line}");
-                }
-            }
-        }
-        return Ok(());
-    }
     if job.is_empty() {
         bail!("sbatch failed ({status}) before a job was submitted");
     }
-    let (state, exit) = job_state(&job);
-    bail!(
-        "Slurm job {job} ({}) ended {state} (exit code {exit}); its log: {}; run the same command (or make) again to redo it",
-        launch.job_name,
-        launch.log_path(&job).display()
-    )
+    // sbatch's status alone can say 0 for a job cancelled before its script started.
+    match settled_outcome(&job) {
+        JobOutcome::Failed { state, exit } => bail!(
+            "Slurm job {job} ({}) ended {state} (exit code {exit}); its log: {}; run the same command (or make) again to redo it",
+            launch.job_name,
+            launch.log_path(&job).display()
+        ),
+        _ if !status.success() => bail!(
+            "Slurm job {job} ({}) failed ({status}); its log: {}; run the same command (or make) again to redo it",
+            launch.job_name,
+            launch.log_path(&job).display()
+        ),
+        _ => {}
+    }
+    if launch.resources.array.is_none() {
+        // The command's own last line (local-train's summary) for the terminal.
+        if let Ok(text) = std::fs::read_to_string(launch.log_path(&job)) {
+            if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                eprintln!("{line}");
+            }
+        }
+    }
+    Ok(())
 }
 
-/// JobState and ExitCode of `job` from scontrol, or `unknown`.
-fn job_state(job: &str) -> (String, String) {
-    let out = std::process::Command::new("scontrol")
-        .args(["show", "job", "-o", job])
-        .output();
-    let text = out
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let field = |key: &str| {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or("unknown")
-            .to_string()
-    };
-    (field("JobState="), field("ExitCode="))
+/// The job's outcome once it has left COMPLETING (at most ~30 s after sbatch returns).
+fn settled_outcome(job: &str) -> JobOutcome {
+    for _ in 0..150 {
+        let text = std::process::Command::new("scontrol")
+            .args(["show", "job", "-o", job])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        match JobOutcome::from_scontrol(&text) {
+            JobOutcome::Ending => std::thread::sleep(std::time::Duration::from_millis(200)),
+            outcome => return outcome,
+        }
+    }
+    JobOutcome::Ending
 }
 
 #[global_allocator]
