@@ -17,7 +17,7 @@ use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
 use raffm::tokenizer::TextTokenizer;
-use raffm::train::{train, Step, TrainData, TrainOptions};
+use raffm::train::{train_encoder, Step, TrainData, TrainOptions};
 use raffm::vision::train::train_classifier;
 use raffm::vision::Preprocess;
 use raffm::{with_backend, Checkpoint};
@@ -212,7 +212,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.device,
             B,
             device,
-            train::<B>(&checkpoint, &data, &options, &device, on_step)?
+            train_encoder::<B>(&checkpoint, &data, &options, &device, on_step)?
         )
     };
     progress.finish_and_clear();

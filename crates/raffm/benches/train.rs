@@ -17,7 +17,7 @@ use raffm::families::bert::model::BertForSequenceClassification;
 use raffm::rng::SplitMix64;
 use raffm::sys::peak_rss_bytes;
 use raffm::tokenizer::{collate, TokenizedRow};
-use raffm::train::{train, TrainData, TrainOptions};
+use raffm::train::{train_encoder, TrainData, TrainOptions};
 use raffm::Axis;
 use raffm::{Checkpoint, CpuBackend};
 
@@ -103,7 +103,7 @@ fn measure(config: &str, mode: &str) {
         // Step times after the first (which warms up); the median resists the noise of a
         // shared machine better than the mean.
         let mut ends = Vec::new();
-        train::<Autodiff<CpuBackend>>(&checkpoint, &data, &options, &device, |_| {
+        train_encoder::<Autodiff<CpuBackend>>(&checkpoint, &data, &options, &device, |_| {
             ends.push(Instant::now())
         })
         .unwrap();

@@ -22,6 +22,7 @@ pub mod error;
 pub mod evaluate;
 pub mod extract;
 pub mod families;
+pub mod fit;
 pub mod fixtures;
 pub mod fused;
 pub mod gguf;

@@ -1,21 +1,18 @@
-//! Local fine-tuning of a (sub-)model on one client's examples.
+//! Local training's options and what they do to the gradients, and the encoder
+//! classifier's task for [`crate::fit`].
 //!
 //! AdamW with linear warmup and linear decay, gradient clipping by the global norm (as
 //! PyTorch's `clip_grad_norm_`), an optional FedProx proximal term `mu/2 * |w - w0|^2`
 //! (applied as `mu * (w - w0)` on the gradients, which is its exact gradient) and optional
-//! frozen embeddings. Data order and dropout are seeded: two runs with the same seed give
-//! bit-identical weights on CPU. Dropout's seed (burn's generator, and on flex the fused
-//! kernels' key, see [`crate::fused::seed_dropout`]) is per process, so reproducibility
-//! assumes one training run at a time per process (as the binaries do). AdamW is
-//! [`FusedAdamW`]: PyTorch's update, one pass per parameter on flex.
+//! frozen embeddings. Two runs with the same seed give bit-identical weights on CPU (see
+//! [`crate::fit`] for what the seed covers). AdamW is [`crate::fused::FusedAdamW`]:
+//! PyTorch's update, one pass per parameter on flex.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
-use burn::nn::loss::{CrossEntropyLossConfig, MseLoss, Reduction};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig, MseLoss, Reduction};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -23,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::families::bert::model::BertForSequenceClassification;
-use crate::fused::{self, FusedAdamW, FusedOps};
+use crate::fit::{fit, TrainTask};
+use crate::fused::FusedOps;
 use crate::rng::SplitMix64;
 use crate::tokenizer::{collate, TokenizedRow};
 
@@ -173,6 +171,8 @@ struct ProxAndNorm<'a, B: Backend> {
     grads: &'a mut GradientsParams,
     start: Option<&'a Snapshot<B>>,
     mu: f64,
+    /// Whether to accumulate the norm.
+    clipping: bool,
     squared_norm: Option<Tensor<B, 1>>,
 }
 
@@ -187,11 +187,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ProxAndNorm<'_, B::InnerBackend> {
             let w0 = start.values[&param.id].clone().reshape(dims);
             grad = grad + (w - w0).mul_scalar(self.mu);
         }
-        let sq = grad.clone().powi_scalar(2).sum(); // [1]
-        self.squared_norm = Some(match self.squared_norm.take() {
-            Some(acc) => acc + sq,
-            None => sq,
-        });
+        if self.clipping {
+            let sq = grad.clone().powi_scalar(2).sum(); // [1]
+            self.squared_norm = Some(match self.squared_norm.take() {
+                Some(acc) => acc + sq,
+                None => sq,
+            });
+        }
         self.grads.register::<B::InnerBackend, D>(param.id, grad);
     }
 }
@@ -220,10 +222,14 @@ pub(crate) fn adjust_gradients<B: AutodiffBackend, M: Module<B>>(
     start: Option<&Snapshot<B::InnerBackend>>,
     options: &TrainOptions,
 ) {
+    if start.is_none() && options.max_grad_norm.is_none() {
+        return;
+    }
     let mut pass = ProxAndNorm {
         grads,
         start,
         mu: options.prox_mu,
+        clipping: options.max_grad_norm.is_some(),
         squared_norm: None,
     };
     model.visit(&mut pass);
@@ -238,20 +244,19 @@ pub(crate) fn adjust_gradients<B: AutodiffBackend, M: Module<B>>(
     }
 }
 
-/// Fine-tunes `checkpoint` (which must have a classification head) on `data`; `on_step`
-/// sees every step. Returns the trained checkpoint.
-pub fn train<B: AutodiffBackend + FusedOps>(
+/// Fine-tunes the encoder classifier in `checkpoint` (which must have a classification
+/// head) on `data`; `on_step` sees every step. Returns the trained checkpoint.
+pub fn train_encoder<B: AutodiffBackend + FusedOps>(
     checkpoint: &Checkpoint,
     data: &TrainData,
     options: &TrainOptions,
     device: &B::Device,
-    mut on_step: impl FnMut(Step),
+    on_step: impl FnMut(Step),
 ) -> Result<(Checkpoint, TrainReport)>
 where
     B::InnerBackend: FusedOps,
 {
-    let n = data.rows.len();
-    if n == 0 {
+    if data.rows.is_empty() {
         return Err(Error::Invalid("no training examples".into()));
     }
     options.validate()?;
@@ -276,83 +281,54 @@ where
     crate::vision::check_not_vision(checkpoint)?;
     crate::tokenizer::check_vocab(data.rows, checkpoint.config.vocab_size())?;
     crate::tokenizer::check_positions(data.rows, checkpoint.config.max_positions())?;
-    B::seed(device, options.seed);
-    fused::seed_dropout(options.seed);
     let mut model = BertForSequenceClassification::<B>::from_checkpoint(checkpoint, device)?;
     if options.freeze_embeddings {
         model = model.freeze_embeddings();
     }
-    let start = (options.prox_mu > 0.0).then(|| Snapshot::of(&model));
-    let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: options.weight_decay,
-    });
-    let steps_per_epoch = n.div_ceil(options.batch_size);
-    let total = options
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(steps_per_epoch * options.epochs);
-    let ce = CrossEntropyLossConfig::new().init(device);
+    let mut task = EncoderTask {
+        data,
+        ce: CrossEntropyLossConfig::new().init(device),
+        device: device.clone(),
+    };
+    let (model, report) = fit(model, &mut task, options, device, on_step)?;
+    Ok((model.valid().to_checkpoint(checkpoint), report))
+}
 
-    let clock = Instant::now();
-    let mut losses = Vec::with_capacity(total);
-    let mut seen = 0;
-    let mut rng = SplitMix64::derive(options.seed, "train-order");
-    'epochs: for _ in 0..options.epochs {
-        let mut order: Vec<usize> = (0..n).collect();
-        rng.shuffle(&mut order);
-        for chunk in order.chunks(options.batch_size) {
-            let step = losses.len();
-            if step == total {
-                break 'epochs;
-            }
-            let rows: Vec<&TokenizedRow> = chunk.iter().map(|&i| &data.rows[i]).collect();
-            let batch = collate(&rows, data.pad_id).to_tensors::<B>(device);
-            let logits = model.forward(&batch); // [batch, labels]
-            let labels: Vec<f32> = chunk.iter().map(|&i| data.labels[i]).collect();
-            let loss = if data.regression {
-                let targets =
-                    Tensor::<B, 2>::from_data(TensorData::new(labels, [chunk.len(), 1]), device);
-                MseLoss::new().forward(logits, targets, Reduction::Mean)
-            } else {
-                let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
-                ce.forward(
-                    logits,
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [chunk.len()]), device),
-                )
-            };
-            let loss_value = loss.clone().into_scalar().elem::<f64>() as f32;
-            if !loss_value.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "the loss became {loss_value} at step {step}; lower the learning rate"
-                )));
-            }
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            adjust_gradients(&model, &mut grads, start.as_ref(), options);
-            model = optimizer.step(learning_rate_at(options, step, total), model, grads);
-            losses.push(loss_value);
-            seen += chunk.len();
-            on_step(Step {
-                index: step,
-                total,
-                loss: loss_value,
-                examples_seen: seen,
-            });
+/// Sequence classification or regression of tokenized rows.
+struct EncoderTask<'a, B: Backend> {
+    data: &'a TrainData<'a>,
+    ce: CrossEntropyLoss<B>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend + FusedOps> TrainTask<B> for EncoderTask<'_, B>
+where
+    B::InnerBackend: FusedOps,
+{
+    type Model = BertForSequenceClassification<B>;
+    const STREAM: &'static str = "train-order";
+
+    fn examples(&self) -> usize {
+        self.data.rows.len()
+    }
+
+    fn loss(&mut self, model: &Self::Model, batch: &[usize], _: &mut SplitMix64) -> Tensor<B, 1> {
+        let data = self.data;
+        let device = &self.device;
+        let rows: Vec<&TokenizedRow> = batch.iter().map(|&i| &data.rows[i]).collect();
+        let logits = model.forward(&collate(&rows, data.pad_id).to_tensors::<B>(device)); // [batch, labels]
+        let labels: Vec<f32> = batch.iter().map(|&i| data.labels[i]).collect();
+        if data.regression {
+            let targets =
+                Tensor::<B, 2>::from_data(TensorData::new(labels, [batch.len(), 1]), device);
+            MseLoss::new().forward(logits, targets, Reduction::Mean)
+        } else {
+            let targets: Vec<i64> = labels.iter().map(|&l| l as i64).collect();
+            let targets =
+                Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [batch.len()]), device);
+            self.ce.forward(logits, targets)
         }
     }
-    let wall_seconds = clock.elapsed().as_secs_f64();
-    let trained = model.valid().to_checkpoint(checkpoint);
-    let report = TrainReport {
-        steps: losses.len(),
-        examples_seen: seen,
-        epochs: options.epochs,
-        step_losses: losses,
-        wall_seconds,
-        examples_per_second: seen as f64 / wall_seconds,
-    };
-    Ok((trained, report))
 }
 
 #[cfg(test)]
@@ -385,23 +361,20 @@ mod tests {
         (ckpt, rows, labels)
     }
 
-    /// burn's CPU backends keep one dropout generator per process: runs must not overlap.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
     fn run(
         ckpt: &Checkpoint,
         rows: &[TokenizedRow],
         labels: &[f32],
         options: &TrainOptions,
     ) -> (Checkpoint, TrainReport) {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::fit::serial();
         let data = TrainData {
             rows,
             labels,
             pad_id: 0,
             regression: false,
         };
-        train::<B>(ckpt, &data, options, &Default::default(), |_| {}).unwrap()
+        train_encoder::<B>(ckpt, &data, options, &Default::default(), |_| {}).unwrap()
     }
 
     fn options() -> TrainOptions {
@@ -511,7 +484,8 @@ mod tests {
             pad_id: 0,
             regression: false,
         };
-        let e = train::<B>(&ckpt, &data, &options(), &Default::default(), |_| {}).unwrap_err();
+        let e =
+            train_encoder::<B>(&ckpt, &data, &options(), &Default::default(), |_| {}).unwrap_err();
         assert!(
             e.to_string().contains("example 3: label 2 is out of range"),
             "{e}"

@@ -13,7 +13,7 @@ use raffm::extract::{extract_widths, ClientRequest, DepthPolicy, Strategy};
 use raffm::fixtures::{tiny_reviews, tiny_text_model};
 use raffm::search::{Budget, Policy, SearchSpace};
 use raffm::tokenizer::TextTokenizer;
-use raffm::train::{train, TrainData, TrainOptions};
+use raffm::train::{train_encoder, TrainData, TrainOptions};
 use raffm::vocab::{data_tokens, with_decoys};
 use raffm::{Axis, Checkpoint, CpuBackend};
 
@@ -46,7 +46,8 @@ fn train_and_aggregate(
         seed: 7,
         ..Default::default()
     };
-    let (trained, _) = train::<B>(model, &data, &options, &Default::default(), |_| {}).unwrap();
+    let (trained, _) =
+        train_encoder::<B>(model, &data, &options, &Default::default(), |_| {}).unwrap();
     let update = ClientUpdate::in_memory("c0", trained, map.clone(), global, ids.len() as u64);
     update.check(global).unwrap();
     aggregate(global, &[(&update, ids.len() as f64)], 1.0).0

@@ -3,13 +3,9 @@
 //! optimizer is the encoders' AdamW with the same warmup and decay
 //! ([`crate::train::TrainOptions`]).
 
-use std::time::Instant;
-
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
-use burn::prelude::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use serde::Serialize;
 
 use super::{target_log_probs, EncodedExample, PaddedBatch, ScoredSequence};
@@ -17,9 +13,10 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::families::llama::lora::LoraAdapter;
 use crate::families::llama::model::LlamaForCausalLM;
-use crate::fused::{FusedAdamW, FusedOps};
+use crate::fit::{fit, TrainTask};
+use crate::fused::FusedOps;
 use crate::rng::SplitMix64;
-use crate::train::{learning_rate_at, Step, TrainOptions};
+use crate::train::{Step, TrainOptions};
 
 /// What a LoRA training run did.
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +40,7 @@ pub fn train_lora<B: AutodiffBackend + FusedOps>(
     options: &TrainOptions,
     pad_id: u32,
     device: &B::Device,
-    mut on_step: impl FnMut(Step),
+    on_step: impl FnMut(Step),
 ) -> Result<(LoraAdapter, LoraTrainReport)>
 where
     B::InnerBackend: FusedOps,
@@ -77,66 +74,125 @@ where
             s.ids.len()
         )));
     }
-    B::seed(device, options.seed);
-    let mut model = LlamaForCausalLM::<B>::from_checkpoint(checkpoint, Some(adapter), device);
-    let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: options.weight_decay,
-    });
-    let n = sequences.len();
-    let total = options
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(n.div_ceil(options.batch_size) * options.epochs);
-    let clock = Instant::now();
-    let mut losses = Vec::with_capacity(total);
-    let (mut seen, mut answer_tokens, mut tokens) = (0, 0, 0);
-    let mut rng = SplitMix64::derive(options.seed, "train-order");
-    'epochs: for _ in 0..options.epochs {
-        let mut order: Vec<usize> = (0..n).collect();
-        rng.shuffle(&mut order);
-        for chunk in order.chunks(options.batch_size) {
-            let step = losses.len();
-            if step == total {
-                break 'epochs;
-            }
-            let batch: Vec<&ScoredSequence> = chunk.iter().map(|&i| &sequences[i]).collect();
-            let padded = PaddedBatch::<B>::new(&batch, pad_id, device);
-            let loss = target_log_probs(&model, &padded).mean().neg();
-            let loss_value = loss.clone().into_scalar().elem::<f64>() as f32;
-            if !loss_value.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "the loss became {loss_value} at step {step}; lower the learning rate"
-                )));
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(learning_rate_at(options, step, total), model, grads);
-            losses.push(loss_value);
-            seen += chunk.len();
-            answer_tokens += batch.iter().map(|s| s.targets.len()).sum::<usize>();
-            tokens += batch.iter().map(|s| s.ids.len()).sum::<usize>();
-            on_step(Step {
-                index: step,
-                total,
-                loss: loss_value,
-                examples_seen: seen,
-            });
-        }
-    }
+    let model = LlamaForCausalLM::<B>::from_checkpoint(checkpoint, Some(adapter), device);
+    let mut task = CompletionTask {
+        sequences: &sequences,
+        pad_id,
+        answer_tokens: 0,
+        tokens: 0,
+        device: device.clone(),
+    };
+    let (model, fitted) = fit(model, &mut task, options, device, on_step)?;
     let trained = LoraAdapter {
         config: adapter.config.clone(),
         modules: model.valid().adapter_factors(),
     };
     let report = LoraTrainReport {
-        steps: losses.len(),
-        examples_seen: seen,
-        answer_tokens,
-        tokens,
-        step_losses: losses,
-        wall_seconds: clock.elapsed().as_secs_f64(),
+        steps: fitted.steps,
+        examples_seen: fitted.examples_seen,
+        answer_tokens: task.answer_tokens,
+        tokens: task.tokens,
+        step_losses: fitted.step_losses,
+        wall_seconds: fitted.wall_seconds,
         trainable_parameters: trained.parameter_count(),
     };
     Ok((trained, report))
+}
+
+/// Completions scored on their answer tokens only, over a frozen base; counts the tokens
+/// it trains on.
+struct CompletionTask<'a, B: Backend> {
+    sequences: &'a [ScoredSequence],
+    pad_id: u32,
+    answer_tokens: usize,
+    tokens: usize,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend + FusedOps> TrainTask<B> for CompletionTask<'_, B>
+where
+    B::InnerBackend: FusedOps,
+{
+    type Model = LlamaForCausalLM<B>;
+    const STREAM: &'static str = "train-order";
+
+    fn examples(&self) -> usize {
+        self.sequences.len()
+    }
+
+    fn loss(&mut self, model: &Self::Model, batch: &[usize], _: &mut SplitMix64) -> Tensor<B, 1> {
+        let batch: Vec<&ScoredSequence> = batch.iter().map(|&i| &self.sequences[i]).collect();
+        self.answer_tokens += batch.iter().map(|s| s.targets.len()).sum::<usize>();
+        self.tokens += batch.iter().map(|s| s.ids.len()).sum::<usize>();
+        let padded = PaddedBatch::<B>::new(&batch, self.pad_id, &self.device);
+        target_log_probs(model, &padded).mean().neg() // [1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::families::llama::{lora::LoraConfig, tiny_config};
+    use crate::families::ModelConfig;
+    use crate::CpuBackend;
+    use burn::backend::Autodiff;
+
+    /// One example in batches of one for one step: the data order cannot depend on the
+    /// seed, so any difference between two seeds comes from the dropout masks.
+    fn trained(seed: u64, lora_dropout: f64) -> LoraAdapter {
+        let config = tiny_config(2, 16, 4, 2, 32);
+        let checkpoint = Checkpoint::random(&ModelConfig::Llama(config.clone()), 1);
+        let lora =
+            LoraConfig::new(4, 8.0, lora_dropout, &["q_proj".into(), "v_proj".into()]).unwrap();
+        let mut adapter = LoraAdapter::init(&lora, &config, 2);
+        // B drawn too, so that A's gradient (through B) depends on the mask as well.
+        let mut rng = SplitMix64::new(3);
+        for pair in adapter.modules.values_mut() {
+            for b in &mut pair.b.data {
+                *b = ((rng.next_f64() - 0.5) * 0.2) as f32;
+            }
+        }
+        let example = EncodedExample {
+            prompt: (3..15).collect(),
+            options: vec![vec![20, 21], vec![30]],
+            answer: 0,
+        };
+        let options = TrainOptions {
+            batch_size: 1,
+            learning_rate: 1e-2,
+            warmup_ratio: 0.0,
+            max_grad_norm: None,
+            seed,
+            ..Default::default()
+        };
+        let _serial = crate::fit::serial();
+        let (trained, report) = train_lora::<Autodiff<CpuBackend>>(
+            &checkpoint,
+            &adapter,
+            &[example],
+            &options,
+            0,
+            &Default::default(),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(report.steps, 1);
+        trained
+    }
+
+    fn same(a: &LoraAdapter, b: &LoraAdapter) -> bool {
+        a.modules.iter().all(|(name, pair)| {
+            let other = &b.modules[name];
+            pair.a.bit_eq(&other.a) && pair.b.bit_eq(&other.b)
+        })
+    }
+
+    #[test]
+    fn lora_dropout_masks_follow_the_clients_seed() {
+        let first = trained(1, 0.5);
+        assert!(same(&first, &trained(1, 0.5)), "one seed, two masks");
+        assert!(!same(&first, &trained(2, 0.5)), "two seeds, one mask");
+        // Without dropout the seed has nothing left to change here.
+        assert!(same(&trained(1, 0.0), &trained(2, 0.0)));
+    }
 }

@@ -3,13 +3,8 @@
 //! gradient clipping and FedProx ([`crate::train::TrainOptions`]), seeded crop-and-flip
 //! augmentation per epoch.
 
-use std::time::Instant;
-
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, Optimizer};
-use burn::prelude::ElementConversion;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use image::RgbImage;
@@ -18,9 +13,10 @@ use super::data::Preprocess;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::families::vit::model::VitForImageClassification;
-use crate::fused::{FusedAdamW, FusedOps};
+use crate::fit::{fit, TrainTask};
+use crate::fused::FusedOps;
 use crate::rng::SplitMix64;
-use crate::train::{adjust_gradients, learning_rate_at, Snapshot, Step, TrainOptions, TrainReport};
+use crate::train::{Step, TrainOptions, TrainReport};
 
 fn batch_tensor<B: Backend>(
     preprocess: &Preprocess,
@@ -43,7 +39,7 @@ pub fn train_classifier<B: AutodiffBackend + FusedOps>(
     preprocess: &Preprocess,
     options: &TrainOptions,
     device: &B::Device,
-    mut on_step: impl FnMut(Step),
+    on_step: impl FnMut(Step),
 ) -> Result<(Checkpoint, TrainReport)>
 where
     B::InnerBackend: FusedOps,
@@ -68,69 +64,45 @@ where
                 .into(),
         ));
     }
-    B::seed(device, options.seed);
-    let mut model = VitForImageClassification::<B>::from_checkpoint(checkpoint, device)?;
-    let start = (options.prox_mu > 0.0).then(|| Snapshot::of(&model));
-    let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
-        beta_1: 0.9,
-        beta_2: 0.999,
-        epsilon: 1e-8,
-        weight_decay: options.weight_decay,
-    });
-    let loss_fn = CrossEntropyLossConfig::new().init(device);
-    let n = images.len();
-    let total = options
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(n.div_ceil(options.batch_size) * options.epochs);
-    let clock = Instant::now();
-    let mut losses = Vec::with_capacity(total);
-    let mut seen = 0;
-    let mut rng = SplitMix64::derive(options.seed, "vision-train");
-    let mut epochs = 0;
-    'epochs: for _ in 0..options.epochs {
-        epochs += 1;
-        let mut order: Vec<usize> = (0..n).collect();
-        rng.shuffle(&mut order);
-        for chunk in order.chunks(options.batch_size) {
-            let step = losses.len();
-            if step == total {
-                break 'epochs;
-            }
-            let batch: Vec<&RgbImage> = chunk.iter().map(|&i| images[i]).collect();
-            let x = batch_tensor::<B>(preprocess, &batch, Some(&mut rng), device);
-            let y: Vec<i64> = chunk.iter().map(|&i| labels[i] as i64).collect();
-            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [chunk.len()]), device);
-            let loss = loss_fn.forward(model.forward(x), y);
-            let value = loss.clone().into_scalar().elem::<f64>() as f32;
-            if !value.is_finite() {
-                return Err(Error::Invalid(format!(
-                    "the loss became {value} at step {step}; lower the learning rate"
-                )));
-            }
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            adjust_gradients(&model, &mut grads, start.as_ref(), options);
-            model = optimizer.step(learning_rate_at(options, step, total), model, grads);
-            losses.push(value);
-            seen += chunk.len();
-            on_step(Step {
-                index: step,
-                total,
-                loss: value,
-                examples_seen: seen,
-            });
-        }
-    }
-    let wall_seconds = clock.elapsed().as_secs_f64();
-    let report = TrainReport {
-        steps: losses.len(),
-        examples_seen: seen,
-        epochs,
-        step_losses: losses,
-        wall_seconds,
-        examples_per_second: seen as f64 / wall_seconds.max(1e-9),
+    let model = VitForImageClassification::<B>::from_checkpoint(checkpoint, device)?;
+    let mut task = ImageTask {
+        images,
+        labels,
+        preprocess,
+        ce: CrossEntropyLossConfig::new().init(device),
+        device: device.clone(),
     };
+    let (model, report) = fit(model, &mut task, options, device, on_step)?;
     Ok((model.valid().to_checkpoint(checkpoint), report))
+}
+
+/// Image classification with seeded crop-and-flip augmentation.
+struct ImageTask<'a, B: Backend> {
+    images: &'a [&'a RgbImage],
+    labels: &'a [usize],
+    preprocess: &'a Preprocess,
+    ce: CrossEntropyLoss<B>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend + FusedOps> TrainTask<B> for ImageTask<'_, B>
+where
+    B::InnerBackend: FusedOps,
+{
+    type Model = VitForImageClassification<B>;
+    const STREAM: &'static str = "vision-train";
+
+    fn examples(&self) -> usize {
+        self.images.len()
+    }
+
+    fn loss(&mut self, model: &Self::Model, batch: &[usize], rng: &mut SplitMix64) -> Tensor<B, 1> {
+        let images: Vec<&RgbImage> = batch.iter().map(|&i| self.images[i]).collect();
+        let x = batch_tensor::<B>(self.preprocess, &images, Some(rng), &self.device); // [batch, 3, size, size]
+        let y: Vec<i64> = batch.iter().map(|&i| self.labels[i] as i64).collect();
+        let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [batch.len()]), &self.device);
+        self.ce.forward(model.forward(x), y)
+    }
 }
 
 /// The classifier's logits for every image, in order, in batches of `batch`; `on_batch`
@@ -200,6 +172,7 @@ mod tests {
         };
         let device = Default::default();
         let train = || {
+            let _serial = crate::fit::serial();
             train_classifier::<burn::backend::Autodiff<CpuBackend>>(
                 &checkpoint,
                 &refs,
