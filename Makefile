@@ -121,7 +121,7 @@ $(LLM_ASSET_bigbench): assets-mathqa.lock scripts/fetch_assets.py
 assets-mathqa: $(LLM_ASSET_bigbench)
 
 # Python's `safetensors` and `tokenizers` read our files in tests; kept out of the system
-# Python. torch and transformers are too heavy for it: see the README's reference checks.
+# Python. torch and transformers are too heavy for it: see docs/reference-checks.md.
 $(VENV)/.installed: scripts/test-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt

@@ -2,7 +2,7 @@
 """PyTorch + transformers + peft side of `cargo bench --bench lora`: LoRA training
 throughput and peak memory of SmolLM2-135M (the F32 folder), 2 threads, batch 8 x seq 128
 random token ids, causal-LM loss on every position, rank 16 alpha 32 on q/k/v/o, AdamW.
-Prints one JSON line. Needs the reference venv (see the README's reference checks):
+Prints one JSON line. Needs the reference venv (see docs/reference-checks.md):
 
     RAFFM_TORCH_PYTHON=/path/to/venv/bin/python make bench
 """

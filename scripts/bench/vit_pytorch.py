@@ -2,7 +2,7 @@
 """PyTorch + transformers side of `cargo bench --bench vit`: Dinov2ForImageClassification
 (the imported ViT-S/14 folder, 10 labels), batch 32 of random images, 2 threads;
 `train` (cross-entropy, AdamW) or `eval` (no gradients) at the given size. Prints one
-JSON line. Needs the reference venv (see the README's reference checks):
+JSON line. Needs the reference venv (see docs/reference-checks.md):
 
     RAFFM_TORCH_PYTHON=/path/to/venv/bin/python make bench
 

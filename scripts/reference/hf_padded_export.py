@@ -3,7 +3,7 @@
 export and computes the sub-model's logits.
 
 torch and transformers are too heavy for the test venv, so this runs in a separate
-reference venv (see the README, "Reference checks"):
+reference venv (see docs/reference-checks.md):
 
     raffm-evaluate --model SUB --partition P --predictions sub.jsonl
     raffm-export --model SUB --global GLOBAL --output padded

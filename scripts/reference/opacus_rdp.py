@@ -2,7 +2,7 @@
 """Write the privacy accountant's reference values, computed with Opacus's RDPAccountant.
 
 Opacus needs torch, which the test venv leaves out, so this runs once in the reference venv
-(see the README, "Reference checks") and its output is committed:
+(see docs/reference-checks.md) and its output is committed:
 
     python scripts/reference/opacus_rdp.py > crates/raffm/tests/data/opacus-rdp.json
 
