@@ -137,9 +137,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         .or(budgets_file.as_ref().map(|b| b.depth_policy))
         .unwrap_or_default();
     if strategy == Strategy::Salient {
-        let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
-            .map(|m| m.stage)
-            .unwrap_or_default();
+        // No manifest is a model from elsewhere; one that does not read is an error.
+        let manifest = args.global.join(MANIFEST_FILE);
+        let stage = match manifest.exists() {
+            true => Manifest::load(&manifest)?.stage,
+            false => String::new(),
+        };
         if stage != "prioritize" {
             eprintln!(
                 "raffm-extract: warning: strategy `salient` expects a prioritized checkpoint; {} was not written by raffm-prioritize",

@@ -783,6 +783,13 @@ fn the_second_audit_is_refused_cleanly() {
             .push(of_c001.clone())
     });
 
+    // A manifest that is JSON but not a manifest (its stage a number): before, extract
+    // took it for "not prioritized" and went on.
+    let torn_manifest = f.copy("run/prioritized", "bad/torn-manifest");
+    edit_json(&format!("{torn_manifest}/manifest.json"), |m| {
+        m["stage"] = 7.into()
+    });
+
     // Header trust: one tensor listed twice (the second entry reads the same bytes as
     // F16); an entry whose offsets do not fit its shape.
     let twice = f.copy("run/global", "bad/twice");
@@ -1091,6 +1098,22 @@ fn the_second_audit_is_refused_cleanly() {
             ],
             &["rehashed/model.safetensors", "config.json implies"],
             &out("o"),
+        ),
+        case(
+            "a prioritized model whose manifest does not read",
+            "raffm-extract",
+            &[
+                "-g",
+                &torn_manifest,
+                "--budgets",
+                &p("run/budgets.json"),
+                "--clients",
+                "c000",
+                "-o",
+                &out("p"),
+            ],
+            &["torn-manifest/manifest.json", "invalid manifest"],
+            &out("p"),
         ),
     ]);
     check_cases(&f, &cases);

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::placement::Placement;
+use super::placement::RowPlacement;
 use super::update::ClientUpdate;
 use crate::checkpoint::Checkpoint;
 
@@ -16,7 +16,7 @@ pub fn delta_norm(update: &ClientUpdate, global: &Checkpoint) -> f64 {
             let Some((_, sub)) = update.weights.get(name) else {
                 return 0.0;
             };
-            let placement = Placement::new(index, &old.shape);
+            let placement = RowPlacement::new(index, &old.shape);
             let mut sum = 0.0f64;
             placement.for_each_row(sub, |r, src| {
                 let row = &old.data[r * placement.row_len..(r + 1) * placement.row_len];

@@ -30,7 +30,7 @@ use crate::attack::Attack;
 use crate::checkpoint::Checkpoint;
 use crate::elastic::Axis;
 use crate::error::{Error, Result};
-pub use report::TensorReport;
+pub use report::TensorHoldings;
 pub use rule::{DpRound, Rule, ServerRule};
 pub use sums::Accumulator;
 pub use update::{ClientUpdate, UpdateWeights};
@@ -113,7 +113,7 @@ pub struct Outcome {
     pub clients: Vec<Contribution>,
     pub skipped: Vec<Skipped>,
     /// Per global tensor: holders, and what the rule could do with them.
-    pub tensors: Vec<TensorReport>,
+    pub tensors: Vec<TensorHoldings>,
     /// Every update file read, with the hash its producer recorded.
     pub inputs: Vec<crate::io::FileRecord>,
 }
@@ -144,7 +144,7 @@ impl<'g> Combiner<'g> {
         self,
         global: &Checkpoint,
         rule: &ServerRule,
-    ) -> (Checkpoint, Coverage, Vec<TensorReport>) {
+    ) -> (Checkpoint, Coverage, Vec<TensorHoldings>) {
         let (model, coverage, mut tensors) = match self {
             Combiner::Sums(sums) => sums.finish(rule),
             Combiner::Kept(kept) => {
@@ -289,7 +289,7 @@ pub fn aggregate_with(
     global: &Checkpoint,
     updates: &[(&ClientUpdate, f64)],
     rule: &ServerRule,
-) -> (Checkpoint, Coverage, Vec<TensorReport>) {
+) -> (Checkpoint, Coverage, Vec<TensorHoldings>) {
     let clip = rule.clip();
     let scale =
         |u: &ClientUpdate| clip.map_or(1.0, |b| clip::clip_scale(clip::delta_norm(u, global), b));

@@ -4,7 +4,7 @@ use crate::elastic::index::TensorIndex;
 
 /// A sub-tensor laid onto its global tensor, seen as rows (everything after the first
 /// dimension): the global rows it holds and, in each, the element offsets it holds.
-pub(super) struct Placement<'a> {
+pub(super) struct RowPlacement<'a> {
     /// Global row of each sub-tensor row (`None`: row i is global row i, all rows).
     rows: Option<&'a [usize]>,
     /// Offsets within a global row, in the sub-tensor's order (`None`: the whole row).
@@ -17,7 +17,7 @@ pub(super) struct Placement<'a> {
     pub row_count: usize,
 }
 
-impl<'a> Placement<'a> {
+impl<'a> RowPlacement<'a> {
     pub fn new(index: &'a TensorIndex, shape: &[usize]) -> Self {
         let global_rows = shape.first().copied().unwrap_or(1);
         let row_len = shape.iter().skip(1).product::<usize>();

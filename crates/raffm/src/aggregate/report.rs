@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// Holdings of one global tensor in a round.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TensorReport {
+pub struct TensorHoldings {
     pub name: String,
     pub elements: u64,
     /// Elements at least one client held.
@@ -77,8 +77,8 @@ impl HolderStats {
         self.untrimmed += other.untrimmed;
     }
 
-    pub fn report(&self, name: &str, trimmed: bool) -> TensorReport {
-        TensorReport {
+    pub fn report(&self, name: &str, trimmed: bool) -> TensorHoldings {
+        TensorHoldings {
             name: name.to_string(),
             elements: self.elements,
             held: self.held,

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::placement::Placement;
-use super::report::{HolderStats, TensorReport};
+use super::placement::RowPlacement;
+use super::report::{HolderStats, TensorHoldings};
 use super::rule::{Rule, ServerRule};
 use super::update::ClientUpdate;
 use super::Coverage;
@@ -38,7 +38,7 @@ pub fn combine(
     global: &Checkpoint,
     updates: &[(&ClientUpdate, f64)],
     rule: &ServerRule,
-) -> (Checkpoint, Coverage, Vec<TensorReport>) {
+) -> (Checkpoint, Coverage, Vec<TensorHoldings>) {
     assert!(rule.rule.is_order_statistic() && rule.dp.is_none());
     // Per update: global tensor -> its own tensor placed there.
     let placed: Vec<BTreeMap<&str, &str>> = updates
@@ -60,7 +60,7 @@ pub fn combine(
             .filter_map(|((u, scale), placed)| {
                 let own = placed.get(name.as_str())?;
                 let (_, values) = u.weights.get(own)?;
-                let placement = Placement::new(&u.index_map[*own], &old.shape);
+                let placement = RowPlacement::new(&u.index_map[*own], &old.shape);
                 let (row_of, col_of) = placement.inverse(old.shape.first().copied().unwrap_or(1));
                 Some(Holder {
                     values,

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use rayon::prelude::*;
 
-use super::placement::Placement;
-use super::report::{HolderStats, TensorReport};
+use super::placement::RowPlacement;
+use super::report::{HolderStats, TensorHoldings};
 use super::rule::ServerRule;
 use super::update::ClientUpdate;
 use super::Coverage;
@@ -70,7 +70,7 @@ impl TensorSums {
     /// with `delta = Some((s, old))` its update from `old` scaled by `s`.
     fn add(&mut self, sub: &[f32], index: &TensorIndex, w: f64, delta: Option<(f64, &[f32])>) {
         let holder = self.holders.len() as u32;
-        let placement = Placement::new(index, &self.shape);
+        let placement = RowPlacement::new(index, &self.shape);
         let row_len = self.row_len;
         placement.for_each_row(sub, |r, src| {
             let span = r * row_len..(r + 1) * row_len;
@@ -238,7 +238,7 @@ impl<'g> Accumulator<'g> {
 
     /// The new global model: the rule's result where any client contributed, the old value
     /// elsewhere (bit for bit); with DP, the noisy sum everywhere.
-    pub fn finish(self, rule: &ServerRule) -> (Checkpoint, Coverage, Vec<TensorReport>) {
+    pub fn finish(self, rule: &ServerRule) -> (Checkpoint, Coverage, Vec<TensorHoldings>) {
         let (global, deltas) = (self.global, self.deltas);
         let results: Vec<(String, HostTensor, u64, HolderStats)> = self
             .tensors

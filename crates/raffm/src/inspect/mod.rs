@@ -13,5 +13,5 @@ pub use diff::{
 };
 pub use lineage::{lineage, InputStatus, Lineage, Origin};
 pub use stats::{
-    load_checkpoint, stats, tensor_report, tensor_stats, Architecture, Stats, TensorReport,
+    load_checkpoint, stats, tensor_report, tensor_stats, Architecture, CheckpointReport, Stats,
 };

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::diff::{Diff, Side};
 use super::lineage::{recorded_folder, InputCheck, InputStatus, Lineage, Origin};
-use super::stats::TensorReport;
+use super::stats::CheckpointReport;
 
 /// Rows padded to each column's widest cell; the first `left` columns are left-aligned,
 /// the rest (numbers) right-aligned.
@@ -101,7 +101,7 @@ fn shape(s: &[usize]) -> String {
     format!("{s:?}")
 }
 
-impl TensorReport {
+impl CheckpointReport {
     pub fn to_text(&self) -> String {
         let a = &self.architecture;
         let mut model = format!("{}, {}", a.model_type, a.widths.global);

@@ -67,7 +67,7 @@ pub struct Architecture {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct TensorReport {
+pub struct CheckpointReport {
     pub checkpoint: String,
     pub architecture: Architecture,
     pub tensors: Vec<TensorStats>,
@@ -114,7 +114,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
 }
 
 /// The architecture and every tensor's statistics of a checkpoint folder.
-pub fn tensor_report(dir: &Path) -> Result<TensorReport> {
+pub fn tensor_report(dir: &Path) -> Result<CheckpointReport> {
     let checkpoint = load_checkpoint(dir)?;
     let config = &checkpoint.config;
     let weights = dir.join(WEIGHTS_FILE);
@@ -141,7 +141,7 @@ pub fn tensor_report(dir: &Path) -> Result<TensorReport> {
         parameter_count: checkpoint.parameter_count(),
     };
     let checkpoint = dir.display().to_string();
-    Ok(TensorReport {
+    Ok(CheckpointReport {
         checkpoint,
         architecture,
         tensors,
