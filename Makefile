@@ -204,12 +204,20 @@ ifneq ($(filter-out $(NON_PIPELINE_GOALS),$(or $(MAKECMDGOALS),help)),)
 # A run keeps the pipeline it was made with, as run/pipeline.json; the steps depend on that
 # copy, so a fresh checkout (newer file times, same content) redoes nothing, and a changed
 # pipeline file is refused rather than silently redoing or mixing runs.
-$(RUN)/pipeline.mk: $(PIPELINE_FILE) scripts/pipeline_vars.py
+# raffm-pipeline checks the file and writes its settings as Make variables; a rebuilt
+# binary rewrites them (the file's settings, not the run's outputs). In a fresh clone it
+# is built first, alone: the pipeline goals build the rest once the file is read.
+$(RUN)/pipeline.mk: $(PIPELINE_FILE) $(wildcard $(BIN)/raffm-pipeline)
 	@mkdir -p $(@D)
-	@if [ -f $(RUN)/pipeline.json ] && ! cmp -s $(PIPELINE_FILE) $(RUN)/pipeline.json; then \
+	@if [ ! -x $(BIN)/raffm-pipeline ]; then \
+	  if [ -n "$(NO_BUILD)" ]; then echo "make: $(BIN)/raffm-pipeline is missing and NO_BUILD is set" >&2; exit 1; fi; \
+	  echo "building raffm-pipeline to read $(PIPELINE_FILE)" >&2; \
+	  $(CARGO) build $(CARGO_FLAGS) --quiet -p raffm-tools --bin raffm-pipeline; fi
+	@$(BIN)/raffm-pipeline make-vars $(PIPELINE_FILE) > $@.partial || { rm -f $@.partial; rmdir $(@D) 2>/dev/null; exit 1; }
+	@if [ -f $(RUN)/pipeline.json ] && ! cmp -s $(PIPELINE_FILE) $(RUN)/pipeline.json; then rm -f $@.partial; \
 	  echo "make: $(PIPELINE_FILE) differs from the pipeline $(RUN) was made with ($(RUN)/pipeline.json): run it under another PIPELINE name, or remove $(RUN) to start over" >&2; exit 1; fi
 	@if [ ! -f $(RUN)/pipeline.json ]; then cp $(PIPELINE_FILE) $(RUN)/.pipeline.json.partial && mv $(RUN)/.pipeline.json.partial $(RUN)/pipeline.json; fi
-	@$(PYTHON) scripts/pipeline_vars.py $(PIPELINE_FILE) > $@.partial && mv $@.partial $@
+	@mv $@.partial $@
 include $(RUN)/pipeline.mk
 ifneq ($(SEED),)
 PL_SEED := $(SEED)

@@ -1,8 +1,21 @@
 //! Experiment definitions (`pipelines/*.json`) and the client budgets drawn from them.
+//!
+//! The schema lives here alone: [`PipelineFile::load`] parses and checks a pipeline, and
+//! [`make_vars`] turns it into the Make variables the Makefile's rounds run on
+//! (`raffm-pipeline make-vars`).
+
+mod settings;
+mod vars;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use settings::{
+    AttackSettings, BaseSubmodel, DataSettings, DpSettings, EvaluationSettings, LocalSettings,
+    LoraPipeline, LoraSettings, PartitionSettings, RoundSettings, ServerSettings,
+};
+pub use vars::make_vars;
 
 use crate::cost::{Cost, TrainingShape};
 use crate::error::{Error, Result};
@@ -65,18 +78,84 @@ pub struct Pipeline {
     /// tokens its data uses.
     #[serde(default)]
     pub vocabulary_decoys: usize,
-    /// Anything else (data, rounds, optimiser...) for the stages that read it.
-    #[serde(flatten)]
-    pub rest: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The run's seed (`SEED=S` on make's command line replaces it).
+    #[serde(default)]
+    pub seed: u64,
+    /// The examples; only `budgets.json` can be made without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSettings>,
+    #[serde(default)]
+    pub partition: PartitionSettings,
+    #[serde(default)]
+    pub rounds: RoundSettings,
+    /// The classification head's initialisation (`raffm-init-head --head-init`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_init: Option<String>,
+    #[serde(default)]
+    pub local: LocalSettings,
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<AttackSettings>,
+    #[serde(default)]
+    pub evaluation: EvaluationSettings,
+}
+
+/// A pipeline file of either kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipelineFile {
+    /// Fine-tuning through the stages (no `kind`, or `"kind": "finetune"`).
+    Finetune(Box<Pipeline>),
+    /// The decoder's federated LoRA rounds (`"kind": "llm-lora"`).
+    LlmLora(Box<LoraPipeline>),
+}
+
+impl PipelineFile {
+    /// Reads and checks `path`; every problem is one message naming the file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |m: String| Error::format(path, m);
+        let mut raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let Some(object) = raw.as_object_mut() else {
+            return Err(bad("a pipeline is a JSON object".into()));
+        };
+        if object.contains_key("inference_multiplier") {
+            return Err(bad("`inference_multiplier` is gone: a tier's `memory_bytes` is its device memory, for training and deployment alike".into()));
+        }
+        let invalid = |e: serde_json::Error| bad(format!("invalid pipeline: {e}"));
+        match object.get("kind").map(|k| k.as_str()) {
+            None | Some(Some("finetune")) => {
+                object.remove("kind");
+                let p: Pipeline = serde_json::from_value(raw).map_err(invalid)?;
+                p.validate().map_err(bad)?;
+                Ok(PipelineFile::Finetune(Box::new(p)))
+            }
+            Some(Some("llm-lora")) => {
+                let p: LoraPipeline = serde_json::from_value(raw).map_err(invalid)?;
+                p.validate().map_err(bad)?;
+                Ok(PipelineFile::LlmLora(Box::new(p)))
+            }
+            Some(kind) => Err(bad(format!(
+                "unknown kind {} (expected finetune or llm-lora)",
+                kind.map_or("(not a string)".to_string(), |k| format!("`{k}`"))
+            ))),
+        }
+    }
 }
 
 impl Pipeline {
+    /// A fine-tuning pipeline: what `raffm-budgets` reads.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let p: Pipeline = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, format!("invalid pipeline: {e}")))?;
-        p.validate().map_err(|m| Error::format(path, m))?;
-        Ok(p)
+        match PipelineFile::load(path)? {
+            PipelineFile::Finetune(p) => Ok(*p),
+            PipelineFile::LlmLora(_) => Err(Error::format(
+                path,
+                "an llm-lora pipeline has no tiers or budgets",
+            )),
+        }
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
@@ -86,12 +165,27 @@ impl Pipeline {
         if self.tiers.is_empty() {
             return Err("`tiers` is empty".into());
         }
-        let dp = self.rest.get("server").and_then(|s| s.get("dp"));
-        if dp.is_some() && self.vocabulary == VocabularyMode::Client {
+        if self.server.dp.is_some() && self.vocabulary == VocabularyMode::Client {
             return Err("`vocabulary: client` with `server.dp`: which token rows a client holds depends on its data, so DP-FedAvg's guarantee does not cover it; use the full vocabulary".into());
         }
-        if self.rest.contains_key("inference_multiplier") {
-            return Err("`inference_multiplier` is gone: a tier's `memory_bytes` is its device memory, for training and deployment alike".into());
+        if let Some(format) = self.data.as_ref().and_then(|d| d.format.as_ref()) {
+            format.parse::<crate::data::Format>()?;
+        }
+        if let Some(weighting) = &self.server.weighting {
+            weighting.parse::<crate::aggregate::Weighting>()?;
+        }
+        if let Some(init) = &self.head_init {
+            init.parse::<crate::checkpoint::HeadInit>()?;
+        }
+        if let Some(rule) = &self.server.rule {
+            crate::aggregate::Rule::parse(rule, self.server.trim_fraction)
+                .map_err(|e| format!("server.rule: {e}"))?;
+        }
+        if let Some(attack) = &self.attack {
+            attack.option()?;
+        }
+        if self.rounds.clients_per_round == Some(0) {
+            return Err("rounds.clients_per_round must be at least 1".into());
         }
         for t in &self.tiers {
             if t.share.is_nan() || t.share <= 0.0 {
@@ -329,5 +423,102 @@ mod tests {
             (Some(1000), Some(1000))
         );
         assert_eq!(a.clients[0].client, "c000");
+    }
+
+    #[test]
+    fn every_shipped_pipeline_loads_and_gives_its_make_variables() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let pipeline = PipelineFile::load(&path).unwrap();
+                let vars = make_vars(&pipeline).unwrap();
+                let value = |name| vars.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+                assert!(!value("PL_MODEL").is_empty() && !value("PL_DATA").is_empty());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 20, "{seen} pipelines");
+    }
+
+    fn vars_of(
+        json: serde_json::Value,
+    ) -> std::result::Result<Vec<(&'static str, String)>, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let pipeline = PipelineFile::load(&path).map_err(|e| e.to_string())?;
+        make_vars(&pipeline)
+    }
+
+    #[test]
+    fn settings_become_options_and_mistakes_are_refused() {
+        let base = serde_json::json!({
+            "name": "t", "model": "m", "clients": 20, "data": {"path": "d.csv"},
+            "tiers": [{"name": "s", "share": 1, "parameter_fraction": 0.5}],
+            "server": {"dp": {"noise_multiplier": 1.0, "clip_norm": 1.0, "sample_rate": 0.2}},
+            "attack": {"kind": "scale", "factor": 100},
+            "strategy": "static"
+        });
+        let vars = vars_of(base.clone()).unwrap();
+        let value = |name| vars.iter().find(|(n, _)| *n == name).unwrap().1.as_str();
+        assert_eq!(value("PL_PER_ROUND"), "2"); // a tenth of the clients
+        assert_eq!(value("PL_DP_EXPECTED"), "4"); // q * N
+        assert_eq!(value("PL_ATTACK"), "scale:100");
+        assert_eq!(value("PL_ATTACK_PER_ROUND"), "1");
+        assert_eq!(value("PL_PRIORITIZE"), ""); // only the salient strategy prioritizes
+        assert_eq!(value("PL_LR"), ""); // left to raffm-local-train
+
+        for (edit, needle) in [
+            (
+                serde_json::json!({"local": {"epoch": 3}}),
+                "unknown field `epoch`",
+            ),
+            (
+                serde_json::json!({"attack": {"kind": "scale"}}),
+                "needs a `factor`",
+            ),
+            (
+                serde_json::json!({"server": {"rule": "mean"}}),
+                "server.rule",
+            ),
+            (serde_json::json!({"kind": "lora"}), "unknown kind `lora`"),
+            (serde_json::json!({"inference_multiplier": 2}), "is gone"),
+        ] {
+            let mut p = base.clone();
+            for (k, v) in edit.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            let err = vars_of(p).unwrap_err();
+            assert!(err.contains(needle) && err.contains("p.json"), "{err}");
+        }
+        let mut p = base;
+        p.as_object_mut().unwrap().remove("data");
+        assert!(vars_of(p).unwrap_err().contains("no `data`"));
+    }
+
+    #[test]
+    fn a_lora_pipeline_gives_the_largest_rank_to_the_global_adapter() {
+        let vars = vars_of(serde_json::json!({
+            "kind": "llm-lora", "name": "t", "model": "m", "clients": 4,
+            "data": {"path": "d.csv", "format": "rotten-tomatoes"},
+            "lora": {"ranks": [4, 32, 8]}, "aggregation": "flexlora",
+            "submodels": [{}, {"width": 0.5, "hidden": 1}, {"memory_mib": 300}]
+        }))
+        .unwrap();
+        let value = |name| vars.iter().find(|(n, _)| *n == name).unwrap().1.as_str();
+        assert_eq!(value("PL_LORA_R"), "32");
+        assert_eq!(value("PL_LORA_RANKS"), "4 32 8");
+        assert_eq!(
+            value("PL_SUBMODELS"),
+            "-|--width 0.5 --hidden 1|--memory-budget 300"
+        );
+        let err = vars_of(serde_json::json!({
+            "kind": "llm-lora", "name": "t", "model": "m", "clients": 4,
+            "data": {"path": "d.csv"}, "lora": {"ranks": [4, 8]}
+        }))
+        .unwrap_err();
+        assert!(err.contains("different ranks need"), "{err}");
     }
 }
