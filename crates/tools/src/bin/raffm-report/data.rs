@@ -267,6 +267,13 @@ fn trained_dirs(round_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
+/// round-R/global/manifest.json in a run folder.
+fn global_manifest_path(dir: &Path, round: u32) -> PathBuf {
+    dir.join(format!("round-{round}"))
+        .join("global")
+        .join("manifest.json")
+}
+
 /// Loads a run folder. Errors: the folder is missing, has no finished round, or a file in
 /// it is malformed (the error names the file).
 pub fn load_run(dir: &Path) -> anyhow::Result<Run> {
@@ -275,140 +282,38 @@ pub fn load_run(dir: &Path) -> anyhow::Result<Run> {
     }
     let name = run_name(dir);
     let eval_path = dir.join("round-0").join("eval.json");
-    let global_path = |r: u32| {
-        dir.join(format!("round-{r}"))
-            .join("global")
-            .join("manifest.json")
-    };
-    if !eval_path.exists() && !global_path(1).exists() {
+    if !eval_path.exists() && !global_manifest_path(dir, 1).exists() {
         bail!(
             "{}: no finished rounds (neither round-0/eval.json nor round-1/global/manifest.json)",
             dir.display()
         );
     }
     let budgets: Option<Budgets> = read_optional(&dir.join("budgets.json"))?;
-    let mut validation_examples = None;
 
-    let mut rows = Vec::new();
     let zero: Scores = match read_optional::<EvalFile>(&eval_path)? {
         Some(e) => e.metrics,
         None => Scores::default(),
     };
-    validation_examples = validation_examples.or(zero.examples);
-    rows.push(Row {
-        pipeline: name.clone(),
-        round: 0,
-        accuracy: zero.accuracy,
-        macro_f1: zero.macro_f1,
-        mcc: zero.mcc,
-        clients: None,
-        mean_client_parameters: None,
-        mean_client_mib: None,
-        bytes_down_per_client: None,
-        bytes_up_per_client: None,
-        round_bytes: 0,
-        cumulative_bytes: 0,
-        local_train_seconds: None,
-        epsilon: None,
-    });
+    let mut validation_examples = zero.examples;
+    let mut rows = vec![pretrained_row(&name, &zero)];
 
     let mut client_parameters = Vec::new();
     let mut cumulative = 0u64;
     let mut r = 1u32;
-    while global_path(r).exists() {
-        let path = global_path(r);
-        let global: GlobalManifest = read_json(&path)?;
-        let aggregated = global
-            .clients
-            .or(global.details.and_then(|d| d.clients))
-            .unwrap_or_default();
-        client_parameters.extend(aggregated.iter().map(|c| c.parameters));
-        let round_dir = dir.join(format!("round-{r}"));
-        let mut downs = Vec::new();
-        let mut ups = Vec::new();
-        let mut seconds = 0.0;
-        let mut seconds_known = true;
-        for client_dir in trained_dirs(&round_dir)? {
-            let mpath = client_dir.join("manifest.json");
-            let trained: TrainedManifest = read_json(&mpath)?;
-            let down = trained
-                .metrics
-                .bytes_downloaded
-                .or(trained.bytes_on_wire)
-                .with_context(|| {
-                    format!(
-                        "{}: neither metrics.bytes_downloaded nor bytes_on_wire",
-                        mpath.display()
-                    )
-                })?;
-            let up = trained
-                .metrics
-                .bytes_uploaded
-                .or(trained.bytes_on_wire)
-                .with_context(|| {
-                    format!(
-                        "{}: neither metrics.bytes_uploaded nor bytes_on_wire",
-                        mpath.display()
-                    )
-                })?;
-            downs.push(down);
-            ups.push(up);
-            match trained.metrics.wall_seconds {
-                Some(s) => seconds += s,
-                None => seconds_known = false,
-            }
-        }
-        let round_bytes: u64 = downs.iter().sum::<u64>() + ups.iter().sum::<u64>();
-        cumulative += round_bytes;
-        let metrics = global.metrics;
-        let mean_params = metrics
-            .mean_client_parameters
-            .or_else(|| mean(aggregated.iter().map(|c| c.parameters as f64)));
-        let validation = metrics.validation.unwrap_or_default();
-        validation_examples = validation_examples.or(validation.examples);
-        rows.push(Row {
-            pipeline: name.clone(),
-            round: r,
-            accuracy: validation.accuracy,
-            macro_f1: validation.macro_f1,
-            mcc: validation.mcc,
-            clients: metrics
-                .clients
-                .or((!aggregated.is_empty()).then_some(aggregated.len() as u64)),
-            mean_client_parameters: mean_params,
-            mean_client_mib: metrics
-                .mean_client_bytes
-                .or(mean_params.map(|p| 4.0 * p))
-                .map(|b| b / MIB),
-            bytes_down_per_client: mean(downs.iter().map(|&b| b as f64)),
-            bytes_up_per_client: mean(ups.iter().map(|&b| b as f64)),
-            round_bytes,
-            cumulative_bytes: cumulative,
-            local_train_seconds: (seconds_known && !downs.is_empty()).then_some(seconds),
-            epsilon: metrics.epsilon,
-        });
+    while global_manifest_path(dir, r).exists() {
+        let round = federated_round(dir, &name, r, cumulative)?;
+        cumulative = round.row.cumulative_bytes;
+        client_parameters.extend(round.client_parameters);
+        validation_examples = validation_examples.or(round.validation_examples);
+        rows.push(round.row);
         r += 1;
     }
+    let last_round = r - 1;
 
     // Deployment and the ablation are per round; the newest round that has them counts.
-    let newest = |relative: &str| {
-        (1..r)
-            .rev()
-            .map(|round| dir.join(format!("round-{round}")).join(relative))
-            .find(|p| p.is_file())
-    };
-    let deploy_path = newest("deploy/summary.json");
-    let spp_path = newest("spp.json");
-    let deploy: Option<DeploySummary> = match &deploy_path {
-        Some(p) => read_optional(p)?,
-        None => None,
-    };
-    let deploy = deploy.map(|mut d| {
-        if d.tiers.is_empty() {
-            d.tiers = tiers_from_clients(&d.clients);
-        }
-        d
-    });
+    let deploy_path = newest_round_file(dir, last_round, "deploy/summary.json");
+    let spp_path = newest_round_file(dir, last_round, "spp.json");
+    let deploy = read_deploy_summary(deploy_path.as_deref())?;
     let spp: Option<SppSummary> = match &spp_path {
         Some(p) => read_optional(p)?,
         None => None,
@@ -429,6 +334,157 @@ pub fn load_run(dir: &Path) -> anyhow::Result<Run> {
         spp,
         spp_path,
     })
+}
+
+/// Round 0: the pre-trained model (with a fresh head) before any federated round, scored
+/// by round-0/eval.json; nothing trained or sent yet.
+fn pretrained_row(name: &str, zero: &Scores) -> Row {
+    Row {
+        pipeline: name.to_string(),
+        round: 0,
+        accuracy: zero.accuracy,
+        macro_f1: zero.macro_f1,
+        mcc: zero.mcc,
+        clients: None,
+        mean_client_parameters: None,
+        mean_client_mib: None,
+        bytes_down_per_client: None,
+        bytes_up_per_client: None,
+        round_bytes: 0,
+        cumulative_bytes: 0,
+        local_train_seconds: None,
+        epsilon: None,
+    }
+}
+
+/// One finished federated round of a run.
+struct FederatedRound {
+    row: Row,
+    /// Parameters of every client sub-model aggregated in the round.
+    client_parameters: Vec<u64>,
+    /// How many examples the round's global model was validated on.
+    validation_examples: Option<u64>,
+}
+
+/// Reads round `round` from its global manifest and its trained clients' manifests;
+/// `cumulative` is the traffic of the rounds before it.
+fn federated_round(
+    dir: &Path,
+    name: &str,
+    round: u32,
+    cumulative: u64,
+) -> anyhow::Result<FederatedRound> {
+    let global: GlobalManifest = read_json(&global_manifest_path(dir, round))?;
+    let aggregated = global
+        .clients
+        .or(global.details.and_then(|d| d.clients))
+        .unwrap_or_default();
+    let traffic = client_traffic(&dir.join(format!("round-{round}")))?;
+    let round_bytes: u64 = traffic.downs.iter().sum::<u64>() + traffic.ups.iter().sum::<u64>();
+    let metrics = global.metrics;
+    let mean_params = metrics
+        .mean_client_parameters
+        .or_else(|| mean(aggregated.iter().map(|c| c.parameters as f64)));
+    let validation = metrics.validation.unwrap_or_default();
+    let row = Row {
+        pipeline: name.to_string(),
+        round,
+        accuracy: validation.accuracy,
+        macro_f1: validation.macro_f1,
+        mcc: validation.mcc,
+        clients: metrics
+            .clients
+            .or((!aggregated.is_empty()).then_some(aggregated.len() as u64)),
+        mean_client_parameters: mean_params,
+        mean_client_mib: metrics
+            .mean_client_bytes
+            .or(mean_params.map(|p| 4.0 * p))
+            .map(|b| b / MIB),
+        bytes_down_per_client: mean(traffic.downs.iter().map(|&b| b as f64)),
+        bytes_up_per_client: mean(traffic.ups.iter().map(|&b| b as f64)),
+        round_bytes,
+        cumulative_bytes: cumulative + round_bytes,
+        local_train_seconds: traffic.seconds.filter(|_| !traffic.downs.is_empty()),
+        epsilon: metrics.epsilon,
+    };
+    Ok(FederatedRound {
+        row,
+        client_parameters: aggregated.iter().map(|c| c.parameters).collect(),
+        validation_examples: validation.examples,
+    })
+}
+
+/// What the trained clients of one round report, in the order of their folders.
+struct ClientTraffic {
+    /// Bytes each client downloaded.
+    downs: Vec<u64>,
+    /// Bytes each client uploaded.
+    ups: Vec<u64>,
+    /// Their local training wall time, summed; `None` if one of them did not report it.
+    seconds: Option<f64>,
+}
+
+/// Reads the manifests under `<round_dir>/trained/`. A client's bytes each way are
+/// `metrics.bytes_downloaded` and `metrics.bytes_uploaded`, or else `bytes_on_wire`.
+fn client_traffic(round_dir: &Path) -> anyhow::Result<ClientTraffic> {
+    let mut traffic = ClientTraffic {
+        downs: Vec::new(),
+        ups: Vec::new(),
+        seconds: Some(0.0),
+    };
+    for client_dir in trained_dirs(round_dir)? {
+        let mpath = client_dir.join("manifest.json");
+        let trained: TrainedManifest = read_json(&mpath)?;
+        let down = trained
+            .metrics
+            .bytes_downloaded
+            .or(trained.bytes_on_wire)
+            .with_context(|| {
+                format!(
+                    "{}: neither metrics.bytes_downloaded nor bytes_on_wire",
+                    mpath.display()
+                )
+            })?;
+        let up = trained
+            .metrics
+            .bytes_uploaded
+            .or(trained.bytes_on_wire)
+            .with_context(|| {
+                format!(
+                    "{}: neither metrics.bytes_uploaded nor bytes_on_wire",
+                    mpath.display()
+                )
+            })?;
+        traffic.downs.push(down);
+        traffic.ups.push(up);
+        traffic.seconds = match (traffic.seconds, trained.metrics.wall_seconds) {
+            (Some(total), Some(s)) => Some(total + s),
+            _ => None,
+        };
+    }
+    Ok(traffic)
+}
+
+/// `<dir>/round-R/<relative>` for the newest round R in 1..=`last_round` that has it.
+fn newest_round_file(dir: &Path, last_round: u32, relative: &str) -> Option<PathBuf> {
+    (1..=last_round)
+        .rev()
+        .map(|round| dir.join(format!("round-{round}")).join(relative))
+        .find(|p| p.is_file())
+}
+
+/// Reads a deploy summary; one that lists clients but no tiers gets per-tier means.
+fn read_deploy_summary(path: Option<&Path>) -> anyhow::Result<Option<DeploySummary>> {
+    let deploy: Option<DeploySummary> = match path {
+        Some(p) => read_optional(p)?,
+        None => None,
+    };
+    Ok(deploy.map(|mut d| {
+        if d.tiers.is_empty() {
+            d.tiers = tiers_from_clients(&d.clients);
+        }
+        d
+    }))
 }
 
 /// Per-tier means, where a deploy summary lists clients but no tiers.
