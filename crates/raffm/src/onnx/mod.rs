@@ -72,13 +72,41 @@ pub fn import_dinov2(
         .iter()
         .map(|t| (t.name.as_str(), t))
         .collect();
-    let host = |t: &proto::Initializer| HostTensor::new(t.dims.clone(), t.data.clone());
+    let mut tensors = backbone_tensors(graph);
+    let recovered = recover_linear_weights(graph, &by_name, &mut tensors)?;
+    let grid = insert_position_embeddings(&by_name, export, &mut tensors)?;
+    let config = dinov2_config(&tensors, export, &grid)?;
+    check_every_tensor_is_there(&config, &tensors)?;
+    Ok(ImportedDinov2 {
+        config,
+        preprocessor: preprocessor_config(export),
+        tensors,
+        recovered,
+    })
+}
+
+fn host(t: &proto::Initializer) -> HostTensor {
+    HostTensor::new(t.dims.clone(), t.data.clone())
+}
+
+/// The named initializers behind `backbone.`, under their HF names.
+fn backbone_tensors(graph: &Graph) -> BTreeMap<String, HostTensor> {
     let mut tensors = BTreeMap::new();
     for t in &graph.initializers {
         if let Some(name) = t.name.strip_prefix(PREFIX) {
             tensors.insert(name.to_string(), host(t));
         }
     }
+    tensors
+}
+
+/// Adds the linear weights to `tensors`, transposed to HF's `[out, in]`, and returns the
+/// anonymous initializers they came from with their HF names.
+fn recover_linear_weights(
+    graph: &Graph,
+    by_name: &BTreeMap<&str, &proto::Initializer>,
+    tensors: &mut BTreeMap<String, HostTensor>,
+) -> std::result::Result<Vec<(String, String)>, String> {
     // Linear weights: MatMul(x, W) followed by Add(., backbone.<module>.bias).
     let mut consumers: BTreeMap<&str, Vec<&proto::Node>> = BTreeMap::new();
     for node in &graph.nodes {
@@ -136,6 +164,23 @@ pub fn import_dinov2(
         }
         recovered.push((weight.name.clone(), name));
     }
+    Ok(recovered)
+}
+
+/// What the position embeddings tell of the model.
+struct PositionGrid {
+    hidden: usize,
+    /// Patches per side of the square grid.
+    side: usize,
+}
+
+/// Joins the two anonymous position-embedding initializers into HF's
+/// `embeddings.position_embeddings` `[1, 1 + G*G, H]`.
+fn insert_position_embeddings(
+    by_name: &BTreeMap<&str, &proto::Initializer>,
+    export: &Dinov2Export,
+    tensors: &mut BTreeMap<String, HostTensor>,
+) -> std::result::Result<PositionGrid, String> {
     // The position embeddings: the CLS entry [1, 1, H] and the grid [1, G*G, H].
     let find = |name: &str| {
         by_name
@@ -168,6 +213,17 @@ pub fn import_dinov2(
         "embeddings.position_embeddings".into(),
         HostTensor::new(vec![1, positions, hidden], data),
     );
+    Ok(PositionGrid { hidden, side })
+}
+
+/// `config.json` of a `Dinov2Model`, from the shapes of the tensors and what `export`
+/// tells.
+fn dinov2_config(
+    tensors: &BTreeMap<String, HostTensor>,
+    export: &Dinov2Export,
+    grid: &PositionGrid,
+) -> std::result::Result<Value, String> {
+    let PositionGrid { hidden, side } = *grid;
     // Every index a layer's initializer names counts: a layer missing one of them is
     // reported by that name below, not dropped.
     let layers = tensors
@@ -205,7 +261,7 @@ pub fn import_dinov2(
             export.head_dim
         ));
     }
-    let config = json!({
+    Ok(json!({
         "architectures": ["Dinov2Model"],
         "model_type": "dinov2",
         "hidden_size": hidden,
@@ -224,9 +280,15 @@ pub fn import_dinov2(
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
         "drop_path_rate": 0.0,
-    });
-    // Every tensor the config implies must be there, named as the export names it. The
-    // layers' matrices come from MatMuls, found through the bias each one feeds.
+    }))
+}
+
+/// Every tensor the config implies must be there, named as the export names it. The
+/// layers' matrices come from MatMuls, found through the bias each one feeds.
+fn check_every_tensor_is_there(
+    config: &Value,
+    tensors: &BTreeMap<String, HostTensor>,
+) -> std::result::Result<(), String> {
     let model = crate::families::ModelConfig::from_json(config.clone(), Path::new("config.json"))
         .map_err(|e| format!("the recovered shape is no DINOv2: {e}"))?;
     for (spec, shape) in model.shapes() {
@@ -240,7 +302,13 @@ pub fn import_dinov2(
             return Err(format!("no initializer `{PREFIX}{name}`{how}"));
         }
     }
-    let preprocessor = json!({
+    Ok(())
+}
+
+/// `preprocessor_config.json`: resize to the traced input size, rescale to [0, 1] and
+/// normalise by the export's mean and std.
+fn preprocessor_config(export: &Dinov2Export) -> Value {
+    json!({
         "image_processor_type": "BitImageProcessor",
         "do_resize": true,
         "size": {"height": export.input_size, "width": export.input_size},
@@ -251,11 +319,5 @@ pub fn import_dinov2(
         "image_mean": export.image_mean,
         "image_std": export.image_std,
         "do_convert_rgb": true,
-    });
-    Ok(ImportedDinov2 {
-        config,
-        preprocessor,
-        tensors,
-        recovered,
     })
 }
