@@ -14,7 +14,7 @@ use raffm::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Stra
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
 use raffm::pipeline::Budgets;
-use raffm::search::{Budget, Policy};
+use raffm::search::{Budget, Policy, SearchSpace};
 use raffm::tokenizer::TextTokenizer;
 use raffm::vocab::{data_tokens, decoy_stream, with_decoys, VocabularyMode};
 use raffm::Checkpoint;
@@ -161,10 +161,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         image_size: base_shape.image_size,
     };
     let cost_model = CostModel::for_checkpoint(&global, shape);
+    // Without budgets.json, the default pipeline's space on the axes this model has.
     let base_space = budgets_file
         .as_ref()
         .map(|b| b.search_space.clone())
-        .unwrap_or_default();
+        .unwrap_or_else(|| SearchSpace::default().restricted_to(global.config.axes()));
     let space = args.space.space(&base_space, global.config.axes())?;
     let vocabulary = args
         .vocabulary

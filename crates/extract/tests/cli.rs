@@ -155,3 +155,27 @@ fn an_infeasible_budget_is_a_clear_error_and_writes_nothing() {
     );
     assert!(!out.join("tiny").exists());
 }
+
+/// Without budgets.json the search space is the default pipeline's, hidden size and depth
+/// included: 30% of MiniLM fits (with the per-layer axes alone the smallest sub-model is
+/// about 63% of it, and the budget was infeasible).
+#[test]
+fn thirty_percent_of_minilm_fits_the_built_in_space() {
+    let assets = std::env::var_os("RAFFM_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
+    let minilm = assets.join("minilm");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("clients");
+    let o = extract(
+        &["--param-fraction", "0.30", "--strategy", "static"],
+        &[("--global", &minilm), ("--out-dir", &out)],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sub = Checkpoint::load(&out.join("client")).unwrap();
+    let full = Checkpoint::load(&minilm).unwrap().parameter_count();
+    let fraction = sub.parameter_count() as f64 / full as f64;
+    assert!((0.25..=0.30).contains(&fraction), "{fraction}");
+    let widths = sub.config.widths();
+    assert!(widths.global.get(raffm::Axis::Hidden) < 384 || widths.layers.len() < 6);
+}

@@ -36,7 +36,7 @@ fn main() {
         .unwrap();
     let global = Checkpoint::load(dir.path().join("global")).unwrap();
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     let clients: Vec<String> = (0..10).map(|i| format!("c{i:03}")).collect();
     clients.par_iter().enumerate().for_each(|(i, client)| {
         let budget = Budget {

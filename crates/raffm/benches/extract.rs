@@ -71,7 +71,7 @@ fn main() {
     let out_bytes: Vec<u64> = {
         let global = Checkpoint::load(&global_dir).unwrap();
         let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-        let space = SearchSpace::default();
+        let space = SearchSpace::per_layer();
         fractions
             .iter()
             .map(|&f| {
@@ -107,7 +107,7 @@ fn main() {
     let start = Instant::now();
     let global = Checkpoint::load(&global_dir).unwrap();
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     fractions.par_iter().enumerate().for_each(|(i, &f)| {
         let client = format!("c{i:03}");
         let r = request(&client, f, &global, &space, &cost_model);

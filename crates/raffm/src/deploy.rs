@@ -122,7 +122,7 @@ mod tests {
     use crate::families::bert::{tiny_model, Variant};
 
     fn space() -> SearchSpace {
-        let mut space = SearchSpace::default();
+        let mut space = SearchSpace::per_layer();
         space.0.insert(Axis::Hidden, vec![0.5, 0.75, 1.0]);
         space.0.insert(Axis::Layers, vec![0.34, 0.67, 1.0]);
         space

@@ -25,8 +25,23 @@ use crate::rng::SplitMix64;
 #[serde(transparent)]
 pub struct SearchSpace(pub BTreeMap<Axis, Vec<f64>>);
 
+/// Every axis, as the default pipeline (`pipelines/default.json`) searches it: what a
+/// pipeline that gives no `search_space`, and `raffm-extract` without budgets.json,
+/// search (restricted to the model's axes, [`SearchSpace::restricted_to`]).
 impl Default for SearchSpace {
     fn default() -> Self {
+        let mut space = Self::per_layer();
+        space.0.insert(Axis::Hidden, vec![0.5, 0.75, 1.0]);
+        space.0.insert(Axis::Layers, vec![0.5, 0.67, 0.83, 1.0]);
+        space
+    }
+}
+
+const FULL: [f64; 1] = [1.0];
+
+impl SearchSpace {
+    /// The per-layer widths only (heads, head dimension, FFN), hidden size and depth kept.
+    pub fn per_layer() -> Self {
         Self(BTreeMap::from([
             (Axis::Heads, vec![0.25, 0.5, 0.75, 1.0]),
             (Axis::HeadDim, vec![0.5, 0.75, 1.0]),
@@ -35,11 +50,14 @@ impl Default for SearchSpace {
             (Axis::Layers, vec![1.0]),
         ]))
     }
-}
 
-const FULL: [f64; 1] = [1.0];
+    /// Only the axes a model of `axes` can search: a built-in space for any family.
+    pub fn restricted_to(mut self, axes: &[AxisSpec]) -> Self {
+        self.0
+            .retain(|axis, _| axes.iter().any(|a| a.axis == *axis && a.searchable));
+        self
+    }
 
-impl SearchSpace {
     /// The fractions of `axis` (the full width where the space does not list it).
     pub fn fractions(&self, axis: Axis) -> &[f64] {
         self.0.get(&axis).map_or(&FULL, Vec::as_slice)

@@ -68,7 +68,7 @@ fn request<'a>(
 
 /// The search space of every axis.
 fn full_space() -> SearchSpace {
-    let mut space = SearchSpace::default();
+    let mut space = SearchSpace::per_layer();
     space.0.insert(Axis::Hidden, vec![0.25, 0.5, 0.75, 1.0]);
     space.0.insert(Axis::Layers, vec![0.5, 0.67, 0.83, 1.0]);
     space
@@ -79,7 +79,7 @@ fn every_strategy_gives_a_sub_model_equal_to_the_masked_full_model() {
     let raw = global();
     let (prioritized, _) = prioritize(&raw, Norm::L1, |_| {});
     let batch = batch();
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     for strategy in [
         Strategy::Salient,
         Strategy::Static,
@@ -123,7 +123,7 @@ fn every_strategy_gives_a_sub_model_equal_to_the_masked_full_model() {
 fn the_padded_export_has_the_full_models_names_and_shapes_and_its_function() {
     let (global, _) = prioritize(&global(), Norm::L1, |_| {});
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     let budget = Budget {
         max_parameters: Some(global.parameter_count() * 75 / 100),
         max_train_memory_bytes: None,
@@ -262,7 +262,7 @@ fn written_checkpoints_fit_the_budget_and_have_the_descriptions_parameter_count(
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
     let full = global.parameter_count();
     let dir = tempfile::tempdir().unwrap();
-    for (space, smallest_feasible) in [(SearchSpace::default(), 70), (full_space(), 20)] {
+    for (space, smallest_feasible) in [(SearchSpace::per_layer(), 70), (full_space(), 20)] {
         let mut feasible = 0;
         for percent in (10..=100).step_by(10) {
             let max = full * percent / 100;

@@ -59,7 +59,7 @@ fn setup(dataset: &Dataset, examples: &[usize]) -> Setup {
     let tokens = data_tokens(&tokenizer, dataset, examples, 30522).unwrap();
     let vocabulary = with_decoys(&tokens, 30522, 0, &mut raffm::rng::SplitMix64::new(0));
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     let request = ClientRequest {
         client: "c000",
         budget: Budget::default(),
@@ -192,7 +192,7 @@ fn a_tokenizer_that_does_not_match_the_model_and_ids_outside_the_vocabulary_are_
 
     let global = Checkpoint::load(minilm_dir()).unwrap();
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     let outside = ClientVocabulary {
         kept: vec![0, 100, 101, 102, 30522],
         from_data: 5,

@@ -81,7 +81,7 @@ fn a_client_vocabulary_trains_and_aggregates_to_what_the_full_vocabulary_does() 
     assert!(vocabulary.kept.len() < vocab_size / 2, "{vocabulary:?}");
 
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
-    let space = SearchSpace::default();
+    let space = SearchSpace::per_layer();
     let request = |vocabulary| ClientRequest {
         client: "c0",
         budget: Budget::default(),

@@ -63,8 +63,9 @@ pub struct Pipeline {
     pub tiers: Vec<Tier>,
     #[serde(default)]
     pub training: TrainingShape,
-    #[serde(default)]
-    pub search_space: SearchSpace,
+    /// None: [`SearchSpace::default`] on the model's axes (see [`Pipeline::space_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_space: Option<SearchSpace>,
     #[serde(default = "default_strategy")]
     pub strategy: Strategy,
     #[serde(default = "default_policy")]
@@ -147,6 +148,14 @@ impl PipelineFile {
 }
 
 impl Pipeline {
+    /// The space the clients' sub-models are searched in, for a model of `axes`: the
+    /// pipeline's, or the built-in one on the axes the model has.
+    pub fn space_for(&self, axes: &[crate::elastic::AxisSpec]) -> SearchSpace {
+        self.search_space
+            .clone()
+            .unwrap_or_else(|| SearchSpace::default().restricted_to(axes))
+    }
+
     /// A fine-tuning pipeline: what `raffm-budgets` reads.
     pub fn load(path: &Path) -> Result<Self> {
         match PipelineFile::load(path)? {
@@ -207,9 +216,10 @@ impl Pipeline {
                 return Err(format!("tier `{}`: memory_bytes must be positive", t.name));
             }
         }
-        self.search_space
-            .check_fractions()
-            .map_err(|e| e.to_string())
+        match &self.search_space {
+            Some(space) => space.check_fractions().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -367,7 +377,7 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
         pipeline: pipeline.name.clone(),
         seed,
         training: pipeline.training,
-        search_space: pipeline.search_space.clone(),
+        search_space: pipeline.search_space.clone().unwrap_or_default(),
         strategy: pipeline.strategy,
         policy: pipeline.policy,
         depth_policy: pipeline.depth_policy,
@@ -423,6 +433,13 @@ mod tests {
             (Some(1000), Some(1000))
         );
         assert_eq!(a.clients[0].client, "c000");
+    }
+
+    #[test]
+    fn the_built_in_space_is_the_default_pipelines() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/default.json");
+        let default = Pipeline::load(&path).unwrap();
+        assert_eq!(default.search_space, Some(SearchSpace::default()));
     }
 
     #[test]

@@ -42,7 +42,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let pipeline = Pipeline::load(&args.pipeline)?;
+    let mut pipeline = Pipeline::load(&args.pipeline)?;
     let model = args.model.unwrap_or_else(|| pipeline.model.clone());
     let mut inputs = vec![
         ("--pipeline", args.pipeline.as_path()),
@@ -51,10 +51,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
     raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let mut config = ModelConfig::load(&model.join(CONFIG_FILE))?;
-    pipeline
-        .search_space
+    let space = pipeline.space_for(config.axes());
+    space
         .validate(config.axes())
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.pipeline.display()))?;
+    pipeline.search_space = Some(space);
     if config.vit().is_some() && pipeline.training.image_size.is_none() {
         bail!(
             "{}: a vision model needs `training.image_size` (the input side in pixels, which its memory depends on)",
