@@ -172,7 +172,7 @@ fn thirty_percent_of_minilm_fits_the_built_in_space() {
         &[("--global", &minilm), ("--out-dir", &out)],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let sub = Checkpoint::load(&out.join("client")).unwrap();
+    let sub = Checkpoint::load(out.join("client")).unwrap();
     let full = Checkpoint::load(&minilm).unwrap().parameter_count();
     let fraction = sub.parameter_count() as f64 / full as f64;
     assert!((0.25..=0.30).contains(&fraction), "{fraction}");
