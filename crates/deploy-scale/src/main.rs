@@ -15,15 +15,15 @@ use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::checkpoint::Checkpoint;
 use raffm::cli::{EvalArgs, SpaceArgs};
 use raffm::cost::CostModel;
-use raffm::deploy::plan_client;
+use raffm::deploy::{plan_client, ClientDeployment};
 use raffm::evaluate::{EvalSet, Metrics};
 use raffm::extract::{ClientModel, ClientRequest, Strategy};
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
-use raffm::pipeline::{round_of, Budgets};
+use raffm::pipeline::{round_of, Budgets, ClientBudget};
 use raffm::prioritize::prioritize;
-use raffm::search::Policy;
+use raffm::search::{Policy, SearchSpace};
 use raffm::tensor::Norm;
 use raffm::{with_backend, Widths};
 
@@ -142,41 +142,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             ("--partition", &args.partition),
         ],
     )?;
-    let mut global = Checkpoint::load(&args.global)?;
-    let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
-        args.eval.max_seq_len,
-        global.config.max_positions(),
+    let deployment = Deployment::load(&args)?;
+    let clients = deployment.clients()?;
+    let ids = args
+        .eval
+        .validation_ids(&deployment.partition, &args.partition)?;
+    let examples = EvalSet::load(
+        &args.global,
+        &deployment.partition,
+        &ids,
+        deployment.max_seq_len,
     )?;
-    let budgets = Budgets::load(&args.budgets)?;
-    let partition = Partition::load(&args.partition)?;
-    let space = args
-        .space
-        .space(&budgets.search_space, global.config.axes())?;
-    let strategy = args.strategy.unwrap_or(budgets.strategy);
-    let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
-        .map(|m| m.stage)
-        .unwrap_or_default();
-    let prioritized_here = strategy == Strategy::Salient && stage != "prioritize";
-    if prioritized_here {
-        let files = global.files.clone();
-        global = prioritize(&global, args.norm, |_| {}).0;
-        global.files = files; // the deployed models come from these files, reordered
-    }
-    let cost_model = CostModel::for_checkpoint(&global, budgets.training);
-    let clients: Vec<&raffm::pipeline::ClientBudget> = if args.clients.is_empty() {
-        budgets.clients.iter().collect()
-    } else {
-        args.clients
-            .iter()
-            .map(|id| {
-                budgets
-                    .client(id)
-                    .with_context(|| format!("{}: no client `{id}`", args.budgets.display()))
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
-    let ids = args.eval.validation_ids(&partition, &args.partition)?;
-    let examples = EvalSet::load(&args.global, &partition, &ids, max_seq_len)?;
 
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -191,16 +167,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Clients of a tier usually get the same sub-models: evaluate and write each once.
     let mut evaluated: BTreeMap<String, Metrics> = BTreeMap::new();
     let mut written: BTreeMap<String, Written> = BTreeMap::new();
-    let key = |model: &ClientModel| -> anyhow::Result<String> {
-        Ok(serde_json::to_string(&(
-            &model.choice.widths,
-            &model.selection,
-        ))?)
-    };
     with_backend!(args.eval.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         let mut evaluate = |model: &ClientModel| -> anyhow::Result<Metrics> {
-            let key = key(model)?;
+            let key = model_key(model)?;
             if let Some(m) = evaluated.get(&key) {
                 return Ok(m.clone());
             }
@@ -218,79 +188,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             Ok(m)
         };
         for budget in &clients {
-            let request = ClientRequest {
-                client: &budget.client,
-                budget: budget.train,
-                round: args.round,
-                seed: args.seed,
-                strategy,
-                policy: Policy::Largest,
-                depth_policy: budgets.depth_policy,
-                space: &space,
-                cost_model: &cost_model,
-                vocabulary: None,
-            };
-            let device_memory = budget
-                .device_memory_bytes
-                .map(|m| (m as f64 * args.memory_scale) as u64);
-            let plan = plan_client(&global, &request, device_memory)?;
+            let plan = deployment.deploy_client(budget, &mut staging, &mut written)?;
             let target = args.output.join(&budget.client);
-            let mut client_dir = staging.nested(&budget.client)?;
-            let model_key = key(&plan.deployed)?;
-            match written.get(&model_key) {
-                Some(first) => {
-                    for record in &first.records {
-                        let name = Path::new(&record.path)
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .context("a written file has a name")?;
-                        let existing = staging.path().join(&first.client).join(name);
-                        client_dir.link(name, &existing, record)?;
-                    }
-                }
-                None => {
-                    plan.deployed.checkpoint.write_into(&mut client_dir)?;
-                    written.insert(
-                        model_key,
-                        Written {
-                            client: budget.client.clone(),
-                            records: client_dir.records().to_vec(),
-                        },
-                    );
-                }
-            }
-            let mut manifest = plan.deployed.manifest(
-                &global,
-                &request,
-                json!({"global": args.global, "budgets": args.budgets, "device_memory_bytes": device_memory}),
-            )?;
-            manifest.stage = "deploy-scale".into();
-            manifest.tool = "raffm-deploy-scale".into();
-            manifest
-                .details
-                .insert("device_memory_bytes".into(), json!(device_memory));
-            manifest.details.insert("tier".into(), json!(budget.tier));
-            manifest.write_into(&mut client_dir)?;
-            client_dir.commit()?;
-            let summary = |model: &ClientModel, metrics: Metrics, path: Option<PathBuf>| {
-                let cost = &model.choice.cost;
-                ModelSummary {
-                    parameters: cost.parameters,
-                    bytes: cost.bytes_on_wire,
-                    train_memory_bytes: cost.train_memory_bytes,
-                    inference_memory_bytes: cost.inference_memory_bytes,
-                    architecture: model.choice.widths.clone(),
-                    accuracy: metrics.accuracy,
-                    macro_f1: metrics.macro_f1,
-                    path,
-                }
-            };
-            let train = summary(&plan.train, evaluate(&plan.train)?, None);
-            let deployed = summary(&plan.deployed, evaluate(&plan.deployed)?, Some(target));
+            let train = model_summary(&plan.train, evaluate(&plan.train)?, None);
+            let deployed = model_summary(&plan.deployed, evaluate(&plan.deployed)?, Some(target));
             summaries.push(ClientSummary {
                 client: budget.client.clone(),
                 tier: budget.tier.clone(),
-                device_memory_bytes: device_memory,
+                device_memory_bytes: plan.device_memory_bytes,
                 train,
                 deployed,
             });
@@ -300,48 +205,237 @@ fn run(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     let tiers = tier_summaries(&summaries);
-    let summary = json!({
-        "global": args.global,
-        "global_sha256": global.weights_sha256(),
-        "round": round_of(&args.global),
-        "strategy": strategy,
-        "prioritized_here": prioritized_here,
-        "memory_scale": args.memory_scale,
-        "evaluation": {"split": "validation", "examples": ids.len()},
-        "clients": summaries,
-        "tiers": tiers,
-    });
-    staging.write(
-        "summary.json",
-        format!("{}\n", serde_json::to_string_pretty(&summary)?).as_bytes(),
-    )?;
-    staging.write("summary.csv", summary_csv(&summaries).as_bytes())?;
-    let mut manifest = Manifest::new(
-        "deploy-scale",
-        "raffm-deploy-scale",
-        json!({
-            "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
-            "memory_scale": args.memory_scale, "strategy": strategy, "norm": args.norm,
-            "round": args.round, "seed": args.seed, "search_space": space, "eval_max_examples": args.eval.eval_max_examples,
-        }),
-    );
-    manifest.seeds.insert("seed".into(), json!(args.seed));
-    manifest.inputs = global.files.clone();
-    manifest.inputs.push(sha256_file(&args.budgets)?);
-    manifest.inputs.push(sha256_file(&args.partition)?);
-    manifest
-        .metrics
-        .insert("clients".into(), json!(summaries.len()));
-    manifest
-        .metrics
-        .insert("distinct_models".into(), json!(written.len()));
-    manifest.details.insert("tiers".into(), json!(tiers));
+    deployment.write_summaries(&mut staging, ids.len(), &summaries, &tiers)?;
+    let mut manifest = deployment.manifest(summaries.len(), written.len(), &tiers)?;
     manifest.write_into(&mut staging)?;
     staging.commit()?;
     if !args.quiet {
         print_tiers(&tiers);
     }
     Ok(())
+}
+
+/// What every client's deployment shares: the options, the inputs (the global model
+/// prioritized here where the strategy needs it) and the search it runs.
+struct Deployment<'a> {
+    args: &'a Args,
+    global: Checkpoint,
+    /// Tokens per validation example.
+    max_seq_len: usize,
+    budgets: Budgets,
+    partition: Partition,
+    space: SearchSpace,
+    strategy: Strategy,
+    /// Whether strategy `salient` had to prioritize a global model raffm-prioritize did
+    /// not write.
+    prioritized_here: bool,
+    cost_model: CostModel,
+}
+
+impl<'a> Deployment<'a> {
+    /// Loads the inputs and resolves the options, prioritizing the global model where the
+    /// strategy needs it.
+    fn load(args: &'a Args) -> anyhow::Result<Self> {
+        let mut global = Checkpoint::load(&args.global)?;
+        let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
+            args.eval.max_seq_len,
+            global.config.max_positions(),
+        )?;
+        let budgets = Budgets::load(&args.budgets)?;
+        let partition = Partition::load(&args.partition)?;
+        let space = args
+            .space
+            .space(&budgets.search_space, global.config.axes())?;
+        let strategy = args.strategy.unwrap_or(budgets.strategy);
+        let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
+            .map(|m| m.stage)
+            .unwrap_or_default();
+        let prioritized_here = strategy == Strategy::Salient && stage != "prioritize";
+        if prioritized_here {
+            let files = global.files.clone();
+            global = prioritize(&global, args.norm, |_| {}).0;
+            global.files = files; // the deployed models come from these files, reordered
+        }
+        let cost_model = CostModel::for_checkpoint(&global, budgets.training);
+        Ok(Self {
+            args,
+            global,
+            max_seq_len,
+            budgets,
+            partition,
+            space,
+            strategy,
+            prioritized_here,
+            cost_model,
+        })
+    }
+
+    /// The budgets of the clients to deploy to: those of --clients, else every client's.
+    fn clients(&self) -> anyhow::Result<Vec<&ClientBudget>> {
+        let args = self.args;
+        if args.clients.is_empty() {
+            Ok(self.budgets.clients.iter().collect())
+        } else {
+            args.clients
+                .iter()
+                .map(|id| {
+                    self.budgets
+                        .client(id)
+                        .with_context(|| format!("{}: no client `{id}`", args.budgets.display()))
+                })
+                .collect()
+        }
+    }
+
+    /// Plans the deployment of `budget`'s client and writes its deployed model and
+    /// manifest.json into its folder in `staging`, linking the files of the same model
+    /// where `written` has them. Returns the plan, with the client's device memory.
+    fn deploy_client(
+        &self,
+        budget: &ClientBudget,
+        staging: &mut StagingDir,
+        written: &mut BTreeMap<String, Written>,
+    ) -> anyhow::Result<ClientDeployment> {
+        let args = self.args;
+        let request = ClientRequest {
+            client: &budget.client,
+            budget: budget.train,
+            round: args.round,
+            seed: args.seed,
+            strategy: self.strategy,
+            policy: Policy::Largest,
+            depth_policy: self.budgets.depth_policy,
+            space: &self.space,
+            cost_model: &self.cost_model,
+            vocabulary: None,
+        };
+        let device_memory = budget
+            .device_memory_bytes
+            .map(|m| (m as f64 * args.memory_scale) as u64);
+        let plan = plan_client(&self.global, &request, device_memory)?;
+        let mut client_dir = staging.nested(&budget.client)?;
+        let model_key = model_key(&plan.deployed)?;
+        match written.get(&model_key) {
+            Some(first) => {
+                for record in &first.records {
+                    let name = Path::new(&record.path)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .context("a written file has a name")?;
+                    let existing = staging.path().join(&first.client).join(name);
+                    client_dir.link(name, &existing, record)?;
+                }
+            }
+            None => {
+                plan.deployed.checkpoint.write_into(&mut client_dir)?;
+                written.insert(
+                    model_key,
+                    Written {
+                        client: budget.client.clone(),
+                        records: client_dir.records().to_vec(),
+                    },
+                );
+            }
+        }
+        let mut manifest = plan.deployed.manifest(
+            &self.global,
+            &request,
+            json!({"global": args.global, "budgets": args.budgets, "device_memory_bytes": device_memory}),
+        )?;
+        manifest.stage = "deploy-scale".into();
+        manifest.tool = "raffm-deploy-scale".into();
+        manifest
+            .details
+            .insert("device_memory_bytes".into(), json!(device_memory));
+        manifest.details.insert("tier".into(), json!(budget.tier));
+        manifest.write_into(&mut client_dir)?;
+        client_dir.commit()?;
+        Ok(plan)
+    }
+
+    /// Writes summary.json and summary.csv into `staging`: every client's models and each
+    /// tier's, evaluated on `num_examples` validation examples.
+    fn write_summaries(
+        &self,
+        staging: &mut StagingDir,
+        num_examples: usize,
+        clients: &[ClientSummary],
+        tiers: &[TierSummary],
+    ) -> anyhow::Result<()> {
+        let args = self.args;
+        let summary = json!({
+            "global": args.global,
+            "global_sha256": self.global.weights_sha256(),
+            "round": round_of(&args.global),
+            "strategy": self.strategy,
+            "prioritized_here": self.prioritized_here,
+            "memory_scale": args.memory_scale,
+            "evaluation": {"split": "validation", "examples": num_examples},
+            "clients": clients,
+            "tiers": tiers,
+        });
+        staging.write(
+            "summary.json",
+            format!("{}\n", serde_json::to_string_pretty(&summary)?).as_bytes(),
+        )?;
+        staging.write("summary.csv", summary_csv(clients).as_bytes())?;
+        Ok(())
+    }
+
+    /// The output folder's manifest.json, for `clients` clients given `distinct_models`
+    /// different models.
+    fn manifest(
+        &self,
+        clients: usize,
+        distinct_models: usize,
+        tiers: &[TierSummary],
+    ) -> anyhow::Result<Manifest> {
+        let args = self.args;
+        let mut manifest = Manifest::new(
+            "deploy-scale",
+            "raffm-deploy-scale",
+            json!({
+                "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
+                "memory_scale": args.memory_scale, "strategy": self.strategy, "norm": args.norm,
+                "round": args.round, "seed": args.seed, "search_space": self.space, "eval_max_examples": args.eval.eval_max_examples,
+            }),
+        );
+        manifest.seeds.insert("seed".into(), json!(args.seed));
+        manifest.inputs = self.global.files.clone();
+        manifest.inputs.push(sha256_file(&args.budgets)?);
+        manifest.inputs.push(sha256_file(&args.partition)?);
+        manifest.metrics.insert("clients".into(), json!(clients));
+        manifest
+            .metrics
+            .insert("distinct_models".into(), json!(distinct_models));
+        manifest.details.insert("tiers".into(), json!(tiers));
+        Ok(manifest)
+    }
+}
+
+/// The key of a sub-model, the same for the same widths and indices: clients whose
+/// models share it share their evaluation and files.
+fn model_key(model: &ClientModel) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&(
+        &model.choice.widths,
+        &model.selection,
+    ))?)
+}
+
+/// The summary of one of a client's models, with its metrics and, for the deployed one,
+/// its folder.
+fn model_summary(model: &ClientModel, metrics: Metrics, path: Option<PathBuf>) -> ModelSummary {
+    let cost = &model.choice.cost;
+    ModelSummary {
+        parameters: cost.parameters,
+        bytes: cost.bytes_on_wire,
+        train_memory_bytes: cost.train_memory_bytes,
+        inference_memory_bytes: cost.inference_memory_bytes,
+        architecture: model.choice.widths.clone(),
+        accuracy: metrics.accuracy,
+        macro_f1: metrics.macro_f1,
+        path,
+    }
 }
 
 /// Per tier: the first client's sizes (every client of a tier has the same budget) and
