@@ -1,6 +1,6 @@
 //! `raffm-extract`: per-client sub-models that fit their budgets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -10,13 +10,14 @@ use serde_json::json;
 
 use raffm::cli::SpaceArgs;
 use raffm::cost::{CostModel, TrainingShape};
+use raffm::data::Dataset;
 use raffm::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Strategy};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
 use raffm::pipeline::Budgets;
 use raffm::search::{Budget, Policy, SearchSpace};
 use raffm::tokenizer::TextTokenizer;
-use raffm::vocab::{data_tokens, decoy_stream, with_decoys, VocabularyMode};
+use raffm::vocab::{data_tokens, decoy_stream, with_decoys, ClientVocabulary, VocabularyMode};
 use raffm::Checkpoint;
 use rayon::prelude::*;
 
@@ -124,42 +125,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| Budgets::load(p))
         .transpose()?;
-    let strategy = args
-        .strategy
-        .or(budgets_file.as_ref().map(|b| b.strategy))
-        .unwrap_or(Strategy::Salient);
-    let policy = args
-        .policy
-        .or(budgets_file.as_ref().map(|b| b.policy))
-        .unwrap_or(Policy::Largest);
-    let depth_policy = args
-        .depth_policy
-        .or(budgets_file.as_ref().map(|b| b.depth_policy))
-        .unwrap_or_default();
-    if strategy == Strategy::Salient {
-        // No manifest is a model from elsewhere; one that does not read is an error.
-        let manifest = args.global.join(MANIFEST_FILE);
-        let stage = match manifest.exists() {
-            true => Manifest::load(&manifest)?.stage,
-            false => String::new(),
-        };
-        if stage != "prioritize" {
-            eprintln!(
-                "raffm-extract: warning: strategy `salient` expects a prioritized checkpoint; {} was not written by raffm-prioritize",
-                args.global.display()
-            );
-        }
+    let choices = Choices::resolve(&args, budgets_file.as_ref());
+    if choices.strategy == Strategy::Salient {
+        warn_unless_prioritized(&args.global)?;
     }
-    let base_shape = budgets_file
-        .as_ref()
-        .map(|b| b.training)
-        .unwrap_or_default();
-    let shape = TrainingShape {
-        batch_size: args.batch_size.unwrap_or(base_shape.batch_size),
-        max_seq_len: args.max_seq_len.unwrap_or(base_shape.max_seq_len),
-        freeze_embeddings: args.freeze_embeddings || base_shape.freeze_embeddings,
-        image_size: base_shape.image_size,
-    };
+    let shape = training_shape(&args, budgets_file.as_ref());
     let cost_model = CostModel::for_checkpoint(&global, shape);
     // Without budgets.json, the default pipeline's space on the axes this model has.
     let base_space = budgets_file
@@ -167,33 +137,197 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map(|b| b.search_space.clone())
         .unwrap_or_else(|| SearchSpace::default().restricted_to(global.config.axes()));
     let space = args.space.space(&base_space, global.config.axes())?;
-    let vocabulary = args
-        .vocabulary
-        .or(budgets_file.as_ref().map(|b| b.vocabulary))
-        .unwrap_or_default();
-    let decoys = args
-        .vocabulary_decoys
-        .or(budgets_file.as_ref().map(|b| b.vocabulary_decoys))
-        .unwrap_or(0);
-    let client_data = match vocabulary {
+    let client_data = match choices.vocabulary {
         VocabularyMode::Full => None,
-        VocabularyMode::Client => {
-            let path = args
-                .partition
-                .as_ref()
-                .context("--vocabulary client needs --partition (the clients' examples)")?;
-            let partition = Partition::load(path)?;
-            let dataset = partition.dataset()?;
-            let tokenizer = TextTokenizer::from_dir(&args.global)?;
-            Some((path, partition, dataset, tokenizer))
-        }
+        VocabularyMode::Client => Some(ClientData::load(&args)?),
     };
     let inputs = match &client_data {
-        Some((path, ..)) => vec![raffm::io::sha256_file(path)?],
+        Some(data) => vec![raffm::io::sha256_file(data.path)?],
         None => Vec::new(),
     };
 
-    let requests: Vec<(String, Budget)> = match &budgets_file {
+    let requests = client_budgets(&args, budgets_file.as_ref(), &global)?;
+    check_client_folders(&args, &requests)?;
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(requests.len() as u64)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "extracting [{bar:30}] {pos}/{len} clients {elapsed}",
+    )?);
+    let full_params = global.parameter_count();
+    let parameters = json!({
+        "global": args.global, "out_dir": args.out_dir, "round": args.round, "seed": args.seed,
+        "strategy": choices.strategy, "policy": choices.policy, "depth_policy": choices.depth_policy,
+        "search_space": space, "training_shape": shape, "budgets": args.budgets,
+        "vocabulary": choices.vocabulary, "vocabulary_decoys": choices.decoys, "partition": args.partition,
+    });
+    // Clients in parallel: one client's gathering and hashing overlaps another's writing.
+    let results: Vec<anyhow::Result<String>> = requests
+        .par_iter()
+        .map(|(client, budget)| {
+            let vocabulary = client_data
+                .as_ref()
+                .map(|data| {
+                    let vocab_size = global.config.vocab_size();
+                    data.vocabulary(client, vocab_size, args.seed, choices.decoys)
+                })
+                .transpose()?;
+            let request = ClientRequest {
+                client,
+                budget: *budget,
+                round: args.round,
+                seed: args.seed,
+                strategy: choices.strategy,
+                policy: choices.policy,
+                depth_policy: choices.depth_policy,
+                space: &space,
+                cost_model: &cost_model,
+                vocabulary: vocabulary.as_ref(),
+            };
+            let target = args.out_dir.join(client);
+            let sub = write_client(&global, &request, &target, parameters.clone(), &inputs)?;
+            progress.inc(1);
+            Ok(summary_line(client, &sub, full_params))
+        })
+        .collect();
+    let summary = results
+        .into_iter()
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    progress.finish_and_clear();
+    if !args.quiet {
+        for line in summary {
+            eprintln!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// The choices of an extraction that budgets.json may also give: each as given here,
+/// else budgets.json's, else the default.
+struct Choices {
+    strategy: Strategy,
+    policy: Policy,
+    depth_policy: DepthPolicy,
+    vocabulary: VocabularyMode,
+    /// Random token ids added to each client vocabulary.
+    decoys: usize,
+}
+
+impl Choices {
+    /// Resolves each choice from the options given here and budgets.json, if any.
+    fn resolve(args: &Args, budgets_file: Option<&Budgets>) -> Self {
+        Self {
+            strategy: args
+                .strategy
+                .or(budgets_file.map(|b| b.strategy))
+                .unwrap_or(Strategy::Salient),
+            policy: args
+                .policy
+                .or(budgets_file.map(|b| b.policy))
+                .unwrap_or(Policy::Largest),
+            depth_policy: args
+                .depth_policy
+                .or(budgets_file.map(|b| b.depth_policy))
+                .unwrap_or_default(),
+            vocabulary: args
+                .vocabulary
+                .or(budgets_file.map(|b| b.vocabulary))
+                .unwrap_or_default(),
+            decoys: args
+                .vocabulary_decoys
+                .or(budgets_file.map(|b| b.vocabulary_decoys))
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Warns on stderr unless `global` was written by raffm-prioritize, as strategy `salient`
+/// expects. Fails only when its manifest.json does not read.
+fn warn_unless_prioritized(global: &Path) -> anyhow::Result<()> {
+    // No manifest is a model from elsewhere; one that does not read is an error.
+    let manifest = global.join(MANIFEST_FILE);
+    let stage = match manifest.exists() {
+        true => Manifest::load(&manifest)?.stage,
+        false => String::new(),
+    };
+    if stage != "prioritize" {
+        eprintln!(
+            "raffm-extract: warning: strategy `salient` expects a prioritized checkpoint; {} was not written by raffm-prioritize",
+            global.display()
+        );
+    }
+    Ok(())
+}
+
+/// The training shape the memory estimate assumes: budgets.json's (else the default),
+/// with the options given here in its place.
+fn training_shape(args: &Args, budgets_file: Option<&Budgets>) -> TrainingShape {
+    let base_shape = budgets_file.map(|b| b.training).unwrap_or_default();
+    TrainingShape {
+        batch_size: args.batch_size.unwrap_or(base_shape.batch_size),
+        max_seq_len: args.max_seq_len.unwrap_or(base_shape.max_seq_len),
+        freeze_embeddings: args.freeze_embeddings || base_shape.freeze_embeddings,
+        image_size: base_shape.image_size,
+    }
+}
+
+/// What client vocabularies are made from: the clients' examples (--partition, whose path
+/// the messages name), their dataset and the global model's tokenizer.
+struct ClientData<'a> {
+    path: &'a PathBuf,
+    partition: Partition,
+    dataset: Dataset,
+    tokenizer: TextTokenizer,
+}
+
+impl<'a> ClientData<'a> {
+    /// Loads --partition, its dataset and the tokenizer of --global.
+    fn load(args: &'a Args) -> anyhow::Result<Self> {
+        let path = args
+            .partition
+            .as_ref()
+            .context("--vocabulary client needs --partition (the clients' examples)")?;
+        let partition = Partition::load(path)?;
+        let dataset = partition.dataset()?;
+        let tokenizer = TextTokenizer::from_dir(&args.global)?;
+        Ok(Self {
+            path,
+            partition,
+            dataset,
+            tokenizer,
+        })
+    }
+
+    /// The vocabulary of `client`: the tokens of its examples, plus `decoys` random ids
+    /// seeded by `seed` and the client.
+    fn vocabulary(
+        &self,
+        client: &str,
+        vocab_size: usize,
+        seed: u64,
+        decoys: usize,
+    ) -> anyhow::Result<ClientVocabulary> {
+        let shard = self
+            .partition
+            .client(client)
+            .with_context(|| format!("{}: no client `{client}`", self.path.display()))?;
+        let tokens = data_tokens(&self.tokenizer, &self.dataset, &shard.examples, vocab_size)?;
+        let mut rng = decoy_stream(seed, client);
+        Ok(with_decoys(&tokens, vocab_size, decoys, &mut rng))
+    }
+}
+
+/// Every client to extract, with its budget: from budgets.json (by default all its
+/// clients), else the single budget of --max-params / --param-fraction /
+/// --max-train-memory for each client of --clients (by default one named `client`).
+fn client_budgets(
+    args: &Args,
+    budgets_file: Option<&Budgets>,
+    global: &Checkpoint,
+) -> anyhow::Result<Vec<(String, Budget)>> {
+    Ok(match budgets_file {
         Some(budgets) => {
             let ids: Vec<String> = if args.clients.is_empty() {
                 budgets.clients.iter().map(|c| c.client.clone()).collect()
@@ -232,11 +366,15 @@ fn run(args: Args) -> anyhow::Result<()> {
             };
             ids.into_iter().map(|id| (id, budget)).collect()
         }
-    };
+    })
+}
 
+/// Checks every client's output folder before anything is written: its id is a plain
+/// name, given once, and the folder is apart from every input.
+fn check_client_folders(args: &Args, requests: &[(String, Budget)]) -> anyhow::Result<()> {
     // Client ids become folder names: plain names, each once.
     let mut seen = std::collections::BTreeSet::new();
-    for (client, _) in &requests {
+    for (client, _) in requests {
         raffm::io::check_client_id(client)?;
         if !seen.insert(client.as_str()) {
             bail!("--clients names client {client} twice");
@@ -245,64 +383,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         inputs.extend(args.budgets.iter().map(|b| ("--budgets", b.as_path())));
         inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
         raffm::io::check_output_apart(("--out-dir", &args.out_dir.join(client)), &inputs)?;
-    }
-    let progress = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(requests.len() as u64)
-    };
-    progress.set_style(ProgressStyle::with_template(
-        "extracting [{bar:30}] {pos}/{len} clients {elapsed}",
-    )?);
-    let full_params = global.parameter_count();
-    let parameters = json!({
-        "global": args.global, "out_dir": args.out_dir, "round": args.round, "seed": args.seed,
-        "strategy": strategy, "policy": policy, "depth_policy": depth_policy, "search_space": space,
-        "training_shape": shape, "budgets": args.budgets, "vocabulary": vocabulary,
-        "vocabulary_decoys": decoys, "partition": args.partition,
-    });
-    // Clients in parallel: one client's gathering and hashing overlaps another's writing.
-    let results: Vec<anyhow::Result<String>> = requests
-        .par_iter()
-        .map(|(client, budget)| {
-            let vocabulary = match &client_data {
-                None => None,
-                Some((path, partition, dataset, tokenizer)) => {
-                    let shard = partition
-                        .client(client)
-                        .with_context(|| format!("{}: no client `{client}`", path.display()))?;
-                    let vocab_size = global.config.vocab_size();
-                    let tokens = data_tokens(tokenizer, dataset, &shard.examples, vocab_size)?;
-                    let mut rng = decoy_stream(args.seed, client);
-                    Some(with_decoys(&tokens, vocab_size, decoys, &mut rng))
-                }
-            };
-            let request = ClientRequest {
-                client,
-                budget: *budget,
-                round: args.round,
-                seed: args.seed,
-                strategy,
-                policy,
-                depth_policy,
-                space: &space,
-                cost_model: &cost_model,
-                vocabulary: vocabulary.as_ref(),
-            };
-            let target = args.out_dir.join(client);
-            let sub = write_client(&global, &request, &target, parameters.clone(), &inputs)?;
-            progress.inc(1);
-            Ok(summary_line(client, &sub, full_params))
-        })
-        .collect();
-    let summary = results
-        .into_iter()
-        .collect::<anyhow::Result<Vec<String>>>()?;
-    progress.finish_and_clear();
-    if !args.quiet {
-        for line in summary {
-            eprintln!("{line}");
-        }
     }
     Ok(())
 }
