@@ -10,14 +10,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::attack::Attack;
-use raffm::data::{tokenize, Task};
+use raffm::data::{tokenize, Dataset, Task};
 use raffm::device::DeviceChoice;
 use raffm::elastic::TensorKind;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{Manifest, MANIFEST_FILE};
 use raffm::partition::Partition;
 use raffm::tokenizer::TextTokenizer;
-use raffm::train::{train_encoder, Step, TrainData, TrainOptions};
+use raffm::train::{train_encoder, Step, TrainData, TrainOptions, TrainReport};
 use raffm::vision::train::train_classifier;
 use raffm::vision::Preprocess;
 use raffm::{with_backend, Checkpoint};
@@ -111,50 +111,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     // once instead of training for minutes and then replacing this one's result.
     let mut staging = StagingDir::new(&args.output)?;
     let checkpoint = Checkpoint::load(&args.model)?;
-    let manifest_path = args.model.join(MANIFEST_FILE);
-    let extracted = match manifest_path.is_file() {
-        true => Some(Manifest::load(&manifest_path)?),
-        false => None,
-    };
-    if let Some(p) = extracted.as_ref().and_then(|m| m.placement.as_ref()) {
-        if p.client != args.client {
-            bail!(
-                "{}: the sub-model was extracted for client {}, not {}",
-                manifest_path.display(),
-                p.client,
-                args.client
-            );
-        }
-    }
+    let extracted = extraction_manifest(&args)?;
     let partition = Partition::load(&args.partition)?;
-    let shard = partition
-        .client(&args.client)
-        .with_context(|| format!("{}: no client `{}`", args.partition.display(), args.client))?;
-    let dataset = partition.dataset()?;
-    let mut ids = shard.examples.clone();
-    if let Some(max) = args.max_examples {
-        ids.truncate(max);
-    }
-    if ids.is_empty() {
-        bail!(
-            "client {} has no examples in {}",
-            args.client,
-            args.partition.display()
-        );
-    }
-    dataset.check_labels(&ids, checkpoint.config.num_labels())?;
-    let options = TrainOptions {
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        warmup_ratio: args.warmup_ratio,
-        weight_decay: args.weight_decay,
-        max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
-        prox_mu: args.mu,
-        freeze_embeddings: args.freeze_embeddings,
-        max_steps: args.max_steps,
-        seed: args.seed,
-    };
+    let (dataset, ids) = client_examples(&args, &partition, &checkpoint)?;
+    let options = train_options(&args);
 
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -172,12 +132,128 @@ fn run(args: Args) -> anyhow::Result<()> {
         progress.set_message(format!("loss {:.4}  {rate:.1} ex/s", step.loss));
         progress.inc(1);
     };
+    let mut trained = train(&args, &checkpoint, &dataset, &ids, &options, on_step)?;
+    progress.finish_and_clear();
+    if let Some(attack) = attack {
+        attack.apply(&checkpoint, &mut trained.checkpoint)?;
+    }
+
+    let mut manifest = trained_manifest(
+        &args,
+        &options,
+        attack,
+        &checkpoint,
+        &trained,
+        ids.len(),
+        extracted,
+    )?;
+    trained.checkpoint.write_into(&mut staging)?;
+    manifest.write_into(&mut staging)?;
+    staging.commit()?;
+    if !args.quiet {
+        let report = &trained.report;
+        eprintln!(
+            "{}: {} steps on {} examples in {:.1} s, loss {:.4} -> {:.4}, {:.1} ex/s -> {}",
+            args.client,
+            report.steps,
+            ids.len(),
+            report.wall_seconds,
+            report.step_losses.first().copied().unwrap_or(f32::NAN),
+            report.step_losses.last().copied().unwrap_or(f32::NAN),
+            report.examples_per_second,
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+/// The manifest.json of --model if it has one (raffm-extract's, for a client's
+/// sub-model). Fails when that sub-model was extracted for another client.
+fn extraction_manifest(args: &Args) -> anyhow::Result<Option<Manifest>> {
+    let manifest_path = args.model.join(MANIFEST_FILE);
+    let extracted = match manifest_path.is_file() {
+        true => Some(Manifest::load(&manifest_path)?),
+        false => None,
+    };
+    if let Some(p) = extracted.as_ref().and_then(|m| m.placement.as_ref()) {
+        if p.client != args.client {
+            bail!(
+                "{}: the sub-model was extracted for client {}, not {}",
+                manifest_path.display(),
+                p.client,
+                args.client
+            );
+        }
+    }
+    Ok(extracted)
+}
+
+/// The partition's dataset and the ids of the client's examples to train on (the first
+/// --max-examples). Fails when there are none or a label does not fit the model's head.
+fn client_examples(
+    args: &Args,
+    partition: &Partition,
+    checkpoint: &Checkpoint,
+) -> anyhow::Result<(Dataset, Vec<usize>)> {
+    let shard = partition
+        .client(&args.client)
+        .with_context(|| format!("{}: no client `{}`", args.partition.display(), args.client))?;
+    let dataset = partition.dataset()?;
+    let mut ids = shard.examples.clone();
+    if let Some(max) = args.max_examples {
+        ids.truncate(max);
+    }
+    if ids.is_empty() {
+        bail!(
+            "client {} has no examples in {}",
+            args.client,
+            args.partition.display()
+        );
+    }
+    dataset.check_labels(&ids, checkpoint.config.num_labels())?;
+    Ok((dataset, ids))
+}
+
+/// The optimizer and schedule options given on the command line.
+fn train_options(args: &Args) -> TrainOptions {
+    TrainOptions {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        warmup_ratio: args.warmup_ratio,
+        weight_decay: args.weight_decay,
+        max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
+        prox_mu: args.mu,
+        freeze_embeddings: args.freeze_embeddings,
+        max_steps: args.max_steps,
+        seed: args.seed,
+    }
+}
+
+/// A trained checkpoint and how its training went.
+struct Trained {
+    checkpoint: Checkpoint,
+    report: TrainReport,
+    /// Tokens per example the text was cut to (`None` for images).
+    max_seq_len: Option<usize>,
+}
+
+/// Trains `checkpoint` on the examples `ids` of `dataset` on --device, calling `on_step`
+/// after every optimizer step.
+fn train(
+    args: &Args,
+    checkpoint: &Checkpoint,
+    dataset: &Dataset,
+    ids: &[usize],
+    options: &TrainOptions,
+    on_step: impl FnMut(Step),
+) -> anyhow::Result<Trained> {
     // Images train the vision classifier at the input size of the model's preprocessor;
     // text is tokenized with the model's tokenizer.
     let mut max_seq_len = None;
-    let (mut trained, report) = if dataset.is_images() {
+    let (trained, report) = if dataset.is_images() {
         let preprocess = Preprocess::from_model_dir(&args.model, None)?;
-        let (images, labels) = raffm::data::images(&dataset, &ids)?;
+        let (images, labels) = raffm::data::images(dataset, ids)?;
         let images: Vec<&RgbImage> = images.iter().collect();
         let labels: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
         with_backend!(
@@ -185,11 +261,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             B,
             device,
             train_classifier::<B>(
-                &checkpoint,
+                checkpoint,
                 &images,
                 &labels,
                 &preprocess,
-                &options,
+                options,
                 &device,
                 on_step
             )?
@@ -201,7 +277,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             checkpoint.config.max_positions(),
         )?;
         max_seq_len = Some(len);
-        let (rows, labels) = tokenize(&dataset, &ids, &tokenizer, len)?;
+        let (rows, labels) = tokenize(dataset, ids, &tokenizer, len)?;
         let data = TrainData {
             rows: &rows,
             labels: &labels,
@@ -212,37 +288,52 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.device,
             B,
             device,
-            train_encoder::<B>(&checkpoint, &data, &options, &device, on_step)?
+            train_encoder::<B>(checkpoint, &data, options, &device, on_step)?
         )
     };
-    progress.finish_and_clear();
-    if let Some(attack) = attack {
-        attack.apply(&checkpoint, &mut trained)?;
-    }
+    Ok(Trained {
+        checkpoint: trained,
+        report,
+        max_seq_len,
+    })
+}
 
+/// The manifest.json of the trained checkpoint: what it was trained from and how, its
+/// metrics, and the placement carried over from `extracted`.
+fn trained_manifest(
+    args: &Args,
+    options: &TrainOptions,
+    attack: Option<Attack>,
+    input: &Checkpoint,
+    trained: &Trained,
+    num_examples: usize,
+    extracted: Option<Manifest>,
+) -> anyhow::Result<Manifest> {
+    let report = &trained.report;
     let mut manifest = Manifest::new(
         "local-train",
         "raffm-local-train",
         json!({
             "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
-            "max_examples": args.max_examples, "max_seq_len": max_seq_len, "device": args.device.to_string(),
+            "max_examples": args.max_examples, "max_seq_len": trained.max_seq_len, "device": args.device.to_string(),
             "options": options, "attack": attack,
         }),
     );
     manifest.seeds.insert("seed".into(), json!(args.seed));
-    manifest.inputs = checkpoint.files.clone();
+    manifest.inputs = input.files.clone();
     manifest.inputs.push(sha256_file(&args.partition)?);
-    manifest.architecture = Some(trained.config.widths());
-    manifest.parameter_count = Some(trained.parameter_count());
-    manifest.bytes_on_wire = Some(trained.bytes_on_wire());
+    manifest.architecture = Some(trained.checkpoint.config.widths());
+    manifest.parameter_count = Some(trained.checkpoint.parameter_count());
+    manifest.bytes_on_wire = Some(trained.checkpoint.bytes_on_wire());
     let embedding_bytes: u64 = trained
+        .checkpoint
         .config
         .tensors()
         .iter()
         .filter(|t| t.kind == TensorKind::Embedding)
-        .map(|t| 4 * trained.tensor(&t.name).numel() as u64)
+        .map(|t| 4 * trained.checkpoint.tensor(&t.name).numel() as u64)
         .sum();
-    let uploaded = trained.bytes_on_wire()
+    let uploaded = trained.checkpoint.bytes_on_wire()
         - if args.freeze_embeddings {
             embedding_bytes
         } else {
@@ -259,34 +350,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         json!(report.examples_per_second),
     );
     m.insert("peak_rss_bytes".into(), json!(raffm::sys::peak_rss_bytes()));
-    m.insert("bytes_downloaded".into(), json!(checkpoint.bytes_on_wire()));
+    m.insert("bytes_downloaded".into(), json!(input.bytes_on_wire()));
     m.insert("bytes_uploaded".into(), json!(uploaded));
     m.insert("step_losses".into(), json!(report.step_losses));
     manifest.details.insert("client".into(), json!(args.client));
     if let Some(attack) = attack {
         manifest.details.insert("attack".into(), json!(attack));
     }
-    manifest.num_examples = Some(ids.len() as u64);
+    manifest.num_examples = Some(num_examples as u64);
     // Where the update belongs: carried over from raffm-extract's manifest.
     manifest.placement = extracted.and_then(|m| m.placement);
-
-    trained.write_into(&mut staging)?;
-    manifest.write_into(&mut staging)?;
-    staging.commit()?;
-    if !args.quiet {
-        eprintln!(
-            "{}: {} steps on {} examples in {:.1} s, loss {:.4} -> {:.4}, {:.1} ex/s -> {}",
-            args.client,
-            report.steps,
-            ids.len(),
-            report.wall_seconds,
-            report.step_losses.first().copied().unwrap_or(f32::NAN),
-            report.step_losses.last().copied().unwrap_or(f32::NAN),
-            report.examples_per_second,
-            args.output.display()
-        );
-    }
-    Ok(())
+    Ok(manifest)
 }
 
 #[global_allocator]
