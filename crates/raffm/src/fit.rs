@@ -39,9 +39,8 @@ pub trait TrainTask<B: AutodiffBackend> {
     fn loss(&mut self, model: &Self::Model, batch: &[usize], rng: &mut SplitMix64) -> Tensor<B, 1>;
 }
 
-/// Trains `model` on `task` with `options` (already validated by the caller's family
-/// checks or not: they are checked here too); `on_step` sees every step. Returns the
-/// trained model and what the run did.
+/// Trains `model` on `task` with `options` (checked here, whatever the caller checked);
+/// `on_step` sees every step. Returns the trained model and what the run did.
 pub fn fit<B, T>(
     mut model: T::Model,
     task: &mut T,
