@@ -3,20 +3,13 @@
 use plotters::prelude::*;
 
 use super::axes::{decimals, integer_ticks, padded, Ticked};
-use super::draw::{draw_legend, draw_marker, entry, legend_width, Entry, Glyph};
+use super::draw::{draw_legend, draw_marker, legend_width, pipeline_entries};
 use super::style::{pipeline_style, DESC, FONT, LABEL, MARKER, TITLE};
 use crate::data::Run;
 
 /// Validation accuracy per round, every pipeline on one chart.
 pub fn accuracy(runs: &[Run]) -> anyhow::Result<String> {
-    let entries: Vec<Entry> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (c, s) = pipeline_style(i);
-            entry(&r.name, Glyph::LineMarker(s, c))
-        })
-        .collect();
+    let entries = pipeline_entries(runs);
     let lw = legend_width(&entries, "pipeline");
     let (w, h) = (820 + lw, 500);
     let max_round = runs.iter().map(|r| r.last_round()).max().unwrap_or(0);

@@ -4,21 +4,14 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::axes::{decimals, integer_ticks, Ticked};
-use super::draw::{draw_legend, draw_marker, entry, legend_width, Entry, Glyph};
+use super::draw::{draw_legend, draw_marker, legend_width, pipeline_entries};
 use super::style::{pipeline_style, Area, DESC, FONT, LABEL, MARKER, SUBTITLE, TITLE};
 use crate::data::{Run, GIB, MIB};
 
 /// Communication (paper Figure 2): mean traffic per client per round, and cumulative
 /// traffic, per pipeline.
 pub fn communication(runs: &[Run]) -> anyhow::Result<String> {
-    let entries: Vec<Entry> = runs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (c, s) = pipeline_style(i);
-            entry(&r.name, Glyph::LineMarker(s, c))
-        })
-        .collect();
+    let entries = pipeline_entries(runs);
     let lw = legend_width(&entries, "pipeline");
     let panel = 600;
     let (w, h) = (2 * panel + lw, 520);

@@ -4,7 +4,7 @@
 use plotters::prelude::*;
 
 use super::axes::{accuracy_label, decimals, millions, padded};
-use super::draw::{draw_legend, draw_marker, entry, legend_width, Entry, Glyph};
+use super::draw::{draw_legend, draw_marker, entry, legend_width, round_suffix, Entry, Glyph};
 use super::style::{Shape, DESC, FONT, GREY, LABEL, MARKER, TIER_COLORS, TITLE};
 use crate::data::DeploySummary;
 
@@ -54,10 +54,7 @@ pub fn deployment(name: &str, deploy: &DeploySummary) -> anyhow::Result<String> 
     let (x_lo, x_hi) = padded(&xs, 0.0, f64::INFINITY, 0.5);
     let (y_lo, y_hi) = padded(&ys, 0.0, 1.0, 0.02);
     let (xdec, ydec) = (decimals(x_hi - x_lo), decimals(y_hi - y_lo));
-    let round = deploy
-        .round
-        .map(|r| format!(", round {r}"))
-        .unwrap_or_default();
+    let round = round_suffix(deploy.round);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();

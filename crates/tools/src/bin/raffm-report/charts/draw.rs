@@ -87,6 +87,22 @@ pub fn entry(label: impl Into<String>, glyph: Glyph) -> Entry {
 }
 
 /// Pixel width of a legend, from its longest label.
+/// One legend entry per pipeline, in the line-and-marker style of its index.
+pub fn pipeline_entries(runs: &[crate::data::Run]) -> Vec<Entry> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let (color, shape) = super::style::pipeline_style(i);
+            entry(&r.name, Glyph::LineMarker(shape, color))
+        })
+        .collect()
+}
+
+/// `, round R` for a chart's title, or nothing when the round is not known.
+pub fn round_suffix(round: Option<u32>) -> String {
+    round.map(|r| format!(", round {r}")).unwrap_or_default()
+}
+
 pub fn legend_width(entries: &[Entry], title: &str) -> u32 {
     let chars = entries
         .iter()

@@ -4,7 +4,7 @@
 use plotters::prelude::*;
 
 use super::axes::{accuracy_label, decimals, padded, Ticked};
-use super::draw::{draw_legend, draw_marker, entry, legend_width, Glyph};
+use super::draw::{draw_legend, draw_marker, entry, legend_width, round_suffix, Glyph};
 use super::style::{Shape, DESC, FONT, LABEL, MARKER, NO_SPP_COLOR, SPP_COLOR, TITLE};
 use crate::data::SppSummary;
 
@@ -44,10 +44,7 @@ pub fn spp(name: &str, spp: &SppSummary) -> anyhow::Result<String> {
         .collect();
     let (y_lo, y_hi) = padded(&ys, 0.0, 1.0, 0.02);
     let ydec = decimals(y_hi - y_lo);
-    let round = spp
-        .round
-        .map(|r| format!(", round {r}"))
-        .unwrap_or_default();
+    let round = round_suffix(spp.round);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
