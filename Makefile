@@ -53,7 +53,7 @@ BUILD_STEP   := $(if $(NO_BUILD),,binaries)
 export RAFFM_ASSETS := $(abspath $(ASSETS))
 export RAFFM_PYTHON := $(abspath $(VENV))/bin/python
 
-.PHONY: probe check-assets llm-rounds help build binaries assets assets-llm assets-vit assets-cifar10 assets-mathqa assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
+.PHONY: probe check-assets help build binaries assets assets-llm assets-vit assets-cifar10 assets-mathqa assets-fashion-mnist slurm-installed test bench check-cuda prioritize fmt lint clean round round-one round-clients deploy ablation report sweep
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -245,60 +245,8 @@ PL_ASSETS = $(filter $(CIFAR10) $(FASHION),$(PL_DATA)) $(if $(filter llm-lora,$(
             $(if $(filter $(VIT),$(PL_MODEL)),$(VIT)/manifest.json)
 
 round: $(if $(NO_BUILD),,$(ASSETS)/.fetched $(PL_ASSETS)) | $(BUILD_STEP)
-	@if [ "$(PL_KIND)" = llm-lora ]; then $(MAKE) $(SUB_FLAGS) llm-rounds; else \
-	  for r in $$(seq 1 $(N)); do $(MAKE) $(SUB_FLAGS) round-one R=$$r || exit 1; done; \
-	  $(MAKE) $(SUB_FLAGS) report; fi
-
-# ---- federated LoRA on the decoder LLM (pipelines with "kind": "llm-lora") ----------------
-#
-# artifacts/<pipeline>/
-#   base/, submodels/<client>/        RaFFM + LoRA only: the prioritized base, client sub-models
-#   round-0/adapter/, eval.json       the fresh adapter (B = 0): its eval is zero-shot
-#   round-R/clients/<client>/         the client's trained adapter (PEFT format) + train.json
-#   round-R/adapter/                  their average (FedAvg of A and of B) + average.json
-#   round-R/eval.json                 accuracy by option log-likelihood
-#   metrics.jsonl                     one line per finished round (raffm-llm report)
-#
-# Every client takes part in every round and trains the global adapter on its IID shard
-# (--shard I/N); the base model stays frozen and only adapters travel. With heterogeneous
-# ranks (lora.ranks) client i trains the first ranks[i] components of the global adapter
-# and the server aggregates with the pipeline's rule (padded or flexlora). With
-# "submodels" (RaFFM + LoRA) the base is prioritized once into base/, client i's base
-# sub-model is extracted once into submodels/<client>/ (sent once: the base is frozen),
-# the client trains its block of the global adapter, and the server places it back
-# through the sub-model's index map. Each step writes its folder atomically and is
-# skipped once it exists, so an interrupted run resumes.
-LLM_DATA  = --task $(PL_TASK) --data $(PL_DATA) $(call opt,--validation-fraction,$(PL_VALIDATION_FRACTION)) --split-seed $(PL_SEED)
-LLM_LORA  = $(call opt,--r,$(PL_LORA_R)) $(call opt,--lora-alpha,$(PL_LORA_ALPHA)) $(call opt,--lora-dropout,$(PL_LORA_DROPOUT)) $(call opt,--target-modules,$(PL_LORA_TARGETS))
-LLM_LOCAL = $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--lr,$(PL_LR))
-LLM_EVAL  = $(BIN)/raffm-llm eval $(LLM_DATA) $(call opt,--limit,$(PL_EVAL_MAX)) --quiet
-
-llm-rounds:
-	@set -e; run=$(RUN); base=$(PL_MODEL); \
-	if [ -n "$(PL_SUBMODELS)" ]; then \
-	  base=$$run/base; tiers=$$(echo "$(PL_SUBMODELS)" | tr '|' '\n' | wc -l); \
-	  if [ ! -e $$base ]; then (set -x; $(BIN)/raffm-prioritize --input $(PL_MODEL) --output $$base --quiet); fi; \
-	  for i in $$(seq 0 $$(($(PL_CLIENTS) - 1))); do \
-	    shape=$$(echo "$(PL_SUBMODELS)" | cut -d'|' -f$$((i % tiers + 1))); sub=$$run/submodels/$$(printf c%03d $$i); \
-	    if [ "$$shape" != - ] && [ ! -e $$sub ]; then (set -x; $(BIN)/raffm-llm extract --model $$base $$shape $(LLM_LORA) \
-	      $(call opt,--batch-size,$(PL_BATCH_SIZE)) --output $$sub > /dev/null); fi; \
-	  done; \
-	fi; \
-	if [ ! -e $$run/round-0/adapter ]; then (set -x; $(BIN)/raffm-llm init --model $$base $(LLM_LORA) --seed $(PL_SEED) --output $$run/round-0/adapter); fi; \
-	if [ ! -e $$run/round-0/eval.json ]; then (set -x; $(LLM_EVAL) --model $$base --adapter $$run/round-0/adapter --output $$run/round-0/eval.json); fi; \
-	for r in $$(seq 1 $(N)); do \
-	  prev=$$run/round-$$((r - 1))/adapter; out=$$run/round-$$r; clients=""; \
-	  for i in $$(seq 0 $$(($(PL_CLIENTS) - 1))); do \
-	    c=$$out/clients/$$(printf c%03d $$i); clients="$$clients $$c"; \
-	    model=$$run/submodels/$$(printf c%03d $$i); [ -e $$model ] || model=$$base; \
-	    rank=$(if $(PL_LORA_RANKS),"--rank $$(echo $(PL_LORA_RANKS) | cut -d' ' -f$$((i % $(words $(PL_LORA_RANKS)) + 1)))"); \
-	    if [ ! -e $$c ]; then (set -x; $(BIN)/raffm-llm train --model $$model --adapter $$prev $$rank $(LLM_DATA) \
-	      --shard $$i/$(PL_CLIENTS) $(LLM_LOCAL) --seed $$(($(PL_SEED) + r * 1000 + i)) --quiet --output $$c); fi; \
-	  done; \
-	  if [ ! -e $$out/adapter ]; then (set -x; $(BIN)/raffm-llm average --model $$base --adapter $$clients $(if $(PL_SUBMODELS),--previous $$prev) $(call opt,--rule,$(PL_AGGREGATION)) --output $$out/adapter); fi; \
-	  if [ ! -e $$out/eval.json ]; then (set -x; $(LLM_EVAL) --model $$base --adapter $$out/adapter --output $$out/eval.json); fi; \
-	done; \
-	$(BIN)/raffm-llm report --run $$run
+	@for r in $$(seq 1 $(N)); do $(MAKE) $(SUB_FLAGS) round-one R=$$r || exit 1; done
+	@$(MAKE) $(SUB_FLAGS) report
 
 # Two steps, because the clients of a round are known only once they are drawn. Then the
 # pipeline's metrics.jsonl is rewritten from the manifests (a line per finished round).
@@ -321,8 +269,16 @@ $(RUN)/partition.json: $(RUN)/pipeline.json
 $(RUN)/budgets.json: $(RUN)/pipeline.json $(RUN)/partition.json
 	$(BIN)/raffm-budgets --pipeline $(RUN)/pipeline.json --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) --output $@
 
-$(RUN)/round-0/global/manifest.json: $(RUN)/partition.json
-	$(BIN)/raffm-init-head --model $(PL_MODEL) --partition $(RUN)/partition.json --seed $(PL_SEED) $(call opt,--head-init,$(PL_HEAD_INIT)) $(call opt,--image-size,$(PL_IMAGE_SIZE)) --output $(@D)
+# LoRA pipelines (PL_KIND llm-lora): round 0's global is a fresh adapter on the frozen base,
+# which RaFFM + LoRA prioritizes once, into base/. Clients' base sub-models are written
+# once, into bases/, and reused every round; only adapters travel.
+INIT_MODEL = $(if $(PL_LORA_BASE),$(RUN)/base,$(PL_MODEL))
+
+$(RUN)/base/manifest.json: $(RUN)/pipeline.json
+	$(BIN)/raffm-prioritize --input $(PL_MODEL) --output $(@D) --quiet
+
+$(RUN)/round-0/global/manifest.json: $(RUN)/partition.json $(if $(PL_LORA_BASE),$(RUN)/base/manifest.json)
+	$(BIN)/raffm-init-head --model $(INIT_MODEL) $(if $(PL_LORA_FLAGS),$(PL_LORA_FLAGS),--partition $(RUN)/partition.json $(call opt,--head-init,$(PL_HEAD_INIT)) $(call opt,--image-size,$(PL_IMAGE_SIZE))) --seed $(PL_SEED) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
 	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
@@ -337,7 +293,7 @@ $(RD)/prioritized/manifest.json: $(PREV)/global/manifest.json
 
 $(RD)/extracted/.done: $(SRC_GLOBAL)/manifest.json $(RD)/participants.txt
 	$(DRAW) --verify $(RD)/participants.txt
-	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) --out-dir $(@D) --quiet
+	$(BIN)/raffm-extract --global $(SRC_GLOBAL) --budgets $(RUN)/budgets.json --partition $(RUN)/partition.json --clients $(PARTICIPANTS) --round $(R) --seed $(PL_SEED) $(if $(PL_LORA_FLAGS),--bases $(RUN)/bases) --out-dir $(@D) --quiet
 	touch $@
 
 TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
@@ -345,7 +301,7 @@ TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
 ATTACKERS = $(if $(PL_ATTACK),$(wordlist 1,$(PL_ATTACK_PER_ROUND),$(CLIENTS)))
 
 $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
-	$(LAUNCH_CLIENT) $(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
+	$(LAUNCH_CLIENT) $(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
 
 RULE_FLAGS = $(call opt,--rule,$(PL_RULE)) $(call opt,--trim-fraction,$(PL_TRIM_FRACTION)) $(call opt,--clip-norm,$(PL_CLIP_NORM))
 DP_FLAGS   = $(if $(PL_DP_NOISE),--dp-noise-multiplier $(PL_DP_NOISE) --dp-clip-norm $(PL_DP_CLIP) --dp-sample-rate $(PL_DP_RATE) --dp-expected-clients $(PL_DP_EXPECTED) $(call opt,--dp-delta,$(PL_DP_DELTA)) $(call opt,--dp-target-epsilon,$(PL_DP_TARGET)) $(call opt,--dp-seed,$(PL_DP_SEED)))

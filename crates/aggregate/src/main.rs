@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::json;
 
+use raffm::adapter::{from_factors, write_adapter, AdapterFolder, LORA_SEQ_LEN};
 use raffm::aggregate::{aggregate_dirs, DpRound, Rule, ServerRule, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::cli::EvalArgs;
@@ -201,11 +202,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dp) = &rule.dp {
         dp.settings.check_target(dp.round)?;
     }
-    let global = Checkpoint::load(&args.global)?;
-    let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
-        args.eval.max_seq_len,
-        global.config.max_positions(),
-    )?;
+    // A LoRA round's global is an adapter: aggregated as the checkpoint of its factors.
+    let adapter = match raffm::adapter::is_adapter(&args.global) {
+        true => {
+            let folder = AdapterFolder::load(&args.global)?;
+            let base = folder.base.load()?;
+            Some((folder, base))
+        }
+        false => None,
+    };
+    let global = match &adapter {
+        Some((folder, base)) => folder.as_checkpoint(base),
+        None => Checkpoint::load(&args.global)?,
+    };
+    let max_seq_len = match &adapter {
+        Some(_) => args.eval.max_seq_len.unwrap_or(LORA_SEQ_LEN),
+        None => raffm::tokenizer::resolve_max_seq_len(
+            args.eval.max_seq_len,
+            global.config.max_positions(),
+        )?,
+    };
     let outcome = aggregate_dirs(&global, &args.updates, &rule, args.skip_bad)?;
     for s in &outcome.skipped {
         let who = s
@@ -219,6 +235,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let next = &outcome.model;
+    let next_adapter = adapter
+        .as_ref()
+        .map(|(folder, _)| from_factors(&folder.adapter.config, next.tensors.clone()))
+        .transpose()?;
     let coverage = &outcome.coverage;
     let mean_params = outcome.clients.iter().map(|c| c.parameters).sum::<u64>() as f64
         / outcome.clients.len().max(1) as f64;
@@ -284,16 +304,28 @@ fn run(args: Args) -> anyhow::Result<()> {
         let ids = args.eval.validation_ids(&partition, partition_path)?;
         let result = with_backend!(args.eval.device, B, device, {
             type Inner = <B as AutodiffBackend>::InnerBackend;
-            evaluate_examples::<Inner>(
-                next,
-                &args.global,
-                &partition,
-                &ids,
-                max_seq_len,
-                args.eval.batch_size,
-                &device,
-                |_| {},
-            )?
+            match (&adapter, &next_adapter) {
+                (Some((_, base)), Some(next_adapter)) => raffm::adapter::evaluate::evaluate::<Inner>(
+                    base,
+                    next_adapter,
+                    &partition,
+                    &ids,
+                    max_seq_len,
+                    args.eval.batch_size,
+                    &device,
+                    |_| {},
+                )?,
+                _ => evaluate_examples::<Inner>(
+                    next,
+                    &args.global,
+                    &partition,
+                    &ids,
+                    max_seq_len,
+                    args.eval.batch_size,
+                    &device,
+                    |_| {},
+                )?,
+            }
         });
         manifest.metrics.insert("validation".into(), json!(result));
         manifest.inputs.push(sha256_file(partition_path)?);
@@ -302,8 +334,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    next.write_into(&mut staging)?;
-    manifest.write_into(&mut staging)?;
+    match (&adapter, &next_adapter) {
+        (Some((folder, _)), Some(next_adapter)) => {
+            write_adapter(&mut staging, next_adapter, &folder.base, &mut manifest)?
+        }
+        _ => {
+            next.write_into(&mut staging)?;
+            manifest.write_into(&mut staging)?;
+        }
+    }
     staging.commit()?;
     if !args.quiet {
         eprintln!(

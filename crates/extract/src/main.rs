@@ -8,6 +8,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use raffm::adapter::extract::{extract_client, AdapterRequest};
+use raffm::adapter::AdapterFolder;
 use raffm::cli::SpaceArgs;
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::data::Dataset;
@@ -59,6 +61,10 @@ struct Args {
     /// Folder to write one sub-model folder per client into.
     #[arg(short, long)]
     out_dir: PathBuf,
+    /// LoRA rounds: the folder that keeps the clients' base sub-models, each written the
+    /// first time a client needs it (the base is frozen, so every round reuses them).
+    #[arg(long)]
+    bases: Option<PathBuf>,
     /// budgets.json with every client's budget.
     #[arg(long, conflicts_with_all = ["max_params", "param_fraction", "max_train_memory"])]
     budgets: Option<PathBuf>,
@@ -118,6 +124,9 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if raffm::adapter::is_adapter(&args.global) {
+        return extract_adapters(&args);
+    }
     let global = Checkpoint::load(&args.global)?;
     global.check_tokenizer()?;
     let budgets_file = args
@@ -383,6 +392,51 @@ fn check_client_folders(args: &Args, requests: &[(String, Budget)]) -> anyhow::R
         inputs.extend(args.budgets.iter().map(|b| ("--budgets", b.as_path())));
         inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
         raffm::io::check_output_apart(("--out-dir", &args.out_dir.join(client)), &inputs)?;
+    }
+    Ok(())
+}
+
+/// A LoRA round: each client's slice of the global adapter, on the base sub-model that
+/// budgets.json gives it (written once into --bases), in client order.
+fn extract_adapters(args: &Args) -> anyhow::Result<()> {
+    let Some(budgets_path) = &args.budgets else {
+        bail!("--budgets: a LoRA round takes each client's rank and base sub-model from budgets.json");
+    };
+    let Some(bases) = &args.bases else {
+        bail!("--bases: give the folder the clients' base sub-models are kept in");
+    };
+    let budgets = Budgets::load(budgets_path)?;
+    let global = AdapterFolder::load(&args.global)?;
+    let base = global.base.load()?;
+    let clients: Vec<String> = match args.clients.is_empty() {
+        true => budgets.clients.iter().map(|c| c.client.clone()).collect(),
+        false => args.clients.clone(),
+    };
+    let requests: Vec<(String, Budget)> = clients.iter().map(|c| (c.clone(), Budget::default())).collect();
+    check_client_folders(args, &requests)?;
+    let batch_size = args.batch_size.unwrap_or(budgets.training.batch_size);
+    let seq_len = args.max_seq_len.unwrap_or(budgets.training.max_seq_len);
+    for client in &clients {
+        let lora = budgets
+            .client(client)
+            .and_then(|b| b.lora.as_ref())
+            .with_context(|| format!("{}: no LoRA budget for client {client}", budgets_path.display()))?;
+        let request = AdapterRequest {
+            client,
+            round: args.round,
+            lora,
+            batch_size,
+            seq_len,
+        };
+        let memory = extract_client(&global, &base, &request, bases, &args.out_dir.join(client))?;
+        if !args.quiet {
+            eprintln!(
+                "{client:>8}  rank {:>3}  {:<28} {:>7.1} MiB training memory",
+                lora.rank,
+                lora.submodel.options().replace("--", ""),
+                memory as f64 / (1 << 20) as f64
+            );
+        }
     }
     Ok(())
 }

@@ -9,6 +9,8 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use raffm::adapter::train::{train_client, AdapterTraining};
+use raffm::adapter::LORA_SEQ_LEN;
 use raffm::attack::Attack;
 use raffm::data::{tokenize, Dataset, Task};
 use raffm::device::DeviceChoice;
@@ -59,24 +61,27 @@ struct Args {
     max_examples: Option<usize>,
     #[arg(long, default_value_t = 1)]
     epochs: usize,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    /// Examples per step [default: 32; 8 for an adapter].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Tokens per example, special tokens included (longer inputs are truncated; default:
-    /// 64, or the model's positions if fewer).
+    /// 64, or the model's positions if fewer; 256 for an adapter).
     #[arg(long)]
     max_seq_len: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-5)]
-    lr: f64,
-    /// Fraction of the steps spent warming up (linear), then linear decay to zero.
-    #[arg(long, default_value_t = 0.1)]
-    warmup_ratio: f64,
-    /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.01)]
-    weight_decay: f64,
-    /// Clip gradients to this global L2 norm (0: no clipping).
-    #[arg(long, default_value_t = 1.0)]
-    max_grad_norm: f64,
+    /// Peak learning rate [default: 5e-5; 2e-4 for an adapter].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Fraction of the steps spent warming up (linear), then linear decay to zero
+    /// [default: 0.1; 0 for an adapter].
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// AdamW decoupled weight decay [default: 0.01; 0 for an adapter].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Clip gradients to this global L2 norm (0: no clipping) [default: 1; none for an
+    /// adapter].
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
     /// FedProx proximal coefficient (0: FedAvg).
     #[arg(long, default_value_t = 0.0)]
     mu: f64,
@@ -107,6 +112,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
     )?;
+    if raffm::adapter::is_adapter(&args.model) {
+        return train_adapter(&args, attack);
+    }
     // Taken before training, not after: a second writer of the same output is refused at
     // once instead of training for minutes and then replacing this one's result.
     let mut staging = StagingDir::new(&args.output)?;
@@ -114,7 +122,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let extracted = extraction_manifest(&args)?;
     let partition = Partition::load(&args.partition)?;
     let (dataset, ids) = client_examples(&args, &partition, &checkpoint)?;
-    let options = train_options(&args);
+    let options = train_options(&args, false);
 
     let progress = if args.quiet {
         ProgressBar::hidden()
@@ -215,14 +223,20 @@ fn client_examples(
 }
 
 /// The optimizer and schedule options given on the command line.
-fn train_options(args: &Args) -> TrainOptions {
+/// The options as given, else the defaults of a whole model or (`adapter`) of LoRA.
+fn train_options(args: &Args, adapter: bool) -> TrainOptions {
+    let (batch_size, lr, warmup_ratio, weight_decay, max_grad_norm) = match adapter {
+        false => (32, 5e-5, 0.1, 0.01, 1.0),
+        true => (8, 2e-4, 0.0, 0.0, 0.0),
+    };
+    let max_grad_norm = args.max_grad_norm.unwrap_or(max_grad_norm);
     TrainOptions {
         epochs: args.epochs,
-        batch_size: args.batch_size,
-        learning_rate: args.lr,
-        warmup_ratio: args.warmup_ratio,
-        weight_decay: args.weight_decay,
-        max_grad_norm: (args.max_grad_norm != 0.0).then_some(args.max_grad_norm),
+        batch_size: args.batch_size.unwrap_or(batch_size),
+        learning_rate: args.lr.unwrap_or(lr),
+        warmup_ratio: args.warmup_ratio.unwrap_or(warmup_ratio),
+        weight_decay: args.weight_decay.unwrap_or(weight_decay),
+        max_grad_norm: (max_grad_norm != 0.0).then_some(max_grad_norm),
         prox_mu: args.mu,
         freeze_embeddings: args.freeze_embeddings,
         max_steps: args.max_steps,
@@ -361,6 +375,52 @@ fn trained_manifest(
     // Where the update belongs: carried over from raffm-extract's manifest.
     manifest.placement = extracted.and_then(|m| m.placement);
     Ok(manifest)
+}
+
+/// A client's LoRA adapter (from raffm-extract in a LoRA round) on its frozen base.
+fn train_adapter(args: &Args, attack: Option<Attack>) -> anyhow::Result<()> {
+    if attack.is_some() || args.mu != 0.0 || args.freeze_embeddings {
+        bail!("--attack, --mu and --freeze-embeddings do not apply to an adapter");
+    }
+    // Clients of a round get one --seed; each draws its own dropout masks and order.
+    let mut options = train_options(args, true);
+    options.seed = raffm::rng::SplitMix64::derive(args.seed, &args.client).next_u64();
+    let partition = Partition::load(&args.partition)?;
+    let job = AdapterTraining {
+        dir: &args.model,
+        partition: &partition,
+        partition_path: &args.partition,
+        client: &args.client,
+        options: options.clone(),
+        max_seq_len: args.max_seq_len.unwrap_or(LORA_SEQ_LEN),
+        max_examples: args.max_examples,
+        parameters: json!({
+            "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
+            "max_examples": args.max_examples, "max_seq_len": args.max_seq_len, "device": args.device.to_string(),
+            "options": options,
+        }),
+    };
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}",
+    )?);
+    progress.set_prefix(args.client.clone());
+    let loss = with_backend!(args.device, B, device, {
+        train_client::<B>(&job, &args.output, &device, |step: Step| {
+            progress.set_length(step.total as u64);
+            progress.set_message(format!("loss {:.4}", step.loss));
+            progress.inc(1);
+        })?
+    });
+    progress.finish_and_clear();
+    if !args.quiet {
+        eprintln!("{}: final loss {loss:.4} -> {}", args.client, args.output.display());
+    }
+    Ok(())
 }
 
 #[global_allocator]

@@ -20,4 +20,9 @@ pub struct Placement {
     pub strategy: Strategy,
     /// For every tensor of the sub-model: the global tensor and indices it came from.
     pub index_map: IndexMap,
+    /// For a LoRA adapter: the global adapter's scaling `alpha / r`. A client's factors,
+    /// trained at its own rank's scaling, are rescaled to it when placed, so that `s B A`
+    /// keeps its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_scaling: Option<f64>,
 }

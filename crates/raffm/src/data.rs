@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::llm::task::TaskFormat;
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +42,9 @@ pub enum Format {
     Cifar10Bigbench,
     Cifar10Binary,
     ImageFolder,
+    /// A decoder task's file read as instruction prompts (`llm:rotten-tomatoes`, ...): an
+    /// example's label is the index of its right option.
+    Llm(TaskFormat),
 }
 
 impl std::str::FromStr for Format {
@@ -54,9 +58,12 @@ impl std::str::FromStr for Format {
             "cifar10-bigbench" => Ok(Format::Cifar10Bigbench),
             "cifar10-binary" => Ok(Format::Cifar10Binary),
             "image-folder" => Ok(Format::ImageFolder),
-            _ => Err(format!(
-                "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl, idx, cifar10-bigbench, cifar10-binary or image-folder)"
-            )),
+            _ => match s.strip_prefix("llm:") {
+                Some(task) => Ok(Format::Llm(task.parse()?)),
+                None => Err(format!(
+                    "unknown format `{s}` (expected rotten-tomatoes, tsv, jsonl, idx, cifar10-bigbench, cifar10-binary, image-folder, or llm:TASK for a decoder task)"
+                )),
+            },
         }
     }
 }
@@ -150,6 +157,9 @@ pub struct Example {
     pub label: f32,
     /// The line of the source file it starts on (text formats), for error messages.
     pub line: Option<usize>,
+    /// Examples cut from one document (a speech's paragraphs) share a group; the
+    /// validation split holds out whole groups.
+    pub group: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +336,7 @@ fn load_file(format: Format, path: &Path, labels: Option<&Path>) -> Result<Datas
         }
         Format::Cifar10Binary => images_dataset(path, crate::vision::data::cifar10_binary(path)?),
         Format::ImageFolder => images_dataset(path, crate::vision::data::image_folder(path)?),
+        Format::Llm(task) => prompts_dataset(path, crate::llm::task::load(task, path)?),
     };
     if dataset.examples.is_empty() {
         return Err(Error::format(path, "no examples"));
@@ -403,6 +414,7 @@ fn assemble(path: &Path, rows: Vec<(Input, String, usize)>) -> Result<Dataset> {
             input,
             label,
             line: Some(line),
+            group: None,
         })
         .collect();
     Ok(Dataset {
@@ -442,6 +454,7 @@ fn load_rotten_tomatoes(path: &Path) -> Result<Dataset> {
             input: Input::Text(record[text_col].to_string()),
             label,
             line: Some(line),
+            group: None,
         });
     }
     if examples.is_empty() {
@@ -596,6 +609,7 @@ fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
                 input: Input::Image(image::DynamicImage::ImageLuma8(gray).to_rgb8()),
                 label: l as f32,
                 line: None,
+                group: None,
             }
         })
         .collect();
@@ -633,6 +647,7 @@ fn images_dataset(path: &Path, loaded: crate::vision::data::LabeledImages) -> Da
             input: Input::Image(image),
             label: label as f32,
             line: None,
+            group: None,
         })
         .collect();
     Dataset {
@@ -645,9 +660,40 @@ fn images_dataset(path: &Path, loaded: crate::vision::data::LabeledImages) -> Da
     }
 }
 
-/// Seeded split of all example ids into (train, validation). A dataset with its own test
-/// split keeps it: the training file's examples train, the test file's validate, and
-/// `validation_fraction` is not used.
+/// A decoder task's examples as a dataset: the prompt is the input, the right option's
+/// index the label. The classes are the options where every example has the same ones
+/// (sentiment, party), and option numbers otherwise (MathQA's per-question answers).
+fn prompts_dataset(path: &Path, loaded: Vec<crate::llm::task::ChoiceExample>) -> Dataset {
+    let first = &loaded.first().map(|e| e.options.clone()).unwrap_or_default();
+    let labels = if loaded.iter().all(|e| &e.options == first) {
+        first.iter().map(|o| o.trim().to_string()).collect()
+    } else {
+        let most = loaded.iter().map(|e| e.options.len()).max().unwrap_or(0);
+        (0..most).map(|k| format!("option {k}")).collect()
+    };
+    let examples = loaded
+        .into_iter()
+        .enumerate()
+        .map(|(id, e)| Example {
+            id,
+            input: Input::Text(e.prompt),
+            label: e.answer as f32,
+            line: None,
+            group: e.group,
+        })
+        .collect();
+    Dataset {
+        task: Task::Classification { labels },
+        examples,
+        path: path.to_path_buf(),
+        held_out: None,
+    }
+}
+
+/// Seeded split of all example ids into (train, validation). Examples of one group are
+/// held out together, and then the fraction counts groups (an example without a group is
+/// its own). A dataset with its own test split keeps it: the training file's examples
+/// train, the test file's validate, and `validation_fraction` is not used.
 pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     if let Some(held_out) = &dataset.held_out {
         let n = dataset.examples.len();
@@ -656,14 +702,30 @@ pub fn split(dataset: &Dataset, validation_fraction: f64, seed: u64) -> (Vec<usi
             (held_out.first_id..n).collect(),
         );
     }
-    let mut ids: Vec<usize> = (0..dataset.examples.len()).collect();
-    SplitMix64::derive(seed, "split").shuffle(&mut ids);
-    let n_val = ((ids.len() as f64) * validation_fraction).round() as usize;
-    let mut validation = ids[..n_val].to_vec();
-    let mut train = ids[n_val..].to_vec();
-    validation.sort_unstable();
-    train.sort_unstable();
-    (train, validation)
+    // Groups in order of first appearance.
+    let mut members: Vec<Vec<usize>> = Vec::new();
+    let mut slot_of_group = std::collections::HashMap::new();
+    for (id, e) in dataset.examples.iter().enumerate() {
+        match e.group {
+            Some(g) => {
+                let slot = *slot_of_group.entry(g).or_insert_with(|| {
+                    members.push(Vec::new());
+                    members.len() - 1
+                });
+                members[slot].push(id);
+            }
+            None => members.push(vec![id]),
+        }
+    }
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    SplitMix64::derive(seed, "split").shuffle(&mut order);
+    let n_val = ((order.len() as f64) * validation_fraction).round() as usize;
+    let ids_of = |groups: &[usize]| {
+        let mut ids: Vec<usize> = groups.iter().flat_map(|&g| members[g].clone()).collect();
+        ids.sort_unstable();
+        ids
+    };
+    (ids_of(&order[n_val..]), ids_of(&order[..n_val]))
 }
 
 /// The images and labels of the examples `ids` (a vision model's inputs).
@@ -1073,6 +1135,7 @@ mod tests {
                     input: Input::Text(String::new()),
                     label: 0.0,
                     line: None,
+                    group: None,
                 })
                 .collect(),
             path: "x".into(),

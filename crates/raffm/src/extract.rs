@@ -490,6 +490,7 @@ impl ClientModel {
             global_sha256: global_sha256.to_string(),
             strategy: request.strategy,
             index_map: self.index_map.clone(),
+            adapter_scaling: None,
         });
         let d = &mut m.details;
         d.insert("policy".into(), json!(request.policy));

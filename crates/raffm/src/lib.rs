@@ -8,6 +8,7 @@
 //!
 //! The binaries choose the global allocator; the library leaves it to them.
 
+pub mod adapter;
 pub mod aggregate;
 pub mod attack;
 pub mod checkpoint;

@@ -47,6 +47,9 @@ pub struct Manifest {
         deserialize_with = "example_count"
     )]
     pub num_examples: Option<u64>,
+    /// The frozen base model of an adapter (LoRA rounds, see [`crate::adapter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::adapter::BaseModel>,
     /// Stage-specific records (permutations, index maps, ...).
     #[serde(flatten)]
     pub details: Map<String, Value>,
@@ -112,6 +115,7 @@ impl Manifest {
             metrics: Map::new(),
             placement: None,
             num_examples: None,
+            base: None,
             details: slurm_job(),
         }
     }

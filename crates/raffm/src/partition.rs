@@ -171,6 +171,19 @@ impl Partition {
 
     /// How `data` is written in a partition file at `partition_path`: relative to the
     /// file's folder.
+    /// The examples of a decoder task's partition (format `llm:TASK`), in id order,
+    /// checked against the sha256 recorded when it was partitioned.
+    pub fn choice_examples(&self) -> Result<Vec<crate::llm::task::ChoiceExample>> {
+        let crate::data::Format::Llm(task) = self.data.format else {
+            return Err(Error::format(
+                &self.file,
+                "is not a partition of a decoder task (made with --format llm:TASK)",
+            ));
+        };
+        self.check_unchanged(&self.data.path, &self.data_sha256)?;
+        crate::llm::task::load(task, &self.data.path)
+    }
+
     pub fn stored_path(data: &Path, partition_path: &Path) -> std::path::PathBuf {
         let folder = partition_path.parent().unwrap_or(Path::new(""));
         crate::io::relative_to(data, folder)
@@ -368,6 +381,7 @@ mod tests {
                     input: Input::Text(String::new()),
                     label: (id % classes) as f32,
                     line: None,
+                    group: None,
                 })
                 .collect(),
             path: "x".into(),

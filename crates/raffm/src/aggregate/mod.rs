@@ -173,7 +173,7 @@ fn rule_admits(
     global: &Checkpoint,
 ) -> std::result::Result<(), String> {
     let global_vocab = global.config.widths().global.0.get(&Axis::Vocab).copied();
-    if rule.dp.is_some() && update.vocab_size != global_vocab {
+    if rule.dp.is_some() && update.vocab_size.is_some() && update.vocab_size != global_vocab {
         return Err(format!(
             "holds a client vocabulary ({} of {} token rows), which depends on its data: DP-FedAvg does not cover it (extract with the full vocabulary)",
             update.vocab_size.unwrap_or(0),

@@ -92,8 +92,12 @@ impl UpdateWeights {
 
     /// The tensors of an in-memory checkpoint (tests, library users).
     pub fn from_checkpoint(checkpoint: Checkpoint) -> Self {
-        let tensors = checkpoint
-            .tensors
+        Self::from_tensors(checkpoint.tensors)
+    }
+
+    /// In-memory tensors by canonical name.
+    pub fn from_tensors(tensors: BTreeMap<String, crate::tensor::HostTensor>) -> Self {
+        let tensors = tensors
             .into_iter()
             .map(|(name, t)| {
                 let tensor = UpdateTensor {
@@ -163,6 +167,9 @@ impl ClientUpdate {
     /// Reads a client's trained folder (checkpoint + local-train manifest). An update
     /// whose manifest has no placement is a full model (every index of every tensor).
     pub fn load(dir: &Path) -> Result<Self> {
+        if crate::adapter::is_adapter(dir) {
+            return Self::load_adapter(dir);
+        }
         let (config, config_path, config_bytes) = read_config(dir)?;
         let weights_path = dir.join(WEIGHTS_FILE);
         let weights = UpdateWeights::read(&weights_path, &config)?;
@@ -224,6 +231,38 @@ impl ClientUpdate {
 }
 
 impl ClientUpdate {
+    /// Reads a client's trained adapter (see [`crate::adapter`]): its factors, rescaled
+    /// to the global adapter's scaling, placed by the index map its manifest carries.
+    fn load_adapter(dir: &Path) -> Result<Self> {
+        let folder = crate::adapter::AdapterFolder::load(dir)?;
+        let placement = folder.manifest.placement.clone().ok_or_else(|| {
+            Error::format(
+                &dir.join(MANIFEST_FILE),
+                "no `placement`: an update is an adapter raffm-local-train trained from raffm-extract's",
+            )
+        })?;
+        let mut tensors = crate::adapter::factors(&folder.adapter);
+        if let Some(global) = placement.adapter_scaling {
+            let k = crate::adapter::place::rescale_factor(folder.adapter.config.scaling(), global);
+            if k != 1.0 {
+                for t in tensors.values_mut() {
+                    t.data.iter_mut().for_each(|v| *v *= k);
+                }
+            }
+        }
+        Ok(Self {
+            client: placement.client,
+            weights: UpdateWeights::from_tensors(tensors),
+            index_map: placement.index_map,
+            global_sha256: Some(placement.global_sha256),
+            num_examples: folder.manifest.num_examples,
+            files: folder.files,
+            // An adapter holds no token rows.
+            vocab_size: None,
+            attack: None,
+        })
+    }
+
     /// An update held in memory (tests, library users): client `client`'s trained model
     /// `trained`, placed by `index_map` into `global`, trained on `num_examples` examples.
     pub fn in_memory(

@@ -436,6 +436,7 @@ mod tests {
             global_sha256: "ab".repeat(32),
             strategy: Strategy::Static,
             index_map: map,
+            adapter_scaling: None,
         });
         let text = serde_json::to_string(&manifest).unwrap();
         std::fs::write(sub_dir.join(MANIFEST_FILE), text).unwrap();

@@ -25,11 +25,13 @@ pub struct ChoiceExample {
 }
 
 /// The built-in tasks and the user's own files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TaskFormat {
     /// Rotten Tomatoes' CSV as an instruction: "Review: ... Sentiment:" then " positive" or
     /// " negative".
     RottenTomatoes,
+    #[serde(rename = "bigbench")]
     /// BIG-bench's `task.json` (`examples`: `input` and `target_scores`), as MathQA's
     /// `elementary_math_qa/question_only` has it.
     BigBench,

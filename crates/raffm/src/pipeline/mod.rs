@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use settings::{
     AttackSettings, BaseSubmodel, DataSettings, DpSettings, EvaluationSettings, LocalSettings,
     LoraPipeline, LoraSettings, PartitionSettings, RoundSettings, ServerSettings,
+    DEFAULT_LORA_RANK,
 };
 pub use vars::make_vars;
 
@@ -223,11 +224,24 @@ impl Pipeline {
     }
 }
 
+/// What a client of a LoRA pipeline trains: an adapter of `rank` on the base sub-model
+/// `submodel` (none given: the whole base).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLora {
+    pub rank: usize,
+    #[serde(default)]
+    pub submodel: BaseSubmodel,
+}
+
 /// One client's limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientBudget {
     pub client: String,
     pub tier: String,
+    /// LoRA pipelines: the client's adapter rank and base sub-model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<ClientLora>,
     /// What its training sub-model must fit: parameters and training memory.
     pub train: Budget,
     /// Its device's memory, which the deployed model must fit under the inference cost
@@ -365,6 +379,7 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
             ClientBudget {
                 client,
                 tier: tier.name.clone(),
+                lora: None,
                 train: Budget {
                     max_parameters,
                     max_train_memory_bytes: tier.memory_bytes,
@@ -383,6 +398,54 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
         depth_policy: pipeline.depth_policy,
         vocabulary: pipeline.vocabulary,
         vocabulary_decoys: pipeline.vocabulary_decoys,
+        full_model,
+        clients,
+    }
+}
+
+/// `budgets.json` of a LoRA pipeline: client i trains rank `ranks[i % len]` (or `r`) on
+/// the base sub-model `submodels[i % len]`, in client order; a tier is one such pair.
+/// `full_model` is the base's cost under `training`.
+pub fn make_lora_budgets(
+    pipeline: &LoraPipeline,
+    full_model: Cost,
+    training: TrainingShape,
+    seed: u64,
+) -> Budgets {
+    let ranks = pipeline.client_ranks();
+    let submodels = pipeline.submodels.clone().unwrap_or_default();
+    let clients = client_ids(pipeline.clients)
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let rank = ranks[i % ranks.len()];
+            let submodel = match submodels.is_empty() {
+                true => BaseSubmodel::default(),
+                false => submodels[i % submodels.len()].clone(),
+            };
+            let tier = match submodel.options().as_str() {
+                "-" => format!("rank {rank}, whole base"),
+                shape => format!("rank {rank}, {}", shape.replace("--", "")),
+            };
+            ClientBudget {
+                client,
+                tier,
+                lora: Some(ClientLora { rank, submodel }),
+                train: Budget::default(),
+                device_memory_bytes: None,
+            }
+        })
+        .collect();
+    Budgets {
+        pipeline: pipeline.name.clone(),
+        seed,
+        training,
+        search_space: SearchSpace::default(),
+        strategy: Strategy::Salient,
+        policy: Policy::Largest,
+        depth_policy: DepthPolicy::default(),
+        vocabulary: VocabularyMode::default(),
+        vocabulary_decoys: 0,
         full_model,
         clients,
     }

@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The rank of an adapter whose pipeline gives none (PEFT examples' usual 16).
+pub const DEFAULT_LORA_RANK: usize = 16;
+
 /// Where the examples come from (`raffm-partition`'s options).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,9 +170,18 @@ pub struct LoraPipeline {
     pub seed: u64,
     #[serde(default)]
     pub lora: LoraSettings,
-    /// fedavg, padded or flexlora.
+    /// fedavg, padded (the same: each element averaged over the clients that hold it) or
+    /// flexlora; or leave it out and give `server.rule`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregation: Option<String>,
+    #[serde(default)]
+    pub partition: PartitionSettings,
+    /// Clients per round (default: every client).
+    #[serde(default)]
+    pub rounds: RoundSettings,
+    /// The server's rule, clipping, DP and learning rate, as for fine-tuning.
+    #[serde(default)]
+    pub server: ServerSettings,
     /// RaFFM + LoRA: client i trains on the base sub-model of `submodels[i % len]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submodels: Option<Vec<BaseSubmodel>>,
@@ -210,7 +222,33 @@ pub struct BaseSubmodel {
 }
 
 impl LoraPipeline {
+    /// The rank of client i is `client_ranks()[i % len]`.
+    pub fn client_ranks(&self) -> Vec<usize> {
+        match self.lora.ranks.as_deref() {
+            Some(r) if !r.is_empty() => r.to_vec(),
+            _ => vec![self.lora.r.unwrap_or(DEFAULT_LORA_RANK)],
+        }
+    }
+
+    /// The global adapter's rank: the largest client rank.
+    pub fn global_rank(&self) -> usize {
+        self.client_ranks().into_iter().max().expect("at least one rank")
+    }
+
+    /// The server's rule: `aggregation` (padded is FedAvg over the holders of each element)
+    /// or `server.rule`.
+    pub fn rule(&self) -> Option<String> {
+        match self.aggregation.as_deref() {
+            Some("padded") => Some("fedavg".into()),
+            Some(other) => Some(other.into()),
+            None => self.server.rule.clone(),
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), String> {
+        if self.aggregation.is_some() && self.server.rule.is_some() {
+            return Err("give `aggregation` or `server.rule`, not both".into());
+        }
         if self.clients == 0 {
             return Err("`clients` must be at least 1".into());
         }
@@ -221,17 +259,11 @@ impl LoraPipeline {
         if ranks.is_some_and(|r| r.is_empty() || r.contains(&0)) {
             return Err("lora.ranks must be a list of positive integers".into());
         }
-        match self.aggregation.as_deref() {
-            None | Some("fedavg") => {
-                if ranks.is_some_and(|r| r.iter().any(|&x| x != r[0])) {
-                    return Err("different ranks need aggregation padded or flexlora".into());
-                }
-            }
-            Some(rule) => {
-                rule.parse::<crate::families::llama::hetero::HeteroRule>()
-                    .map_err(|_| {
-                        format!("aggregation: unknown rule `{rule}` (expected fedavg, padded or flexlora)")
-                    })?;
+        if let Some(rule) = self.aggregation.as_deref() {
+            if !["fedavg", "padded", "flexlora"].contains(&rule) {
+                return Err(format!(
+                    "aggregation: unknown rule `{rule}` (expected fedavg, padded or flexlora)"
+                ));
             }
         }
         for (n, tier) in self.submodels.iter().flatten().enumerate() {

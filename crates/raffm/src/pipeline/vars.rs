@@ -4,7 +4,7 @@
 //! its default lives in one place, the binary that reads it (or, for the search space,
 //! strategy and policies, `budgets.json`, which raffm-budgets writes from the pipeline).
 
-use super::{LoraPipeline, Pipeline, PipelineFile};
+use super::{LoraPipeline, Pipeline, PipelineFile, ServerSettings};
 use crate::extract::Strategy;
 
 /// The variables of `pipeline`, in a stable order; empty values are settings left out.
@@ -12,7 +12,7 @@ use crate::extract::Strategy;
 pub fn make_vars(pipeline: &PipelineFile) -> Result<Vec<(&'static str, String)>, String> {
     match pipeline {
         PipelineFile::Finetune(p) => finetune_vars(p),
-        PipelineFile::LlmLora(p) => Ok(lora_vars(p)),
+        PipelineFile::LlmLora(p) => lora_vars(p),
     }
 }
 
@@ -30,9 +30,8 @@ fn finetune_vars(p: &Pipeline) -> Result<Vec<(&'static str, String)>, String> {
         .as_ref()
         .ok_or("no `data`: a round needs its examples (`data.path`)")?;
     let (local, server) = (&p.local, &p.server);
-    let dp = server.dp.as_ref();
     let attack = p.attack.as_ref();
-    Ok(vec![
+    let mut vars = vec![
         ("PL_MODEL", p.model.display().to_string()),
         ("PL_DATA", data.path.display().to_string()),
         ("PL_DATA_FORMAT", text(data.format.as_ref())),
@@ -74,9 +73,30 @@ fn finetune_vars(p: &Pipeline) -> Result<Vec<(&'static str, String)>, String> {
             "PL_FREEZE",
             text(local.freeze_embeddings.then_some("--freeze-embeddings")),
         ),
+        ("PL_MAX_STEPS", text(local.max_steps)),
+        // Experiments: the first `per_round` participants of every round are malicious.
+        (
+            "PL_ATTACK",
+            text(attack.map(|a| a.option().expect("checked when loaded"))),
+        ),
+        ("PL_ATTACK_PER_ROUND", text(attack.map(|a| a.per_round))),
+        ("PL_EVAL_MAX", text(p.evaluation.max_examples)),
+    ];
+    vars.extend(server_vars(server, server.rule.clone(), p.clients));
+    Ok(vars)
+}
+
+/// The server's rule, clipping, DP-FedAvg and learning rate.
+fn server_vars(
+    server: &ServerSettings,
+    rule: Option<String>,
+    clients: usize,
+) -> Vec<(&'static str, String)> {
+    let dp = server.dp.as_ref();
+    vec![
         ("PL_WEIGHTING", text(server.weighting.as_ref())),
         ("PL_SERVER_LR", text(server.lr)),
-        ("PL_RULE", text(server.rule.as_ref())),
+        ("PL_RULE", text(rule)),
         ("PL_TRIM_FRACTION", text(server.trim_fraction)),
         ("PL_CLIP_NORM", text(server.clip_norm)),
         // DP-FedAvg: Poisson sampling at sample_rate, the sum over the expected q * N; the
@@ -86,61 +106,58 @@ fn finetune_vars(p: &Pipeline) -> Result<Vec<(&'static str, String)>, String> {
         ("PL_DP_RATE", text(dp.map(|d| d.sample_rate))),
         (
             "PL_DP_EXPECTED",
-            text(dp.map(|d| d.sample_rate * p.clients as f64)),
+            text(dp.map(|d| d.sample_rate * clients as f64)),
         ),
         ("PL_DP_DELTA", text(dp.and_then(|d| d.delta))),
         ("PL_DP_TARGET", text(dp.and_then(|d| d.target_epsilon))),
         ("PL_DP_SEED", text(dp.and_then(|d| d.seed))),
-        // Experiments: the first `per_round` participants of every round are malicious.
-        (
-            "PL_ATTACK",
-            text(attack.map(|a| a.option().expect("checked when loaded"))),
-        ),
-        ("PL_ATTACK_PER_ROUND", text(attack.map(|a| a.per_round))),
-        ("PL_EVAL_MAX", text(p.evaluation.max_examples)),
-    ])
+    ]
 }
 
-fn lora_vars(p: &LoraPipeline) -> Vec<(&'static str, String)> {
+fn lora_vars(p: &LoraPipeline) -> Result<Vec<(&'static str, String)>, String> {
     let (lora, local) = (&p.lora, &p.local);
-    let ranks = lora.ranks.as_deref().filter(|r| !r.is_empty());
-    let join = |items: Vec<String>, by: &str| items.join(by);
-    vec![
-        (
-            "PL_SUBMODELS",
-            text(
-                p.submodels
-                    .as_ref()
-                    .map(|tiers| join(tiers.iter().map(|t| t.options()).collect(), "|")),
-            ),
-        ),
+    let task = p.data.format.as_deref().ok_or(
+        "no `data.format`: the decoder task's format (rotten-tomatoes, bigbench, jsonl or political)",
+    )?;
+    let targets = lora.target_modules.as_ref().map(|t| t.join(","));
+    let lora_flags: Vec<String> = [
+        ("--lora-r", Some(p.global_rank().to_string())),
+        ("--lora-alpha", lora.alpha.map(|a| a.to_string())),
+        ("--lora-dropout", lora.dropout.map(|d| d.to_string())),
+        ("--lora-targets", targets),
+    ]
+    .into_iter()
+    .filter_map(|(flag, v)| v.map(|v| format!("{flag} {v}")))
+    .collect();
+    let mut vars = vec![
         ("PL_KIND", "llm-lora".into()),
         ("PL_MODEL", p.model.display().to_string()),
         ("PL_DATA", p.data.path.display().to_string()),
-        ("PL_TASK", text(p.data.format.as_ref())),
+        ("PL_DATA_FORMAT", format!("llm:{task}")),
+        ("PL_TASK", task.to_string()),
         ("PL_VALIDATION_FRACTION", text(p.data.validation_fraction)),
         ("PL_CLIENTS", p.clients.to_string()),
+        ("PL_SCHEME", text(p.partition.scheme.as_ref())),
+        ("PL_ALPHA", text(p.partition.alpha)),
+        ("PL_KSHOT", text(p.partition.k)),
+        // Every client in every round, unless the pipeline samples.
+        (
+            "PL_PER_ROUND",
+            p.rounds.clients_per_round.unwrap_or(p.clients).to_string(),
+        ),
         ("PL_SEED", p.seed.to_string()),
-        // The global adapter has the largest rank; client i trains ranks[i % len].
-        (
-            "PL_LORA_R",
-            text(ranks.and_then(|r| r.iter().max().copied()).or(lora.r)),
-        ),
-        (
-            "PL_LORA_RANKS",
-            text(ranks.map(|r| join(r.iter().map(usize::to_string).collect(), " "))),
-        ),
-        ("PL_AGGREGATION", text(p.aggregation.as_ref())),
-        ("PL_LORA_ALPHA", text(lora.alpha)),
-        ("PL_LORA_DROPOUT", text(lora.dropout)),
-        (
-            "PL_LORA_TARGETS",
-            text(lora.target_modules.as_ref().map(|t| t.join(","))),
-        ),
-        ("PL_MAX_STEPS", text(local.max_steps)),
+        // RaFFM + LoRA: the base is prioritized once (it is frozen), and the global
+        // adapter is made on the prioritized base.
+        ("PL_LORA_BASE", text(p.submodels.is_some().then_some(1))),
+        ("PL_LORA_FLAGS", lora_flags.join(" ")),
         ("PL_EPOCHS", text(local.epochs)),
         ("PL_BATCH_SIZE", text(local.batch_size)),
+        ("PL_MAX_SEQ_LEN", text(local.max_seq_len)),
         ("PL_LR", text(local.lr)),
+        ("PL_WEIGHT_DECAY", text(local.weight_decay)),
+        ("PL_MAX_STEPS", text(local.max_steps)),
         ("PL_EVAL_MAX", text(p.evaluation.max_examples)),
-    ]
+    ];
+    vars.extend(server_vars(&p.server, p.rule(), p.clients));
+    Ok(vars)
 }

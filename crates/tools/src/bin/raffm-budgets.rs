@@ -7,10 +7,11 @@ use anyhow::bail;
 use clap::Parser;
 
 use raffm::checkpoint::CONFIG_FILE;
-use raffm::cost::CostModel;
+use raffm::adapter::LORA_SEQ_LEN;
+use raffm::cost::{CostModel, TrainingShape};
 use raffm::io::write_file_atomic;
 use raffm::partition::Partition;
-use raffm::pipeline::{make_budgets, Pipeline};
+use raffm::pipeline::{make_budgets, make_lora_budgets, Budgets, LoraPipeline, Pipeline, PipelineFile};
 use raffm::ModelConfig;
 
 /// Turns a pipeline's client tiers into budgets.json: per client, its tier, its training
@@ -41,9 +42,49 @@ struct Args {
     partition: Option<PathBuf>,
 }
 
+/// A LoRA pipeline's budgets: each client's rank and base sub-model.
+fn lora_budgets(args: &Args, pipeline: &LoraPipeline) -> anyhow::Result<Budgets> {
+    let model = args.model.clone().unwrap_or_else(|| pipeline.model.clone());
+    raffm::io::check_output_apart(
+        ("--output", &args.output),
+        &[("--pipeline", args.pipeline.as_path()), ("the pipeline's model", model.as_path())],
+    )?;
+    let config = ModelConfig::load(&model.join(CONFIG_FILE))?;
+    let training = TrainingShape {
+        batch_size: pipeline.local.batch_size.unwrap_or(8),
+        max_seq_len: pipeline.local.max_seq_len.unwrap_or(LORA_SEQ_LEN),
+        ..TrainingShape::default()
+    };
+    let full = CostModel::new(&config, training).cost(&config.widths());
+    Ok(make_lora_budgets(pipeline, full, training, args.seed))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
-    let mut pipeline = Pipeline::load(&args.pipeline)?;
-    let model = args.model.unwrap_or_else(|| pipeline.model.clone());
+    let budgets = match PipelineFile::load(&args.pipeline)? {
+        PipelineFile::Finetune(pipeline) => finetune_budgets(&args, *pipeline)?,
+        PipelineFile::LlmLora(pipeline) => lora_budgets(&args, &pipeline)?,
+    };
+    let text = serde_json::to_string_pretty(&budgets)?;
+    write_file_atomic(&args.output, format!("{text}\n").as_bytes())?;
+    let mut tiers: Vec<(&str, usize)> = Vec::new();
+    for c in &budgets.clients {
+        match tiers.iter_mut().find(|(t, _)| *t == c.tier) {
+            Some((_, n)) => *n += 1,
+            None => tiers.push((&c.tier, 1)),
+        }
+    }
+    let mix: Vec<String> = tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    eprintln!(
+        "{} clients ({}) -> {}",
+        budgets.clients.len(),
+        mix.join("; "),
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn finetune_budgets(args: &Args, mut pipeline: Pipeline) -> anyhow::Result<Budgets> {
+    let model = args.model.clone().unwrap_or_else(|| pipeline.model.clone());
     let mut inputs = vec![
         ("--pipeline", args.pipeline.as_path()),
         ("the pipeline's model", model.as_path()),
@@ -69,24 +110,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     config.set_classification_head(&labels);
     let full = CostModel::new(&config, pipeline.training).cost(&config.widths());
-    let budgets = make_budgets(&pipeline, full, args.seed);
-    let text = serde_json::to_string_pretty(&budgets)?;
-    write_file_atomic(&args.output, format!("{text}\n").as_bytes())?;
-    let mut tiers: Vec<(&str, usize)> = Vec::new();
-    for c in &budgets.clients {
-        match tiers.iter_mut().find(|(t, _)| *t == c.tier) {
-            Some((_, n)) => *n += 1,
-            None => tiers.push((&c.tier, 1)),
-        }
-    }
-    let mix: Vec<String> = tiers.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    eprintln!(
-        "{} clients ({}) -> {}",
-        budgets.clients.len(),
-        mix.join(", "),
-        args.output.display()
-    );
-    Ok(())
+    Ok(make_budgets(&pipeline, full, args.seed))
 }
 
 #[global_allocator]

@@ -8,6 +8,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use raffm::adapter::{AdapterFolder, LORA_SEQ_LEN};
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::data::Input;
 use raffm::device::DeviceChoice;
@@ -76,28 +77,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    if raffm::adapter::is_adapter(&args.model) {
+        return evaluate_adapter(&args);
+    }
     let checkpoint = Checkpoint::load(&args.model)?;
     let partition = Partition::load(&args.partition)?;
-    let mut ids = match args.split.as_str() {
-        "validation" => partition.validation.clone(),
-        "train" => partition.train.clone(),
-        client => partition
-            .client(client)
-            .with_context(|| {
-                format!(
-                    "{}: no split or client `{client}`",
-                    args.partition.display()
-                )
-            })?
-            .examples
-            .clone(),
-    };
-    if let Some(max) = args.max_examples {
-        ids = raffm::data::spread_subset(&ids, max);
-    }
-    if ids.is_empty() {
-        bail!("no examples in split `{}`", args.split);
-    }
+    let ids = split_ids(&args, &partition)?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -148,6 +133,80 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     let text = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.output {
+        write_file_atomic(path, format!("{text}\n").as_bytes())?;
+    }
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+/// The examples of `args.split`, at most `--max-examples`, spread evenly.
+fn split_ids(args: &Args, partition: &Partition) -> anyhow::Result<Vec<usize>> {
+    let mut ids = match args.split.as_str() {
+        "validation" => partition.validation.clone(),
+        "train" => partition.train.clone(),
+        client => partition
+            .client(client)
+            .with_context(|| format!("{}: no split or client `{client}`", args.partition.display()))?
+            .examples
+            .clone(),
+    };
+    if let Some(max) = args.max_examples {
+        ids = raffm::data::spread_subset(&ids, max);
+    }
+    if ids.is_empty() {
+        bail!("no examples in split `{}`", args.split);
+    }
+    Ok(ids)
+}
+
+/// A LoRA adapter on its base: each example's options scored by log-likelihood.
+fn evaluate_adapter(args: &Args) -> anyhow::Result<()> {
+    if args.predictions.is_some() {
+        bail!("--predictions: not written for an adapter");
+    }
+    let folder = AdapterFolder::load(&args.model)?;
+    let partition = Partition::load(&args.partition)?;
+    let ids = split_ids(args, &partition)?;
+    let base = folder.base.load()?;
+    let max_seq_len = args.max_seq_len.unwrap_or(LORA_SEQ_LEN);
+    // The bar counts option sequences, which are known once the examples are encoded.
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::no_length()
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "scoring {pos} option sequences of {msg} examples {elapsed}",
+    )?);
+    progress.set_message(ids.len().to_string());
+    let start = std::time::Instant::now();
+    let result = with_backend!(args.device, B, device, {
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        raffm::adapter::evaluate::evaluate::<Inner>(
+            &base,
+            &folder.adapter,
+            &partition,
+            &ids,
+            max_seq_len,
+            args.batch_size,
+            &device,
+            |n| progress.set_position(n as u64),
+        )?
+    });
+    progress.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let report = json!({
+        "model": args.model,
+        "model_sha256": folder.weights_sha256(),
+        "base": folder.base,
+        "partition": sha256_file(&args.partition)?,
+        "split": args.split,
+        "metrics": result,
+        "seconds": seconds,
+        "examples_per_second": ids.len() as f64 / seconds,
+    });
+    if let Some(path) = &args.output {
+        let text = serde_json::to_string_pretty(&report)?;
         write_file_atomic(path, format!("{text}\n").as_bytes())?;
     }
     println!("{}", serde_json::to_string(&result)?);

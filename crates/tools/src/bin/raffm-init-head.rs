@@ -9,7 +9,9 @@ use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
+use raffm::adapter::{write_adapter, BaseModel};
 use raffm::checkpoint::HeadInit;
+use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::Manifest;
 use raffm::partition::Partition;
@@ -25,6 +27,9 @@ use raffm::Checkpoint;
 /// A vision model (ViT, DINOv2) gets its input size here: --image-size writes its
 /// preprocessor_config.json at that size (the source's mean and std kept); every later
 /// stage reads it from there, and the position embeddings are interpolated to it.
+///
+/// A decoder (llama) gets a fresh LoRA adapter instead (--lora-*): the global model of a
+/// LoRA round, whose manifest names the frozen base.
 #[derive(Parser, Debug)]
 #[command(name = "raffm-init-head", version, allow_negative_numbers = true)]
 struct Args {
@@ -48,12 +53,68 @@ struct Args {
     /// Folder to write.
     #[arg(short, long)]
     output: PathBuf,
+    #[command(flatten)]
+    lora: LoraArgs,
+}
+
+/// A decoder (llama) takes a fresh LoRA adapter instead of a head: the global model of a
+/// LoRA round (A drawn as PEFT draws it, seeded by --seed; B = 0).
+#[derive(clap::Args, Debug)]
+struct LoraArgs {
+    /// The adapter's rank.
+    #[arg(long, default_value_t = raffm::pipeline::DEFAULT_LORA_RANK)]
+    lora_r: usize,
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
+    /// Projections it adapts (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    /// down_proj).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_TARGETS.map(String::from))]
+    lora_targets: Vec<String>,
+}
+
+/// Writes the fresh adapter of `args.lora` on the decoder `checkpoint`.
+fn init_adapter(args: &Args, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+    let config = checkpoint.config.llama().expect("checked by the caller");
+    let lora = LoraConfig::new(
+        args.lora.lora_r,
+        args.lora.lora_alpha,
+        args.lora.lora_dropout,
+        &args.lora.lora_targets,
+    )?;
+    let adapter = LoraAdapter::init(&lora, config, args.seed);
+    let base = BaseModel::of(checkpoint, &args.model)?;
+    let mut manifest = Manifest::new(
+        "init-head",
+        "raffm-init-head",
+        json!({"model": args.model, "output": args.output, "lora": lora.to_json()}),
+    );
+    manifest.seeds.insert("seed".into(), json!(args.seed));
+    manifest.inputs = checkpoint.files.clone();
+    manifest.architecture = Some(checkpoint.config.widths());
+    let mut staging = StagingDir::new(&args.output)?;
+    write_adapter(&mut staging, &adapter, &base, &mut manifest)?;
+    staging.commit()?;
+    eprintln!(
+        "{} + fresh LoRA adapter (rank {}, {} parameters) -> {}",
+        args.model.display(),
+        lora.r,
+        adapter.parameter_count(),
+        args.output.display()
+    );
+    Ok(())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let mut inputs = vec![("--model", args.model.as_path())];
     inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
     raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
+    let checkpoint = Checkpoint::load(&args.model)?;
+    if checkpoint.config.llama().is_some() {
+        checkpoint.check_tokenizer()?;
+        return init_adapter(&args, &checkpoint);
+    }
     let labels = match &args.partition {
         Some(p) => Partition::load(p)?.label_names,
         None => args.labels.clone(),
@@ -61,10 +122,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if labels.is_empty() {
         bail!("give --partition or --labels");
     }
-    let checkpoint = Checkpoint::load(&args.model)?;
     if !checkpoint.config.takes_classification_head() {
         bail!(
-            "{}: a `{}` model takes no classification head (decoders score answers with their language-model head; see raffm-llm)",
+            "{}: a `{}` model takes no classification head",
             args.model.display(),
             checkpoint.config.model_type()
         );
