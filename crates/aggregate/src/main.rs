@@ -305,16 +305,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         let result = with_backend!(args.eval.device, B, device, {
             type Inner = <B as AutodiffBackend>::InnerBackend;
             match (&adapter, &next_adapter) {
-                (Some((_, base)), Some(next_adapter)) => raffm::adapter::evaluate::evaluate::<Inner>(
-                    base,
-                    next_adapter,
-                    &partition,
-                    &ids,
-                    max_seq_len,
-                    args.eval.batch_size,
-                    &device,
-                    |_| {},
-                )?,
+                (Some((_, base)), Some(next_adapter)) => {
+                    raffm::adapter::evaluate::evaluate::<Inner>(
+                        base,
+                        next_adapter,
+                        &partition,
+                        &ids,
+                        max_seq_len,
+                        args.eval.batch_size,
+                        &device,
+                        |_| {},
+                    )?
+                }
                 _ => evaluate_examples::<Inner>(
                     next,
                     &args.global,

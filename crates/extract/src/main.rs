@@ -400,7 +400,9 @@ fn check_client_folders(args: &Args, requests: &[(String, Budget)]) -> anyhow::R
 /// budgets.json gives it (written once into --bases), in client order.
 fn extract_adapters(args: &Args) -> anyhow::Result<()> {
     let Some(budgets_path) = &args.budgets else {
-        bail!("--budgets: a LoRA round takes each client's rank and base sub-model from budgets.json");
+        bail!(
+            "--budgets: a LoRA round takes each client's rank and base sub-model from budgets.json"
+        );
     };
     let Some(bases) = &args.bases else {
         bail!("--bases: give the folder the clients' base sub-models are kept in");
@@ -412,7 +414,10 @@ fn extract_adapters(args: &Args) -> anyhow::Result<()> {
         true => budgets.clients.iter().map(|c| c.client.clone()).collect(),
         false => args.clients.clone(),
     };
-    let requests: Vec<(String, Budget)> = clients.iter().map(|c| (c.clone(), Budget::default())).collect();
+    let requests: Vec<(String, Budget)> = clients
+        .iter()
+        .map(|c| (c.clone(), Budget::default()))
+        .collect();
     check_client_folders(args, &requests)?;
     let batch_size = args.batch_size.unwrap_or(budgets.training.batch_size);
     let seq_len = args.max_seq_len.unwrap_or(budgets.training.max_seq_len);
@@ -420,7 +425,12 @@ fn extract_adapters(args: &Args) -> anyhow::Result<()> {
         let lora = budgets
             .client(client)
             .and_then(|b| b.lora.as_ref())
-            .with_context(|| format!("{}: no LoRA budget for client {client}", budgets_path.display()))?;
+            .with_context(|| {
+                format!(
+                    "{}: no LoRA budget for client {client}",
+                    budgets_path.display()
+                )
+            })?;
         let request = AdapterRequest {
             client,
             round: args.round,

@@ -418,7 +418,11 @@ fn train_adapter(args: &Args, attack: Option<Attack>) -> anyhow::Result<()> {
     });
     progress.finish_and_clear();
     if !args.quiet {
-        eprintln!("{}: final loss {loss:.4} -> {}", args.client, args.output.display());
+        eprintln!(
+            "{}: final loss {loss:.4} -> {}",
+            args.client,
+            args.output.display()
+        );
     }
     Ok(())
 }

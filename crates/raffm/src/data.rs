@@ -664,7 +664,10 @@ fn images_dataset(path: &Path, loaded: crate::vision::data::LabeledImages) -> Da
 /// index the label. The classes are the options where every example has the same ones
 /// (sentiment, party), and option numbers otherwise (MathQA's per-question answers).
 fn prompts_dataset(path: &Path, loaded: Vec<crate::llm::task::ChoiceExample>) -> Dataset {
-    let first = &loaded.first().map(|e| e.options.clone()).unwrap_or_default();
+    let first = &loaded
+        .first()
+        .map(|e| e.options.clone())
+        .unwrap_or_default();
     let labels = if loaded.iter().all(|e| &e.options == first) {
         first.iter().map(|o| o.trim().to_string()).collect()
     } else {

@@ -322,7 +322,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
         &["init", "--model", s(&minilm), "--output", s(out)],
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("a llama model was expected"));
-    // A decoder takes no classification head.
+    // A decoder takes a LoRA adapter, not a classification head.
     let o = run(
         "raffm-init-head",
         &[
@@ -336,7 +336,7 @@ fn bad_inputs_are_one_line_errors_and_write_nothing() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("takes no classification head"),
+        !o.status.success() && err.contains("takes a LoRA adapter, not a classification head"),
         "{err}"
     );
     assert!(!out.exists());

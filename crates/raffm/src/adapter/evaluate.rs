@@ -19,7 +19,11 @@ pub fn tokenizer(base: &Checkpoint) -> Result<(tokenizers::Tokenizer, u32)> {
     let path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&path)
         .map_err(|e| Error::format(&path, format!("cannot load the tokenizer: {e}")))?;
-    let pad = base.config.llama().and_then(|c| c.pad_token_id).unwrap_or(0) as u32;
+    let pad = base
+        .config
+        .llama()
+        .and_then(|c| c.pad_token_id)
+        .unwrap_or(0) as u32;
     Ok((tokenizer, pad))
 }
 
@@ -61,7 +65,8 @@ pub fn evaluate<B: FusedOps>(
     let examples = encoded_examples(base, partition, ids, max_seq_len)?;
     let (_, pad) = tokenizer(base)?;
     let model = LlamaForCausalLM::<B>::from_checkpoint(base, Some(adapter), device);
-    let scores = score::option_log_likelihoods(&model, &examples, batch_size, pad, device, on_batch);
+    let scores =
+        score::option_log_likelihoods(&model, &examples, batch_size, pad, device, on_batch);
     let outputs: Vec<Vec<f32>> = scores
         .iter()
         .map(|s| s.iter().map(|&x| x as f32).collect())

@@ -81,8 +81,12 @@ fn base_submodel(
     );
     let map = selection_map(config, &widths, &selection);
     let key = crate::io::sha256_bytes(
-        format!("{}:{}", base_ref.sha256, serde_json::to_string(&widths).expect("widths serialize"))
-            .as_bytes(),
+        format!(
+            "{}:{}",
+            base_ref.sha256,
+            serde_json::to_string(&widths).expect("widths serialize")
+        )
+        .as_bytes(),
     );
     let dir: PathBuf = bases.join(&key[..16]);
     if !dir.join(MANIFEST_FILE).is_file() {
@@ -107,10 +111,10 @@ fn base_submodel(
         .iter()
         .find(|f| f.path.ends_with(WEIGHTS_FILE))
         .map(|f| f.sha256.clone())
-        .ok_or_else(|| Error::format(&dir.join(MANIFEST_FILE), "records no weights file"))?;
+        .ok_or_else(|| Error::format(dir.join(MANIFEST_FILE), "records no weights file"))?;
     if manifest.base.as_ref() != Some(base_ref) || manifest.architecture.as_ref() != Some(&widths) {
         return Err(Error::format(
-            &dir.join(MANIFEST_FILE),
+            dir.join(MANIFEST_FILE),
             "a base sub-model of another base or shape is in its place; remove the folder",
         ));
     }
@@ -139,7 +143,12 @@ pub fn extract_client(
     let adapter = place::client_adapter(&global.adapter, rank, map.as_ref())?;
     adapter.check_against(config.llama().expect("a llama base"), &global.dir)?;
     let index_map = place::client_index_map(&global.adapter, rank, map.as_ref())?;
-    let memory = lora_train_memory(&config, &adapter.config, request.batch_size, request.seq_len)?;
+    let memory = lora_train_memory(
+        &config,
+        &adapter.config,
+        request.batch_size,
+        request.seq_len,
+    )?;
 
     let mut manifest = Manifest::new(
         "extract",

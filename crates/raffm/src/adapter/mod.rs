@@ -212,3 +212,120 @@ pub fn write_adapter(
     manifest.write_into(staging)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{aggregate_with, ClientUpdate, DpRound, Rule, ServerRule, Weighting};
+    use crate::families::llama::tiny_config;
+    use crate::families::ModelConfig;
+    use crate::privacy::DpFedAvg;
+
+    /// A tiny decoder, its global adapter of rank 4 (B nonzero), and three clients'
+    /// trained adapters: two of rank 4, one of rank 2, each the global plus an offset.
+    fn round() -> (Checkpoint, LoraAdapter, Vec<(ClientUpdate, LoraAdapter)>) {
+        let config = tiny_config(2, 16, 2, 1, 24);
+        let base = Checkpoint::random(&ModelConfig::Llama(config.clone()), 1);
+        let lora = LoraConfig::new(4, 8.0, 0.0, &["q_proj".into(), "v_proj".into()]).unwrap();
+        let mut global = LoraAdapter::init(&lora, &config, 2);
+        for pair in global.modules.values_mut() {
+            pair.b
+                .data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i % 7) as f32 * 0.1);
+        }
+        let g = Checkpoint {
+            tensors: factors(&global),
+            ..base.clone()
+        };
+        let clients = [(4, 0.5), (4, -0.25), (2, 1.0)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(rank, offset))| {
+                let map = place::client_index_map(&global, rank, None).unwrap();
+                let mut trained = place::client_adapter(&global, rank, None).unwrap();
+                for pair in trained.modules.values_mut() {
+                    pair.a.data.iter_mut().for_each(|v| *v += offset);
+                    pair.b.data.iter_mut().for_each(|v| *v += offset);
+                }
+                let k = place::rescale_factor(trained.config.scaling(), global.config.scaling());
+                let mut tensors = factors(&trained);
+                tensors
+                    .values_mut()
+                    .for_each(|t| t.data.iter_mut().for_each(|v| *v *= k));
+                let placed = Checkpoint {
+                    tensors,
+                    ..base.clone()
+                };
+                let update = ClientUpdate::in_memory(&format!("c{i}"), placed, map, &g, 10);
+                (update, trained)
+            })
+            .collect();
+        (g, global, clients)
+    }
+
+    fn rule(rule: Rule, dp: Option<DpRound>) -> ServerRule {
+        ServerRule {
+            rule,
+            weighting: Weighting::Uniform,
+            server_lr: 1.0,
+            clip_norm: None,
+            dp,
+        }
+    }
+
+    /// Element (row, col) of `module`'s factor in the aggregate.
+    fn at(c: &Checkpoint, module: &str, factor: char, i: usize) -> f32 {
+        c.tensors[&factor_name(module, factor)].data[i]
+    }
+
+    #[test]
+    fn every_rule_combines_adapters_over_the_clients_that_hold_each_element() {
+        let (g, global, clients) = round();
+        let updates: Vec<(&ClientUpdate, f64)> = clients.iter().map(|(u, _)| (u, 1.0)).collect();
+        let module = global.modules.keys().next().unwrap().clone();
+        let old = |f: char, i: usize| at(&g, &module, f, i);
+        let inp = global.modules[&module].a.shape[1];
+        // Row 0 of A is held by all three; row 3 by the two rank-4 clients only. The
+        // rank-2 client's offset went through its rescaling: s B A keeps its value, so
+        // placed back it is offset * sqrt(s_2 / s_4) = offset * sqrt(2).
+        let third = 1.0 * 2f32.sqrt();
+        let (fedavg, _, _) = aggregate_with(&g, &updates, &rule(Rule::Fedavg, None));
+        let mean3 = (0.5 - 0.25 + third) / 3.0;
+        assert!((at(&fedavg, &module, 'A', 0) - (old('A', 0) + mean3)).abs() < 1e-5);
+        let row3 = 3 * inp;
+        assert!((at(&fedavg, &module, 'A', row3) - (old('A', row3) + 0.125)).abs() < 1e-5);
+
+        let (median, _, _) = aggregate_with(&g, &updates, &rule(Rule::Median, None));
+        assert!((at(&median, &module, 'A', 0) - (old('A', 0) + 0.5)).abs() < 1e-5);
+        let trimmed = Rule::TrimmedMean {
+            trim_fraction: 0.34,
+        };
+        let (trimmed, _, _) = aggregate_with(&g, &updates, &rule(trimmed, None));
+        assert!((at(&trimmed, &module, 'A', 0) - (old('A', 0) + 0.5)).abs() < 1e-5);
+
+        let dp = |seed| DpRound {
+            settings: DpFedAvg {
+                noise_multiplier: 0.5,
+                clip_norm: 1.0,
+                sample_rate: 1.0,
+                expected_clients: 3.0,
+                delta: 1e-5,
+                target_epsilon: None,
+            },
+            seed,
+            round: 1,
+        };
+        let (a, _, _) = aggregate_with(&g, &updates, &rule(Rule::Fedavg, Some(dp(7))));
+        let (b, _, _) = aggregate_with(&g, &updates, &rule(Rule::Fedavg, Some(dp(7))));
+        let (c, _, _) = aggregate_with(&g, &updates, &rule(Rule::Fedavg, Some(dp(8))));
+        assert_eq!(a.tensors, b.tensors, "DP noise is seeded");
+        assert_ne!(a.tensors, c.tensors);
+        assert_ne!(a.tensors, fedavg.tensors, "DP adds noise");
+        // The result is an adapter of the global's config again.
+        let next = from_factors(&global.config, a.tensors.clone()).unwrap();
+        assert_eq!(next.config.r, 4);
+        assert_eq!(next.parameter_count(), global.parameter_count());
+    }
+}

@@ -129,7 +129,11 @@ mod tests {
         let lora = LoraConfig::new(r, 16.0, 0.0, &["q_proj".into(), "down_proj".into()]).unwrap();
         let mut adapter = LoraAdapter::init(&lora, &config, 3);
         for pair in adapter.modules.values_mut() {
-            pair.b.data.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 * 0.01);
+            pair.b
+                .data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = i as f32 * 0.01);
         }
         (config, adapter)
     }
@@ -159,7 +163,9 @@ mod tests {
         let (_, g) = global(8);
         let map = client_index_map(&g, 8, None).unwrap();
         assert_eq!(map.len(), 2 * g.modules.len());
-        assert!(map.values().all(|i| i.from.is_none() && i.dims.iter().all(Option::is_none)));
+        assert!(map
+            .values()
+            .all(|i| i.from.is_none() && i.dims.iter().all(Option::is_none)));
         assert!(client_index_map(&g, 9, None).is_err());
         assert!(client_index_map(&g, 0, None).is_err());
     }

@@ -44,7 +44,7 @@ where
     let folder = AdapterFolder::load(job.dir)?;
     let placement = folder.manifest.placement.clone().ok_or_else(|| {
         Error::format(
-            &job.dir.join(crate::manifest::MANIFEST_FILE),
+            job.dir.join(crate::manifest::MANIFEST_FILE),
             "no `placement`: train the adapter raffm-extract wrote for this client",
         )
     })?;
@@ -57,12 +57,10 @@ where
         )));
     }
     let base = folder.base.load()?;
-    let shard = job.partition.client(job.client).ok_or_else(|| {
-        Error::format(
-            job.partition_path,
-            format!("no client `{}`", job.client),
-        )
-    })?;
+    let shard = job
+        .partition
+        .client(job.client)
+        .ok_or_else(|| Error::format(job.partition_path, format!("no client `{}`", job.client)))?;
     let mut ids = shard.examples.clone();
     if let Some(max) = job.max_examples {
         ids.truncate(max);
@@ -80,7 +78,9 @@ where
         on_step,
     )?;
     let mut manifest = Manifest::new("local-train", "raffm-local-train", job.parameters.clone());
-    manifest.seeds.insert("seed".into(), json!(job.options.seed));
+    manifest
+        .seeds
+        .insert("seed".into(), json!(job.options.seed));
     manifest.inputs = folder.files.clone();
     manifest.inputs.push(sha256_file(job.partition_path)?);
     let bytes = 4 * trained.parameter_count();

@@ -237,7 +237,7 @@ impl ClientUpdate {
         let folder = crate::adapter::AdapterFolder::load(dir)?;
         let placement = folder.manifest.placement.clone().ok_or_else(|| {
             Error::format(
-                &dir.join(MANIFEST_FILE),
+                dir.join(MANIFEST_FILE),
                 "no `placement`: an update is an adapter raffm-local-train trained from raffm-extract's",
             )
         })?;

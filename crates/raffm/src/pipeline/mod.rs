@@ -588,17 +588,24 @@ mod tests {
         }))
         .unwrap();
         let value = |name| vars.iter().find(|(n, _)| *n == name).unwrap().1.as_str();
-        assert_eq!(value("PL_LORA_R"), "32");
-        assert_eq!(value("PL_LORA_RANKS"), "4 32 8");
-        assert_eq!(
-            value("PL_SUBMODELS"),
-            "-|--width 0.5 --hidden 1|--memory-budget 300"
-        );
+        assert_eq!(value("PL_LORA_FLAGS"), "--lora-r 32");
+        assert_eq!(value("PL_RULE"), "flexlora");
+        assert_eq!(value("PL_LORA_BASE"), "1");
+        assert_eq!(value("PL_DATA_FORMAT"), "llm:rotten-tomatoes");
+        // Every client in every round unless the pipeline samples.
+        assert_eq!(value("PL_PER_ROUND"), "4");
         let err = vars_of(serde_json::json!({
             "kind": "llm-lora", "name": "t", "model": "m", "clients": 4,
             "data": {"path": "d.csv"}, "lora": {"ranks": [4, 8]}
         }))
         .unwrap_err();
-        assert!(err.contains("different ranks need"), "{err}");
+        assert!(err.contains("no `data.format`"), "{err}");
+        let err = vars_of(serde_json::json!({
+            "kind": "llm-lora", "name": "t", "model": "m", "clients": 4,
+            "data": {"path": "d.csv", "format": "rotten-tomatoes"},
+            "aggregation": "padded", "server": {"rule": "median"}
+        }))
+        .unwrap_err();
+        assert!(err.contains("not both"), "{err}");
     }
 }

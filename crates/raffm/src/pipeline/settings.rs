@@ -232,7 +232,10 @@ impl LoraPipeline {
 
     /// The global adapter's rank: the largest client rank.
     pub fn global_rank(&self) -> usize {
-        self.client_ranks().into_iter().max().expect("at least one rank")
+        self.client_ranks()
+            .into_iter()
+            .max()
+            .expect("at least one rank")
     }
 
     /// The server's rule: `aggregation` (padded is FedAvg over the holders of each element)

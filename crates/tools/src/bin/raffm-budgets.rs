@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Parser;
 
-use raffm::checkpoint::CONFIG_FILE;
 use raffm::adapter::LORA_SEQ_LEN;
+use raffm::checkpoint::CONFIG_FILE;
 use raffm::cost::{CostModel, TrainingShape};
 use raffm::io::write_file_atomic;
 use raffm::partition::Partition;
-use raffm::pipeline::{make_budgets, make_lora_budgets, Budgets, LoraPipeline, Pipeline, PipelineFile};
+use raffm::pipeline::{
+    make_budgets, make_lora_budgets, Budgets, LoraPipeline, Pipeline, PipelineFile,
+};
 use raffm::ModelConfig;
 
 /// Turns a pipeline's client tiers into budgets.json: per client, its tier, its training
@@ -47,7 +49,10 @@ fn lora_budgets(args: &Args, pipeline: &LoraPipeline) -> anyhow::Result<Budgets>
     let model = args.model.clone().unwrap_or_else(|| pipeline.model.clone());
     raffm::io::check_output_apart(
         ("--output", &args.output),
-        &[("--pipeline", args.pipeline.as_path()), ("the pipeline's model", model.as_path())],
+        &[
+            ("--pipeline", args.pipeline.as_path()),
+            ("the pipeline's model", model.as_path()),
+        ],
     )?;
     let config = ModelConfig::load(&model.join(CONFIG_FILE))?;
     let training = TrainingShape {

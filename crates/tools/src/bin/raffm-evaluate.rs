@@ -146,7 +146,12 @@ fn split_ids(args: &Args, partition: &Partition) -> anyhow::Result<Vec<usize>> {
         "train" => partition.train.clone(),
         client => partition
             .client(client)
-            .with_context(|| format!("{}: no split or client `{client}`", args.partition.display()))?
+            .with_context(|| {
+                format!(
+                    "{}: no split or client `{client}`",
+                    args.partition.display()
+                )
+            })?
             .examples
             .clone(),
     };

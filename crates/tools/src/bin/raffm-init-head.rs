@@ -112,6 +112,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
     let checkpoint = Checkpoint::load(&args.model)?;
     if checkpoint.config.llama().is_some() {
+        if !args.labels.is_empty() || args.partition.is_some() || args.image_size.is_some() {
+            bail!(
+                "{}: a decoder takes a LoRA adapter, not a classification head: give --lora-* options, not --labels, --partition or --image-size",
+                args.model.display()
+            );
+        }
         checkpoint.check_tokenizer()?;
         return init_adapter(&args, &checkpoint);
     }
