@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::json;
 
-use raffm::adapter::{from_factors, write_adapter, AdapterFolder, LORA_SEQ_LEN};
+use raffm::adapter::{flexlora, from_factors, write_adapter, AdapterFolder, LORA_SEQ_LEN};
 use raffm::aggregate::{aggregate_dirs, DpRound, Rule, ServerRule, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::cli::EvalArgs;
@@ -38,6 +38,12 @@ use raffm::{with_backend, Checkpoint};
 /// rounds goes into manifest.json; a round past --dp-target-epsilon is refused. Clients
 /// must have been drawn by Poisson sampling at --dp-sample-rate (raffm-sample-clients
 /// --sample-rate), which is what the accountant assumes.
+///
+/// LoRA rounds: when --global is an adapter (raffm-init-head on a decoder), the updates
+/// are the clients' adapters and every rule above combines their factors, each client's
+/// rank and base block placed by its index map and rescaled to the global scaling.
+/// --rule flexlora (adapters only) is FlexLoRA instead: the weighted mean of the updates
+/// s·B·A, split back into factors of the global rank by a truncated SVD.
 ///
 /// Every update is checked first: it was extracted from this global checkpoint (sha256 in
 /// its manifest), its shapes match its index map, and every value is finite. A bad update
@@ -117,7 +123,19 @@ struct Args {
 
 /// The server's rule from the options, and where the DP noise seed came from.
 fn server_rule(args: &Args) -> anyhow::Result<(ServerRule, Option<raffm::privacy::SeedRecord>)> {
-    let rule = Rule::parse(&args.rule, args.trim_fraction)?;
+    // FlexLoRA (adapters only) weights clients as FedAvg does and takes no other option.
+    let flexlora = args.rule == "flexlora";
+    if flexlora
+        && (args.trim_fraction.is_some()
+            || args.clip_norm.is_some()
+            || args.dp_noise_multiplier.is_some())
+    {
+        bail!("--rule flexlora combines whole updates B A: it takes no --trim-fraction, --clip-norm or DP");
+    }
+    let rule = match flexlora {
+        true => Rule::Fedavg,
+        false => Rule::parse(&args.rule, args.trim_fraction)?,
+    };
     let dp_options = [
         ("--dp-noise-multiplier", args.dp_noise_multiplier),
         ("--dp-clip-norm", args.dp_clip_norm),
@@ -222,7 +240,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             global.config.max_positions(),
         )?,
     };
-    let outcome = aggregate_dirs(&global, &args.updates, &rule, args.skip_bad)?;
+    let outcome = match (&adapter, args.rule.as_str()) {
+        (Some((folder, _)), "flexlora") => {
+            flexlora::aggregate_dirs(folder, &global, &args.updates, rule.weighting)?
+        }
+        (None, "flexlora") => bail!(
+            "--rule flexlora combines LoRA adapters; {} is a whole model",
+            args.global.display()
+        ),
+        _ => aggregate_dirs(&global, &args.updates, &rule, args.skip_bad)?,
+    };
     for s in &outcome.skipped {
         let who = s
             .client
@@ -249,7 +276,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         "aggregate",
         "raffm-aggregate",
         json!({
-            "global": args.global, "updates": args.updates, "output": args.output, "rule": rule.rule,
+            "global": args.global, "updates": args.updates, "output": args.output,
+            "rule": if args.rule == "flexlora" { json!("flexlora") } else { json!(rule.rule) },
             "clip_norm": rule.clip_norm, "weighting": rule.weighting, "server_lr": args.server_lr,
             "skip_bad": args.skip_bad, "partition": args.partition, "round": args.round,
             "eval_max_examples": args.eval.eval_max_examples,

@@ -167,6 +167,12 @@ impl Checkpoint {
     /// have its hash; every weight must be finite.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
+        if crate::adapter::is_adapter(dir) && !dir.join(CONFIG_FILE).exists() {
+            return Err(Error::format(
+                dir,
+                "is a LoRA adapter, not a model: this command takes a model (the adapter's base is named in its manifest.json)",
+            ));
+        }
         let (mut config, config_path, config_bytes) = read_config(dir)?;
 
         let weights_path = dir.join(WEIGHTS_FILE);

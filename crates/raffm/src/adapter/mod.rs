@@ -13,9 +13,13 @@
 //! ([`place`]) says so. Aggregation combines these tensors like any other, with every
 //! rule it has; only FlexLoRA, which combines products `B A`, is adapter-specific.
 
+pub mod block;
 pub mod evaluate;
 pub mod extract;
+pub mod flexlora;
+pub mod hetero;
 pub mod place;
+pub mod svd;
 pub mod train;
 
 use std::collections::BTreeMap;

@@ -39,11 +39,6 @@ impl Rule {
                     trim_fraction: beta,
                 });
             }
-            "flexlora" => {
-                return Err(Error::Invalid(
-                    "--rule flexlora combines adapters' products B A, which raffm-aggregate does not do yet; `raffm-llm average --rule flexlora` does".into(),
-                ))
-            }
             _ => {
                 return Err(Error::Invalid(format!(
                     "unknown --rule `{name}` (expected fedavg, median or trimmed-mean)"

@@ -8,7 +8,6 @@
 //! language-model head, so the `[tokens, vocabulary]` logits are never formed for the rest.
 
 pub mod budget;
-pub mod report;
 pub mod score;
 pub mod task;
 pub mod train;

@@ -254,110 +254,9 @@ fn load_jsonl(path: &Path) -> Result<Vec<ChoiceExample>> {
     Ok(out)
 }
 
-/// Which examples of a task a command uses.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Selection {
-    /// `true` for the held-out validation examples, `false` for the training ones.
-    pub validation: bool,
-    /// The share of the examples held out, drawn with `seed`.
-    pub validation_fraction: f64,
-    pub seed: u64,
-    /// Client `i` of `n`: every n-th training example from the i-th (IID shards).
-    pub shard: Option<(usize, usize)>,
-    /// At most this many (the first ones).
-    pub limit: Option<usize>,
-}
-
-impl Selection {
-    /// The indices of the chosen `examples`, in a seeded order. Examples of one group are
-    /// held out together, and then the fraction counts groups.
-    pub fn indices(&self, examples: &[ChoiceExample]) -> Result<Vec<usize>> {
-        if !(0.0..1.0).contains(&self.validation_fraction) {
-            return Err(Error::Invalid(format!(
-                "--validation-fraction must be in [0, 1), got {}",
-                self.validation_fraction
-            )));
-        }
-        // Groups in order of first appearance; an example without one is its own.
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        let mut slot_of_group = std::collections::HashMap::new();
-        for (i, e) in examples.iter().enumerate() {
-            match e.group {
-                Some(g) => {
-                    let slot = *slot_of_group.entry(g).or_insert_with(|| {
-                        members.push(Vec::new());
-                        members.len() - 1
-                    });
-                    members[slot].push(i);
-                }
-                None => members.push(vec![i]),
-            }
-        }
-        let mut order: Vec<usize> = (0..members.len()).collect();
-        crate::rng::SplitMix64::derive(self.seed, "split").shuffle(&mut order);
-        let held = ((members.len() as f64) * self.validation_fraction).round() as usize;
-        let chosen = if self.validation {
-            &order[..held]
-        } else {
-            &order[held..]
-        };
-        let mut ids: Vec<usize> = chosen
-            .iter()
-            .flat_map(|&g| members[g].iter().copied())
-            .collect();
-        if let Some((i, count)) = self.shard {
-            if count == 0 || i >= count {
-                return Err(Error::Invalid(format!(
-                    "--shard {i}/{count}: expected I/N with I < N"
-                )));
-            }
-            ids = ids.into_iter().skip(i).step_by(count).collect();
-        }
-        if let Some(limit) = self.limit {
-            ids.truncate(limit);
-        }
-        if ids.is_empty() {
-            return Err(Error::Invalid("the selection has no examples".into()));
-        }
-        Ok(ids)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn plain(n: usize) -> Vec<ChoiceExample> {
-        (0..n)
-            .map(|i| ChoiceExample {
-                prompt: format!("{i}"),
-                options: vec![" a".into()],
-                answer: 0,
-                group: None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn shards_partition_the_training_examples_and_never_touch_validation() {
-        let examples = plain(100);
-        let select = |validation, shard| Selection {
-            validation,
-            validation_fraction: 0.2,
-            seed: 3,
-            shard,
-            limit: None,
-        };
-        let validation = select(true, None).indices(&examples).unwrap();
-        assert_eq!(validation.len(), 20);
-        let mut all: Vec<usize> = (0..3)
-            .flat_map(|i| select(false, Some((i, 3))).indices(&examples).unwrap())
-            .collect();
-        all.extend(&validation);
-        all.sort_unstable();
-        assert_eq!(all, (0..100).collect::<Vec<_>>());
-        assert!(select(false, Some((3, 3))).indices(&examples).is_err());
-    }
 
     #[test]
     fn political_speeches_become_paragraphs_held_out_by_speech() {
@@ -394,15 +293,11 @@ mod tests {
             ),
             (PARTY_OPTIONS.map(String::from).to_vec(), 0, 1)
         );
-        let select = |validation| Selection {
-            validation,
-            validation_fraction: 0.3,
-            seed: 5,
-            shard: None,
-            limit: None,
-        };
-        let validation = select(true).indices(&examples).unwrap();
-        let train = select(false).indices(&examples).unwrap();
+        // The split of the stages holds out whole speeches.
+        let source =
+            crate::data::DataSource::file(crate::data::Format::Llm(TaskFormat::Political), &csv);
+        let dataset = crate::data::Dataset::load(&source).unwrap();
+        let (train, validation) = crate::data::split(&dataset, 0.3, 5);
         assert_eq!(
             (validation.len(), train.len()),
             (6, 14),

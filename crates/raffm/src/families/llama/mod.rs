@@ -1,8 +1,7 @@
 //! The LLaMA-style decoder (`LlamaForCausalLM`: grouped-query attention, rotary position
 //! embeddings, SwiGLU feed-forward, RMSNorm, optionally tied embeddings): its config
 //! (`config.rs`), the burn model (`model.rs`), LoRA adapters in PEFT's format (`lora.rs`)
-//! and their aggregation across ranks (`hetero.rs`, with `svd.rs`), and its elastic
-//! description (here).
+//! and its elastic description (here). Federating adapters is [`crate::adapter`]'s.
 //!
 //! Canonical names are HF's own (`model.layers.3.self_attn.q_proj.weight`).
 //!
@@ -19,11 +18,8 @@
 //! dropping channels inside a head changes the function.
 
 pub mod config;
-pub mod hetero;
 pub mod lora;
 pub mod model;
-pub mod placement;
-pub mod svd;
 
 pub use config::{tiny_config, LlamaConfig};
 

@@ -1,52 +1,27 @@
-//! Aggregating LoRA adapters of different ranks (one rank per client tier), two ways:
+//! FlexLoRA's arithmetic: the weighted mean of the clients' full updates ΔW_c = s_c B_c A_c,
+//! exactly, split back into factors by a truncated SVD. A client of rank r then starts
+//! from the best rank-r approximation of the mean (Eckart–Young): what lies beyond rank r
+//! is lost.
 //!
-//! - [`HeteroRule::Padded`] (HetLoRA-style): each factor zero-padded to the largest rank and
-//!   averaged element by element over the clients that hold the element: row k of A and
-//!   column k of B over the clients whose rank exceeds k. It averages the factors, not the
-//!   products: the mean of B_c A_c is not the product of the means.
-//! - [`HeteroRule::FlexLora`] (FlexLoRA): the weighted mean of the full updates ΔW_c =
-//!   s_c B_c A_c, exactly, split back into factors by a truncated SVD. A client of rank r
-//!   then starts from the best rank-r approximation of the mean (Eckart–Young): what lies
-//!   beyond rank r is lost.
-//!
-//! Both work on scaled factors (√s A and √s B, with PEFT's s = alpha / r), so clients with
+//! It works on scaled factors (√s A and √s B, with PEFT's s = alpha / r), so clients with
 //! different ranks and the same alpha combine what they add to the weights. The result is
-//! stored at the largest rank with its components in descending order of importance (for
-//! FlexLoRA the singular values), so a client of rank r takes its first r components:
-//! [`LoraAdapter::truncated`].
+//! stored at the largest rank with its components in descending order of singular value,
+//! so a client of rank r takes its first r components: [`LoraAdapter::truncated`].
 
 use std::collections::BTreeMap;
 
-use super::lora::{LoraAdapter, LoraConfig, LoraPair};
-use super::placement::Block;
+use super::block::Block;
 use super::svd::{low_rank_svd, Svd};
 use crate::error::{Error, Result};
+use crate::families::llama::lora::{LoraAdapter, LoraConfig, LoraPair};
 use crate::tensor::HostTensor;
-
-/// How adapters of different ranks are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeteroRule {
-    Padded,
-    FlexLora,
-}
-
-impl std::str::FromStr for HeteroRule {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "padded" => Ok(HeteroRule::Padded),
-            "flexlora" => Ok(HeteroRule::FlexLora),
-            _ => Err(format!("unknown rule `{s}` (expected padded or flexlora)")),
-        }
-    }
-}
 
 /// One client's adapter in a round.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAdapter<'a> {
     pub adapter: &'a LoraAdapter,
     /// Where its projections sit in the global ones, by global module name: a client on
-    /// a RaFFM base sub-model (see [`super::placement`]). `None`: it adapts the global
+    /// a RaFFM base sub-model (see [`super::block`]). `None`: it adapts the global
     /// base itself.
     pub blocks: Option<&'a BTreeMap<String, Block>>,
     pub weight: f64,
@@ -195,11 +170,7 @@ fn check_round(clients: &[ClientAdapter], shapes: &BTreeMap<String, [usize; 2]>)
 /// `previous`'s. `previous` is the round's starting global adapter: it gives the global
 /// shapes, which clients on sub-models do not have, and the value of every element no
 /// client holds (nothing is lost). It is needed only when some client is placed.
-pub fn aggregate(
-    clients: &[ClientAdapter],
-    rule: HeteroRule,
-    previous: Option<&LoraAdapter>,
-) -> Result<LoraAdapter> {
+pub fn flexlora(clients: &[ClientAdapter], previous: Option<&LoraAdapter>) -> Result<LoraAdapter> {
     let widest = clients
         .iter()
         .map(|c| c.adapter)
@@ -250,12 +221,7 @@ pub fn aggregate(
             })
             .collect();
         let fallback = previous.map(|p| Part::new(&p.modules[module], &p.config, None, 1.0));
-        let (a, b) = match rule {
-            HeteroRule::Padded => padded_mean(&parts, fallback.as_ref(), rank, out, inp),
-            HeteroRule::FlexLora => {
-                mean_update_svd(&parts, fallback.as_ref(), out, inp).split(rank)
-            }
-        };
+        let (a, b) = mean_update_svd(&parts, fallback.as_ref(), out, inp).split(rank);
         // Back from scaled factors to the adapter's own: divide by √s of rank `rank`.
         let unscale = |v: Vec<f64>, shape: Vec<usize>| {
             HostTensor::new(shape, v.into_iter().map(|x| (x / root) as f32).collect())
@@ -267,52 +233,6 @@ pub fn aggregate(
         modules.insert(module.clone(), pair);
     }
     Ok(LoraAdapter { config, modules })
-}
-
-/// Element by element, the weighted mean over the clients that hold the element: A[k, i]
-/// over those with rank > k whose columns include i, B[o, k] likewise with rows. An
-/// element nobody holds keeps the fallback's (the previous global adapter's) value, or 0.
-fn padded_mean(
-    parts: &[Part],
-    fallback: Option<&Part>,
-    rank: usize,
-    out: usize,
-    inp: usize,
-) -> (Vec<f64>, Vec<f64>) {
-    let (mut a, mut a_weight) = (vec![0.0; rank * inp], vec![0.0; rank * inp]);
-    let (mut b, mut b_weight) = (vec![0.0; out * rank], vec![0.0; out * rank]);
-    for p in parts {
-        let n_cols = p.cols.len();
-        for k in 0..p.r {
-            for (j, &i) in p.cols.iter().enumerate() {
-                a[k * inp + i] += p.weight * p.a[k * n_cols + j];
-                a_weight[k * inp + i] += p.weight;
-            }
-            for (j, &o) in p.rows.iter().enumerate() {
-                b[o * rank + k] += p.weight * p.b[j * p.r + k];
-                b_weight[o * rank + k] += p.weight;
-            }
-        }
-    }
-    // The fallback holds components below its own rank.
-    let held_before = |k: usize| fallback.filter(|f| k < f.r);
-    for x in 0..rank * inp {
-        let (k, i) = (x / inp, x % inp);
-        a[x] = if a_weight[x] > 0.0 {
-            a[x] / a_weight[x]
-        } else {
-            held_before(k).map_or(0.0, |f| f.a[k * inp + i])
-        };
-    }
-    for x in 0..out * rank {
-        let (o, k) = (x / rank, x % rank);
-        b[x] = if b_weight[x] > 0.0 {
-            b[x] / b_weight[x]
-        } else {
-            held_before(k).map_or(0.0, |f| f.b[o * f.r + k])
-        };
-    }
-    (a, b)
 }
 
 /// The SVD of the element-wise weighted mean of the placed updates `B_c A_c` (scaled
@@ -486,12 +406,12 @@ mod tests {
     }
 
     /// Aggregates clients that all adapt the global base.
-    fn whole(clients: &[(&LoraAdapter, f64)], rule: HeteroRule) -> Result<LoraAdapter> {
+    fn whole(clients: &[(&LoraAdapter, f64)]) -> Result<LoraAdapter> {
         let clients: Vec<ClientAdapter> = clients
             .iter()
             .map(|&(a, w)| ClientAdapter::whole(a, w))
             .collect();
-        aggregate(&clients, rule, None)
+        flexlora(&clients, None)
     }
 
     /// `s B A`, the update an adapter adds: `[OUT, IN]`.
@@ -549,63 +469,11 @@ mod tests {
     }
 
     #[test]
-    fn identical_updates_come_back_unchanged_under_both_rules() {
+    fn identical_updates_come_back_unchanged() {
         let a = adapter(4, 1);
         let same = [(&a, 1.0), (&a, 2.0), (&a, 5.0)];
-        let padded = whole(&same, HeteroRule::Padded).unwrap();
-        let pair = &padded.modules[MODULE];
-        for (x, y) in pair.a.data.iter().chain(&pair.b.data).zip(
-            a.modules[MODULE]
-                .a
-                .data
-                .iter()
-                .chain(&a.modules[MODULE].b.data),
-        ) {
-            assert!((x - y).abs() <= 1e-7 * y.abs(), "{x} vs {y}");
-        }
-        let flex = whole(&same, HeteroRule::FlexLora).unwrap();
+        let flex = whole(&same).unwrap();
         assert!(max_diff(&update(&flex), &update(&a)) < 1e-5);
-    }
-
-    #[test]
-    fn padded_mean_averages_each_element_over_its_holders() {
-        // Ranks 2 and 4: rows 0-1 of A (columns of B) are held by both, rows 2-3 by one.
-        let (small, large) = (adapter(2, 2), adapter(4, 3));
-        let out = whole(&[(&small, 1.0), (&large, 3.0)], HeteroRule::Padded).unwrap();
-        assert_eq!(out.config.r, 4);
-        let root = |a: &LoraAdapter| a.config.scaling().sqrt();
-        let (rs, rl, ro) = (root(&small), root(&large), root(&out));
-        let (ps, pl, po) = (
-            &small.modules[MODULE],
-            &large.modules[MODULE],
-            &out.modules[MODULE],
-        );
-        for k in 0..4 {
-            for i in 0..IN {
-                let l = pl.a.data[k * IN + i] as f64 * rl;
-                let want = if k < 2 {
-                    (ps.a.data[k * IN + i] as f64 * rs + 3.0 * l) / 4.0
-                } else {
-                    l
-                };
-                assert!(
-                    (po.a.data[k * IN + i] as f64 * ro - want).abs() < 1e-6,
-                    "A[{k},{i}]"
-                );
-            }
-            for o in 0..OUT {
-                let l = pl.b.data[o * 4 + k] as f64 * rl;
-                let want = if k < 2 {
-                    (ps.b.data[o * 2 + k] as f64 * rs + 3.0 * l) / 4.0
-                } else {
-                    l
-                };
-                assert!(
-                    (po.b.data[o * 4 + k] as f64 * ro - want).abs() < 1e-6,
-                    "B[{o},{k}]"
-                );
-            }
-        }
     }
 
     #[test]
@@ -649,11 +517,7 @@ mod tests {
         for (s, e) in svd.sigma.iter().zip(&sigma2) {
             assert!((s * s - e).abs() < 1e-9 * sigma2[0], "{} vs {e}", s * s);
         }
-        let global = whole(
-            &clients.iter().zip(weights).collect::<Vec<_>>(),
-            HeteroRule::FlexLora,
-        )
-        .unwrap();
+        let global = whole(&clients.iter().zip(weights).collect::<Vec<_>>()).unwrap();
         assert_eq!(global.config.r, 4);
         for r in [2, 3, 4] {
             let client = global.truncated(r).unwrap();
@@ -747,9 +611,8 @@ mod tests {
     }
 
     #[test]
-    fn placed_adapters_are_averaged_over_the_elements_their_clients_hold() {
+    fn placed_adapters_are_combined_over_the_elements_their_clients_hold() {
         let previous = adapter(4, 20);
-        let root = |a: &LoraAdapter| a.config.scaling().sqrt();
         // A sub-model holding the odd rows and even columns, and one holding the first
         // rows and columns: some elements are held by both, some by one, some by neither.
         let (odd, odd_blocks) = placed(2, &[1, 3, 5, 7, 9, 11], &[0, 2, 4, 6, 8], 21);
@@ -767,59 +630,10 @@ mod tests {
             },
         ];
         assert!(
-            aggregate(&clients, HeteroRule::Padded, None).is_err(),
+            flexlora(&clients, None).is_err(),
             "the global shapes are unknown"
         );
-
-        let out = aggregate(&clients, HeteroRule::Padded, Some(&previous)).unwrap();
-        assert_eq!(out.config.r, 4, "the previous adapter's rank is kept");
-        let po = &out.modules[MODULE];
-        let (pp, pd, pl) = (
-            &previous.modules[MODULE],
-            &odd.modules[&odd_blocks[MODULE].module],
-            &low.modules[&low_blocks[MODULE].module],
-        );
-        let ro = root(&out);
-        for k in 0..4 {
-            for i in 0..IN {
-                let mut held: Vec<(f64, f64)> = Vec::new();
-                if k < 2 && i % 2 == 0 {
-                    held.push((3.0, pd.a.data[k * 5 + i / 2] as f64 * root(&odd)));
-                }
-                if k < 3 && i < 5 {
-                    held.push((1.0, pl.a.data[k * 5 + i] as f64 * root(&low)));
-                }
-                let want = if held.is_empty() {
-                    pp.a.data[k * IN + i] as f64 * root(&previous)
-                } else {
-                    held.iter().map(|(w, v)| w * v).sum::<f64>()
-                        / held.iter().map(|(w, _)| w).sum::<f64>()
-                };
-                assert!(
-                    (po.a.data[k * IN + i] as f64 * ro - want).abs() < 1e-6,
-                    "A[{k},{i}]"
-                );
-            }
-            for o in 0..OUT {
-                let mut held: Vec<(f64, f64)> = Vec::new();
-                if k < 2 && o % 2 == 1 {
-                    held.push((3.0, pd.b.data[(o / 2) * 2 + k] as f64 * root(&odd)));
-                }
-                if k < 3 && o < 6 {
-                    held.push((1.0, pl.b.data[o * 3 + k] as f64 * root(&low)));
-                }
-                let want = if held.is_empty() {
-                    pp.b.data[o * 4 + k] as f64 * root(&previous)
-                } else {
-                    held.iter().map(|(w, v)| w * v).sum::<f64>()
-                        / held.iter().map(|(w, _)| w).sum::<f64>()
-                };
-                assert!(
-                    (po.b.data[o * 4 + k] as f64 * ro - want).abs() < 1e-6,
-                    "B[{o},{k}]"
-                );
-            }
-        }
+        let pp = &previous.modules[MODULE];
 
         // FlexLoRA: at full rank the stacked SVD is the element-wise mean exactly; the
         // global adapter is its best rank-4 approximation.
@@ -847,7 +661,7 @@ mod tests {
             })
             .collect();
         assert!(max_diff(&full, &mean) < 1e-12, "{}", max_diff(&full, &mean));
-        let flex = aggregate(&clients, HeteroRule::FlexLora, Some(&previous)).unwrap();
+        let flex = flexlora(&clients, Some(&previous)).unwrap();
         let mtm: Vec<f64> = (0..IN * IN)
             .map(|x| {
                 (0..OUT)
@@ -878,9 +692,7 @@ mod tests {
             blocks: Some(&blocks),
             weight: 1.0,
         }];
-        let err = aggregate(&c, HeteroRule::Padded, Some(&previous))
-            .unwrap_err()
-            .to_string();
+        let err = flexlora(&c, Some(&previous)).unwrap_err().to_string();
         assert!(err.contains("points outside"), "{err}");
         blocks.get_mut(MODULE).unwrap().cols = Some(vec![0, 1]);
         let c = [ClientAdapter {
@@ -888,9 +700,7 @@ mod tests {
             blocks: Some(&blocks),
             weight: 1.0,
         }];
-        let err = aggregate(&c, HeteroRule::FlexLora, Some(&previous))
-            .unwrap_err()
-            .to_string();
+        let err = flexlora(&c, Some(&previous)).unwrap_err().to_string();
         assert!(err.contains("its placement implies"), "{err}");
     }
 
@@ -899,9 +709,7 @@ mod tests {
         let a = adapter(2, 7);
         let mut other = adapter(2, 8);
         other.config.target_modules = vec!["v_proj".into()];
-        let err = whole(&[(&a, 1.0), (&other, 1.0)], HeteroRule::FlexLora)
-            .unwrap_err()
-            .to_string();
+        let err = whole(&[(&a, 1.0), (&other, 1.0)]).unwrap_err().to_string();
         assert!(err.contains("different target modules"), "{err}");
         assert!(a.truncated(3).is_err());
     }
