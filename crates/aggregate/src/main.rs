@@ -1,6 +1,6 @@
 //! `raffm-aggregate`: the round's client updates combined into the next global model.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -8,10 +8,11 @@ use clap::Parser;
 use serde_json::json;
 
 use raffm::adapter::{flexlora, from_factors, write_adapter, AdapterFolder, LORA_SEQ_LEN};
-use raffm::aggregate::{aggregate_dirs, DpRound, Rule, ServerRule, Weighting};
+use raffm::aggregate::{aggregate_dirs, DpRound, Outcome, Rule, ServerRule, Weighting};
 use raffm::burn::tensor::backend::AutodiffBackend;
 use raffm::cli::EvalArgs;
 use raffm::evaluate::evaluate_examples;
+use raffm::families::llama::lora::LoraAdapter;
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::Manifest;
 use raffm::partition::Partition;
@@ -208,6 +209,186 @@ fn server_rule(args: &Args) -> anyhow::Result<(ServerRule, Option<raffm::privacy
     Ok((rule, seed))
 }
 
+/// The round's global model: a whole model, or (LoRA rounds) an adapter on its frozen
+/// base, aggregated as the checkpoint of its factors.
+enum Global {
+    Model(Checkpoint),
+    Adapter {
+        folder: AdapterFolder,
+        base: Checkpoint,
+        factors: Checkpoint,
+    },
+}
+
+impl Global {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        if !raffm::adapter::is_adapter(dir) {
+            return Ok(Global::Model(Checkpoint::load(dir)?));
+        }
+        let folder = AdapterFolder::load(dir)?;
+        let base = folder.base.load()?;
+        let factors = folder.as_checkpoint(&base);
+        Ok(Global::Adapter {
+            folder,
+            base,
+            factors,
+        })
+    }
+
+    /// What the rules combine.
+    fn checkpoint(&self) -> &Checkpoint {
+        match self {
+            Global::Model(c) => c,
+            Global::Adapter { factors, .. } => factors,
+        }
+    }
+
+    fn max_seq_len(&self, given: Option<usize>) -> anyhow::Result<usize> {
+        Ok(match self {
+            Global::Model(c) => {
+                raffm::tokenizer::resolve_max_seq_len(given, c.config.max_positions())?
+            }
+            Global::Adapter { .. } => given.unwrap_or(LORA_SEQ_LEN),
+        })
+    }
+
+    /// The outcome's model as what this global is: the model, or an adapter.
+    fn next_adapter(&self, next: &Checkpoint) -> anyhow::Result<Option<LoraAdapter>> {
+        Ok(match self {
+            Global::Model(_) => None,
+            Global::Adapter { folder, .. } => {
+                Some(from_factors(&folder.adapter.config, next.tensors.clone())?)
+            }
+        })
+    }
+}
+
+/// Combines the updates by the rule: FlexLoRA for adapters, or the per-element rules.
+fn combine(args: &Args, global: &Global, rule: &ServerRule) -> anyhow::Result<Outcome> {
+    Ok(match (global, args.rule.as_str()) {
+        (
+            Global::Adapter {
+                folder, factors, ..
+            },
+            "flexlora",
+        ) => flexlora::aggregate_dirs(folder, factors, &args.updates, rule.weighting)?,
+        (Global::Model(_), "flexlora") => bail!(
+            "--rule flexlora combines LoRA adapters; {} is a whole model",
+            args.global.display()
+        ),
+        _ => aggregate_dirs(global.checkpoint(), &args.updates, rule, args.skip_bad)?,
+    })
+}
+
+/// The round's manifest: rule, privacy, clients, coverage and sizes.
+fn round_manifest(
+    args: &Args,
+    rule: &ServerRule,
+    seed_record: Option<&raffm::privacy::SeedRecord>,
+    global: &Checkpoint,
+    outcome: &Outcome,
+) -> Manifest {
+    let next = &outcome.model;
+    let coverage = &outcome.coverage;
+    let mean_params = outcome.clients.iter().map(|c| c.parameters).sum::<u64>() as f64
+        / outcome.clients.len().max(1) as f64;
+    let rule_name = match args.rule.as_str() {
+        "flexlora" => json!("flexlora"),
+        _ => json!(rule.rule),
+    };
+    let mut manifest = Manifest::new(
+        "aggregate",
+        "raffm-aggregate",
+        json!({
+            "global": args.global, "updates": args.updates, "output": args.output, "rule": rule_name,
+            "clip_norm": rule.clip_norm, "weighting": rule.weighting, "server_lr": args.server_lr,
+            "skip_bad": args.skip_bad, "partition": args.partition, "round": args.round,
+            "eval_max_examples": args.eval.eval_max_examples,
+        }),
+    );
+    if let (Some(dp), Some(seed)) = (&rule.dp, seed_record) {
+        let record = dp.settings.record(dp.round, seed);
+        let m = &mut manifest.metrics;
+        m.insert("epsilon".into(), json!(record.epsilon));
+        m.insert("epsilon_round".into(), json!(record.epsilon_round));
+        if !args.quiet {
+            eprintln!(
+                "privacy: epsilon {:.4} at delta {} after {} rounds ({:.4} per round)",
+                record.epsilon, dp.settings.delta, dp.round, record.epsilon_round
+            );
+        }
+        manifest.details.insert("privacy".into(), json!(record));
+    }
+    manifest.inputs = global.files.clone();
+    manifest.inputs.extend(outcome.inputs.iter().cloned());
+    manifest.architecture = Some(next.config.widths());
+    manifest.parameter_count = Some(next.parameter_count());
+    manifest.bytes_on_wire = Some(next.bytes_on_wire());
+    let d = &mut manifest.details;
+    d.insert("clients".into(), json!(outcome.clients));
+    d.insert("skipped".into(), json!(outcome.skipped));
+    d.insert("coverage".into(), json!(coverage));
+    d.insert("tensors".into(), json!(outcome.tensors));
+    let m = &mut manifest.metrics;
+    m.insert("clients".into(), json!(outcome.clients.len()));
+    m.insert("mean_client_parameters".into(), json!(mean_params));
+    m.insert("mean_client_bytes".into(), json!(4.0 * mean_params));
+    m.insert(
+        "updated_fraction".into(),
+        json!(coverage.updated_elements as f64 / coverage.total_elements as f64),
+    );
+    manifest
+}
+
+/// The new model's validation metrics (`--partition`), into `manifest`.
+fn evaluate_next(
+    args: &Args,
+    global: &Global,
+    next: &Checkpoint,
+    next_adapter: Option<&LoraAdapter>,
+    manifest: &mut Manifest,
+) -> anyhow::Result<()> {
+    let Some(partition_path) = &args.partition else {
+        return Ok(());
+    };
+    let partition = Partition::load(partition_path)?;
+    let ids = args.eval.validation_ids(&partition, partition_path)?;
+    let max_seq_len = global.max_seq_len(args.eval.max_seq_len)?;
+    let result = with_backend!(args.eval.device, B, device, {
+        type Inner = <B as AutodiffBackend>::InnerBackend;
+        match (global, next_adapter) {
+            (Global::Adapter { base, .. }, Some(adapter)) => {
+                raffm::adapter::evaluate::evaluate::<Inner>(
+                    base,
+                    adapter,
+                    &partition,
+                    &ids,
+                    max_seq_len,
+                    args.eval.batch_size,
+                    &device,
+                    |_| {},
+                )?
+            }
+            _ => evaluate_examples::<Inner>(
+                next,
+                &args.global,
+                &partition,
+                &ids,
+                max_seq_len,
+                args.eval.batch_size,
+                &device,
+                |_| {},
+            )?,
+        }
+    });
+    manifest.metrics.insert("validation".into(), json!(result));
+    manifest.inputs.push(sha256_file(partition_path)?);
+    if !args.quiet {
+        eprintln!("validation: {}", serde_json::to_string(&result)?);
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let mut inputs = vec![("--global", args.global.as_path())];
     inputs.extend(args.updates.iter().map(|u| ("--updates", u.as_path())));
@@ -220,36 +401,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(dp) = &rule.dp {
         dp.settings.check_target(dp.round)?;
     }
-    // A LoRA round's global is an adapter: aggregated as the checkpoint of its factors.
-    let adapter = match raffm::adapter::is_adapter(&args.global) {
-        true => {
-            let folder = AdapterFolder::load(&args.global)?;
-            let base = folder.base.load()?;
-            Some((folder, base))
-        }
-        false => None,
-    };
-    let global = match &adapter {
-        Some((folder, base)) => folder.as_checkpoint(base),
-        None => Checkpoint::load(&args.global)?,
-    };
-    let max_seq_len = match &adapter {
-        Some(_) => args.eval.max_seq_len.unwrap_or(LORA_SEQ_LEN),
-        None => raffm::tokenizer::resolve_max_seq_len(
-            args.eval.max_seq_len,
-            global.config.max_positions(),
-        )?,
-    };
-    let outcome = match (&adapter, args.rule.as_str()) {
-        (Some((folder, _)), "flexlora") => {
-            flexlora::aggregate_dirs(folder, &global, &args.updates, rule.weighting)?
-        }
-        (None, "flexlora") => bail!(
-            "--rule flexlora combines LoRA adapters; {} is a whole model",
-            args.global.display()
-        ),
-        _ => aggregate_dirs(&global, &args.updates, &rule, args.skip_bad)?,
-    };
+    let global = Global::load(&args.global)?;
+    // Before the aggregation: a bad --max-seq-len fails at once.
+    global.max_seq_len(args.eval.max_seq_len)?;
+    let outcome = combine(&args, &global, &rule)?;
     for s in &outcome.skipped {
         let who = s
             .client
@@ -262,111 +417,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let next = &outcome.model;
-    let next_adapter = adapter
-        .as_ref()
-        .map(|(folder, _)| from_factors(&folder.adapter.config, next.tensors.clone()))
-        .transpose()?;
-    let coverage = &outcome.coverage;
-    let mean_params = outcome.clients.iter().map(|c| c.parameters).sum::<u64>() as f64
-        / outcome.clients.len().max(1) as f64;
-    let mut inputs = global.files.clone();
-    inputs.extend(outcome.inputs.iter().cloned());
-
-    let mut manifest = Manifest::new(
-        "aggregate",
-        "raffm-aggregate",
-        json!({
-            "global": args.global, "updates": args.updates, "output": args.output,
-            "rule": if args.rule == "flexlora" { json!("flexlora") } else { json!(rule.rule) },
-            "clip_norm": rule.clip_norm, "weighting": rule.weighting, "server_lr": args.server_lr,
-            "skip_bad": args.skip_bad, "partition": args.partition, "round": args.round,
-            "eval_max_examples": args.eval.eval_max_examples,
-        }),
+    let next_adapter = global.next_adapter(next)?;
+    let mut manifest = round_manifest(
+        &args,
+        &rule,
+        seed_record.as_ref(),
+        global.checkpoint(),
+        &outcome,
     );
-    if let (Some(dp), Some(seed)) = (&rule.dp, &seed_record) {
-        let record = dp.settings.record(dp.round, seed);
-        manifest
-            .metrics
-            .insert("epsilon".into(), json!(record.epsilon));
-        manifest
-            .metrics
-            .insert("epsilon_round".into(), json!(record.epsilon_round));
-        if !args.quiet {
-            eprintln!(
-                "privacy: epsilon {:.4} at delta {} after {} rounds ({:.4} per round)",
-                record.epsilon, dp.settings.delta, dp.round, record.epsilon_round
-            );
-        }
-        manifest.details.insert("privacy".into(), json!(record));
-    }
-    manifest.inputs = inputs;
-    manifest.architecture = Some(next.config.widths());
-    manifest.parameter_count = Some(next.parameter_count());
-    manifest.bytes_on_wire = Some(next.bytes_on_wire());
-    manifest
-        .details
-        .insert("clients".into(), json!(outcome.clients));
-    manifest
-        .details
-        .insert("skipped".into(), json!(outcome.skipped));
-    manifest.details.insert("coverage".into(), json!(coverage));
-    manifest
-        .details
-        .insert("tensors".into(), json!(outcome.tensors));
-    manifest
-        .metrics
-        .insert("clients".into(), json!(outcome.clients.len()));
-    manifest
-        .metrics
-        .insert("mean_client_parameters".into(), json!(mean_params));
-    manifest
-        .metrics
-        .insert("mean_client_bytes".into(), json!(4.0 * mean_params));
-    manifest.metrics.insert(
-        "updated_fraction".into(),
-        json!(coverage.updated_elements as f64 / coverage.total_elements as f64),
-    );
-
-    if let Some(partition_path) = &args.partition {
-        let partition = Partition::load(partition_path)?;
-        let ids = args.eval.validation_ids(&partition, partition_path)?;
-        let result = with_backend!(args.eval.device, B, device, {
-            type Inner = <B as AutodiffBackend>::InnerBackend;
-            match (&adapter, &next_adapter) {
-                (Some((_, base)), Some(next_adapter)) => {
-                    raffm::adapter::evaluate::evaluate::<Inner>(
-                        base,
-                        next_adapter,
-                        &partition,
-                        &ids,
-                        max_seq_len,
-                        args.eval.batch_size,
-                        &device,
-                        |_| {},
-                    )?
-                }
-                _ => evaluate_examples::<Inner>(
-                    next,
-                    &args.global,
-                    &partition,
-                    &ids,
-                    max_seq_len,
-                    args.eval.batch_size,
-                    &device,
-                    |_| {},
-                )?,
-            }
-        });
-        manifest.metrics.insert("validation".into(), json!(result));
-        manifest.inputs.push(sha256_file(partition_path)?);
-        if !args.quiet {
-            eprintln!("validation: {}", serde_json::to_string(&result)?);
-        }
-    }
-
-    match (&adapter, &next_adapter) {
-        (Some((folder, _)), Some(next_adapter)) => {
-            write_adapter(&mut staging, next_adapter, &folder.base, &mut manifest)?
+    evaluate_next(&args, &global, next, next_adapter.as_ref(), &mut manifest)?;
+    match (&global, &next_adapter) {
+        (Global::Adapter { folder, .. }, Some(adapter)) => {
+            write_adapter(&mut staging, adapter, &folder.base, &mut manifest)?
         }
         _ => {
             next.write_into(&mut staging)?;
@@ -375,6 +437,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     staging.commit()?;
     if !args.quiet {
+        let coverage = &outcome.coverage;
         eprintln!(
             "aggregated {} clients ({} skipped), {:.1}% of the global elements updated -> {}",
             outcome.clients.len(),

@@ -1,7 +1,8 @@
 //! A federated LoRA round through the stages, by hand, on the real SmolLM2-135M-Instruct
 //! (`make test` imports it): partition a decoder task, init a global adapter, extract a
 //! rank-4 client on the whole base and a rank-2 client on a half-width base sub-model,
-//! train both, aggregate under FedAvg, the median and FlexLoRA, evaluate, merge.
+//! train both, aggregate under FedAvg, the median, FlexLoRA and DP-FedAvg, evaluate,
+//! merge.
 
 mod common;
 
@@ -256,6 +257,41 @@ fn a_lora_round_through_the_stages_places_each_client_by_rank_and_block() {
     let flex = AdapterFolder::load(Path::new(at("flexlora"))).unwrap();
     assert_eq!(flex.adapter.config.r, 4);
     assert_ne!(flex.adapter, next.adapter);
+
+    // DP-FedAvg on adapters: clipped, noised, and the accountant's epsilon recorded.
+    ok(
+        "raffm-aggregate",
+        &[
+            "--global",
+            at("global"),
+            "--updates",
+            at("trained/c000"),
+            at("trained/c001"),
+            "--round",
+            "1",
+            "--dp-noise-multiplier",
+            "1.0",
+            "--dp-clip-norm",
+            "0.5",
+            "--dp-sample-rate",
+            "0.5",
+            "--dp-expected-clients",
+            "1",
+            "--dp-seed",
+            "3",
+            "--quiet",
+            "--output",
+            at("dp"),
+        ],
+    );
+    let dp = AdapterFolder::load(Path::new(at("dp"))).unwrap();
+    let epsilon = dp.manifest.metrics["epsilon"].as_f64().unwrap();
+    assert!(epsilon > 0.0 && epsilon.is_finite(), "{epsilon}");
+    let clients = dp.manifest.details["clients"].as_array().unwrap();
+    assert!(clients
+        .iter()
+        .all(|c| c["clip_scale"].as_f64().unwrap() <= 1.0));
+    assert_ne!(dp.adapter, next.adapter);
 
     // raffm-evaluate scores the adapter on its base; merged, it is a plain HF folder
     // whose adapted projections alone moved.
