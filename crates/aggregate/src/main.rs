@@ -212,34 +212,36 @@ fn server_rule(args: &Args) -> anyhow::Result<(ServerRule, Option<raffm::privacy
 /// The round's global model: a whole model, or (LoRA rounds) an adapter on its frozen
 /// base, aggregated as the checkpoint of its factors.
 enum Global {
-    Model(Checkpoint),
-    Adapter {
-        folder: AdapterFolder,
-        base: Checkpoint,
-        factors: Checkpoint,
-    },
+    Model(Box<Checkpoint>),
+    Adapter(Box<AdapterGlobal>),
+}
+
+struct AdapterGlobal {
+    folder: AdapterFolder,
+    base: Checkpoint,
+    factors: Checkpoint,
 }
 
 impl Global {
     fn load(dir: &Path) -> anyhow::Result<Self> {
         if !raffm::adapter::is_adapter(dir) {
-            return Ok(Global::Model(Checkpoint::load(dir)?));
+            return Ok(Global::Model(Box::new(Checkpoint::load(dir)?)));
         }
         let folder = AdapterFolder::load(dir)?;
         let base = folder.base.load()?;
         let factors = folder.as_checkpoint(&base);
-        Ok(Global::Adapter {
+        Ok(Global::Adapter(Box::new(AdapterGlobal {
             folder,
             base,
             factors,
-        })
+        })))
     }
 
     /// What the rules combine.
     fn checkpoint(&self) -> &Checkpoint {
         match self {
             Global::Model(c) => c,
-            Global::Adapter { factors, .. } => factors,
+            Global::Adapter(a) => &a.factors,
         }
     }
 
@@ -248,7 +250,7 @@ impl Global {
             Global::Model(c) => {
                 raffm::tokenizer::resolve_max_seq_len(given, c.config.max_positions())?
             }
-            Global::Adapter { .. } => given.unwrap_or(LORA_SEQ_LEN),
+            Global::Adapter(_) => given.unwrap_or(LORA_SEQ_LEN),
         })
     }
 
@@ -256,9 +258,10 @@ impl Global {
     fn next_adapter(&self, next: &Checkpoint) -> anyhow::Result<Option<LoraAdapter>> {
         Ok(match self {
             Global::Model(_) => None,
-            Global::Adapter { folder, .. } => {
-                Some(from_factors(&folder.adapter.config, next.tensors.clone())?)
-            }
+            Global::Adapter(a) => Some(from_factors(
+                &a.folder.adapter.config,
+                next.tensors.clone(),
+            )?),
         })
     }
 }
@@ -266,12 +269,9 @@ impl Global {
 /// Combines the updates by the rule: FlexLoRA for adapters, or the per-element rules.
 fn combine(args: &Args, global: &Global, rule: &ServerRule) -> anyhow::Result<Outcome> {
     Ok(match (global, args.rule.as_str()) {
-        (
-            Global::Adapter {
-                folder, factors, ..
-            },
-            "flexlora",
-        ) => flexlora::aggregate_dirs(folder, factors, &args.updates, rule.weighting)?,
+        (Global::Adapter(a), "flexlora") => {
+            flexlora::aggregate_dirs(&a.folder, &a.factors, &args.updates, rule.weighting)?
+        }
         (Global::Model(_), "flexlora") => bail!(
             "--rule flexlora combines LoRA adapters; {} is a whole model",
             args.global.display()
@@ -357,18 +357,16 @@ fn evaluate_next(
     let result = with_backend!(args.eval.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         match (global, next_adapter) {
-            (Global::Adapter { base, .. }, Some(adapter)) => {
-                raffm::adapter::evaluate::evaluate::<Inner>(
-                    base,
-                    adapter,
-                    &partition,
-                    &ids,
-                    max_seq_len,
-                    args.eval.batch_size,
-                    &device,
-                    |_| {},
-                )?
-            }
+            (Global::Adapter(a), Some(adapter)) => raffm::adapter::evaluate::evaluate::<Inner>(
+                &a.base,
+                adapter,
+                &partition,
+                &ids,
+                max_seq_len,
+                args.eval.batch_size,
+                &device,
+                |_| {},
+            )?,
             _ => evaluate_examples::<Inner>(
                 next,
                 &args.global,
@@ -427,8 +425,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     );
     evaluate_next(&args, &global, next, next_adapter.as_ref(), &mut manifest)?;
     match (&global, &next_adapter) {
-        (Global::Adapter { folder, .. }, Some(adapter)) => {
-            write_adapter(&mut staging, adapter, &folder.base, &mut manifest)?
+        (Global::Adapter(a), Some(adapter)) => {
+            write_adapter(&mut staging, adapter, &a.folder.base, &mut manifest)?
         }
         _ => {
             next.write_into(&mut staging)?;
