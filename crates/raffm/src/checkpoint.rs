@@ -142,7 +142,8 @@ impl Checkpoint {
         4 * self.parameter_count()
     }
 
-    /// The sha256 of `model.safetensors` this checkpoint was read from.
+    /// The sha256 of `model.safetensors` this checkpoint was read from (for an adapter's
+    /// checkpoint of factors, of its `adapter_model.safetensors`, whose name ends alike).
     pub fn weights_sha256(&self) -> Option<&str> {
         self.files
             .iter()
