@@ -222,8 +222,8 @@ fn client_examples(
     Ok((dataset, ids))
 }
 
-/// The optimizer and schedule options given on the command line.
-/// The options as given, else the defaults of a whole model or (`adapter`) of LoRA.
+/// The optimizer and schedule options as given on the command line, else the defaults of
+/// a whole model or (`adapter`) of LoRA.
 fn train_options(args: &Args, adapter: bool) -> TrainOptions {
     let (batch_size, lr, warmup_ratio, weight_decay, max_grad_norm) = match adapter {
         false => (32, 5e-5, 0.1, 0.01, 1.0),
