@@ -124,15 +124,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (dataset, ids) = client_examples(&args, &partition, &checkpoint)?;
     let options = train_options(&args, false);
 
-    let progress = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    progress.set_style(ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}",
-    )?);
-    progress.set_prefix(args.client.clone());
+    let progress = step_progress(&args)?;
     let started = std::time::Instant::now();
     let on_step = |step: Step| {
         progress.set_length(step.total as u64);
@@ -220,6 +212,20 @@ fn client_examples(
     }
     dataset.check_labels(&ids, checkpoint.config.num_labels())?;
     Ok((dataset, ids))
+}
+
+/// A progress bar of training steps, named by the client (hidden with --quiet).
+fn step_progress(args: &Args) -> anyhow::Result<ProgressBar> {
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    progress.set_style(ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}",
+    )?);
+    progress.set_prefix(args.client.clone());
+    Ok(progress)
 }
 
 /// The optimizer and schedule options as given on the command line, else the defaults of
@@ -400,15 +406,7 @@ fn train_adapter(args: &Args, attack: Option<Attack>) -> anyhow::Result<()> {
             "options": options,
         }),
     };
-    let progress = if args.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    progress.set_style(ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} steps {elapsed}<{eta} {msg}",
-    )?);
-    progress.set_prefix(args.client.clone());
+    let progress = step_progress(args)?;
     let loss = with_backend!(args.device, B, device, {
         train_client::<B>(&job, &args.output, &device, |step: Step| {
             progress.set_length(step.total as u64);

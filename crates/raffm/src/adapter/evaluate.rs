@@ -1,9 +1,6 @@
 //! Scoring an adapter: each example's options by log-likelihood under base + adapter, the
 //! most likely taken as the answer, with the metrics of a classifier.
 
-use std::path::Path;
-
-use super::AdapterFolder;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::evaluate::{metrics, Metrics};
@@ -73,28 +70,4 @@ pub fn evaluate<B: FusedOps>(
         .collect();
     let labels: Vec<f32> = examples.iter().map(|e| e.answer as f32).collect();
     Ok(metrics(&outputs, &labels))
-}
-
-/// [`evaluate`] of the adapter folder `dir` on the base its manifest names.
-pub fn evaluate_folder<B: FusedOps>(
-    dir: &Path,
-    partition: &Partition,
-    ids: &[usize],
-    max_seq_len: usize,
-    batch_size: usize,
-    device: &B::Device,
-    on_batch: impl FnMut(usize),
-) -> Result<Metrics> {
-    let folder = AdapterFolder::load(dir)?;
-    let base = folder.base.load()?;
-    evaluate::<B>(
-        &base,
-        &folder.adapter,
-        partition,
-        ids,
-        max_seq_len,
-        batch_size,
-        device,
-        on_batch,
-    )
 }
