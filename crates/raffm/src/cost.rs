@@ -7,6 +7,10 @@
 //!
 //! * training = weights + gradients + AdamW's two moments (of the trained parameters)
 //!   + the activations kept for the backward pass;
+//! * training a LoRA adapter on the frozen model ([`CostModel::with_adapter`]) = weights
+//!   + the adapter with its gradients and moments + the activations, among them, per
+//!   adapted projection, the input that A's gradient reads and the rank-r product `x Aᵀ`
+//!   that B's reads;
 //! * inference = weights + the activations of one layer at a time.
 //!
 //! Activations are a small per-family function (see the family's `layer_activations`).
@@ -46,33 +50,52 @@ impl Default for TrainingShape {
     }
 }
 
+/// A LoRA adapter to train on the frozen model: its rank and the projections of each layer
+/// it adapts, by their name inside the layer (`self_attn.q_proj`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterShape {
+    pub rank: usize,
+    pub modules: Vec<String>,
+}
+
 /// Costs of one configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
     pub parameters: u64,
     /// Parameters of the layers (what per-layer widths and depth change).
     pub layer_parameters: u64,
+    /// Parameters of the LoRA adapter trained on the model, if one is.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adapter_parameters: u64,
     pub bytes_on_wire: u64,
     pub train_memory_bytes: u64,
     pub inference_memory_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The costs of the tensors outside the layers, for given global widths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OuterCost {
     pub parameters: u64,
-    /// Of which embeddings (not trained when frozen).
-    pub embedding_parameters: u64,
-    /// Activations they keep for training.
-    pub train_activations: u64,
+    /// What training holds for them besides their weights, in floats: the gradients and
+    /// moments of those trained, and the activations kept for the backward pass.
+    pub train_state: u64,
 }
 
 /// The costs of one layer, for given global widths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LayerCost {
     pub parameters: u64,
-    pub train_activations: u64,
+    /// What training holds for the layer besides its weights, in floats: gradients and
+    /// moments of what it trains (its weights, or its adapter and the adapter itself), and
+    /// the activations kept for the backward pass. Memory is a sum of parameters and
+    /// states, so the search adds layers up in two numbers.
+    pub train_state: u64,
     pub inference_activations: u64,
+    pub adapter_parameters: u64,
 }
 
 /// The cost model of one global model and training shape.
@@ -83,6 +106,8 @@ pub struct CostModel {
     /// The description's tensors outside the layers, and those of one layer.
     outer_tensors: Vec<TensorSpec>,
     layer_tensors: Vec<TensorSpec>,
+    /// The adapter trained on the frozen model, where one is.
+    adapter: Option<AdapterShape>,
 }
 
 impl CostModel {
@@ -93,7 +118,15 @@ impl CostModel {
             shape,
             outer_tensors: before.into_iter().chain(after).collect(),
             layer_tensors: config.layer_tensors(0),
+            adapter: None,
         }
+    }
+
+    /// The same model trained through a LoRA adapter: the model frozen, the adapter
+    /// trained.
+    pub fn with_adapter(mut self, adapter: AdapterShape) -> Self {
+        self.adapter = Some(adapter);
+        self
     }
 
     /// The cost model of the same model with some global widths fixed at other sizes: a
@@ -103,7 +136,11 @@ impl CostModel {
         for (&axis, &n) in &sizes.0 {
             widths.global.set(axis, n);
         }
-        Ok(Self::new(&self.config.with_widths(&widths)?, self.shape))
+        let pinned = Self::new(&self.config.with_widths(&widths)?, self.shape);
+        Ok(Self {
+            adapter: self.adapter.clone(),
+            ..pinned
+        })
     }
 
     /// The cost model of sub-models of `global`.
@@ -133,19 +170,20 @@ impl CostModel {
             global_layers: Vec::new(),
         };
         let axes = self.config.axes();
-        let (mut parameters, mut embedding_parameters) = (0, 0);
+        let (mut parameters, mut trained) = (0, 0);
         for t in &self.outer_tensors {
             let n = widths.shape(axes, t).iter().product::<usize>() as u64;
             parameters += n;
-            if t.kind == TensorKind::Embedding {
-                embedding_parameters += n;
+            let frozen = self.adapter.is_some()
+                || (self.shape.freeze_embeddings && t.kind == TensorKind::Embedding);
+            if !frozen {
+                trained += n;
             }
         }
         let (b, s) = self.batch_and_seq();
         OuterCost {
             parameters,
-            embedding_parameters,
-            train_activations: self.config.outer_activations(global, b, s),
+            train_state: 3 * trained + self.config.outer_activations(global, b, s),
         }
     }
 
@@ -156,31 +194,48 @@ impl CostModel {
             layers: vec![layer.clone()],
             global_layers: vec![0],
         };
-        let parameters = widths.parameter_count(self.config.axes(), &self.layer_tensors);
+        let axes = self.config.axes();
+        let parameters = widths.parameter_count(axes, &self.layer_tensors);
         let (b, s) = self.batch_and_seq();
         let activations = self.config.layer_activations(global, layer, b, s);
+        let (trained, adapter_parameters, adapter_activations) = match &self.adapter {
+            None => (parameters, 0, 0),
+            Some(adapter) => {
+                let r = adapter.rank as u64;
+                let (mut params, mut kept) = (0, 0);
+                for t in self.adapted(adapter) {
+                    let shape = widths.shape(axes, t); // [out, in]
+                    let (out, inp) = (shape[0] as u64, shape[1] as u64);
+                    params += r * (out + inp);
+                    kept += b * s * (inp + r);
+                }
+                // The adapter's weights count here: the model's are `parameters`.
+                (params, params, params + kept)
+            }
+        };
         LayerCost {
             parameters,
-            train_activations: activations.train,
+            train_state: 3 * trained + activations.train + adapter_activations,
             inference_activations: activations.inference,
+            adapter_parameters,
         }
     }
 
+    /// The layer's weight matrices that `adapter` adapts.
+    fn adapted<'a>(&'a self, adapter: &'a AdapterShape) -> impl Iterator<Item = &'a TensorSpec> {
+        self.layer_tensors.iter().filter(move |t| {
+            adapter.modules.iter().any(|m| {
+                t.name
+                    .strip_suffix(".weight")
+                    .is_some_and(|stem| stem.ends_with(&format!(".{m}")) || stem == m)
+            })
+        })
+    }
+
     /// Training memory of a model whose layers add up to `layer_parameters` and
-    /// `layer_activations`.
-    pub fn train_memory(
-        &self,
-        outer: &OuterCost,
-        layer_parameters: u64,
-        layer_activations: u64,
-    ) -> u64 {
-        let parameters = outer.parameters + layer_parameters;
-        let trained = if self.shape.freeze_embeddings {
-            parameters - outer.embedding_parameters
-        } else {
-            parameters
-        };
-        F32 * (parameters + 3 * trained + outer.train_activations + layer_activations)
+    /// `layer_state` (see [`LayerCost::train_state`]).
+    pub fn train_memory(&self, outer: &OuterCost, layer_parameters: u64, layer_state: u64) -> u64 {
+        F32 * (outer.parameters + layer_parameters + outer.train_state + layer_state)
     }
 
     /// Every cost of a model with these widths.
@@ -192,7 +247,7 @@ impl CostModel {
             .map(|l| self.layer(&widths.global, l))
             .collect();
         let layer_parameters: u64 = layers.iter().map(|l| l.parameters).sum();
-        let train_activations: u64 = layers.iter().map(|l| l.train_activations).sum();
+        let train_state: u64 = layers.iter().map(|l| l.train_state).sum();
         // Inference holds one layer's activations at a time: the largest layer's.
         let inference_activations = layers
             .iter()
@@ -203,8 +258,9 @@ impl CostModel {
         Cost {
             parameters,
             layer_parameters,
+            adapter_parameters: layers.iter().map(|l| l.adapter_parameters).sum(),
             bytes_on_wire: F32 * parameters,
-            train_memory_bytes: self.train_memory(&outer, layer_parameters, train_activations),
+            train_memory_bytes: self.train_memory(&outer, layer_parameters, train_state),
             inference_memory_bytes: F32 * (parameters + inference_activations),
         }
     }
@@ -307,5 +363,55 @@ mod tests {
         assert!(small.train_memory_bytes < at(None, 64).train_memory_bytes);
         assert!(at(None, 64).train_memory_bytes < large.train_memory_bytes);
         assert_eq!(config.vit().unwrap().tokens_at(16), 1 + 16);
+    }
+
+    /// LoRA on a frozen model: the model's weights, the adapter with its gradients and
+    /// AdamW's moments, the family's activations, and per adapted projection the input and
+    /// the rank-r product that the factors' gradients read. Against the closed form.
+    #[test]
+    fn an_adapter_on_a_frozen_model_trains_only_the_adapter() {
+        use crate::families::llama::tiny_config;
+        let config = ModelConfig::Llama(tiny_config(2, 16, 4, 2, 24));
+        let shape = TrainingShape {
+            batch_size: 2,
+            max_seq_len: 8,
+            freeze_embeddings: true,
+            image_size: None,
+        };
+        let plain = CostModel::new(&config, shape);
+        let adapter = |rank| {
+            let modules = ["self_attn.q_proj", "self_attn.v_proj"].map(String::from);
+            plain.clone().with_adapter(AdapterShape {
+                rank,
+                modules: modules.to_vec(),
+            })
+        };
+        let w = config.widths();
+        let family = config.outer_activations(&w.global, 2, 8)
+            + w.layers
+                .iter()
+                .map(|l| config.layer_activations(&w.global, l, 2, 8).train)
+                .sum::<u64>();
+        let embeddings: u64 = config
+            .tensors()
+            .iter()
+            .filter(|t| t.kind == TensorKind::Embedding)
+            .map(|t| w.shape(config.axes(), t).iter().product::<usize>() as u64)
+            .sum();
+        let full = plain.cost(&w);
+        let p = full.parameters;
+        assert_eq!(full.train_memory_bytes, 4 * (p + 3 * (p - embeddings) + family));
+
+        let lora = adapter(4).cost(&w);
+        // q_proj [16, 16] and v_proj [8, 16] in each of 2 layers, rank 4; 16 tokens.
+        let adapter_parameters = 2 * 4 * ((16 + 16) + (8 + 16));
+        let kept = 2 * 16 * ((16 + 4) + (16 + 4));
+        assert_eq!(lora.adapter_parameters, adapter_parameters);
+        assert_eq!((lora.parameters, lora.inference_memory_bytes), (p, full.inference_memory_bytes));
+        assert_eq!(lora.train_memory_bytes, 4 * (p + 4 * adapter_parameters + family + kept));
+        assert!(adapter(8).cost(&w).train_memory_bytes > lora.train_memory_bytes);
+        // A pinned cost model trains the same adapter.
+        let pinned = adapter(4).pinned(&w.global).unwrap();
+        assert_eq!(pinned.cost(&w), lora);
     }
 }

@@ -198,8 +198,9 @@ pub struct Choice {
     pub feasible_configurations: f64,
 }
 
-/// The sum of the layer costs the program tracks: parameters, and kept activations when
-/// the budget limits training memory (otherwise 0, so that states merge).
+/// The sum of the layer costs the program tracks: parameters, and the training state
+/// ([`LayerCost::train_state`]) when the budget limits training memory (otherwise 0, so
+/// that states merge).
 type State = (u64, u64);
 
 /// The options of one global choice (widths of the global axes and a depth).
@@ -221,18 +222,18 @@ struct Table {
 struct Search<'a> {
     model: &'a CostModel,
     budget: Budget,
-    /// Whether states track activations (only a training-memory limit needs them).
-    track_activations: bool,
+    /// Whether states track the training state (only a training-memory limit needs it).
+    track_state: bool,
 }
 
 impl Search<'_> {
     fn state(&self, c: &LayerCost) -> State {
-        let act = if self.track_activations {
-            c.train_activations
+        let state = if self.track_state {
+            c.train_state
         } else {
             0
         };
-        (c.parameters, act)
+        (c.parameters, state)
     }
 
     fn fits(&self, group: &Group, state: State) -> bool {
@@ -387,7 +388,7 @@ pub fn choose(
     let search = Search {
         model,
         budget: *budget,
-        track_activations: budget.max_train_memory_bytes.is_some(),
+        track_state: budget.max_train_memory_bytes.is_some(),
     };
     let tables: Vec<Table> = groups.iter().map(|g| search.table(g)).collect();
     let feasible_configurations: f64 = tables
@@ -442,20 +443,15 @@ fn infeasible(search: &Search, groups: &[Group], budget: &Budget) -> Error {
         .iter()
         .map(|g| {
             let rest = search.min_rest(g)[0];
-            // Without a memory limit the activations were not tracked: count them now.
-            let activations: u64 = g
+            // Without a memory limit the training state was not tracked: count it now.
+            let state: u64 = g
                 .options
                 .iter()
-                .map(|o| {
-                    o.iter()
-                        .map(|(_, c)| c.train_activations)
-                        .min()
-                        .unwrap_or(0)
-                })
+                .map(|o| o.iter().map(|(_, c)| c.train_state).min().unwrap_or(0))
                 .sum();
             let memory = search
                 .model
-                .train_memory(&g.outer, rest.0, activations.max(rest.1));
+                .train_memory(&g.outer, rest.0, state.max(rest.1));
             (g.outer.parameters + rest.0, memory)
         })
         .min();
@@ -515,7 +511,7 @@ pub fn choose_for_inference(
         let search = Search {
             model,
             budget: capped,
-            track_activations: capped.max_train_memory_bytes.is_some(),
+            track_state: capped.max_train_memory_bytes.is_some(),
         };
         for g in &all {
             let options: Vec<Vec<(AxisSizes, LayerCost)>> = g

@@ -10,9 +10,15 @@ use crate::checkpoint::{Checkpoint, WEIGHTS_FILE};
 use crate::contract::Placement;
 use crate::elastic::index::IndexMap;
 use crate::error::{Error, Result};
-use crate::extract::{extract, select, selection_map, Strategy};
+use crate::extract::{extract, select, selection_map, DepthPolicy, Strategy};
+use crate::families::llama::lora::LoraConfig;
+use crate::families::ModelConfig;
 use crate::io::StagingDir;
-use crate::llm::budget::{lora_train_memory, submodel_widths, widest_within, SubmodelShape};
+use super::shape::{submodel_widths, SubmodelShape};
+use crate::cost::{AdapterShape, CostModel, TrainingShape};
+use crate::elastic::{Axis, Widths};
+use crate::rng::SplitMix64;
+use crate::search::{self, Budget, Policy, SearchSpace};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::pipeline::ClientLora;
 
@@ -26,29 +32,55 @@ pub struct AdapterRequest<'a> {
     pub seq_len: usize,
 }
 
-/// The base sub-model's shape for `lora` (`None`: the whole base). A memory budget takes
-/// the widest shape whose LoRA training estimate fits it.
-fn shape_of(
-    base: &Checkpoint,
-    global: &AdapterFolder,
-    request: &AdapterRequest,
-) -> Result<Option<SubmodelShape>> {
+/// The cost model of training `request`'s adapter on sub-models of `base`.
+fn cost_model(base: &ModelConfig, lora: &LoraConfig, request: &AdapterRequest) -> CostModel {
+    let shape = TrainingShape {
+        batch_size: request.batch_size,
+        max_seq_len: request.seq_len,
+        freeze_embeddings: true,
+        image_size: None,
+    };
+    let modules = lora.target_keys();
+    CostModel::new(base, shape).with_adapter(AdapterShape {
+        rank: request.lora.rank,
+        modules: modules.into_iter().map(String::from).collect(),
+    })
+}
+
+/// The widths of the client's base sub-model (`None`: the whole base). A memory budget
+/// takes the largest sub-model of the default search space whose training estimate fits
+/// it, as any client's budget does; the tier's `hidden` and `depth`, where given, fix
+/// those axes.
+fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Widths>> {
+    let config = model.config();
     let tier = &request.lora.submodel;
     let depth = tier.depth.map(|d| d as usize);
     if let Some(mib) = tier.memory_mib {
-        let mut lora = global.adapter.config.clone();
-        lora.r = request.lora.rank;
-        let bytes = (mib * (1 << 20) as f64) as u64;
-        let (shape, _) = widest_within(
-            &base.config,
-            &lora,
-            tier.hidden,
-            depth,
-            request.batch_size,
-            request.seq_len,
-            bytes,
-        )?;
-        return Ok(Some(shape));
+        let total = config.widths().layers.len();
+        let mut space = SearchSpace::default().restricted_to(config.axes());
+        if let Some(hidden) = tier.hidden {
+            space.0.insert(Axis::Hidden, vec![hidden]);
+        }
+        if let Some(depth) = depth {
+            space.0.insert(Axis::Layers, vec![depth as f64 / total as f64]);
+        }
+        let budget = Budget {
+            max_parameters: None,
+            max_train_memory_bytes: Some((mib * (1 << 20) as f64) as u64),
+        };
+        let plan = DepthPolicy::Even.plan(total, &[]);
+        let mut rng = SplitMix64::new(0);
+        let choice = search::choose(model, &space, &budget, Policy::Largest, &plan, &mut rng)
+            .map_err(|e| match e {
+                Error::Infeasible { reason, .. } => Error::Infeasible {
+                    client: Some(request.client.to_string()),
+                    budget: format!("memory_mib {mib}"),
+                    reason,
+                },
+                e => e,
+            })?;
+        let whole = choice.widths == config.widths();
+        return Ok((!whole).then_some(choice.widths));
     }
     let width = tier.width.unwrap_or(1.0);
     let shape = SubmodelShape {
@@ -57,19 +89,20 @@ fn shape_of(
         depth,
     };
     let whole = shape.width == 1.0 && shape.hidden == 1.0 && depth.is_none();
-    Ok((!whole).then_some(shape))
+    Ok((!whole)
+        .then(|| submodel_widths(config, shape))
+        .transpose()?)
 }
 
-/// The base sub-model of `shape` under `bases` (one folder per shape of this base), written
-/// the first time it is asked for; with its index map into the base.
+/// The base sub-model of `widths` under `bases` (one folder per shape of this base),
+/// written the first time it is asked for; with its index map into the base.
 fn base_submodel(
     base: &Checkpoint,
     base_ref: &BaseModel,
-    shape: SubmodelShape,
+    widths: Widths,
     bases: &Path,
 ) -> Result<(BaseModel, crate::families::ModelConfig, IndexMap)> {
     let config = &base.config;
-    let widths = submodel_widths(config, shape)?;
     let selection = select(
         config,
         Strategy::Salient,
@@ -96,7 +129,7 @@ fn base_submodel(
         let mut manifest = Manifest::new(
             "extract-base",
             "raffm-extract",
-            json!({"shape": shape, "base": base_ref}),
+            json!({"base": base_ref}),
         );
         manifest.inputs = base.files.clone();
         manifest.architecture = Some(widths.clone());
@@ -132,10 +165,11 @@ pub fn extract_client(
     bases: &Path,
     out: &Path,
 ) -> Result<u64> {
-    let (base_ref, config, map) = match shape_of(base, global, request)? {
+    let model = cost_model(&base.config, &global.adapter.config, request);
+    let (base_ref, config, map) = match widths_of(&model, request)? {
         None => (global.base.clone(), base.config.clone(), None),
-        Some(shape) => {
-            let (sub_ref, sub_config, map) = base_submodel(base, &global.base, shape, bases)?;
+        Some(widths) => {
+            let (sub_ref, sub_config, map) = base_submodel(base, &global.base, widths, bases)?;
             (sub_ref, sub_config, Some(map))
         }
     };
@@ -143,12 +177,7 @@ pub fn extract_client(
     let adapter = place::client_adapter(&global.adapter, rank, map.as_ref())?;
     adapter.check_against(config.llama().expect("a llama base"), &global.dir)?;
     let index_map = place::client_index_map(&global.adapter, rank, map.as_ref())?;
-    let memory = lora_train_memory(
-        &config,
-        &adapter.config,
-        request.batch_size,
-        request.seq_len,
-    )?;
+    let cost = model.cost(&config.widths());
 
     let mut manifest = Manifest::new(
         "extract",
@@ -157,13 +186,10 @@ pub fn extract_client(
     );
     manifest.inputs = global.files.clone();
     manifest.architecture = Some(config.widths());
-    manifest
-        .metrics
-        .insert("train_memory_bytes".into(), json!(memory.total_bytes));
-    manifest
-        .metrics
-        .insert("base_parameters".into(), json!(memory.base_parameters));
-    manifest.details.insert("lora_memory".into(), json!(memory));
+    let m = &mut manifest.metrics;
+    m.insert("train_memory_bytes".into(), json!(cost.train_memory_bytes));
+    m.insert("base_parameters".into(), json!(cost.parameters));
+    m.insert("adapter_parameters".into(), json!(cost.adapter_parameters));
     manifest.placement = Some(Placement {
         client: request.client.to_string(),
         round: request.round,
@@ -175,5 +201,76 @@ pub fn extract_client(
     let mut staging = StagingDir::new(out)?;
     write_adapter(&mut staging, &adapter, &base_ref, &mut manifest)?;
     staging.commit()?;
-    Ok(memory.total_bytes)
+    Ok(cost.train_memory_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::families::llama::tiny_config;
+    use crate::pipeline::BaseSubmodel;
+
+    fn request(lora: &ClientLora) -> AdapterRequest<'_> {
+        AdapterRequest {
+            client: "c1",
+            round: 1,
+            lora,
+            batch_size: 2,
+            seq_len: 8,
+        }
+    }
+
+    /// A memory tier is one more budget for the one search: the largest sub-model whose
+    /// estimate, adapter included, fits; an error naming the client when none does.
+    #[test]
+    fn a_memory_tier_takes_the_largest_sub_model_that_fits() {
+        let config = ModelConfig::Llama(tiny_config(2, 16, 4, 2, 24));
+        let targets = ["q_proj", "v_proj"].map(String::from);
+        let lora = LoraConfig::new(4, 16.0, 0.0, &targets).unwrap();
+        let tier = |memory_mib: f64, hidden| ClientLora {
+            rank: 4,
+            submodel: BaseSubmodel {
+                memory_mib: Some(memory_mib),
+                hidden,
+                ..Default::default()
+            },
+        };
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        let whole = tier(1e6, None);
+        let model = cost_model(&config, &lora, &request(&whole));
+        let full = model.cost(&config.widths()).train_memory_bytes;
+        assert_eq!(widths_of(&model, &request(&tier(mib(full), None))).unwrap(), None);
+
+        let budget = full * 3 / 4;
+        let tight = tier(mib(budget), None);
+        let widths = widths_of(&model, &request(&tight)).unwrap().unwrap();
+        let cost = model.cost(&widths);
+        assert!(cost.train_memory_bytes <= budget && cost.adapter_parameters > 0);
+        // Nothing of the space larger than the choice fits.
+        let space = SearchSpace::default().restricted_to(config.axes());
+        let plan = DepthPolicy::Even.plan(2, &[]);
+        let budget_of = |bytes| Budget {
+            max_parameters: None,
+            max_train_memory_bytes: Some(bytes),
+        };
+        let largest = search::choose(
+            &model,
+            &space,
+            &budget_of(budget),
+            Policy::Largest,
+            &plan,
+            &mut SplitMix64::new(1),
+        )
+        .unwrap();
+        assert_eq!(largest.cost.parameters, cost.parameters);
+
+        let keep_hidden = tier(mib(budget), Some(1.0));
+        let widths = widths_of(&model, &request(&keep_hidden)).unwrap().unwrap();
+        assert_eq!(widths.global.get(Axis::Hidden), 16);
+
+        let err = widths_of(&model, &request(&tier(0.001, None)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c1") && err.contains("memory_mib"), "{err}");
+    }
 }

@@ -126,7 +126,7 @@ mod tests {
     use crate::families::llama::lora::{LoraAdapter, LoraConfig};
     use crate::families::llama::tiny_config;
     use crate::families::ModelConfig;
-    use crate::llm::budget::{submodel_widths, SubmodelShape};
+    use crate::adapter::shape::{submodel_widths, SubmodelShape};
 
     /// `s B A` of `module`, `[out, in]`.
     fn update(adapter: &LoraAdapter, module: &str) -> Vec<f64> {

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod flexlora;
 pub mod hetero;
 pub mod place;
+pub mod shape;
 pub mod svd;
 pub mod train;
 

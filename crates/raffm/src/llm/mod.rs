@@ -1,13 +1,11 @@
 //! The decoder's tasks: instruction text ([`task`]), option scoring by log-likelihood
-//! ([`score`]), LoRA training with the loss on the answer tokens only ([`train`]), and a
-//! client's base sub-model with its memory estimate ([`budget`]).
+//! ([`score`]), and LoRA training with the loss on the answer tokens only ([`train`]).
 //!
 //! Both read the model at chosen positions only: a sequence is a prompt followed by a
 //! completion, and what matters is the log-probability of each completion token given
 //! what precedes it. The model's hidden states are gathered at those positions before the
 //! language-model head, so the `[tokens, vocabulary]` logits are never formed for the rest.
 
-pub mod budget;
 pub mod score;
 pub mod task;
 pub mod train;

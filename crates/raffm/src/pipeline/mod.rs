@@ -470,6 +470,7 @@ mod tests {
         Cost {
             parameters: 1000,
             layer_parameters: 500,
+            adapter_parameters: 0,
             bytes_on_wire: 4000,
             train_memory_bytes: 10_000,
             inference_memory_bytes: 5000,

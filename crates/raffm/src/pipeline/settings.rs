@@ -207,7 +207,8 @@ pub struct LoraSettings {
     pub target_modules: Option<Vec<String>>,
 }
 
-/// One tier's base sub-model (`raffm-llm extract`'s options); none given is the whole base.
+/// One tier's base sub-model in a LoRA pipeline (see `adapter::extract`); none given is
+/// the whole base.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseSubmodel {
