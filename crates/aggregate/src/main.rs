@@ -14,7 +14,7 @@ use raffm::cli::EvalArgs;
 use raffm::evaluate::evaluate_examples;
 use raffm::families::llama::lora::LoraAdapter;
 use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::Manifest;
+use raffm::manifest::{AggregateMetrics, Aggregated, Manifest, StageRecord};
 use raffm::partition::Partition;
 use raffm::privacy::{noise_seed, DpFedAvg, SEED_VARIABLE};
 use raffm::{with_backend, Checkpoint};
@@ -296,8 +296,34 @@ fn round_manifest(
         "flexlora" => json!("flexlora"),
         _ => json!(rule.rule),
     };
+    let privacy = match (&rule.dp, seed_record) {
+        (Some(dp), Some(seed)) => Some(dp.settings.record(dp.round, seed)),
+        _ => None,
+    };
+    if let (Some(record), false) = (&privacy, args.quiet) {
+        eprintln!(
+            "privacy: epsilon {:.4} at delta {} after {} rounds ({:.4} per round)",
+            record.epsilon, record.settings.delta, record.round, record.epsilon_round
+        );
+    }
+    let record = Aggregated {
+        metrics: AggregateMetrics {
+            clients: outcome.clients.len(),
+            mean_client_parameters: mean_params,
+            mean_client_bytes: 4.0 * mean_params,
+            updated_fraction: coverage.updated_elements as f64 / coverage.total_elements as f64,
+            epsilon: privacy.as_ref().map(|p| p.epsilon),
+            epsilon_round: privacy.as_ref().map(|p| p.epsilon_round),
+            validation: None,
+        },
+        clients: outcome.clients.clone(),
+        skipped: outcome.skipped.clone(),
+        coverage: coverage.clone(),
+        tensors: outcome.tensors.clone(),
+        privacy,
+    };
     let mut manifest = Manifest::new(
-        "aggregate",
+        StageRecord::Aggregate(record),
         "raffm-aggregate",
         json!({
             "global": args.global, "updates": args.updates, "output": args.output, "rule": rule_name,
@@ -306,37 +332,11 @@ fn round_manifest(
             "eval_max_examples": args.eval.eval_max_examples,
         }),
     );
-    if let (Some(dp), Some(seed)) = (&rule.dp, seed_record) {
-        let record = dp.settings.record(dp.round, seed);
-        let m = &mut manifest.metrics;
-        m.insert("epsilon".into(), json!(record.epsilon));
-        m.insert("epsilon_round".into(), json!(record.epsilon_round));
-        if !args.quiet {
-            eprintln!(
-                "privacy: epsilon {:.4} at delta {} after {} rounds ({:.4} per round)",
-                record.epsilon, dp.settings.delta, dp.round, record.epsilon_round
-            );
-        }
-        manifest.details.insert("privacy".into(), json!(record));
-    }
     manifest.inputs = global.files.clone();
     manifest.inputs.extend(outcome.inputs.iter().cloned());
     manifest.architecture = Some(next.config.widths());
     manifest.parameter_count = Some(next.parameter_count());
     manifest.bytes_on_wire = Some(next.bytes_on_wire());
-    let d = &mut manifest.details;
-    d.insert("clients".into(), json!(outcome.clients));
-    d.insert("skipped".into(), json!(outcome.skipped));
-    d.insert("coverage".into(), json!(coverage));
-    d.insert("tensors".into(), json!(outcome.tensors));
-    let m = &mut manifest.metrics;
-    m.insert("clients".into(), json!(outcome.clients.len()));
-    m.insert("mean_client_parameters".into(), json!(mean_params));
-    m.insert("mean_client_bytes".into(), json!(4.0 * mean_params));
-    m.insert(
-        "updated_fraction".into(),
-        json!(coverage.updated_elements as f64 / coverage.total_elements as f64),
-    );
     manifest
 }
 
@@ -379,7 +379,9 @@ fn evaluate_next(
             )?,
         }
     });
-    manifest.metrics.insert("validation".into(), json!(result));
+    if let StageRecord::Aggregate(aggregated) = &mut manifest.record {
+        aggregated.metrics.validation = Some(result.clone());
+    }
     manifest.inputs.push(sha256_file(partition_path)?);
     if !args.quiet {
         eprintln!("validation: {}", serde_json::to_string(&result)?);

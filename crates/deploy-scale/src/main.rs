@@ -19,7 +19,9 @@ use raffm::deploy::{plan_client, ClientDeployment};
 use raffm::evaluate::{EvalSet, Metrics};
 use raffm::extract::{ClientModel, ClientRequest, Strategy};
 use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::manifest::{
+    DeployMetrics, DeploySummary, Deployed, Manifest, StageRecord, MANIFEST_FILE,
+};
 use raffm::partition::Partition;
 use raffm::pipeline::{round_of, Budgets, ClientBudget};
 use raffm::prioritize::prioritize;
@@ -247,10 +249,10 @@ impl<'a> Deployment<'a> {
             .space
             .space(&budgets.search_space, global.config.axes())?;
         let strategy = args.strategy.unwrap_or(budgets.strategy);
-        let stage = Manifest::load(&args.global.join(MANIFEST_FILE))
-            .map(|m| m.stage)
-            .unwrap_or_default();
-        let prioritized_here = strategy == Strategy::Salient && stage != "prioritize";
+        // No manifest is a model from elsewhere; one that does not read is an error.
+        let manifest = args.global.join(MANIFEST_FILE);
+        let prioritized = manifest.exists() && Manifest::load(&manifest)?.is_prioritized();
+        let prioritized_here = strategy == Strategy::Salient && !prioritized;
         if prioritized_here {
             let files = global.files.clone();
             global = prioritize(&global, args.norm, |_| {}).0;
@@ -342,12 +344,15 @@ impl<'a> Deployment<'a> {
             &request,
             json!({"global": args.global, "budgets": args.budgets, "device_memory_bytes": device_memory}),
         )?;
-        manifest.stage = "deploy-scale".into();
+        let StageRecord::Extract(sub_model) = manifest.record else {
+            unreachable!("a client sub-model's manifest is an extract record")
+        };
+        manifest.record = StageRecord::Deploy(Deployed {
+            device_memory_bytes: device_memory,
+            tier: budget.tier.clone(),
+            sub_model,
+        });
         manifest.tool = "raffm-deploy-scale".into();
-        manifest
-            .details
-            .insert("device_memory_bytes".into(), json!(device_memory));
-        manifest.details.insert("tier".into(), json!(budget.tier));
         manifest.write_into(&mut client_dir)?;
         client_dir.commit()?;
         Ok(plan)
@@ -391,8 +396,15 @@ impl<'a> Deployment<'a> {
         tiers: &[TierSummary],
     ) -> anyhow::Result<Manifest> {
         let args = self.args;
+        let record = DeploySummary {
+            metrics: DeployMetrics {
+                clients,
+                distinct_models,
+            },
+            tiers: serde_json::to_value(tiers)?,
+        };
         let mut manifest = Manifest::new(
-            "deploy-scale",
+            StageRecord::DeployScale(record),
             "raffm-deploy-scale",
             json!({
                 "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
@@ -404,11 +416,6 @@ impl<'a> Deployment<'a> {
         manifest.inputs = self.global.files.clone();
         manifest.inputs.push(sha256_file(&args.budgets)?);
         manifest.inputs.push(sha256_file(&args.partition)?);
-        manifest.metrics.insert("clients".into(), json!(clients));
-        manifest
-            .metrics
-            .insert("distinct_models".into(), json!(distinct_models));
-        manifest.details.insert("tiers".into(), json!(tiers));
         Ok(manifest)
     }
 }

@@ -257,11 +257,8 @@ impl Choices {
 fn warn_unless_prioritized(global: &Path) -> anyhow::Result<()> {
     // No manifest is a model from elsewhere; one that does not read is an error.
     let manifest = global.join(MANIFEST_FILE);
-    let stage = match manifest.exists() {
-        true => Manifest::load(&manifest)?.stage,
-        false => String::new(),
-    };
-    if stage != "prioritize" {
+    let prioritized = manifest.exists() && Manifest::load(&manifest)?.is_prioritized();
+    if !prioritized {
         eprintln!(
             "raffm-extract: warning: strategy `salient` expects a prioritized checkpoint; {} was not written by raffm-prioritize",
             global.display()

@@ -16,7 +16,9 @@ use raffm::data::{tokenize, Dataset, Task};
 use raffm::device::DeviceChoice;
 use raffm::elastic::TensorKind;
 use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::manifest::{
+    Manifest, StageRecord, TrainMetrics, Trained as TrainedRecord, MANIFEST_FILE,
+};
 use raffm::partition::Partition;
 use raffm::tokenizer::TextTokenizer;
 use raffm::train::{train_encoder, Step, TrainData, TrainOptions, TrainReport};
@@ -330,21 +332,6 @@ fn trained_manifest(
     extracted: Option<Manifest>,
 ) -> anyhow::Result<Manifest> {
     let report = &trained.report;
-    let mut manifest = Manifest::new(
-        "local-train",
-        "raffm-local-train",
-        json!({
-            "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
-            "max_examples": args.max_examples, "max_seq_len": trained.max_seq_len, "device": args.device.to_string(),
-            "options": options, "attack": attack,
-        }),
-    );
-    manifest.seeds.insert("seed".into(), json!(args.seed));
-    manifest.inputs = input.files.clone();
-    manifest.inputs.push(sha256_file(&args.partition)?);
-    manifest.architecture = Some(trained.checkpoint.config.widths());
-    manifest.parameter_count = Some(trained.checkpoint.parameter_count());
-    manifest.bytes_on_wire = Some(trained.checkpoint.bytes_on_wire());
     let embedding_bytes: u64 = trained
         .checkpoint
         .config
@@ -359,24 +346,39 @@ fn trained_manifest(
         } else {
             0
         };
-    let m = &mut manifest.metrics;
-    m.insert("examples_seen".into(), json!(report.examples_seen));
-    m.insert("steps".into(), json!(report.steps));
-    m.insert("epochs".into(), json!(report.epochs));
-    m.insert("final_loss".into(), json!(report.step_losses.last()));
-    m.insert("wall_seconds".into(), json!(report.wall_seconds));
-    m.insert(
-        "examples_per_second".into(),
-        json!(report.examples_per_second),
+    let metrics = TrainMetrics {
+        examples_seen: report.examples_seen as u64,
+        steps: report.steps as u64,
+        epochs: Some(report.epochs as u64),
+        final_loss: report.step_losses.last().copied(),
+        wall_seconds: report.wall_seconds,
+        examples_per_second: report.examples_per_second,
+        answer_tokens: None,
+        peak_rss_bytes: raffm::sys::peak_rss_bytes(),
+        bytes_downloaded: input.bytes_on_wire(),
+        bytes_uploaded: uploaded,
+        step_losses: report.step_losses.clone(),
+    };
+    let record = TrainedRecord {
+        client: args.client.clone(),
+        metrics,
+        attack,
+    };
+    let mut manifest = Manifest::new(
+        StageRecord::LocalTrain(record),
+        "raffm-local-train",
+        json!({
+            "model": args.model, "partition": args.partition, "client": args.client, "output": args.output,
+            "max_examples": args.max_examples, "max_seq_len": trained.max_seq_len, "device": args.device.to_string(),
+            "options": options, "attack": attack,
+        }),
     );
-    m.insert("peak_rss_bytes".into(), json!(raffm::sys::peak_rss_bytes()));
-    m.insert("bytes_downloaded".into(), json!(input.bytes_on_wire()));
-    m.insert("bytes_uploaded".into(), json!(uploaded));
-    m.insert("step_losses".into(), json!(report.step_losses));
-    manifest.details.insert("client".into(), json!(args.client));
-    if let Some(attack) = attack {
-        manifest.details.insert("attack".into(), json!(attack));
-    }
+    manifest.seeds.insert("seed".into(), json!(args.seed));
+    manifest.inputs = input.files.clone();
+    manifest.inputs.push(sha256_file(&args.partition)?);
+    manifest.architecture = Some(trained.checkpoint.config.widths());
+    manifest.parameter_count = Some(trained.checkpoint.parameter_count());
+    manifest.bytes_on_wire = Some(trained.checkpoint.bytes_on_wire());
     manifest.num_examples = Some(num_examples as u64);
     // Where the update belongs: carried over from raffm-extract's manifest.
     manifest.placement = extracted.and_then(|m| m.placement);

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::io::StagingDir;
-use raffm::manifest::Manifest;
+use raffm::manifest::{Manifest, PrioritizeMetrics, Prioritized, StageRecord};
 use raffm::prioritize::prioritize;
 use raffm::tensor::Norm;
 use raffm::Checkpoint;
@@ -65,8 +65,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (prioritized, permutations) = prioritize(&checkpoint, args.norm, |_| progress.inc(1));
     progress.set_message("writing");
 
+    let moved = permutations.iter().filter(|p| !p.is_identity()).count();
+    let record = Prioritized {
+        metrics: PrioritizeMetrics {
+            axes_reordered: moved,
+        },
+        permutations: permutations.clone(),
+        ignored_tensors: checkpoint.ignored.clone(),
+    };
     let mut manifest = Manifest::new(
-        "prioritize",
+        StageRecord::Prioritize(record),
         "raffm-prioritize",
         json!({"input": args.input, "output": args.output, "norm": args.norm}),
     );
@@ -74,18 +82,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     manifest.architecture = Some(prioritized.config.widths());
     manifest.parameter_count = Some(prioritized.parameter_count());
     manifest.bytes_on_wire = Some(prioritized.bytes_on_wire());
-    let moved = permutations.iter().filter(|p| !p.is_identity()).count();
-    manifest
-        .metrics
-        .insert("axes_reordered".into(), json!(moved));
-    manifest
-        .details
-        .insert("permutations".into(), serde_json::to_value(&permutations)?);
-    if !checkpoint.ignored.is_empty() {
-        manifest
-            .details
-            .insert("ignored_tensors".into(), json!(checkpoint.ignored));
-    }
 
     let mut staging = StagingDir::new(&args.output)?;
     prioritized.write_into(&mut staging)?;

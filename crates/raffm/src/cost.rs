@@ -8,9 +8,9 @@
 //! * training = weights + gradients + AdamW's two moments (of the trained parameters)
 //!   + the activations kept for the backward pass;
 //! * training a LoRA adapter on the frozen model ([`CostModel::with_adapter`]) = weights
-//!   + the adapter with its gradients and moments + the activations, among them, per
-//!   adapted projection, the input that A's gradient reads and the rank-r product `x Aᵀ`
-//!   that B's reads;
+//!   plus the adapter with its gradients and moments plus the activations, among them,
+//!   per adapted projection, the input that A's gradient reads and the rank-r product
+//!   `x Aᵀ` that B's reads;
 //! * inference = weights + the activations of one layer at a time.
 //!
 //! Activations are a small per-family function (see the family's `layer_activations`).
@@ -400,15 +400,24 @@ mod tests {
             .sum();
         let full = plain.cost(&w);
         let p = full.parameters;
-        assert_eq!(full.train_memory_bytes, 4 * (p + 3 * (p - embeddings) + family));
+        assert_eq!(
+            full.train_memory_bytes,
+            4 * (p + 3 * (p - embeddings) + family)
+        );
 
         let lora = adapter(4).cost(&w);
         // q_proj [16, 16] and v_proj [8, 16] in each of 2 layers, rank 4; 16 tokens.
         let adapter_parameters = 2 * 4 * ((16 + 16) + (8 + 16));
         let kept = 2 * 16 * ((16 + 4) + (16 + 4));
         assert_eq!(lora.adapter_parameters, adapter_parameters);
-        assert_eq!((lora.parameters, lora.inference_memory_bytes), (p, full.inference_memory_bytes));
-        assert_eq!(lora.train_memory_bytes, 4 * (p + 4 * adapter_parameters + family + kept));
+        assert_eq!(
+            (lora.parameters, lora.inference_memory_bytes),
+            (p, full.inference_memory_bytes)
+        );
+        assert_eq!(
+            lora.train_memory_bytes,
+            4 * (p + 4 * adapter_parameters + family + kept)
+        );
         assert!(adapter(8).cost(&w).train_memory_bytes > lora.train_memory_bytes);
         // A pinned cost model trains the same adapter.
         let pinned = adapter(4).pinned(&w.global).unwrap();

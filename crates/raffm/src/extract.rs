@@ -463,27 +463,37 @@ impl ClientModel {
         request: &ClientRequest,
         parameters: serde_json::Value,
     ) -> Result<crate::manifest::Manifest> {
+        use crate::manifest::{ExtractMetrics, Extracted, Manifest, StageRecord, VocabularyRecord};
         use serde_json::json;
         let global_sha256 = global.weights_sha256().ok_or_else(|| {
             Error::Invalid("the global model was not read from a file, so it has no hash".into())
         })?;
-        let mut m = crate::manifest::Manifest::new("extract", "raffm-extract", parameters);
+        let cost = &self.choice.cost;
+        let record = Extracted {
+            metrics: ExtractMetrics {
+                train_memory_bytes: cost.train_memory_bytes,
+                inference_memory_bytes: Some(cost.inference_memory_bytes),
+                feasible_configurations: Some(self.choice.feasible_configurations),
+                base_parameters: None,
+                adapter_parameters: None,
+            },
+            policy: Some(request.policy),
+            depth_policy: Some(request.depth_policy),
+            budget: Some(request.budget),
+            training_shape: Some(request.cost_model.shape),
+            selection: Some(self.selection.clone()),
+            vocabulary: request.vocabulary.map(|v| VocabularyRecord {
+                tokens: v.kept.len(),
+                from_data: v.from_data,
+                decoys: v.decoys,
+            }),
+        };
+        let mut m = Manifest::new(StageRecord::Extract(record), "raffm-extract", parameters);
         m.seeds.insert("seed".into(), json!(request.seed));
         m.inputs = global.files.clone();
         m.architecture = Some(self.choice.widths.clone());
         m.parameter_count = Some(self.checkpoint.parameter_count());
         m.bytes_on_wire = Some(self.checkpoint.bytes_on_wire());
-        let cost = &self.choice.cost;
-        m.metrics
-            .insert("train_memory_bytes".into(), json!(cost.train_memory_bytes));
-        m.metrics.insert(
-            "inference_memory_bytes".into(),
-            json!(cost.inference_memory_bytes),
-        );
-        m.metrics.insert(
-            "feasible_configurations".into(),
-            json!(self.choice.feasible_configurations),
-        );
         m.placement = Some(Placement {
             client: self.client.clone(),
             round: request.round,
@@ -492,18 +502,6 @@ impl ClientModel {
             index_map: self.index_map.clone(),
             adapter_scaling: None,
         });
-        let d = &mut m.details;
-        d.insert("policy".into(), json!(request.policy));
-        d.insert("depth_policy".into(), json!(request.depth_policy));
-        d.insert("budget".into(), json!(request.budget));
-        d.insert("training_shape".into(), json!(request.cost_model.shape));
-        d.insert("selection".into(), json!(self.selection));
-        if let Some(v) = request.vocabulary {
-            // The kept ids are in the index map; decoys are not told apart from them.
-            let record =
-                json!({"tokens": v.kept.len(), "from_data": v.from_data, "decoys": v.decoys});
-            d.insert("vocabulary".into(), record);
-        }
         Ok(m)
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{Error, Result};
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, StageRecord, MANIFEST_FILE};
 
 /// MiB.
 const MIB: u64 = 1 << 20;
@@ -112,17 +112,16 @@ impl JobOutcome {
 /// bytes.
 pub fn training_memory_estimate(dir: &Path) -> Result<u64> {
     let path = dir.join(MANIFEST_FILE);
-    let manifest = Manifest::load(&path)?;
-    manifest
-        .metrics
-        .get("train_memory_bytes")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| {
-            Error::format(
-                &path,
-                "no `metrics.train_memory_bytes`: is it a sub-model written by raffm-extract?",
-            )
-        })
+    match Manifest::load(&path)?.record {
+        StageRecord::Extract(extracted) => Ok(extracted.metrics.train_memory_bytes),
+        other => Err(Error::format(
+            &path,
+            format!(
+                "written by stage `{}`, not raffm-extract: it has no training-memory estimate",
+                other.name()
+            ),
+        )),
+    }
 }
 
 /// The memory to request for an estimate of `bytes`: rounded up to MiB, plus `margin_mib`

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoint;
 use crate::elastic::index::{index_map, Indices, Kept, Selection};
@@ -27,7 +27,7 @@ use crate::elastic::{Axis, AxisSpec, Factor, Salience, Scope, TensorSpec, Widths
 use crate::tensor::{HostTensor, Norm};
 
 /// The scores of one axis instance, in the model's current order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Scores {
     Flat(Vec<f64>),
@@ -56,7 +56,7 @@ pub struct AxisSalience {
 
 /// How one axis instance was reordered: for each new position, the index it came from
 /// (per parent, by the parent's new position, for a nested axis), and the scores after.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AxisPermutation {
     pub axis: Axis,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -228,11 +228,7 @@ struct Search<'a> {
 
 impl Search<'_> {
     fn state(&self, c: &LayerCost) -> State {
-        let state = if self.track_state {
-            c.train_state
-        } else {
-            0
-        };
+        let state = if self.track_state { c.train_state } else { 0 };
         (c.parameters, state)
     }
 

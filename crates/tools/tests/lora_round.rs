@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use common::{ok, run};
 use raffm::adapter::{factor_name, factors, AdapterFolder};
 use raffm::families::llama::lora::LoraAdapter;
-use raffm::manifest::Manifest;
+use raffm::manifest::{Manifest, StageRecord};
 use raffm::Checkpoint;
 
 fn smollm2() -> PathBuf {
@@ -202,7 +202,10 @@ fn a_lora_round_through_the_stages_places_each_client_by_rank_and_block() {
     assert_eq!((e0.adapter.config.r, e1.adapter.config.r), (4, 2));
     // r 2 on q [384, 576], k, v [192, 576], o [576, 384] of 30 layers.
     assert_eq!(e1.adapter.parameter_count(), 30 * 2 * (960 + 2 * 768 + 960));
-    let memory = |e: &AdapterFolder| e.manifest.metrics["train_memory_bytes"].as_u64().unwrap();
+    let memory = |e: &AdapterFolder| match &e.manifest.record {
+        StageRecord::Extract(x) => x.metrics.train_memory_bytes,
+        other => panic!("{other:?}"),
+    };
     assert!(memory(&e1) < memory(&e0));
 
     let trained = |c: &str| AdapterFolder::load(Path::new(at(&format!("trained/{c}")))).unwrap();
@@ -246,8 +249,15 @@ fn a_lora_round_through_the_stages_places_each_client_by_rank_and_block() {
         };
         assert!((n[&b].data[o * 4] - want).abs() < 1e-6, "B[{o},0]");
     }
-    let accuracy = next.manifest.metrics["validation"]["accuracy"]
-        .as_f64()
+    let aggregated = |f: &AdapterFolder| match &f.manifest.record {
+        StageRecord::Aggregate(a) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    let accuracy = aggregated(&next)
+        .metrics
+        .validation
+        .unwrap()
+        .accuracy
         .unwrap();
     assert!((0.0..=1.0).contains(&accuracy));
 
@@ -285,12 +295,14 @@ fn a_lora_round_through_the_stages_places_each_client_by_rank_and_block() {
         ],
     );
     let dp = AdapterFolder::load(Path::new(at("dp"))).unwrap();
-    let epsilon = dp.manifest.metrics["epsilon"].as_f64().unwrap();
+    let dp_record = aggregated(&dp);
+    let epsilon = dp_record.metrics.epsilon.unwrap();
     assert!(epsilon > 0.0 && epsilon.is_finite(), "{epsilon}");
-    let clients = dp.manifest.details["clients"].as_array().unwrap();
-    assert!(clients
+    assert_eq!(dp_record.privacy.unwrap().epsilon, epsilon);
+    assert!(dp_record
+        .clients
         .iter()
-        .all(|c| c["clip_scale"].as_f64().unwrap() <= 1.0));
+        .all(|c| c.clip_scale.unwrap() <= 1.0));
     assert_ne!(dp.adapter, next.adapter);
 
     // raffm-evaluate scores the adapter on its base; merged, it is a plain HF folder
@@ -481,5 +493,5 @@ fn bad_lora_inputs_are_one_line_errors_and_write_nothing() {
         "{err}"
     );
     assert!(!Path::new(out).exists());
-    assert_eq!(manifest_of("trained/c000").stage, "local-train");
+    assert_eq!(manifest_of("trained/c000").stage(), "local-train");
 }

@@ -29,6 +29,15 @@ fn cumulative(p: u64, r: u64) -> u64 {
     8 * (2_000_000 * (p + 1) * r + 100_000 * r * (r + 1) + 10_000 * r) - 1000 * r
 }
 
+/// A manifest as a stage writes it: the common fields around `record`.
+fn manifest(record: Value) -> Value {
+    let mut m = json!({"tool": "test", "tool_version": "0", "command": [], "parameters": null, "inputs": []});
+    for (k, v) in record.as_object().unwrap() {
+        m[k] = v.clone();
+    }
+    m
+}
+
 fn write(path: &Path, value: &Value) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
@@ -52,20 +61,18 @@ fn fixture(root: &Path) -> Vec<PathBuf> {
         for r in 1..=ROUNDS {
             let rd = dir.join(format!("round-{r}"));
             let clients: Vec<Value> = (0..CLIENTS)
-                .map(|k| json!({"client": format!("c{k}"), "weight": 50.0, "parameters": parameters(p, r, k)}))
+                .map(|k| json!({"client": format!("c{k}"), "weight": 50.0, "parameters": parameters(p, r, k), "update_norm": 1.0}))
                 .collect();
             let mean = (0..CLIENTS).map(|k| parameters(p, r, k)).sum::<u64>() as f64 / 2.0;
             let metrics = json!({
-                "clients": CLIENTS, "mean_client_parameters": mean, "mean_client_bytes": 4.0 * mean,
+                "clients": CLIENTS, "mean_client_parameters": mean, "mean_client_bytes": 4.0 * mean, "updated_fraction": 1.0,
                 "validation": {"examples": 100, "accuracy": 0.6 + 0.1 * r as f64 + 0.01 * p as f64,
                                "macro_f1": 0.55 + 0.1 * r as f64, "mcc": 0.2 * r as f64}
             });
-            // alpha as raffm-aggregate writes it (details flattened), beta nested.
-            let global = if p == 0 {
-                json!({"stage": "aggregate", "metrics": metrics, "clients": clients})
-            } else {
-                json!({"stage": "aggregate", "metrics": metrics, "details": {"clients": clients}})
-            };
+            let global = manifest(
+                json!({"stage": "aggregate", "metrics": metrics, "clients": clients,
+                "skipped": [], "coverage": {"updated_elements": 1, "total_elements": 1}, "tensors": []}),
+            );
             write(&rd.join("global/manifest.json"), &global);
             for k in 0..CLIENTS {
                 let c = format!("c{k}");
@@ -75,9 +82,12 @@ fn fixture(root: &Path) -> Vec<PathBuf> {
                 );
                 write(
                     &rd.join("trained").join(&c).join("manifest.json"),
-                    &json!({"client": c, "num_examples": 50, "parameter_count": parameters(p, r, k),
+                    &manifest(
+                        json!({"stage": "local-train", "client": c, "num_examples": 50, "parameter_count": parameters(p, r, k),
                             "metrics": {"bytes_downloaded": downloaded(p, r, k), "bytes_uploaded": uploaded(p, r, k),
-                                        "wall_seconds": 1.5, "examples_seen": 50}}),
+                                        "wall_seconds": 1.5, "examples_seen": 50, "steps": 2, "final_loss": 0.5,
+                                        "examples_per_second": 33.3, "step_losses": [0.7, 0.5]}}),
+                    ),
                 );
             }
         }

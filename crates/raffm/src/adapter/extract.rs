@@ -5,22 +5,22 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::shape::{submodel_widths, SubmodelShape};
 use super::{place, write_adapter, AdapterFolder, BaseModel};
 use crate::checkpoint::{Checkpoint, WEIGHTS_FILE};
 use crate::contract::Placement;
+use crate::cost::{AdapterShape, CostModel, TrainingShape};
 use crate::elastic::index::IndexMap;
+use crate::elastic::{Axis, Widths};
 use crate::error::{Error, Result};
 use crate::extract::{extract, select, selection_map, DepthPolicy, Strategy};
 use crate::families::llama::lora::LoraConfig;
 use crate::families::ModelConfig;
 use crate::io::StagingDir;
-use super::shape::{submodel_widths, SubmodelShape};
-use crate::cost::{AdapterShape, CostModel, TrainingShape};
-use crate::elastic::{Axis, Widths};
+use crate::manifest::{ExtractMetrics, Extracted, Manifest, StageRecord, MANIFEST_FILE};
+use crate::pipeline::ClientLora;
 use crate::rng::SplitMix64;
 use crate::search::{self, Budget, Policy, SearchSpace};
-use crate::manifest::{Manifest, MANIFEST_FILE};
-use crate::pipeline::ClientLora;
 
 /// What one client gets.
 pub struct AdapterRequest<'a> {
@@ -62,7 +62,9 @@ fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Width
             space.0.insert(Axis::Hidden, vec![hidden]);
         }
         if let Some(depth) = depth {
-            space.0.insert(Axis::Layers, vec![depth as f64 / total as f64]);
+            space
+                .0
+                .insert(Axis::Layers, vec![depth as f64 / total as f64]);
         }
         let budget = Budget {
             max_parameters: None,
@@ -89,9 +91,7 @@ fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Width
         depth,
     };
     let whole = shape.width == 1.0 && shape.hidden == 1.0 && depth.is_none();
-    Ok((!whole)
-        .then(|| submodel_widths(config, shape))
-        .transpose()?)
+    (!whole).then(|| submodel_widths(config, shape)).transpose()
 }
 
 /// The base sub-model of `widths` under `bases` (one folder per shape of this base),
@@ -127,7 +127,7 @@ fn base_submodel(
         let mut staging = StagingDir::new(&dir)?;
         sub.write_into(&mut staging)?;
         let mut manifest = Manifest::new(
-            "extract-base",
+            StageRecord::ExtractBase {},
             "raffm-extract",
             json!({"base": base_ref}),
         );
@@ -179,17 +179,21 @@ pub fn extract_client(
     let index_map = place::client_index_map(&global.adapter, rank, map.as_ref())?;
     let cost = model.cost(&config.widths());
 
+    let metrics = ExtractMetrics {
+        train_memory_bytes: cost.train_memory_bytes,
+        inference_memory_bytes: None,
+        feasible_configurations: None,
+        base_parameters: Some(cost.parameters),
+        adapter_parameters: Some(cost.adapter_parameters),
+    };
+    let record = StageRecord::Extract(Extracted::new(metrics));
     let mut manifest = Manifest::new(
-        "extract",
+        record,
         "raffm-extract",
         json!({"client": request.client, "round": request.round, "lora": request.lora}),
     );
     manifest.inputs = global.files.clone();
     manifest.architecture = Some(config.widths());
-    let m = &mut manifest.metrics;
-    m.insert("train_memory_bytes".into(), json!(cost.train_memory_bytes));
-    m.insert("base_parameters".into(), json!(cost.parameters));
-    m.insert("adapter_parameters".into(), json!(cost.adapter_parameters));
     manifest.placement = Some(Placement {
         client: request.client.to_string(),
         round: request.round,
@@ -239,7 +243,10 @@ mod tests {
         let whole = tier(1e6, None);
         let model = cost_model(&config, &lora, &request(&whole));
         let full = model.cost(&config.widths()).train_memory_bytes;
-        assert_eq!(widths_of(&model, &request(&tier(mib(full), None))).unwrap(), None);
+        assert_eq!(
+            widths_of(&model, &request(&tier(mib(full), None))).unwrap(),
+            None
+        );
 
         let budget = full * 3 / 4;
         let tight = tier(mib(budget), None);

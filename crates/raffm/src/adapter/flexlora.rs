@@ -122,11 +122,11 @@ pub fn aggregate_dirs(
 mod tests {
     use super::*;
     use crate::adapter::place::{client_adapter, client_index_map};
+    use crate::adapter::shape::{submodel_widths, SubmodelShape};
     use crate::extract::{select, selection_map, Strategy};
     use crate::families::llama::lora::{LoraAdapter, LoraConfig};
     use crate::families::llama::tiny_config;
     use crate::families::ModelConfig;
-    use crate::adapter::shape::{submodel_widths, SubmodelShape};
 
     /// `s B A` of `module`, `[out, in]`.
     fn update(adapter: &LoraAdapter, module: &str) -> Vec<f64> {

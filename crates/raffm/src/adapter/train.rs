@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::fused::FusedOps;
 use crate::io::{sha256_file, StagingDir};
 use crate::llm::train::train_lora;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, StageRecord, TrainMetrics, Trained};
 use crate::partition::Partition;
 use crate::train::{Step, TrainOptions};
 use burn::tensor::backend::AutodiffBackend;
@@ -77,29 +77,32 @@ where
         device,
         on_step,
     )?;
-    let mut manifest = Manifest::new("local-train", "raffm-local-train", job.parameters.clone());
+    let bytes = 4 * trained.parameter_count();
+    let metrics = TrainMetrics {
+        examples_seen: report.examples_seen as u64,
+        steps: report.steps as u64,
+        epochs: None,
+        final_loss: report.step_losses.last().copied(),
+        wall_seconds: report.wall_seconds,
+        examples_per_second: report.examples_seen as f64 / report.wall_seconds.max(1e-9),
+        answer_tokens: Some(report.answer_tokens as u64),
+        peak_rss_bytes: crate::sys::peak_rss_bytes(),
+        bytes_downloaded: bytes,
+        bytes_uploaded: bytes,
+        step_losses: report.step_losses.clone(),
+    };
+    let record = StageRecord::LocalTrain(Trained {
+        client: job.client.to_string(),
+        metrics,
+        attack: None,
+    });
+    let mut manifest = Manifest::new(record, "raffm-local-train", job.parameters.clone());
     manifest
         .seeds
         .insert("seed".into(), json!(job.options.seed));
     manifest.inputs = folder.files.clone();
     manifest.inputs.push(sha256_file(job.partition_path)?);
-    let bytes = 4 * trained.parameter_count();
-    let m = &mut manifest.metrics;
-    m.insert("examples_seen".into(), json!(report.examples_seen));
-    m.insert("steps".into(), json!(report.steps));
-    m.insert("final_loss".into(), json!(report.step_losses.last()));
-    m.insert("wall_seconds".into(), json!(report.wall_seconds));
-    m.insert(
-        "examples_per_second".into(),
-        json!(report.examples_seen as f64 / report.wall_seconds.max(1e-9)),
-    );
-    m.insert("answer_tokens".into(), json!(report.answer_tokens));
-    m.insert("peak_rss_bytes".into(), json!(crate::sys::peak_rss_bytes()));
-    m.insert("bytes_downloaded".into(), json!(bytes));
-    m.insert("bytes_uploaded".into(), json!(bytes));
-    m.insert("step_losses".into(), json!(report.step_losses));
     manifest.architecture = folder.manifest.architecture.clone();
-    manifest.details.insert("client".into(), json!(job.client));
     manifest.num_examples = Some(examples.len() as u64);
     manifest.placement = Some(placement);
     write_adapter(&mut staging, &trained, &folder.base, &mut manifest)?;

@@ -74,7 +74,7 @@ impl Weighting {
 }
 
 /// Per-tensor statistics of an aggregation.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Coverage {
     /// Elements of the global model that changed: those at least one client updated (with
     /// DP, all of them).
@@ -83,7 +83,7 @@ pub struct Coverage {
 }
 
 /// A client that took part in an aggregation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Contribution {
     pub client: String,
     pub weight: f64,
@@ -99,7 +99,7 @@ pub struct Contribution {
 }
 
 /// An update that was left out, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Skipped {
     pub dir: PathBuf,
     pub client: Option<String>,

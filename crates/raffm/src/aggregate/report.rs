@@ -1,10 +1,10 @@
 //! What an aggregation records per tensor: how many clients held its elements, and what the
 //! rule could do with that many.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Holdings of one global tensor in a round.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorHoldings {
     pub name: String,
     pub elements: u64,

@@ -15,7 +15,7 @@ use crate::elastic::Axis;
 use crate::error::{Error, Result};
 use crate::families::ModelConfig;
 use crate::io::FileRecord;
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{Manifest, StageRecord, MANIFEST_FILE};
 
 /// A client's trained tensors by canonical name. Little-endian F32 data, which is what
 /// our stages write, is used in place from the mapped file: aggregation reads each update
@@ -206,11 +206,9 @@ impl ClientUpdate {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        let attack = match manifest.details.get("attack") {
-            None => None,
-            Some(a) => Some(serde_json::from_value(a.clone()).map_err(|e| {
-                Error::format(&manifest_path, format!("`attack` is not an attack ({e})"))
-            })?),
+        let attack = match &manifest.record {
+            StageRecord::LocalTrain(trained) => trained.attack,
+            _ => None,
         };
         let vocab_size = config.widths().global.0.get(&Axis::Vocab).copied();
         let (client, global_sha256, index_map) = match manifest.placement {

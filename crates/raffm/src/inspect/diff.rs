@@ -429,7 +429,8 @@ mod tests {
         let (global_dir, sub_dir) = (dir.path().join("global"), dir.path().join("sub"));
         global.save(&global_dir).unwrap();
         sub.save(&sub_dir).unwrap();
-        let mut manifest = Manifest::new("extract", "test", serde_json::Value::Null);
+        let record = crate::manifest::StageRecord::ExtractBase {};
+        let mut manifest = Manifest::new(record, "test", serde_json::Value::Null);
         manifest.placement = Some(crate::contract::Placement {
             client: "c".into(),
             round: 1,

@@ -29,7 +29,7 @@ pub struct InputCheck {
 
 /// What a stage's manifest says, less the bulky records, with the folders of its inputs.
 #[derive(Debug, Clone, Serialize)]
-pub struct StageRecord {
+pub struct StageSummary {
     pub stage: String,
     pub tool: String,
     pub tool_version: String,
@@ -46,7 +46,7 @@ pub struct StageRecord {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Origin {
-    Stage(Box<StageRecord>),
+    Stage(Box<StageSummary>),
     /// A folder without a manifest: the pre-trained model, the data's folder.
     External,
     /// Listed before in this lineage (an input shared by several stages, or a cycle).
@@ -105,7 +105,7 @@ impl LineageWalk {
         Ok(Lineage { folder, origin })
     }
 
-    fn stage(&mut self, dir: &Path, depth: usize) -> Result<StageRecord> {
+    fn stage(&mut self, dir: &Path, depth: usize) -> Result<StageSummary> {
         let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
         let root = recorded_root(dir, &manifest);
         let mut inputs = Vec::new();
@@ -126,15 +126,23 @@ impl LineageWalk {
             .into_iter()
             .map(|(folder, name)| self.node(&folder, name, depth + 1))
             .collect::<Result<_>>()?;
-        Ok(StageRecord {
-            stage: manifest.stage,
+        let mut fields = manifest.record.fields();
+        let stage = manifest.stage();
+        let metrics = match fields.remove("metrics") {
+            Some(Value::Object(metrics)) => metrics,
+            _ => Map::new(),
+        };
+        fields.remove("stage");
+        let slurm = manifest.slurm.is_some().then(|| "slurm".to_string());
+        Ok(StageSummary {
+            stage,
             tool: manifest.tool,
             tool_version: manifest.tool_version,
             parameters: manifest.parameters,
             seeds: manifest.seeds,
-            metrics: manifest.metrics,
+            metrics,
             parameter_count: manifest.parameter_count,
-            details: manifest.details.keys().cloned().collect(),
+            details: fields.keys().cloned().chain(slurm).collect(),
             inputs,
             parents,
         })

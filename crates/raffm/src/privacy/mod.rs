@@ -18,7 +18,7 @@
 
 pub mod accountant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
@@ -27,7 +27,7 @@ use crate::rng::SplitMix64;
 pub const SEED_VARIABLE: &str = "RAFFM_DP_SEED";
 
 /// DP-FedAvg's settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DpFedAvg {
     /// σ: the noise's standard deviation in units of the clip norm.
     pub noise_multiplier: f64,
@@ -109,8 +109,8 @@ impl DpFedAvg {
     pub fn record(&self, round: u64, seed: &SeedRecord) -> PrivacyRecord {
         let cumulative = self.spent(round);
         PrivacyRecord {
-            mechanism: "DP-FedAvg, client level: clipped updates, Gaussian noise on the sum, fixed denominator",
-            accountant: "RDP of the sampled Gaussian mechanism, Opacus's 151 orders and conversion",
+            mechanism: "DP-FedAvg, client level: clipped updates, Gaussian noise on the sum, fixed denominator".into(),
+            accountant: "RDP of the sampled Gaussian mechanism, Opacus's 151 orders and conversion".into(),
             settings: self.clone(),
             round,
             epsilon_round: self.spent(1).epsilon,
@@ -122,10 +122,10 @@ impl DpFedAvg {
 }
 
 /// What a global manifest says of its privacy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrivacyRecord {
-    pub mechanism: &'static str,
-    pub accountant: &'static str,
+    pub mechanism: String,
+    pub accountant: String,
     pub settings: DpFedAvg,
     /// Rounds of DP-FedAvg so far, this one included.
     pub round: u64,
@@ -140,7 +140,7 @@ pub struct PrivacyRecord {
 
 /// Where the noise seed came from. A seed given as an option is written out, so the run can
 /// be repeated; one from the environment is a secret and only its hash is kept.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeedRecord {
     pub source: String,
     #[serde(skip_serializing_if = "Option::is_none")]

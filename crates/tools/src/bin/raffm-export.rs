@@ -9,7 +9,7 @@ use serde_json::json;
 
 use raffm::extract::padded;
 use raffm::io::StagingDir;
-use raffm::manifest::{Manifest, MANIFEST_FILE};
+use raffm::manifest::{Exported, Manifest, StageRecord, MANIFEST_FILE};
 use raffm::Checkpoint;
 
 /// Writes the zero-padded equivalent of a sub-model (from raffm-extract, raffm-local-train
@@ -57,17 +57,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     let global = Checkpoint::load(&args.global)?;
     let export = padded(&global.config, &sub, &placement.index_map)
         .with_context(|| format!("{}", args.model.display()))?;
+    let record = Exported {
+        sub_model_parameters: sub.parameter_count(),
+    };
     let mut manifest = Manifest::new(
-        "export",
+        StageRecord::Export(record),
         "raffm-export",
         json!({"model": args.model, "global": args.global, "output": args.output}),
     );
     manifest.inputs = sub.files.iter().chain(&global.files).cloned().collect();
     manifest.architecture = Some(export.config.widths());
     manifest.parameter_count = Some(export.parameter_count());
-    manifest
-        .details
-        .insert("sub_model_parameters".into(), json!(sub.parameter_count()));
     let mut staging = StagingDir::new(&args.output)?;
     export.write_into(&mut staging)?;
     manifest.write_into(&mut staging)?;

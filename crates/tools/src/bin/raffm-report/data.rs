@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use raffm::manifest::{Manifest, StageRecord, MANIFEST_FILE};
+
 pub const MIB: f64 = 1024.0 * 1024.0;
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -90,49 +92,6 @@ pub struct Scores {
 #[derive(Debug, Deserialize)]
 struct EvalFile {
     metrics: Scores,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct GlobalMetrics {
-    clients: Option<u64>,
-    mean_client_parameters: Option<f64>,
-    mean_client_bytes: Option<f64>,
-    validation: Option<Scores>,
-    epsilon: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AggregatedClient {
-    parameters: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct GlobalDetails {
-    clients: Option<Vec<AggregatedClient>>,
-}
-
-/// round-R/global/manifest.json. The manifest's stage-specific `details` are flattened
-/// into the top level by serde; a nested `details` object is read too.
-#[derive(Debug, Deserialize)]
-struct GlobalManifest {
-    #[serde(default)]
-    metrics: GlobalMetrics,
-    clients: Option<Vec<AggregatedClient>>,
-    details: Option<GlobalDetails>,
-}
-
-#[derive(Debug, Deserialize)]
-struct TrainedMetrics {
-    bytes_downloaded: Option<u64>,
-    bytes_uploaded: Option<u64>,
-    wall_seconds: Option<f64>,
-}
-
-/// round-R/trained/<client>/manifest.json.
-#[derive(Debug, Deserialize)]
-struct TrainedManifest {
-    metrics: TrainedMetrics,
-    bytes_on_wire: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,43 +333,42 @@ fn federated_round(
     round: u32,
     cumulative: u64,
 ) -> anyhow::Result<FederatedRound> {
-    let global: GlobalManifest = read_json(&global_manifest_path(dir, round))?;
-    let aggregated = global
-        .clients
-        .or(global.details.and_then(|d| d.clients))
-        .unwrap_or_default();
+    let path = global_manifest_path(dir, round);
+    let manifest = Manifest::load(&path)?;
+    let StageRecord::Aggregate(global) = manifest.record else {
+        bail!(
+            "{}: written by stage `{}`, not by raffm-aggregate",
+            path.display(),
+            manifest.stage()
+        );
+    };
+    let aggregated = global.clients;
     let traffic = client_traffic(&dir.join(format!("round-{round}")))?;
     let round_bytes: u64 = traffic.downs.iter().sum::<u64>() + traffic.ups.iter().sum::<u64>();
     let metrics = global.metrics;
-    let mean_params = metrics
-        .mean_client_parameters
-        .or_else(|| mean(aggregated.iter().map(|c| c.parameters as f64)));
-    let validation = metrics.validation.unwrap_or_default();
+    let validation = metrics.validation;
+    let score =
+        |pick: fn(&raffm::evaluate::Metrics) -> Option<f64>| validation.as_ref().and_then(pick);
     let row = Row {
         pipeline: name.to_string(),
         round,
-        accuracy: validation.accuracy,
-        macro_f1: validation.macro_f1,
-        mcc: validation.mcc,
-        clients: metrics
-            .clients
-            .or((!aggregated.is_empty()).then_some(aggregated.len() as u64)),
-        mean_client_parameters: mean_params,
-        mean_client_mib: metrics
-            .mean_client_bytes
-            .or(mean_params.map(|p| 4.0 * p))
-            .map(|b| b / MIB),
+        accuracy: score(|v| v.accuracy),
+        macro_f1: score(|v| v.macro_f1),
+        mcc: score(|v| v.mcc),
+        clients: Some(metrics.clients as u64),
+        mean_client_parameters: Some(metrics.mean_client_parameters),
+        mean_client_mib: Some(metrics.mean_client_bytes / MIB),
         bytes_down_per_client: mean(traffic.downs.iter().map(|&b| b as f64)),
         bytes_up_per_client: mean(traffic.ups.iter().map(|&b| b as f64)),
         round_bytes,
         cumulative_bytes: cumulative + round_bytes,
-        local_train_seconds: traffic.seconds.filter(|_| !traffic.downs.is_empty()),
+        local_train_seconds: (!traffic.downs.is_empty()).then_some(traffic.seconds),
         epsilon: metrics.epsilon,
     };
     Ok(FederatedRound {
         row,
         client_parameters: aggregated.iter().map(|c| c.parameters).collect(),
-        validation_examples: validation.examples,
+        validation_examples: validation.map(|v| v.examples as u64),
     })
 }
 
@@ -420,47 +378,31 @@ struct ClientTraffic {
     downs: Vec<u64>,
     /// Bytes each client uploaded.
     ups: Vec<u64>,
-    /// Their local training wall time, summed; `None` if one of them did not report it.
-    seconds: Option<f64>,
+    /// Their local training wall time, summed.
+    seconds: f64,
 }
 
-/// Reads the manifests under `<round_dir>/trained/`. A client's bytes each way are
-/// `metrics.bytes_downloaded` and `metrics.bytes_uploaded`, or else `bytes_on_wire`.
+/// Reads the manifests under `<round_dir>/trained/`: each client's bytes each way and its
+/// training time.
 fn client_traffic(round_dir: &Path) -> anyhow::Result<ClientTraffic> {
     let mut traffic = ClientTraffic {
         downs: Vec::new(),
         ups: Vec::new(),
-        seconds: Some(0.0),
+        seconds: 0.0,
     };
     for client_dir in trained_dirs(round_dir)? {
-        let mpath = client_dir.join("manifest.json");
-        let trained: TrainedManifest = read_json(&mpath)?;
-        let down = trained
-            .metrics
-            .bytes_downloaded
-            .or(trained.bytes_on_wire)
-            .with_context(|| {
-                format!(
-                    "{}: neither metrics.bytes_downloaded nor bytes_on_wire",
-                    mpath.display()
-                )
-            })?;
-        let up = trained
-            .metrics
-            .bytes_uploaded
-            .or(trained.bytes_on_wire)
-            .with_context(|| {
-                format!(
-                    "{}: neither metrics.bytes_uploaded nor bytes_on_wire",
-                    mpath.display()
-                )
-            })?;
-        traffic.downs.push(down);
-        traffic.ups.push(up);
-        traffic.seconds = match (traffic.seconds, trained.metrics.wall_seconds) {
-            (Some(total), Some(s)) => Some(total + s),
-            _ => None,
+        let path = client_dir.join(MANIFEST_FILE);
+        let manifest = Manifest::load(&path)?;
+        let StageRecord::LocalTrain(trained) = manifest.record else {
+            bail!(
+                "{}: written by stage `{}`, not by raffm-local-train",
+                path.display(),
+                manifest.stage()
+            );
         };
+        traffic.downs.push(trained.metrics.bytes_downloaded);
+        traffic.ups.push(trained.metrics.bytes_uploaded);
+        traffic.seconds += trained.metrics.wall_seconds;
     }
     Ok(traffic)
 }

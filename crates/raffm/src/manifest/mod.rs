@@ -1,10 +1,14 @@
 //! `manifest.json`: what a stage did, from what, to what. It makes every ablation
 //! inspectable and lets later stages check where their inputs came from.
 
+mod record;
+
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub use record::*;
 
 use crate::contract::Placement;
 use crate::elastic::Widths;
@@ -15,7 +19,6 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
-    pub stage: String,
     pub tool: String,
     pub tool_version: String,
     /// The command line as it was given.
@@ -35,8 +38,6 @@ pub struct Manifest {
     /// Bytes a client would download for this model (its float32 weights).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_on_wire: Option<u64>,
-    #[serde(default)]
-    pub metrics: Map<String, Value>,
     /// Where a sub-model sits in its global model (extract, carried by local-train).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
@@ -50,9 +51,12 @@ pub struct Manifest {
     /// The frozen base model of an adapter (LoRA rounds, see [`crate::adapter`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<crate::adapter::BaseModel>,
-    /// Stage-specific records (permutations, index maps, ...).
+    /// The Slurm job the stage ran in, where it ran as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmJob>,
+    /// What this stage records: its `stage` name, its metrics and the rest.
     #[serde(flatten)]
-    pub details: Map<String, Value>,
+    pub record: StageRecord,
 }
 
 /// A count of examples: a whole number no larger than any dataset could be, or a clear
@@ -70,38 +74,39 @@ fn example_count<'de, D: serde::Deserializer<'de>>(
     }
 }
 
-/// Where the stage ran, when it ran as a Slurm job: job id, node, and what the job was
-/// given (from the job's environment).
-fn slurm_job() -> Map<String, Value> {
-    let mut details = Map::new();
-    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
-        return details;
-    };
-    let mut slurm = Map::new();
-    slurm.insert("job_id".into(), Value::String(job));
-    for (key, variable) in [
-        ("array_task_id", "SLURM_ARRAY_TASK_ID"),
-        ("node", "SLURMD_NODENAME"),
-        ("mem_per_node_mib", "SLURM_MEM_PER_NODE"),
-        ("cpus_per_task", "SLURM_CPUS_PER_TASK"),
-    ] {
-        if let Ok(v) = std::env::var(variable) {
-            let value = v
-                .parse::<u64>()
-                .map(Value::from)
-                .unwrap_or(Value::String(v));
-            slurm.insert(key.into(), value);
-        }
+/// Where a stage ran as a Slurm job, and what the job was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlurmJob {
+    pub job_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array_task_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_per_node_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_per_task: Option<u64>,
+}
+
+impl SlurmJob {
+    /// The job this process runs in, from its environment; `None` outside Slurm.
+    fn from_environment() -> Option<Self> {
+        let variable = |name: &str| std::env::var(name).ok();
+        let number = |name: &str| variable(name).and_then(|v| v.parse().ok());
+        Some(Self {
+            job_id: variable("SLURM_JOB_ID")?,
+            array_task_id: number("SLURM_ARRAY_TASK_ID"),
+            node: variable("SLURMD_NODENAME"),
+            mem_per_node_mib: number("SLURM_MEM_PER_NODE"),
+            cpus_per_task: number("SLURM_CPUS_PER_TASK"),
+        })
     }
-    details.insert("slurm".into(), Value::Object(slurm));
-    details
 }
 
 impl Manifest {
-    /// A manifest for `stage`, run by `tool`, with the process's command line.
-    pub fn new(stage: &str, tool: &str, parameters: Value) -> Self {
+    /// A manifest of `record`'s stage, run by `tool`, with the process's command line.
+    pub fn new(record: StageRecord, tool: &str, parameters: Value) -> Self {
         Self {
-            stage: stage.into(),
             tool: tool.into(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             command: std::env::args().collect(),
@@ -112,12 +117,22 @@ impl Manifest {
             architecture: None,
             parameter_count: None,
             bytes_on_wire: None,
-            metrics: Map::new(),
             placement: None,
             num_examples: None,
             base: None,
-            details: slurm_job(),
+            slurm: SlurmJob::from_environment(),
+            record,
         }
+    }
+
+    /// The stage's name, as `manifest.json` spells it.
+    pub fn stage(&self) -> String {
+        self.record.name()
+    }
+
+    /// Whether raffm-prioritize wrote the model.
+    pub fn is_prioritized(&self) -> bool {
+        matches!(self.record, StageRecord::Prioritize(_))
     }
 
     /// Writes the manifest as the last file of an output folder, listing every file
