@@ -1,10 +1,12 @@
 //! Model families. Each lives in its own module, as candle's model files do: its
 //! `config.json` view, its HF name table, its burn model, and its elastic description
-//! (axes and tensor specs, see [`crate::elastic`]). [`ModelConfig`] is the one place that
-//! lists them; every stage works through it and never names a family's tensors.
+//! (axes and tensor specs, see [`crate::elastic`]), as the [`Family`] trait asks for.
+//! [`ModelConfig`] is the one place that lists them; every stage works through it and
+//! never names a family's tensors.
 
 pub mod bert;
 pub(crate) mod config_fields;
+mod family;
 pub(crate) mod hf;
 pub mod llama;
 pub mod vit;
@@ -29,6 +31,7 @@ const SUPPORTED: &str = "bert, roberta, xlm-roberta, camembert, distilbert, llam
 
 /// Activations of one layer, in elements (see each family's `layer_activations`).
 pub use bert::LayerActivations;
+pub use family::Family;
 
 impl ModelConfig {
     /// Reads and checks `config.json`.
@@ -70,14 +73,6 @@ impl ModelConfig {
         })
     }
 
-    pub fn to_json(&self) -> Value {
-        match self {
-            ModelConfig::Bert(c) => c.to_json(),
-            ModelConfig::Llama(c) => c.to_json(),
-            ModelConfig::Vit(c) => c.to_json(),
-        }
-    }
-
     /// The BERT-family config, for code that runs BERT-family models (after checking
     /// [`ModelConfig::has_classifier`], which only they have).
     pub fn bert(&self) -> &bert::BertConfig {
@@ -105,41 +100,45 @@ impl ModelConfig {
         }
     }
 
-    /// The family's `model_type`.
-    pub fn model_type(&self) -> &str {
+    /// The family's description, which every method below reads.
+    pub fn family(&self) -> &dyn Family {
         match self {
-            ModelConfig::Bert(c) => c.model_type(),
-            ModelConfig::Llama(_) => "llama",
-            ModelConfig::Vit(c) => c.variant.model_type(),
+            ModelConfig::Bert(c) => c,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Vit(c) => c,
         }
+    }
+
+    fn family_mut(&mut self) -> &mut dyn Family {
+        match self {
+            ModelConfig::Bert(c) => c,
+            ModelConfig::Llama(c) => c,
+            ModelConfig::Vit(c) => c,
+        }
+    }
+
+    pub fn model_type(&self) -> &str {
+        self.family().model_type()
+    }
+
+    pub fn to_json(&self) -> Value {
+        self.family().to_json()
     }
 
     // ---- the elastic description ----
 
     pub fn axes(&self) -> &'static [AxisSpec] {
-        match self {
-            ModelConfig::Bert(_) => &bert::AXES,
-            ModelConfig::Llama(_) => &llama::AXES,
-            ModelConfig::Vit(_) => &vit::AXES,
-        }
+        self.family().axes()
     }
 
     /// Tensors before and after the layers, in model order.
     pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
-        match self {
-            ModelConfig::Bert(c) => c.outer_tensors(),
-            ModelConfig::Llama(c) => c.outer_tensors(),
-            ModelConfig::Vit(c) => c.outer_tensors(),
-        }
+        self.family().outer_tensors()
     }
 
     /// The tensors of layer `layer`.
     pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
-        match self {
-            ModelConfig::Bert(c) => c.layer_tensors(layer),
-            ModelConfig::Llama(c) => c.layer_tensors(layer),
-            ModelConfig::Vit(c) => c.layer_tensors(layer),
-        }
+        self.family().layer_tensors(layer)
     }
 
     /// Every tensor of a model of this config with `depth` layers, in model order.
@@ -176,20 +175,12 @@ impl ModelConfig {
     }
 
     pub fn widths(&self) -> Widths {
-        match self {
-            ModelConfig::Bert(c) => c.widths(),
-            ModelConfig::Llama(c) => c.widths(),
-            ModelConfig::Vit(c) => c.widths(),
-        }
+        self.family().widths()
     }
 
     /// The config of a model of this family with other widths.
     pub fn with_widths(&self, widths: &Widths) -> Result<Self> {
-        Ok(match self {
-            ModelConfig::Bert(c) => ModelConfig::Bert(c.with_widths(widths)?),
-            ModelConfig::Llama(c) => ModelConfig::Llama(c.with_widths(widths)?),
-            ModelConfig::Vit(c) => ModelConfig::Vit(c.with_widths(widths)?),
-        })
+        self.family().with_widths(widths)
     }
 
     /// Activations one layer of widths `layer` holds, for `batch` sequences of `seq` tokens.
@@ -200,167 +191,76 @@ impl ModelConfig {
         batch: u64,
         seq: u64,
     ) -> LayerActivations {
-        match self {
-            ModelConfig::Bert(_) => bert::layer_activations(global, layer, batch, seq),
-            ModelConfig::Llama(_) => llama::layer_activations(global, layer, batch, seq),
-            ModelConfig::Vit(_) => vit::layer_activations(global, layer, batch, seq),
-        }
+        self.family().layer_activations(global, layer, batch, seq)
     }
 
     /// Activations outside the layers that training keeps.
     pub fn outer_activations(&self, global: &AxisSizes, batch: u64, seq: u64) -> u64 {
-        match self {
-            ModelConfig::Bert(_) => bert::embedding_activations(global, batch, seq),
-            ModelConfig::Llama(_) => llama::outer_activations(global, batch, seq),
-            ModelConfig::Vit(_) => vit::outer_activations(global, batch, seq),
-        }
+        self.family().outer_activations(global, batch, seq)
     }
 
     // ---- names ----
 
-    /// The canonical name of an HF tensor name, and whether it carried the base prefix;
-    /// `None` for tensors that are not part of the model (buffers, other heads).
+    /// See [`Family::canonical_name`].
     pub fn canonical_name(&self, hf_name: &str) -> Option<(String, bool)> {
-        match self {
-            ModelConfig::Bert(c) => bert::names::to_canonical(c.variant, hf_name),
-            ModelConfig::Llama(_) => llama::to_canonical(hf_name),
-            ModelConfig::Vit(c) => vit::to_canonical(c.variant, hf_name),
-        }
+        self.family().canonical_name(hf_name)
     }
 
-    /// The HF name to write a canonical name under.
     pub fn hf_name(&self, canonical: &str, prefixed: bool) -> String {
-        match self {
-            ModelConfig::Bert(c) => {
-                bert::names::from_canonical(c.variant, canonical, prefixed, c.classifier)
-            }
-            ModelConfig::Llama(_) => canonical.to_string(),
-            ModelConfig::Vit(c) => vit::from_canonical(c.variant, canonical, prefixed),
-        }
+        self.family().hf_name(canonical, prefixed)
     }
 
-    /// Learns which optional parts (a pooler, a task head) the model has from the canonical
-    /// names of the tensors its file holds.
+    /// See [`Family::adopt_parts`].
     pub fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
-        match self {
-            ModelConfig::Bert(c) => c.adopt_parts(names),
-            // Whether lm_head is tied comes from the config, as in HF.
-            ModelConfig::Llama(_) => {}
-            ModelConfig::Vit(c) => c.adopt_parts(names),
-        }
+        self.family_mut().adopt_parts(names)
     }
 
-    /// Moves the special-token ids the config names (padding) to their positions among
-    /// the kept global token ids `kept` (a client's vocabulary).
+    /// See [`Family::remap_vocabulary`].
     pub fn remap_vocabulary(&mut self, kept: &[usize]) -> Result<()> {
-        match self {
-            ModelConfig::Bert(c) => {
-                c.pad_token_id =
-                    kept.iter()
-                        .position(|&g| g == c.pad_token_id)
-                        .ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "a client vocabulary must keep the padding token (id {})",
-                                c.pad_token_id
-                            ))
-                        })?;
-                Ok(())
-            }
-            // The special-token ids (bos, eos, pad) and the chat template would all have to
-            // move with the kept rows.
-            ModelConfig::Llama(_) => Err(Error::Invalid(
-                "client vocabularies are implemented for the encoders only, not for llama".into(),
-            )),
-            ModelConfig::Vit(_) => Err(Error::Invalid(
-                "a vision model has no vocabulary to cut".into(),
-            )),
-        }
+        self.family_mut().remap_vocabulary(kept)
     }
 
     // ---- classification ----
 
     pub fn has_classifier(&self) -> bool {
-        match self {
-            ModelConfig::Bert(c) => c.classifier,
-            ModelConfig::Llama(_) => false,
-            ModelConfig::Vit(c) => c.classifier,
-        }
+        self.family().has_classifier()
     }
 
-    /// Whether the family takes a classification head (the encoders; a decoder scores
-    /// its answers with its language-model head).
+    /// See [`Family::takes_classification_head`].
     pub fn takes_classification_head(&self) -> bool {
-        matches!(self, ModelConfig::Bert(_) | ModelConfig::Vit(_))
+        self.family().takes_classification_head()
     }
 
-    /// Declares a classification head for `labels` (and whatever it reads, a pooler); a
-    /// family without one (see [`ModelConfig::takes_classification_head`]) is unchanged.
+    /// See [`Family::set_classification_head`].
     pub fn set_classification_head(&mut self, labels: &[String]) {
-        match self {
-            ModelConfig::Bert(c) => {
-                c.set_labels(labels);
-                c.pooler = true;
-                c.classifier = true;
-            }
-            ModelConfig::Llama(_) => {}
-            ModelConfig::Vit(c) => c.set_labels(labels),
-        }
+        self.family_mut().set_classification_head(labels)
     }
 
     pub fn num_labels(&self) -> usize {
-        match self {
-            ModelConfig::Bert(c) => c.num_labels,
-            ModelConfig::Llama(_) => 0,
-            ModelConfig::Vit(c) => c.num_labels,
-        }
+        self.family().num_labels()
     }
 
     pub fn label_names(&self) -> Vec<String> {
-        match self {
-            ModelConfig::Bert(c) => c.label_names(),
-            ModelConfig::Llama(_) => Vec::new(),
-            ModelConfig::Vit(c) => c.label_names(),
-        }
+        self.family().label_names()
     }
 
+    // ---- tokens ----
+
     pub fn vocab_size(&self) -> usize {
-        match self {
-            ModelConfig::Bert(c) => c.vocab_size,
-            ModelConfig::Llama(c) => c.vocab_size,
-            ModelConfig::Vit(_) => 0,
-        }
+        self.family().vocab_size()
     }
 
     /// The longest sequence the model's position embeddings cover.
     pub fn max_positions(&self) -> usize {
-        match self {
-            ModelConfig::Bert(c) => match c.variant {
-                // RoBERTa counts positions from pad_token_id + 1.
-                bert::Variant::Roberta => {
-                    c.max_position_embeddings.saturating_sub(c.pad_token_id + 1)
-                }
-                bert::Variant::Bert | bert::Variant::DistilBert => c.max_position_embeddings,
-            },
-            ModelConfig::Llama(c) => c.max_position_embeddings,
-            // Patches at the pre-training size, and the CLS token.
-            ModelConfig::Vit(c) => 1 + c.grid() * c.grid(),
-        }
+        self.family().max_positions()
     }
 
-    /// Whether the family reads text through a tokenizer that travels with its checkpoints.
+    /// See [`Family::needs_tokenizer`].
     pub fn needs_tokenizer(&self) -> bool {
-        match self {
-            ModelConfig::Bert(_) | ModelConfig::Llama(_) => true,
-            ModelConfig::Vit(_) => false,
-        }
+        self.family().needs_tokenizer()
     }
 
     pub fn pad_token_id(&self) -> usize {
-        match self {
-            ModelConfig::Bert(c) => c.pad_token_id,
-            // Right padding behind a causal mask is never attended to: any id will do.
-            ModelConfig::Llama(c) => c.pad_token_id.unwrap_or(0),
-            ModelConfig::Vit(_) => 0,
-        }
+        self.family().pad_token_id()
     }
 }

@@ -17,9 +17,13 @@ pub mod names;
 
 pub use config::{tiny_config, Activation, BertConfig, Variant};
 
+use serde_json::Value;
+
 use crate::elastic::{
-    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec,
+    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
 };
+use crate::error::{Error, Result};
+use crate::families::{Family, ModelConfig};
 
 use names::layer_tensor;
 
@@ -109,9 +113,20 @@ fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorS
     }
 }
 
-impl BertConfig {
-    /// Tensors before and after the layers, in model order.
-    pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+impl Family for BertConfig {
+    fn model_type(&self) -> &str {
+        BertConfig::model_type(self)
+    }
+
+    fn to_json(&self) -> Value {
+        BertConfig::to_json(self)
+    }
+
+    fn axes(&self) -> &'static [AxisSpec] {
+        &AXES
+    }
+
+    fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         let fixed = |n: usize| [Factor::Fixed(n)];
         let (positions, types, labels) = (
             fixed(self.max_position_embeddings),
@@ -176,13 +191,12 @@ impl BertConfig {
     }
 
     /// Learns whether the model has a pooler and a classifier from its tensors' names.
-    pub fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
+    fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
         self.pooler = names.contains("pooler.dense.weight");
         self.classifier = names.contains("classifier.weight");
     }
 
-    /// The tensors of layer `layer`.
-    pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
+    fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
         LAYER
             .iter()
             .map(|(key, dims, init)| TensorSpec {
@@ -194,6 +208,90 @@ impl BertConfig {
                 init: *init,
             })
             .collect()
+    }
+
+    fn widths(&self) -> Widths {
+        BertConfig::widths(self)
+    }
+
+    fn with_widths(&self, widths: &Widths) -> Result<ModelConfig> {
+        Ok(ModelConfig::Bert(BertConfig::with_widths(self, widths)?))
+    }
+
+    fn layer_activations(
+        &self,
+        global: &AxisSizes,
+        layer: &AxisSizes,
+        batch: u64,
+        seq: u64,
+    ) -> LayerActivations {
+        layer_activations(global, layer, batch, seq)
+    }
+
+    fn outer_activations(&self, global: &AxisSizes, batch: u64, seq: u64) -> u64 {
+        embedding_activations(global, batch, seq)
+    }
+
+    fn canonical_name(&self, hf_name: &str) -> Option<(String, bool)> {
+        names::to_canonical(self.variant, hf_name)
+    }
+
+    fn hf_name(&self, canonical: &str, prefixed: bool) -> String {
+        names::from_canonical(self.variant, canonical, prefixed, self.classifier)
+    }
+
+    fn needs_tokenizer(&self) -> bool {
+        true
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn pad_token_id(&self) -> usize {
+        self.pad_token_id
+    }
+
+    fn max_positions(&self) -> usize {
+        match self.variant {
+            // RoBERTa counts positions from pad_token_id + 1.
+            Variant::Roberta => self
+                .max_position_embeddings
+                .saturating_sub(self.pad_token_id + 1),
+            Variant::Bert | Variant::DistilBert => self.max_position_embeddings,
+        }
+    }
+
+    fn remap_vocabulary(&mut self, kept: &[usize]) -> Result<()> {
+        let pad = self.pad_token_id;
+        self.pad_token_id = kept.iter().position(|&g| g == pad).ok_or_else(|| {
+            Error::Invalid(format!(
+                "a client vocabulary must keep the padding token (id {pad})"
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn takes_classification_head(&self) -> bool {
+        true
+    }
+
+    fn has_classifier(&self) -> bool {
+        self.classifier
+    }
+
+    fn set_classification_head(&mut self, labels: &[String]) {
+        self.set_labels(labels);
+        self.pooler = true;
+        self.classifier = true;
+    }
+
+    fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    fn label_names(&self) -> Vec<String> {
+        BertConfig::label_names(self)
     }
 }
 

@@ -23,10 +23,14 @@ pub mod model;
 
 pub use config::{tiny_config, LlamaConfig};
 
+use serde_json::Value;
+
 use crate::elastic::{
-    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec,
+    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
 };
+use crate::error::{Error, Result};
 use crate::families::LayerActivations;
+use crate::families::{Family, ModelConfig};
 
 const fn axis(axis: Axis, scope: Scope, nested_in: Option<Axis>) -> AxisSpec {
     let head_dim = matches!(axis, Axis::HeadDim);
@@ -111,9 +115,21 @@ fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorS
     }
 }
 
-impl LlamaConfig {
-    /// Tensors before and after the layers, in model order. A tied `lm_head` has no tensor.
-    pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+impl Family for LlamaConfig {
+    fn model_type(&self) -> &str {
+        "llama"
+    }
+
+    fn to_json(&self) -> Value {
+        LlamaConfig::to_json(self)
+    }
+
+    fn axes(&self) -> &'static [AxisSpec] {
+        &AXES
+    }
+
+    /// A tied `lm_head` has no tensor.
+    fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         use TensorKind::{Embedding, Head};
         let before = vec![spec(
             "model.embed_tokens.weight",
@@ -128,8 +144,7 @@ impl LlamaConfig {
         (before, after)
     }
 
-    /// The tensors of layer `layer`.
-    pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
+    fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
         LAYER
             .iter()
             .map(|(key, dims, init)| TensorSpec {
@@ -141,6 +156,63 @@ impl LlamaConfig {
                 init: *init,
             })
             .collect()
+    }
+
+    fn widths(&self) -> Widths {
+        LlamaConfig::widths(self)
+    }
+
+    fn with_widths(&self, widths: &Widths) -> Result<ModelConfig> {
+        Ok(ModelConfig::Llama(LlamaConfig::with_widths(self, widths)?))
+    }
+
+    fn layer_activations(
+        &self,
+        global: &AxisSizes,
+        layer: &AxisSizes,
+        batch: u64,
+        seq: u64,
+    ) -> LayerActivations {
+        layer_activations(global, layer, batch, seq)
+    }
+
+    fn outer_activations(&self, global: &AxisSizes, batch: u64, seq: u64) -> u64 {
+        outer_activations(global, batch, seq)
+    }
+
+    fn canonical_name(&self, hf_name: &str) -> Option<(String, bool)> {
+        to_canonical(hf_name)
+    }
+
+    fn hf_name(&self, canonical: &str, _prefixed: bool) -> String {
+        canonical.to_string()
+    }
+
+    // Whether lm_head is tied comes from the config, as in HF: no parts to adopt.
+
+    fn needs_tokenizer(&self) -> bool {
+        true
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Right padding behind a causal mask is never attended to: any id will do.
+    fn pad_token_id(&self) -> usize {
+        self.pad_token_id.unwrap_or(0)
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    /// The special-token ids (bos, eos, pad) and the chat template would all have to move
+    /// with the kept rows.
+    fn remap_vocabulary(&mut self, _kept: &[usize]) -> Result<()> {
+        Err(Error::Invalid(
+            "client vocabularies are implemented for the encoders only, not for llama".into(),
+        ))
     }
 }
 

@@ -18,10 +18,14 @@ pub mod model;
 
 pub use config::{tiny_config, Variant, VitConfig};
 
+use serde_json::Value;
+
 use crate::elastic::{
-    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec,
+    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
 };
+use crate::error::{Error, Result};
 use crate::families::LayerActivations;
+use crate::families::{Family, ModelConfig};
 
 const fn axis(axis: Axis, scope: Scope, nested_in: Option<Axis>, width_of: Axis) -> AxisSpec {
     AxisSpec {
@@ -120,9 +124,21 @@ fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorS
     }
 }
 
-impl VitConfig {
+impl Family for VitConfig {
+    fn model_type(&self) -> &str {
+        self.variant.model_type()
+    }
+
+    fn to_json(&self) -> Value {
+        VitConfig::to_json(self)
+    }
+
+    fn axes(&self) -> &'static [AxisSpec] {
+        &AXES
+    }
+
     /// Tensors before and after the layers, in model order.
-    pub fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         use TensorKind::{Embedding, Task};
         let fixed = |n: usize| [Factor::Fixed(n)];
         let (one, positions, channels, patch, labels, two) = (
@@ -199,7 +215,7 @@ impl VitConfig {
     }
 
     /// The tensors of layer `layer`.
-    pub fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
+    fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
         use Part::*;
         let parts: [(Part, &str, &[&[Factor]], Init); 18] = [
             (Norm1, "weight", &[HIDDEN], Init::NormScale),
@@ -239,8 +255,73 @@ impl VitConfig {
     }
 
     /// Learns whether the model has a classification head from its tensors' names.
-    pub fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
+    fn adopt_parts(&mut self, names: &std::collections::BTreeSet<&str>) {
         self.classifier = names.contains("classifier.weight");
+    }
+
+    fn widths(&self) -> Widths {
+        VitConfig::widths(self)
+    }
+
+    fn with_widths(&self, widths: &Widths) -> Result<ModelConfig> {
+        Ok(ModelConfig::Vit(VitConfig::with_widths(self, widths)?))
+    }
+
+    fn layer_activations(
+        &self,
+        global: &AxisSizes,
+        layer: &AxisSizes,
+        batch: u64,
+        seq: u64,
+    ) -> LayerActivations {
+        layer_activations(global, layer, batch, seq)
+    }
+
+    fn outer_activations(&self, global: &AxisSizes, batch: u64, seq: u64) -> u64 {
+        outer_activations(global, batch, seq)
+    }
+
+    fn canonical_name(&self, hf_name: &str) -> Option<(String, bool)> {
+        to_canonical(self.variant, hf_name)
+    }
+
+    fn hf_name(&self, canonical: &str, prefixed: bool) -> String {
+        from_canonical(self.variant, canonical, prefixed)
+    }
+
+    fn needs_tokenizer(&self) -> bool {
+        false
+    }
+
+    /// Patches at the pre-training size, and the CLS token.
+    fn max_positions(&self) -> usize {
+        1 + self.grid() * self.grid()
+    }
+
+    fn remap_vocabulary(&mut self, _kept: &[usize]) -> Result<()> {
+        Err(Error::Invalid(
+            "a vision model has no vocabulary to cut".into(),
+        ))
+    }
+
+    fn takes_classification_head(&self) -> bool {
+        true
+    }
+
+    fn has_classifier(&self) -> bool {
+        self.classifier
+    }
+
+    fn set_classification_head(&mut self, labels: &[String]) {
+        self.set_labels(labels)
+    }
+
+    fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    fn label_names(&self) -> Vec<String> {
+        VitConfig::label_names(self)
     }
 }
 
