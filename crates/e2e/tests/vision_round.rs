@@ -2,12 +2,10 @@
 //! folder, k-shot clients, every stage (partition, init-head at the pipeline's input size,
 //! prioritize, extract, local-train with augmentation, aggregate) and the SPP ablation.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
 use raffm::fixtures::{tiny_image_folder, tiny_vision_model};
+use raffm_e2e::*;
 
 fn vision_fixture(dir: &Path) -> PathBuf {
     let model = tiny_vision_model(&dir.join("model"));

@@ -3,14 +3,12 @@
 //! (`tests/data/smollm2-gguf-reference.json`, from `scripts/reference/gguf_import.py`):
 //! every tensor bit for bit, the config, and the tokenizer's ids.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
 
-use common::{gguf_path, import_refused, run};
+use raffm_e2e::{gguf_path, import_refused, run};
 
 fn reference() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/smollm2-gguf-reference.json");

@@ -4,20 +4,16 @@
 //! train both, aggregate under FedAvg, the median, FlexLoRA and DP-FedAvg, evaluate,
 //! merge.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{ok, run};
 use raffm::adapter::{factor_name, factors, AdapterFolder};
 use raffm::families::llama::lora::LoraAdapter;
 use raffm::manifest::{Manifest, StageRecord};
 use raffm::Checkpoint;
+use raffm_e2e::{ok, run};
 
 fn smollm2() -> PathBuf {
-    let assets = std::env::var_os("RAFFM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
+    let assets = raffm_e2e::assets();
     let dir = assets.join("smollm2-135m-instruct");
     assert!(
         dir.join("model.safetensors").is_file(),

@@ -1,17 +1,11 @@
 //! The tiny pipeline and make, for the tests that drive rounds through the Makefile.
-#![allow(dead_code)] // each test file uses its own share
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use raffm::fixtures::{tiny_reviews, tiny_text_model};
 
-pub fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_raffm-aggregate"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use crate::bin_dir;
 
 /// Model, data and pipeline file of the tiny pipeline.
 pub fn fixture(dir: &Path) -> PathBuf {
@@ -104,7 +98,7 @@ pub fn make_env(
 /// make in the repository with `args`, writing into `artifacts`, with the test's binaries.
 pub fn make_command(args: &[&str], artifacts: &Path) -> Command {
     let mut c = Command::new("make");
-    c.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+    c.current_dir(crate::workspace())
         .args(args)
         .arg(format!("ARTIFACTS={}", artifacts.display()))
         .arg(format!("BIN={}", bin_dir().display()));

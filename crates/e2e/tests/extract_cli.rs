@@ -10,7 +10,7 @@ use raffm::families::bert::{tiny_model, Variant};
 use raffm::pipeline::{make_budgets, Pipeline};
 
 fn extract(args: &[&str], paths: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raffm-extract"));
+    let mut cmd = Command::new(raffm_e2e::bin("raffm-extract"));
     cmd.args(args).arg("--quiet");
     for (flag, path) in paths {
         cmd.arg(flag).arg(path);
@@ -161,9 +161,7 @@ fn an_infeasible_budget_is_a_clear_error_and_writes_nothing() {
 /// about 63% of it, and the budget was infeasible).
 #[test]
 fn thirty_percent_of_minilm_fits_the_built_in_space() {
-    let assets = std::env::var_os("RAFFM_ASSETS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets"));
+    let assets = raffm_e2e::assets();
     let minilm = assets.join("minilm");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("clients");

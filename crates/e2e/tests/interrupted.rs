@@ -2,13 +2,11 @@
 //! done, and the re-run's output is bit-identical to an uninterrupted run's; two writers of
 //! the same output end in one result, or in one clear refusal.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{bin, snapshot, Fixture};
+use raffm_e2e::{bin, snapshot, Fixture};
 
 /// The bytes of an output that do not record timings: a folder's files but its manifest,
 /// or a file; for an evaluation report, its metrics.
@@ -171,7 +169,7 @@ fn kill_on_first_write(binary: &str, args: &[String], out: &Path) -> bool {
 
 #[test]
 fn a_killed_writer_leaves_nothing_and_a_rerun_gives_the_same_output() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     for (binary, args) in writers(&f) {
         let reference = f.root.join(format!("reference/{binary}"));
         assert!(
@@ -244,7 +242,7 @@ fn a_killed_writer_leaves_nothing_and_a_rerun_gives_the_same_output() {
 
 #[test]
 fn two_writers_of_one_output_end_in_one_result_or_a_clear_refusal() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     let (_, args) = writers(&f)
         .into_iter()
         .find(|(b, _)| *b == "raffm-prioritize")

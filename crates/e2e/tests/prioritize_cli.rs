@@ -10,7 +10,7 @@ use raffm::prioritize::{is_prioritized, salience};
 use raffm::tensor::Norm;
 
 fn prioritize(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raffm-prioritize"))
+    Command::new(raffm_e2e::bin("raffm-prioritize"))
         .args(args)
         .arg("--quiet")
         .output()

@@ -8,11 +8,7 @@ use raffm::elastic::TensorKind;
 use raffm::fixtures::{tiny_reviews, tiny_text_model};
 use raffm::Checkpoint;
 
-fn bin(name: &str) -> std::path::PathBuf {
-    // Sibling binaries of this crate's own, built by the same `cargo test --workspace`.
-    let own = Path::new(env!("CARGO_BIN_EXE_raffm-local-train"));
-    own.with_file_name(name)
-}
+use raffm_e2e::bin;
 
 fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let out = Command::new(bin(name))

@@ -5,18 +5,13 @@
 //! The first test asks PyPI's index and apt (network; nothing is downloaded). The others
 //! point PIP_INDEX_URL at a closed port, so any attempt to reach an index fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
+
+use raffm_e2e::workspace;
 
 /// An index URL where nothing listens (the discard port): a run that asks it fails.
 const NO_INDEX: &str = "http://127.0.0.1:9/simple";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 /// Runs the script from the workspace root with an unreachable index and `cache` as the
 /// archive cache, so that neither the network nor a cache of the caller's can serve it.

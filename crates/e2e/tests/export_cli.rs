@@ -7,18 +7,8 @@ use std::process::{Command, Output};
 use raffm::fixtures::tiny_text_model;
 use raffm::Checkpoint;
 
-fn binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_raffm-export")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace's binaries",
-        path.display()
-    );
-    path
-}
-
 fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(binary(name))
+    Command::new(raffm_e2e::bin(name))
         .args(args.iter().map(|a| a.as_ref()))
         .output()
         .unwrap()

@@ -7,7 +7,7 @@ use raffm::checkpoint::Checkpoint;
 use raffm::fixtures::tiny_text_model;
 
 fn aggregate(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raffm-aggregate"))
+    Command::new(raffm_e2e::bin("raffm-aggregate"))
         .args(args.iter().map(|a| a.as_ref()))
         .arg("--quiet")
         .output()
@@ -21,26 +21,24 @@ fn setup(dir: &Path) {
         .unwrap()
         .with_classification_head(&labels, 0);
     global.save(dir.join("global")).unwrap();
-    let extract = Command::new(
-        Path::new(env!("CARGO_BIN_EXE_raffm-aggregate")).with_file_name("raffm-extract"),
-    )
-    .args([
-        "--global".as_ref(),
-        dir.join("global").as_os_str(),
-        "--out-dir".as_ref(),
-        dir.join("clients").as_os_str(),
-    ])
-    .args([
-        "--clients",
-        "c001",
-        "--param-fraction",
-        "0.8",
-        "--strategy",
-        "static",
-        "--quiet",
-    ])
-    .output()
-    .unwrap();
+    let extract = Command::new(raffm_e2e::bin("raffm-extract"))
+        .args([
+            "--global".as_ref(),
+            dir.join("global").as_os_str(),
+            "--out-dir".as_ref(),
+            dir.join("clients").as_os_str(),
+        ])
+        .args([
+            "--clients",
+            "c001",
+            "--param-fraction",
+            "0.8",
+            "--strategy",
+            "static",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
     assert!(
         extract.status.success(),
         "{}",

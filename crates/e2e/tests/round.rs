@@ -1,12 +1,10 @@
 //! The whole round through the Makefile, on a fixture-sized pipeline: a tiny random BERT
 //! with its own vocabulary and a JSONL dataset.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use raffm_e2e::*;
 
 #[test]
 fn two_rounds_are_deterministic_resumable_and_a_rerun_does_nothing() {

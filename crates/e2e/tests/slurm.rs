@@ -5,13 +5,11 @@
 //! Needs root and Debian's slurm-wlm and munge, which `make test` installs; set
 //! RAFFM_SKIP_SLURM=1 to leave it out where neither is possible.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use raffm_e2e::*;
 
 /// Local epochs of the client whose job is cancelled: a few seconds of training.
 const LONG_EPOCHS: u64 = 3000;

@@ -8,7 +8,7 @@ use raffm::Checkpoint;
 use serde_json::{json, Value};
 
 fn inspect(args: &[&str]) -> Output {
-    let binary = env!("CARGO_BIN_EXE_raffm-inspect");
+    let binary = raffm_e2e::bin("raffm-inspect");
     Command::new(binary).args(args).output().unwrap()
 }
 
@@ -87,7 +87,7 @@ fn lineage_of_a_prioritized_model_reaches_its_external_input() {
     let model = tiny_model(dir.path());
     let prioritized = dir.path().join("prioritized").to_str().unwrap().to_string();
     // Another crate's binary: it sits next to ours once the workspace's binaries are built.
-    let tool = Path::new(env!("CARGO_BIN_EXE_raffm-inspect")).with_file_name("raffm-prioritize");
+    let tool = raffm_e2e::bin("raffm-prioritize");
     let hint = "build it first: cargo build --release -p raffm-prioritize";
     assert!(tool.exists(), "{} is missing; {hint}", tool.display());
     let o = Command::new(tool)

@@ -3,13 +3,11 @@
 //! with every input byte for byte as it was. Two audits on a small generated run, and the
 //! importers' cases on the real GGUF and ONNX files.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{bin, gguf_path, import_refused, ok, run, snapshot, Fixture};
 use raffm::fixtures::tiny_reviews;
+use raffm_e2e::{bin, gguf_path, import_refused, ok, run, snapshot, Fixture};
 
 /// Overwrites `bytes.len()` bytes of `file` at `offset`.
 fn overwrite(file: &str, offset: usize, bytes: &[u8]) {
@@ -67,7 +65,7 @@ fn case(
 
 #[test]
 fn every_bad_input_of_the_catalogue_is_refused_cleanly() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     let p = |s: &str| f.p(s);
     let out = |s: &str| f.p(&format!("out/{s}"));
     std::fs::create_dir_all(f.root.join("out")).unwrap();
@@ -719,7 +717,7 @@ fn check_cases(f: &Fixture, cases: &[Case]) {
 
 #[test]
 fn a_run_reads_its_partition_from_any_working_directory() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     let elsewhere = tempfile::tempdir().unwrap();
     let out = Command::new(bin("raffm-evaluate"))
         .current_dir(elsewhere.path())
@@ -757,7 +755,7 @@ fn first_entry(header: &str) -> (String, serde_json::Value) {
 /// the stages. Every case is refused in one line naming the file and the problem.
 #[test]
 fn the_second_audit_is_refused_cleanly() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     let p = |s: &str| f.p(s);
     let out = |s: &str| f.p(&format!("out/{s}"));
     std::fs::create_dir_all(f.root.join("out")).unwrap();
@@ -1123,7 +1121,7 @@ fn the_second_audit_is_refused_cleanly() {
 /// never named ("galactic") is accepted, its clients getting the limits written beside it.
 #[test]
 fn a_tier_name_is_a_label_for_the_limits_beside_it() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     let budgets = f.copy("run/budgets.json", "galactic.json");
     edit_json(&budgets, |b| {
         for c in b["clients"].as_array_mut().unwrap() {
@@ -1160,7 +1158,7 @@ fn a_tier_name_is_a_label_for_the_limits_beside_it() {
 /// instead of training too and silently replacing the first's result.
 #[test]
 fn a_second_local_train_into_the_same_output_is_refused_while_the_first_runs() {
-    let f = Fixture::new();
+    let f = Fixture::build();
     let o = f.p("out/c000");
     let args = |seed: &str| -> Vec<String> {
         [
@@ -1263,7 +1261,7 @@ fn a_tensor_whose_type_was_changed_is_refused_and_nothing_is_written() {
 }
 
 fn onnx_path() -> PathBuf {
-    common::asset("onnx/vit_s_focus.onnx", "assets-vit")
+    raffm_e2e::asset("onnx/vit_s_focus.onnx", "assets-vit")
 }
 
 /// A copy of the export at `to` with every occurrence of the name `from` renamed to one of

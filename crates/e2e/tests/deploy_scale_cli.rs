@@ -4,7 +4,7 @@
 use std::process::Command;
 
 fn deploy_scale() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_raffm-deploy-scale"))
+    Command::new(raffm_e2e::bin("raffm-deploy-scale"))
 }
 
 #[test]

@@ -2,11 +2,9 @@
 //! (from files to accuracy, bad inputs refused in one line), and the federated stages
 //! training and evaluating a vision model.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{ok, run};
+use raffm_e2e::{ok, run};
 
 fn tiny_dinov2() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../raffm/tests/data/vit-tiny/dinov2")

@@ -22,7 +22,7 @@ fn same_seed_same_file_and_every_client_has_a_budget() {
     });
     std::fs::write(&pipeline, text.to_string()).unwrap();
     let run = |seed: &str, out: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_raffm-budgets"))
+        let o = Command::new(raffm_e2e::bin("raffm-budgets"))
             .args([
                 "--pipeline".as_ref(),
                 pipeline.as_os_str(),
@@ -64,7 +64,7 @@ fn a_search_space_axis_the_family_lacks_is_an_error_naming_the_pipeline() {
         "search_space": {"value_dim": [0.5, 1.0]}
     });
     std::fs::write(&pipeline, text.to_string()).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_raffm-budgets"))
+    let o = Command::new(raffm_e2e::bin("raffm-budgets"))
         .arg("--pipeline")
         .arg(&pipeline)
         .arg("--output")
@@ -87,7 +87,7 @@ fn a_bad_pipeline_is_one_clear_line() {
         r#"{"name": "t", "model": "m", "clients": 3, "tiers": [{"name": "x", "share": 1}]}"#,
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_raffm-budgets"))
+    let o = Command::new(raffm_e2e::bin("raffm-budgets"))
         .args([
             "--pipeline".as_ref(),
             pipeline.as_os_str(),

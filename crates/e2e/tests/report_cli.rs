@@ -126,7 +126,7 @@ fn fixture(root: &Path) -> Vec<PathBuf> {
 }
 
 fn report(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raffm-report"))
+    Command::new(raffm_e2e::bin("raffm-report"))
         .args(args)
         .output()
         .unwrap()

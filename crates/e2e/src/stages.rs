@@ -1,6 +1,5 @@
 //! The small finished run the reliability tests start from, and helpers to drive the
 //! stage binaries.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,15 +7,7 @@ use std::process::{Command, Output};
 
 use raffm::fixtures::{tiny_reviews, tiny_text_model};
 
-pub fn bin(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_raffm-evaluate")).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace's binaries",
-        path.display()
-    );
-    path
-}
+use crate::{assets, bin};
 
 /// Runs binary `name`; without a DP noise seed from the caller's environment, so that the
 /// cases that need one say so.
@@ -62,7 +53,7 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    pub fn new() -> Self {
+    pub fn build() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         tiny_text_model(&root.join("model"));
@@ -161,13 +152,6 @@ impl Fixture {
         }
         self.p(to)
     }
-}
-
-/// The assets folder the Makefile fetches into (`RAFFM_ASSETS`, else the workspace's).
-pub fn assets() -> PathBuf {
-    std::env::var_os("RAFFM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets"))
 }
 
 /// An asset file the tests need, with what fetches it when it is missing.
