@@ -20,7 +20,7 @@ use raffm::evaluate::{EvalSet, Metrics};
 use raffm::extract::{ClientModel, ClientRequest, Strategy};
 use raffm::io::{sha256_file, StagingDir};
 use raffm::manifest::{
-    DeployMetrics, DeploySummary, Deployed, Manifest, StageRecord, MANIFEST_FILE,
+    DeployMetrics, DeploySummary, Deployed, Manifest, StageRecord, TierSummary, MANIFEST_FILE,
 };
 use raffm::partition::Partition;
 use raffm::pipeline::{round_of, Budgets, ClientBudget};
@@ -109,20 +109,6 @@ struct ClientSummary {
     device_memory_bytes: Option<u64>,
     train: ModelSummary,
     deployed: ModelSummary,
-}
-
-#[derive(Debug, Serialize)]
-struct TierSummary {
-    tier: String,
-    clients: usize,
-    device_memory_bytes: Option<u64>,
-    train_parameters: u64,
-    train_accuracy: Option<f64>,
-    /// Training memory over inference memory of the training sub-model (the paper's
-    /// "about 7x").
-    train_to_inference_memory: f64,
-    deployed_parameters: u64,
-    deployed_accuracy: Option<f64>,
 }
 
 /// The files of a deployed model already written (into the folder of `client`), to link
@@ -401,7 +387,7 @@ impl<'a> Deployment<'a> {
                 clients,
                 distinct_models,
             },
-            tiers: serde_json::to_value(tiers)?,
+            tiers: tiers.to_vec(),
         };
         let mut manifest = Manifest::new(
             StageRecord::DeployScale(record),

@@ -178,17 +178,17 @@ pub fn extract_client(
     adapter.check_against(config.llama().expect("a llama base"), &global.dir)?;
     let index_map = place::client_index_map(&global.adapter, rank, map.as_ref())?;
     let cost = model.cost(&config.widths());
-
-    let metrics = ExtractMetrics {
+    let mut record = Extracted::new(ExtractMetrics {
         train_memory_bytes: cost.train_memory_bytes,
         inference_memory_bytes: None,
         feasible_configurations: None,
         base_parameters: Some(cost.parameters),
         adapter_parameters: Some(cost.adapter_parameters),
-    };
-    let record = StageRecord::Extract(Extracted::new(metrics));
+    });
+    record.training_shape = Some(model.shape);
+
     let mut manifest = Manifest::new(
-        record,
+        StageRecord::Extract(record),
         "raffm-extract",
         json!({"client": request.client, "round": request.round, "lora": request.lora}),
     );
@@ -253,23 +253,14 @@ mod tests {
         let widths = widths_of(&model, &request(&tight)).unwrap().unwrap();
         let cost = model.cost(&widths);
         assert!(cost.train_memory_bytes <= budget && cost.adapter_parameters > 0);
-        // Nothing of the space larger than the choice fits.
-        let space = SearchSpace::default().restricted_to(config.axes());
-        let plan = DepthPolicy::Even.plan(2, &[]);
-        let budget_of = |bytes| Budget {
-            max_parameters: None,
-            max_train_memory_bytes: Some(bytes),
-        };
-        let largest = search::choose(
-            &model,
-            &space,
-            &budget_of(budget),
-            Policy::Largest,
-            &plan,
-            &mut SplitMix64::new(1),
-        )
-        .unwrap();
-        assert_eq!(largest.cost.parameters, cost.parameters);
+        // The largest that fits: larger than a uniform quarter width that fits too, and a
+        // looser budget never takes a smaller one.
+        let quarter = submodel_widths(&config, SubmodelShape::uniform(0.25)).unwrap();
+        let quarter = model.cost(&quarter);
+        assert!(quarter.train_memory_bytes <= budget && quarter.parameters < cost.parameters);
+        let looser = tier(mib(full * 7 / 8), None);
+        let looser = widths_of(&model, &request(&looser)).unwrap().unwrap();
+        assert!(model.cost(&looser).parameters >= cost.parameters);
 
         let keep_hidden = tier(mib(budget), Some(1.0));
         let widths = widths_of(&model, &request(&keep_hidden)).unwrap().unwrap();

@@ -127,7 +127,7 @@ impl LineageWalk {
             .map(|(folder, name)| self.node(&folder, name, depth + 1))
             .collect::<Result<_>>()?;
         let mut fields = manifest.record.fields();
-        let stage = manifest.stage();
+        let stage = manifest.stage().to_string();
         let metrics = match fields.remove("metrics") {
             Some(Value::Object(metrics)) => metrics,
             _ => Map::new(),

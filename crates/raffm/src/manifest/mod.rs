@@ -126,7 +126,7 @@ impl Manifest {
     }
 
     /// The stage's name, as `manifest.json` spells it.
-    pub fn stage(&self) -> String {
+    pub fn stage(&self) -> &'static str {
         self.record.name()
     }
 

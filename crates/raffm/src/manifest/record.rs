@@ -40,11 +40,19 @@ pub enum StageRecord {
 
 impl StageRecord {
     /// The stage's name, as `manifest.json` spells it.
-    pub fn name(&self) -> String {
-        self.fields()
-            .remove("stage")
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
+    pub fn name(&self) -> &'static str {
+        match self {
+            StageRecord::Import(_) => "import",
+            StageRecord::Prioritize(_) => "prioritize",
+            StageRecord::InitHead {} => "init-head",
+            StageRecord::Extract(_) => "extract",
+            StageRecord::ExtractBase {} => "extract-base",
+            StageRecord::LocalTrain(_) => "local-train",
+            StageRecord::Aggregate(_) => "aggregate",
+            StageRecord::Deploy(_) => "deploy",
+            StageRecord::DeployScale(_) => "deploy-scale",
+            StageRecord::Export(_) => "export",
+        }
     }
 
     /// The record as JSON fields (`stage`, `metrics` and the rest), for display.
@@ -217,8 +225,22 @@ pub struct Deployed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploySummary {
     pub metrics: DeployMetrics,
-    /// Per tier: its models and their scores (as summary.json has them).
-    pub tiers: serde_json::Value,
+    pub tiers: Vec<TierSummary>,
+}
+
+/// One tier's training and deployed sub-models, and their scores.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TierSummary {
+    pub tier: String,
+    pub clients: usize,
+    pub device_memory_bytes: Option<u64>,
+    pub train_parameters: u64,
+    pub train_accuracy: Option<f64>,
+    /// Training memory over inference memory of the training sub-model (the paper's
+    /// "about 7x").
+    pub train_to_inference_memory: f64,
+    pub deployed_parameters: u64,
+    pub deployed_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,6 +294,7 @@ mod tests {
                 .into_iter()
                 .zip(["init-head", "extract", "deploy", "local-train"])
         {
+            assert_eq!(record.fields()["stage"], record.name());
             let manifest = Manifest::new(record, "test", json!({"x": 1}));
             let value = serde_json::to_value(&manifest).unwrap();
             assert_eq!(value["stage"], name);
