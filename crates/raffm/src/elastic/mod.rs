@@ -179,6 +179,30 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// A tensor outside the layers; its key is its name.
+    pub fn outer(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> Self {
+        Self {
+            name: name.to_string(),
+            layer: None,
+            key: name.to_string(),
+            dims: dims.iter().map(|d| d.to_vec()).collect(),
+            kind,
+            init,
+        }
+    }
+
+    /// Tensor `key` of layer `layer`, named `name`.
+    pub fn in_layer(name: String, layer: usize, key: &str, dims: &[&[Factor]], init: Init) -> Self {
+        Self {
+            name,
+            layer: Some(layer),
+            key: key.to_string(),
+            dims: dims.iter().map(|d| d.to_vec()).collect(),
+            kind: TensorKind::Layer,
+            init,
+        }
+    }
+
     /// A weight matrix (two or more dimensions): what salience scores.
     pub fn is_matrix(&self) -> bool {
         self.dims.len() >= 2

@@ -20,7 +20,7 @@ pub use config::{tiny_config, Activation, BertConfig, Variant};
 use serde_json::Value;
 
 use crate::elastic::{
-    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
+    Axis, AxisSizes, AxisSpec, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
 };
 use crate::error::{Error, Result};
 use crate::families::{Family, ModelConfig};
@@ -102,17 +102,6 @@ const LAYER: [(&str, &[&[Factor]], Init); 16] = [
     ("output.LayerNorm.bias", &[HIDDEN], Init::NormShift),
 ];
 
-fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorSpec {
-    TensorSpec {
-        name: name.to_string(),
-        layer: None,
-        key: name.to_string(),
-        dims: dims.iter().map(|d| d.to_vec()).collect::<Vec<Dim>>(),
-        kind,
-        init,
-    }
-}
-
 impl Family for BertConfig {
     fn model_type(&self) -> &str {
         BertConfig::model_type(self)
@@ -135,13 +124,13 @@ impl Family for BertConfig {
         );
         use TensorKind::{Embedding, Head, Task};
         let mut before = vec![
-            spec(
+            TensorSpec::outer(
                 "embeddings.word_embeddings.weight",
                 &[VOCAB, HIDDEN],
                 Embedding,
                 Init::Weight,
             ),
-            spec(
+            TensorSpec::outer(
                 "embeddings.position_embeddings.weight",
                 &[&positions, HIDDEN],
                 Embedding,
@@ -149,20 +138,20 @@ impl Family for BertConfig {
             ),
         ];
         if self.type_vocab_size > 0 {
-            before.push(spec(
+            before.push(TensorSpec::outer(
                 "embeddings.token_type_embeddings.weight",
                 &[&types, HIDDEN],
                 Embedding,
                 Init::Weight,
             ));
         }
-        before.push(spec(
+        before.push(TensorSpec::outer(
             "embeddings.LayerNorm.weight",
             &[HIDDEN],
             Embedding,
             Init::NormScale,
         ));
-        before.push(spec(
+        before.push(TensorSpec::outer(
             "embeddings.LayerNorm.bias",
             &[HIDDEN],
             Embedding,
@@ -170,22 +159,32 @@ impl Family for BertConfig {
         ));
         let mut after = Vec::new();
         if self.pooler {
-            after.push(spec(
+            after.push(TensorSpec::outer(
                 "pooler.dense.weight",
                 &[HIDDEN, HIDDEN],
                 Head,
                 Init::Weight,
             ));
-            after.push(spec("pooler.dense.bias", &[HIDDEN], Head, Init::Bias));
+            after.push(TensorSpec::outer(
+                "pooler.dense.bias",
+                &[HIDDEN],
+                Head,
+                Init::Bias,
+            ));
         }
         if self.classifier {
-            after.push(spec(
+            after.push(TensorSpec::outer(
                 "classifier.weight",
                 &[&labels, HIDDEN],
                 Task,
                 Init::Weight,
             ));
-            after.push(spec("classifier.bias", &[&labels], Task, Init::Bias));
+            after.push(TensorSpec::outer(
+                "classifier.bias",
+                &[&labels],
+                Task,
+                Init::Bias,
+            ));
         }
         (before, after)
     }
@@ -199,13 +198,8 @@ impl Family for BertConfig {
     fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
         LAYER
             .iter()
-            .map(|(key, dims, init)| TensorSpec {
-                name: layer_tensor(layer, key),
-                layer: Some(layer),
-                key: key.to_string(),
-                dims: dims.iter().map(|d| d.to_vec()).collect(),
-                kind: TensorKind::Layer,
-                init: *init,
+            .map(|(key, dims, init)| {
+                TensorSpec::in_layer(layer_tensor(layer, key), layer, key, dims, *init)
             })
             .collect()
     }

@@ -26,7 +26,7 @@ pub use config::{tiny_config, LlamaConfig};
 use serde_json::Value;
 
 use crate::elastic::{
-    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
+    Axis, AxisSizes, AxisSpec, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
 };
 use crate::error::{Error, Result};
 use crate::families::LayerActivations;
@@ -104,17 +104,6 @@ pub fn layer_tensor(layer: usize, key: &str) -> String {
     format!("model.layers.{layer}.{key}")
 }
 
-fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorSpec {
-    TensorSpec {
-        name: name.to_string(),
-        layer: None,
-        key: name.to_string(),
-        dims: dims.iter().map(|d| d.to_vec()).collect::<Vec<Dim>>(),
-        kind,
-        init,
-    }
-}
-
 impl Family for LlamaConfig {
     fn model_type(&self) -> &str {
         "llama"
@@ -131,15 +120,25 @@ impl Family for LlamaConfig {
     /// A tied `lm_head` has no tensor.
     fn outer_tensors(&self) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
         use TensorKind::{Embedding, Head};
-        let before = vec![spec(
+        let before = vec![TensorSpec::outer(
             "model.embed_tokens.weight",
             &[VOCAB, HIDDEN],
             Embedding,
             Init::Weight,
         )];
-        let mut after = vec![spec("model.norm.weight", &[HIDDEN], Head, Init::NormScale)];
+        let mut after = vec![TensorSpec::outer(
+            "model.norm.weight",
+            &[HIDDEN],
+            Head,
+            Init::NormScale,
+        )];
         if !self.tie_word_embeddings {
-            after.push(spec("lm_head.weight", &[VOCAB, HIDDEN], Head, Init::Weight));
+            after.push(TensorSpec::outer(
+                "lm_head.weight",
+                &[VOCAB, HIDDEN],
+                Head,
+                Init::Weight,
+            ));
         }
         (before, after)
     }
@@ -147,13 +146,8 @@ impl Family for LlamaConfig {
     fn layer_tensors(&self, layer: usize) -> Vec<TensorSpec> {
         LAYER
             .iter()
-            .map(|(key, dims, init)| TensorSpec {
-                name: layer_tensor(layer, key),
-                layer: Some(layer),
-                key: key.to_string(),
-                dims: dims.iter().map(|d| d.to_vec()).collect(),
-                kind: TensorKind::Layer,
-                init: *init,
+            .map(|(key, dims, init)| {
+                TensorSpec::in_layer(layer_tensor(layer, key), layer, key, dims, *init)
             })
             .collect()
     }

@@ -21,7 +21,7 @@ pub use config::{tiny_config, Variant, VitConfig};
 use serde_json::Value;
 
 use crate::elastic::{
-    Axis, AxisSizes, AxisSpec, Dim, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
+    Axis, AxisSizes, AxisSpec, Factor, Init, Salience, Scope, TensorKind, TensorSpec, Widths,
 };
 use crate::error::{Error, Result};
 use crate::families::LayerActivations;
@@ -113,17 +113,6 @@ pub fn layer_tensor(layer: usize, key: &str) -> String {
     format!("encoder.layer.{layer}.{key}")
 }
 
-fn spec(name: &str, dims: &[&[Factor]], kind: TensorKind, init: Init) -> TensorSpec {
-    TensorSpec {
-        name: name.to_string(),
-        layer: None,
-        key: name.to_string(),
-        dims: dims.iter().map(|d| d.to_vec()).collect::<Vec<Dim>>(),
-        kind,
-        init,
-    }
-}
-
 impl Family for VitConfig {
     fn model_type(&self) -> &str {
         self.variant.model_type()
@@ -149,14 +138,14 @@ impl Family for VitConfig {
             fixed(self.num_labels),
             Factor::Fixed(2),
         );
-        let mut before = vec![spec(
+        let mut before = vec![TensorSpec::outer(
             "embeddings.cls_token",
             &[&one, &one, HIDDEN],
             Embedding,
             Init::Weight,
         )];
         if self.use_mask_token {
-            before.push(spec(
+            before.push(TensorSpec::outer(
                 "embeddings.mask_token",
                 &[&one, HIDDEN],
                 Embedding,
@@ -164,19 +153,19 @@ impl Family for VitConfig {
             ));
         }
         before.extend([
-            spec(
+            TensorSpec::outer(
                 "embeddings.position_embeddings",
                 &[&one, &positions, HIDDEN],
                 Embedding,
                 Init::Weight,
             ),
-            spec(
+            TensorSpec::outer(
                 "embeddings.patch_embeddings.projection.weight",
                 &[HIDDEN, &channels, &patch, &patch],
                 Embedding,
                 Init::Weight,
             ),
-            spec(
+            TensorSpec::outer(
                 "embeddings.patch_embeddings.projection.bias",
                 &[HIDDEN],
                 Embedding,
@@ -184,13 +173,13 @@ impl Family for VitConfig {
             ),
         ]);
         let mut after = vec![
-            spec(
+            TensorSpec::outer(
                 "layernorm.weight",
                 &[HIDDEN],
                 TensorKind::Head,
                 Init::NormScale,
             ),
-            spec(
+            TensorSpec::outer(
                 "layernorm.bias",
                 &[HIDDEN],
                 TensorKind::Head,
@@ -203,13 +192,18 @@ impl Family for VitConfig {
                 Variant::Vit => HIDDEN.to_vec(),
                 Variant::Dinov2 => vec![two, A(Axis::Hidden)],
             };
-            after.push(spec(
+            after.push(TensorSpec::outer(
                 "classifier.weight",
                 &[&labels, &input],
                 Task,
                 Init::Weight,
             ));
-            after.push(spec("classifier.bias", &[&labels], Task, Init::Bias));
+            after.push(TensorSpec::outer(
+                "classifier.bias",
+                &[&labels],
+                Task,
+                Init::Bias,
+            ));
         }
         (before, after)
     }
@@ -242,14 +236,8 @@ impl Family for VitConfig {
             .iter()
             .filter_map(|(part, leaf, dims, init)| {
                 let key = format!("{}.{leaf}", part.key(self.variant)?);
-                Some(TensorSpec {
-                    name: layer_tensor(layer, &key),
-                    layer: Some(layer),
-                    key,
-                    dims: dims.iter().map(|d| d.to_vec()).collect(),
-                    kind: TensorKind::Layer,
-                    init: *init,
-                })
+                let name = layer_tensor(layer, &key);
+                Some(TensorSpec::in_layer(name, layer, &key, dims, *init))
             })
             .collect()
     }
