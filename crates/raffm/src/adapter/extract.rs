@@ -57,6 +57,12 @@ fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Width
     let depth = tier.depth.map(|d| d as usize);
     if let Some(mib) = tier.memory_mib {
         let total = config.widths().layers.len();
+        let fixed = SubmodelShape {
+            width: 1.0,
+            hidden: tier.hidden.unwrap_or(1.0),
+            depth,
+        };
+        fixed.checked_depth(total)?;
         let mut space = SearchSpace::default().restricted_to(config.axes());
         if let Some(hidden) = tier.hidden {
             space.0.insert(Axis::Hidden, vec![hidden]);
@@ -265,6 +271,20 @@ mod tests {
         let keep_hidden = tier(mib(budget), Some(1.0));
         let widths = widths_of(&model, &request(&keep_hidden)).unwrap().unwrap();
         assert_eq!(widths.global.get(Axis::Hidden), 16);
+
+        let too_wide = tier(mib(budget), Some(1.5));
+        assert!(widths_of(&model, &request(&too_wide)).is_err());
+        let too_deep = ClientLora {
+            submodel: BaseSubmodel {
+                depth: Some(3.0),
+                ..tight.submodel.clone()
+            },
+            ..tight.clone()
+        };
+        let err = widths_of(&model, &request(&too_deep))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("depth") && err.contains("2 layers"), "{err}");
 
         let err = widths_of(&model, &request(&tier(0.001, None)))
             .unwrap_err()

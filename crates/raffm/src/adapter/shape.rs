@@ -22,6 +22,25 @@ pub struct SubmodelShape {
 }
 
 impl SubmodelShape {
+    /// The depth, after checking that the shares are in (0, 1] and the depth within the
+    /// model's `total` layers: a tier outside them is an error, not a clamped sub-model.
+    pub fn checked_depth(&self, total: usize) -> Result<usize> {
+        for (key, f) in [("width", self.width), ("hidden", self.hidden)] {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(Error::Invalid(format!(
+                    "submodels: `{key}` must be in (0, 1], got {f}"
+                )));
+            }
+        }
+        let depth = self.depth.unwrap_or(total);
+        if depth == 0 || depth > total {
+            return Err(Error::Invalid(format!(
+                "submodels: `depth` must be between 1 and the model's {total} layers, got {depth}"
+            )));
+        }
+        Ok(depth)
+    }
+
     /// Every axis at `width`, all layers.
     pub fn uniform(width: f64) -> Self {
         Self {
@@ -35,22 +54,10 @@ impl SubmodelShape {
 /// The widths of a base sub-model of `shape`. KV groups and the head dimension stay
 /// whole. With a prioritized base the leading channels are the salient ones.
 pub fn submodel_widths(global: &ModelConfig, shape: SubmodelShape) -> Result<Widths> {
-    for (option, f) in [("--width", shape.width), ("--hidden", shape.hidden)] {
-        if !(f > 0.0 && f <= 1.0) {
-            return Err(Error::Invalid(format!(
-                "{option} must be in (0, 1], got {f}"
-            )));
-        }
-    }
-    let (width, depth) = (shape.width, shape.depth);
+    let width = shape.width;
     let full = global.widths();
     let total = full.layers.len();
-    let depth = depth.unwrap_or(total);
-    if depth == 0 || depth > total {
-        return Err(Error::Invalid(format!(
-            "--depth must be between 1 and the model's {total} layers, got {depth}"
-        )));
-    }
+    let depth = shape.checked_depth(total)?;
     let scaled = |n: usize, fraction: f64, round_up: bool| {
         let x = n as f64 * fraction;
         (if round_up { x.ceil() } else { x.round() } as usize).clamp(1, n)

@@ -295,7 +295,7 @@ impl LoraPipeline {
 }
 
 impl BaseSubmodel {
-    /// `raffm-llm extract`'s options for this tier; `-` for the whole base.
+    /// The tier in one line, as options (`--width 0.5 --hidden 1`); `-` for the whole base.
     pub fn options(&self) -> String {
         let whole = self.width.unwrap_or(1.0) == 1.0
             && self.hidden.unwrap_or(1.0) == 1.0
