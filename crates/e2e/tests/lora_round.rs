@@ -340,6 +340,97 @@ fn a_lora_round_through_the_stages_places_each_client_by_rank_and_block() {
             .any(|m| name.contains(m));
         assert_eq!(merged.tensors[name].bit_eq(t), !adapted, "{name}");
     }
+
+    deploy(tmp.path(), &eval, &merged);
+}
+
+/// raffm-deploy-scale after the LoRA round: with unlimited memory both clients run the
+/// whole base with the global adapter merged (the same weights as raffm-llm merge, one
+/// copy linked into both folders, scored as raffm-evaluate scores the adapter); a device
+/// between the half-width client's trained model and the whole base gets the largest
+/// sub-model that fits, larger than what it trained on.
+fn deploy(tmp: &Path, eval: &serde_json::Value, merged: &Checkpoint) {
+    let at = |name: &str| path_in(tmp, name);
+    let deploy_scale = |budgets: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--global",
+            at("fedavg"),
+            "--budgets",
+            at(budgets),
+            "--partition",
+            at("partition.json"),
+            "--round",
+            "1",
+            "--quiet",
+            "--output",
+            at(out),
+        ];
+        args.extend_from_slice(extra);
+        ok("raffm-deploy-scale", &args);
+        let summary = std::fs::read(Path::new(at(out)).join("summary.json")).unwrap();
+        serde_json::from_slice::<serde_json::Value>(&summary).unwrap()
+    };
+    let summary = deploy_scale("budgets.json", "deploy", &[]);
+    let clients = summary["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 2);
+    let whole = Checkpoint::load(at("deploy/c001")).unwrap();
+    for (name, t) in &merged.tensors {
+        assert!(whole.tensors[name].bit_eq(t), "{name}");
+    }
+    let weights = |dir: &str| Path::new(at(dir)).join("model.safetensors");
+    assert_eq!(
+        raffm::io::sha256_file(&weights("deploy/c000"))
+            .unwrap()
+            .sha256,
+        raffm::io::sha256_file(&weights("merged")).unwrap().sha256
+    );
+    let manifest = Manifest::load(&Path::new(at("deploy")).join("manifest.json")).unwrap();
+    match manifest.record {
+        StageRecord::DeployScale(d) => assert_eq!(d.metrics.distinct_models, 1),
+        other => panic!("{other:?}"),
+    }
+    let (c0, c1) = (&clients[0], &clients[1]);
+    assert_eq!(c0["deployed"]["accuracy"], eval["metrics"]["accuracy"]);
+    assert_eq!(
+        (
+            c0["train"]["adapter_rank"].as_u64(),
+            c1["train"]["adapter_rank"].as_u64()
+        ),
+        (Some(4), Some(2))
+    );
+    assert_eq!(
+        c1["deployed"]["adapter_rank"], 4,
+        "the global adapter, merged at its rank"
+    );
+    let params = |c: &serde_json::Value, model: &str| c[model]["parameters"].as_u64().unwrap();
+    assert!(params(c1, "train") < params(c1, "deployed"));
+    assert_eq!(params(c0, "deployed"), params(c1, "deployed"));
+
+    // A device between the two: the largest base sub-model whose inference fits.
+    let inference =
+        |c: &serde_json::Value, model: &str| c[model]["inference_memory_bytes"].as_u64().unwrap();
+    let device = (inference(c1, "train") + inference(c1, "deployed")) / 2;
+    let mut budgets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(at("budgets.json")).unwrap()).unwrap();
+    budgets["clients"][1]["device_memory_bytes"] = device.into();
+    std::fs::write(at("budgets-device.json"), budgets.to_string()).unwrap();
+    let summary = deploy_scale(
+        "budgets-device.json",
+        "deploy-device",
+        &["--clients", "c001"],
+    );
+    let c1 = &summary["clients"][0];
+    assert!(inference(c1, "deployed") <= device);
+    assert!(params(c1, "train") < params(c1, "deployed"));
+    assert!(params(c1, "deployed") < params(c0, "deployed"));
+    let client =
+        Manifest::load(&Path::new(at("deploy-device/c001")).join("manifest.json")).unwrap();
+    assert!(
+        client.placement.is_some(),
+        "a sub-model records its rows of the base"
+    );
+    let sub = Checkpoint::load(at("deploy-device/c001")).unwrap();
+    assert_eq!(sub.parameter_count(), params(c1, "deployed"));
 }
 
 #[test]

@@ -61,13 +61,34 @@ pub fn evaluate<B: FusedOps>(
 ) -> Result<Metrics> {
     let examples = encoded_examples(base, partition, ids, max_seq_len)?;
     let (_, pad) = tokenizer(base)?;
-    let model = LlamaForCausalLM::<B>::from_checkpoint(base, Some(adapter), device);
-    let scores =
-        score::option_log_likelihoods(&model, &examples, batch_size, pad, device, on_batch);
+    Ok(evaluate_encoded::<B>(
+        base,
+        Some(adapter),
+        &examples,
+        pad,
+        batch_size,
+        device,
+        on_batch,
+    ))
+}
+
+/// Metrics of `model` (with `adapter` on it, where one is) over examples already
+/// tokenized, padded with `pad`.
+pub fn evaluate_encoded<B: FusedOps>(
+    model: &Checkpoint,
+    adapter: Option<&LoraAdapter>,
+    examples: &[EncodedExample],
+    pad: u32,
+    batch_size: usize,
+    device: &B::Device,
+    on_batch: impl FnMut(usize),
+) -> Metrics {
+    let model = LlamaForCausalLM::<B>::from_checkpoint(model, adapter, device);
+    let scores = score::option_log_likelihoods(&model, examples, batch_size, pad, device, on_batch);
     let outputs: Vec<Vec<f32>> = scores
         .iter()
         .map(|s| s.iter().map(|&x| x as f32).collect())
         .collect();
     let labels: Vec<f32> = examples.iter().map(|e| e.answer as f32).collect();
-    Ok(metrics(&outputs, &labels))
+    metrics(&outputs, &labels)
 }

@@ -10,7 +10,7 @@ use super::{place, write_adapter, AdapterFolder, BaseModel};
 use crate::checkpoint::{Checkpoint, WEIGHTS_FILE};
 use crate::contract::Placement;
 use crate::cost::{AdapterShape, CostModel, TrainingShape};
-use crate::elastic::index::IndexMap;
+use crate::elastic::index::{IndexMap, Selection};
 use crate::elastic::{Axis, Widths};
 use crate::error::{Error, Result};
 use crate::extract::{extract, select, selection_map, DepthPolicy, Strategy};
@@ -33,7 +33,11 @@ pub struct AdapterRequest<'a> {
 }
 
 /// The cost model of training `request`'s adapter on sub-models of `base`.
-fn cost_model(base: &ModelConfig, lora: &LoraConfig, request: &AdapterRequest) -> CostModel {
+pub(super) fn cost_model(
+    base: &ModelConfig,
+    lora: &LoraConfig,
+    request: &AdapterRequest,
+) -> CostModel {
     let shape = TrainingShape {
         batch_size: request.batch_size,
         max_seq_len: request.seq_len,
@@ -51,7 +55,7 @@ fn cost_model(base: &ModelConfig, lora: &LoraConfig, request: &AdapterRequest) -
 /// takes the largest sub-model of the default search space whose training estimate fits
 /// it, as any client's budget does; the tier's `hidden` and `depth`, where given, fix
 /// those axes.
-fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Widths>> {
+pub(super) fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Widths>> {
     let config = model.config();
     let tier = &request.lora.submodel;
     let depth = tier.depth.map(|d| d as usize);
@@ -100,6 +104,22 @@ fn widths_of(model: &CostModel, request: &AdapterRequest) -> Result<Option<Width
     (!whole).then(|| submodel_widths(config, shape)).transpose()
 }
 
+/// Which rows and columns of the (prioritized) base a sub-model of `widths` keeps: the
+/// leading ones, as every round of a LoRA pipeline takes them; with its index map.
+pub(super) fn salient_submodel(config: &ModelConfig, widths: &Widths) -> (Selection, IndexMap) {
+    let selection = select(
+        config,
+        Strategy::Salient,
+        &config.widths(),
+        widths,
+        0,
+        0,
+        "client",
+    );
+    let map = selection_map(config, widths, &selection);
+    (selection, map)
+}
+
 /// The base sub-model of `widths` under `bases` (one folder per shape of this base),
 /// written the first time it is asked for; with its index map into the base.
 fn base_submodel(
@@ -109,16 +129,7 @@ fn base_submodel(
     bases: &Path,
 ) -> Result<(BaseModel, crate::families::ModelConfig, IndexMap)> {
     let config = &base.config;
-    let selection = select(
-        config,
-        Strategy::Salient,
-        &config.widths(),
-        &widths,
-        0,
-        0,
-        "client",
-    );
-    let map = selection_map(config, &widths, &selection);
+    let (_, map) = salient_submodel(config, &widths);
     let key = crate::io::sha256_bytes(
         format!(
             "{}:{}",

@@ -14,6 +14,7 @@
 //! rule it has; only FlexLoRA, which combines products `B A`, is adapter-specific.
 
 pub mod block;
+pub mod deploy;
 pub mod evaluate;
 pub mod extract;
 pub mod flexlora;

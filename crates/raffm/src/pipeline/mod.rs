@@ -405,9 +405,11 @@ pub fn make_budgets(pipeline: &Pipeline, full_model: Cost, seed: u64) -> Budgets
 
 /// `budgets.json` of a LoRA pipeline: client i trains rank `ranks[i % len]` (or `r`) on
 /// the base sub-model `submodels[i % len]`, in client order; a tier is one such pair.
-/// `full_model` is the base's cost under `training`.
+/// `full_model` is the base's cost under `training`; `axes` its elastic axes, which the
+/// recorded search space (memory tiers and deployment search it) keeps to.
 pub fn make_lora_budgets(
     pipeline: &LoraPipeline,
+    axes: &[crate::elastic::AxisSpec],
     full_model: Cost,
     training: TrainingShape,
     seed: u64,
@@ -427,12 +429,14 @@ pub fn make_lora_budgets(
                 "-" => format!("rank {rank}, whole base"),
                 shape => format!("rank {rank}, {}", shape.replace("--", "")),
             };
+            // A memory tier is the client's device: what it deploys on after the rounds.
+            let device_memory_bytes = submodel.memory_mib.map(|m| (m * (1 << 20) as f64) as u64);
             ClientBudget {
                 client,
                 tier,
                 lora: Some(ClientLora { rank, submodel }),
                 train: Budget::default(),
-                device_memory_bytes: None,
+                device_memory_bytes,
             }
         })
         .collect();
@@ -440,7 +444,7 @@ pub fn make_lora_budgets(
         pipeline: pipeline.name.clone(),
         seed,
         training,
-        search_space: SearchSpace::default(),
+        search_space: SearchSpace::default().restricted_to(axes),
         strategy: Strategy::Salient,
         policy: Policy::Largest,
         depth_policy: DepthPolicy::default(),

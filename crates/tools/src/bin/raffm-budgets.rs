@@ -61,7 +61,13 @@ fn lora_budgets(args: &Args, pipeline: &LoraPipeline) -> anyhow::Result<Budgets>
         ..TrainingShape::default()
     };
     let full = CostModel::new(&config, training).cost(&config.widths());
-    Ok(make_lora_budgets(pipeline, full, training, args.seed))
+    Ok(make_lora_budgets(
+        pipeline,
+        config.axes(),
+        full,
+        training,
+        args.seed,
+    ))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
