@@ -8,6 +8,7 @@ pub mod bert;
 pub(crate) mod config_fields;
 mod family;
 pub(crate) mod hf;
+pub mod layer_stack;
 pub mod llama;
 pub mod vit;
 

@@ -13,8 +13,9 @@ use serde_json::{json, Map, Value};
 use crate::elastic::{Axis, AxisSizes, Widths};
 use crate::error::{Error, Result};
 
+use crate::families::layer_stack::LayerStack;
 /// The key under which the elastic widths live in `config.json`.
-pub const ELASTIC_KEY: &str = "raffm";
+pub use crate::families::layer_stack::ELASTIC_KEY;
 
 /// The model types of the family. All three are the same post-LayerNorm encoder; they
 /// differ in tensor names and a few details handled where they matter (position ids,
@@ -108,10 +109,8 @@ pub struct BertConfig {
     pub hidden_dropout_prob: f64,
     pub attention_probs_dropout_prob: f64,
     pub classifier_dropout: Option<f64>,
-    /// Per-layer widths: heads, head_dim, ffn.
-    pub layers: Vec<AxisSizes>,
-    /// The global layer each layer is (`0..n` for a model with all its layers).
-    pub global_layers: Vec<usize>,
+    /// Per-layer widths (heads, head_dim, ffn) and the global layer each is.
+    pub stack: LayerStack,
     /// Head dimension of the full model. The attention scale is `1/sqrt(this)` in every
     /// sub-model, so a sub-model with narrower heads computes its masked parent's function.
     pub attention_scale_head_dim: usize,
@@ -126,14 +125,8 @@ fn field<'a>(raw: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
         .find_map(|k| raw.get(*k).filter(|v| !v.is_null()))
 }
 
-/// The `"raffm"` section: a sub-model's widths.
-#[derive(Serialize, Deserialize)]
-struct ElasticJson {
-    attention_scale_head_dim: usize,
-    layers: Vec<AxisSizes>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    global_layers: Option<Vec<usize>>,
-}
+/// The widths of each layer.
+const LAYER_AXES: [Axis; 3] = [Axis::Heads, Axis::HeadDim, Axis::Ffn];
 
 impl BertConfig {
     /// Builds the typed view from a parsed `config.json` of a known `model_type`; `path`
@@ -176,34 +169,19 @@ impl BertConfig {
             Some(map) => map.len(),
             None => usize_of(&["num_labels"], Some(2))?,
         };
-        let (layers, global_layers, attention_scale_head_dim) = match raw.get(ELASTIC_KEY) {
-            Some(elastic) => {
-                let elastic: ElasticJson = serde_json::from_value(elastic.clone())
-                    .map_err(|e| bad(format!("invalid `{ELASTIC_KEY}` section: {e}")))?;
-                let global_layers = elastic
-                    .global_layers
-                    .unwrap_or_else(|| (0..elastic.layers.len()).collect());
-                (
-                    elastic.layers,
-                    global_layers,
-                    elastic.attention_scale_head_dim,
-                )
-            }
-            None => {
-                if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
-                    return Err(bad(format!(
-                        "hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"
-                    )));
-                }
-                let head_dim = hidden_size / num_attention_heads;
-                let full = full_layer(num_attention_heads, head_dim, intermediate_size);
-                (
-                    vec![full; num_hidden_layers],
-                    (0..num_hidden_layers).collect(),
-                    head_dim,
-                )
-            }
+        // HF's reading needs whole heads; a sub-model's section gives its widths itself.
+        let head_dim = (num_attention_heads > 0 && hidden_size.is_multiple_of(num_attention_heads))
+            .then(|| hidden_size / num_attention_heads);
+        let full = || {
+            let head_dim = head_dim.ok_or_else(|| {
+                format!("hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
+            })?;
+            Ok(full_layer(num_attention_heads, head_dim, intermediate_size))
         };
+        let (stack, scale) = LayerStack::read(&raw, num_hidden_layers, full).map_err(bad)?;
+        let attention_scale_head_dim = scale.or(head_dim).ok_or_else(|| {
+            bad(format!("`{ELASTIC_KEY}.attention_scale_head_dim` is missing and hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"))
+        })?;
         let classifier = field(&raw, &["architectures"])
             .and_then(Value::as_array)
             .is_some_and(|a| {
@@ -239,19 +217,12 @@ impl BertConfig {
             )?,
             classifier_dropout: field(&raw, &["classifier_dropout", "seq_classif_dropout"])
                 .and_then(Value::as_f64),
-            layers,
-            global_layers,
+            stack,
             attention_scale_head_dim,
             pooler: true,
             classifier,
             raw,
         };
-        if config.layers.len() != num_hidden_layers {
-            return Err(bad(format!(
-                "`{ELASTIC_KEY}.layers` has {} entries but num_hidden_layers is {num_hidden_layers}",
-                config.layers.len()
-            )));
-        }
         config.validate().map_err(bad)?;
         Ok(config)
     }
@@ -274,27 +245,7 @@ impl BertConfig {
         if self.hidden_size == 0 || self.attention_scale_head_dim == 0 {
             return Err("hidden_size and the attention head dimension must be positive".into());
         }
-        if self.layers.is_empty() {
-            return Err("num_hidden_layers must be at least 1".into());
-        }
-        if self.global_layers.len() != self.layers.len() {
-            return Err(format!(
-                "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",
-                self.global_layers.len(),
-                self.layers.len()
-            ));
-        }
-        for (i, l) in self.layers.iter().enumerate() {
-            for axis in [Axis::Heads, Axis::HeadDim, Axis::Ffn] {
-                match l.0.get(&axis) {
-                    Some(&n) if n > 0 => {}
-                    _ => return Err(format!("layer {i}: `{axis}` must be at least 1, got {l:?}")),
-                }
-            }
-            if l.0.len() != 3 {
-                return Err(format!("layer {i}: unknown widths in {l:?}"));
-            }
-        }
+        self.stack.validate(&LAYER_AXES)?;
         Ok(())
     }
 
@@ -316,20 +267,14 @@ impl BertConfig {
         let Some(full) = self.derived_full_layer() else {
             return false;
         };
-        self.layers.iter().all(|l| *l == full)
-            && self.global_layers.iter().enumerate().all(|(i, &g)| i == g)
-            && self.attention_scale_head_dim == full.get(Axis::HeadDim)
+        self.stack.is_full(&full) && self.attention_scale_head_dim == full.get(Axis::HeadDim)
     }
 
     pub fn widths(&self) -> Widths {
-        Widths {
-            global: AxisSizes::of(&[
-                (Axis::Hidden, self.hidden_size),
-                (Axis::Vocab, self.vocab_size),
-            ]),
-            layers: self.layers.clone(),
-            global_layers: self.global_layers.clone(),
-        }
+        self.stack.widths(AxisSizes::of(&[
+            (Axis::Hidden, self.hidden_size),
+            (Axis::Vocab, self.vocab_size),
+        ]))
     }
 
     /// A copy with other widths (a sub-model's config).
@@ -337,8 +282,7 @@ impl BertConfig {
         let mut c = self.clone();
         c.hidden_size = widths.global.get(Axis::Hidden);
         c.vocab_size = widths.global.get(Axis::Vocab);
-        c.layers = widths.layers.clone();
-        c.global_layers = widths.global_layers.clone();
+        c.stack.set(widths);
         c.validate().map_err(Error::Invalid)?;
         Ok(c)
     }
@@ -356,7 +300,7 @@ impl BertConfig {
             &mut raw,
             "num_hidden_layers",
             "n_layers",
-            json!(self.layers.len()),
+            json!(self.stack.len()),
         );
         set(
             &mut raw,
@@ -392,20 +336,8 @@ impl BertConfig {
                 json!([self.variant.classification_architecture()]),
             );
         }
-        if self.is_uniform_full() {
-            raw.remove(ELASTIC_KEY);
-        } else {
-            let identity = self.global_layers.iter().enumerate().all(|(i, &g)| i == g);
-            let elastic = ElasticJson {
-                attention_scale_head_dim: self.attention_scale_head_dim,
-                layers: self.layers.clone(),
-                global_layers: (!identity).then(|| self.global_layers.clone()),
-            };
-            raw.insert(
-                ELASTIC_KEY.into(),
-                serde_json::to_value(elastic).expect("plain struct serializes"),
-            );
-        }
+        let scale = Some(self.attention_scale_head_dim);
+        self.stack.write(&mut raw, self.is_uniform_full(), scale);
         Value::Object(raw)
     }
 
@@ -503,7 +435,7 @@ mod tests {
     fn full_model_has_full_layers_and_keeps_unknown_keys() {
         let c = parse(minilm_like()).unwrap();
         assert!(c.is_uniform_full());
-        assert_eq!(c.layers[1], full_layer(12, 32, 1536));
+        assert_eq!(c.stack.layers[1], full_layer(12, 32, 1536));
         let back = c.to_json();
         assert_eq!(back["some_unknown_key"], json!([1, 2, 3]));
         assert!(back.get(ELASTIC_KEY).is_none());
@@ -564,7 +496,7 @@ mod tests {
         assert_eq!(
             (
                 c.hidden_size,
-                c.layers.len(),
+                c.stack.len(),
                 c.num_attention_heads,
                 c.intermediate_size
             ),

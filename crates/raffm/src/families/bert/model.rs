@@ -336,6 +336,7 @@ impl<B: Backend> BertModel<B> {
             embeddings: BertEmbeddings::load(&l, config),
             encoder: BertEncoder {
                 layers: config
+                    .stack
                     .layers
                     .iter()
                     .enumerate()

@@ -6,14 +6,13 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::elastic::{Axis, AxisSizes, Widths};
 use crate::error::{Error, Result};
 use crate::families::config_fields::Fields;
 
-pub use crate::families::bert::config::ELASTIC_KEY;
+use crate::families::layer_stack::LayerStack;
 
 /// The widths of a layer of a full model.
 pub fn full_layer(
@@ -47,20 +46,14 @@ pub struct LlamaConfig {
     /// Whether `lm_head` is the transposed input embedding (no tensor of its own).
     pub tie_word_embeddings: bool,
     pub pad_token_id: Option<usize>,
-    /// Per-layer widths: KV groups, query heads per group, head_dim, ffn.
-    pub layers: Vec<AxisSizes>,
-    /// The global layer each layer is (`0..n` for a model with all its layers).
-    pub global_layers: Vec<usize>,
+    /// Per-layer widths (KV groups, query heads per group, head_dim, ffn) and the
+    /// global layer each is.
+    pub stack: LayerStack,
     raw: Map<String, Value>,
 }
 
-/// The `"raffm"` section: a sub-model's widths.
-#[derive(Serialize, Deserialize)]
-struct ElasticJson {
-    layers: Vec<AxisSizes>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    global_layers: Option<Vec<usize>>,
-}
+/// The widths of each layer.
+const LAYER_AXES: [Axis; 4] = [Axis::KvHeads, Axis::Heads, Axis::HeadDim, Axis::Ffn];
 
 impl LlamaConfig {
     /// Builds the typed view from a parsed `config.json` with `model_type` "llama"; `path`
@@ -129,28 +122,15 @@ impl LlamaConfig {
                 "head_dim {head_dim} must be even and positive (rotary pairs)"
             )));
         }
-        let (layers, global_layers) = match raw.get(ELASTIC_KEY) {
-            Some(elastic) => {
-                let elastic: ElasticJson = serde_json::from_value(elastic.clone())
-                    .map_err(|e| bad(format!("invalid `{ELASTIC_KEY}` section: {e}")))?;
-                let global_layers = elastic
-                    .global_layers
-                    .unwrap_or_else(|| (0..elastic.layers.len()).collect());
-                (elastic.layers, global_layers)
-            }
-            None => {
-                let full = full_layer(
-                    num_key_value_heads,
-                    num_attention_heads / num_key_value_heads,
-                    head_dim,
-                    intermediate_size,
-                );
-                (
-                    vec![full; num_hidden_layers],
-                    (0..num_hidden_layers).collect(),
-                )
-            }
+        let full = || {
+            Ok(full_layer(
+                num_key_value_heads,
+                num_attention_heads / num_key_value_heads,
+                head_dim,
+                intermediate_size,
+            ))
         };
+        let (stack, _) = LayerStack::read(&raw, num_hidden_layers, full).map_err(bad)?;
         let config = LlamaConfig {
             vocab_size: f.usize("vocab_size", None)?,
             hidden_size,
@@ -166,16 +146,9 @@ impl LlamaConfig {
                 Some(_) => Some(f.usize("pad_token_id", None)?),
                 None => None,
             },
-            layers,
-            global_layers,
+            stack,
             raw,
         };
-        if config.layers.len() != num_hidden_layers {
-            return Err(bad(format!(
-                "`{ELASTIC_KEY}.layers` has {} entries but num_hidden_layers is {num_hidden_layers}",
-                config.layers.len()
-            )));
-        }
         config.validate().map_err(bad)?;
         Ok(config)
     }
@@ -189,26 +162,8 @@ impl LlamaConfig {
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
-        if self.layers.is_empty() {
-            return Err("num_hidden_layers must be at least 1".into());
-        }
-        if self.global_layers.len() != self.layers.len() {
-            return Err(format!(
-                "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",
-                self.global_layers.len(),
-                self.layers.len()
-            ));
-        }
-        for (i, l) in self.layers.iter().enumerate() {
-            for axis in [Axis::KvHeads, Axis::Heads, Axis::HeadDim, Axis::Ffn] {
-                match l.0.get(&axis) {
-                    Some(&n) if n > 0 => {}
-                    _ => return Err(format!("layer {i}: `{axis}` must be at least 1, got {l}")),
-                }
-            }
-            if l.0.len() != 4 {
-                return Err(format!("layer {i}: unknown widths in {l}"));
-            }
+        self.stack.validate(&LAYER_AXES)?;
+        for (i, l) in self.stack.layers.iter().enumerate() {
             if l.get(Axis::HeadDim) != self.head_dim {
                 return Err(format!(
                     "layer {i}: head_dim {} differs from the model's {} (rotary embeddings fix it)",
@@ -231,20 +186,14 @@ impl LlamaConfig {
 
     /// True when HF's reading of the config describes the model exactly.
     pub fn is_uniform_full(&self) -> bool {
-        let full = self.full_layer();
-        self.layers.iter().all(|l| *l == full)
-            && self.global_layers.iter().enumerate().all(|(i, &g)| i == g)
+        self.stack.is_full(&self.full_layer())
     }
 
     pub fn widths(&self) -> Widths {
-        Widths {
-            global: AxisSizes::of(&[
-                (Axis::Hidden, self.hidden_size),
-                (Axis::Vocab, self.vocab_size),
-            ]),
-            layers: self.layers.clone(),
-            global_layers: self.global_layers.clone(),
-        }
+        self.stack.widths(AxisSizes::of(&[
+            (Axis::Hidden, self.hidden_size),
+            (Axis::Vocab, self.vocab_size),
+        ]))
     }
 
     /// A copy with other widths (a sub-model's config). Where every layer is alike the
@@ -253,13 +202,7 @@ impl LlamaConfig {
         let mut c = self.clone();
         c.hidden_size = widths.global.get(Axis::Hidden);
         c.vocab_size = widths.global.get(Axis::Vocab);
-        c.layers = widths.layers.clone();
-        c.global_layers = widths.global_layers.clone();
-        if let Some(first) = c
-            .layers
-            .first()
-            .filter(|f| c.layers.iter().all(|l| l == *f))
-        {
+        if let Some(first) = c.stack.set(widths) {
             c.num_key_value_heads = first.get(Axis::KvHeads);
             c.num_attention_heads = c.num_key_value_heads * first.get(Axis::Heads);
             c.intermediate_size = first.get(Axis::Ffn);
@@ -272,7 +215,7 @@ impl LlamaConfig {
     pub fn to_json(&self) -> Value {
         let mut raw = self.raw.clone();
         raw.insert("hidden_size".into(), json!(self.hidden_size));
-        raw.insert("num_hidden_layers".into(), json!(self.layers.len()));
+        raw.insert("num_hidden_layers".into(), json!(self.stack.len()));
         raw.insert(
             "num_attention_heads".into(),
             json!(self.num_attention_heads),
@@ -287,19 +230,7 @@ impl LlamaConfig {
         if let Some(pad) = self.pad_token_id {
             raw.insert("pad_token_id".into(), json!(pad));
         }
-        if self.is_uniform_full() {
-            raw.remove(ELASTIC_KEY);
-        } else {
-            let identity = self.global_layers.iter().enumerate().all(|(i, &g)| i == g);
-            let elastic = ElasticJson {
-                layers: self.layers.clone(),
-                global_layers: (!identity).then(|| self.global_layers.clone()),
-            };
-            raw.insert(
-                ELASTIC_KEY.into(),
-                serde_json::to_value(elastic).expect("plain struct serializes"),
-            );
-        }
+        self.stack.write(&mut raw, self.is_uniform_full(), None);
         Value::Object(raw)
     }
 }
@@ -327,6 +258,7 @@ pub fn tiny_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::families::layer_stack::ELASTIC_KEY;
 
     fn smollm_like() -> Map<String, Value> {
         let Value::Object(raw) = json!({
@@ -348,7 +280,7 @@ mod tests {
     #[test]
     fn reads_grouped_query_attention_and_the_rotary_base() {
         let c = parse(smollm_like()).unwrap();
-        assert_eq!(c.layers[29], full_layer(3, 3, 64, 1536));
+        assert_eq!(c.stack.layers[29], full_layer(3, 3, 64, 1536));
         assert_eq!(c.rope_theta, 100000.0);
         assert!(c.is_uniform_full());
         let back = c.to_json();

@@ -250,7 +250,7 @@ impl LoraAdapter {
                 .expect("a layer tensor");
             [s[0], s[1]]
         };
-        (0..model.layers.len())
+        (0..model.stack.len())
             .flat_map(|layer| {
                 lora.target_keys()
                     .into_iter()

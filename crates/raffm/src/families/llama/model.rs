@@ -297,6 +297,7 @@ impl<B: FusedOps> LlamaForCausalLM<B> {
             eps: config.rms_norm_eps,
         };
         let layers = config
+            .stack
             .layers
             .iter()
             .enumerate()

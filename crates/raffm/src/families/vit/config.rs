@@ -7,14 +7,12 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::elastic::{Axis, AxisSizes, Widths};
 use crate::error::{Error, Result};
 use crate::families::config_fields::Fields;
-
-pub use crate::families::bert::config::ELASTIC_KEY;
+use crate::families::layer_stack::LayerStack;
 
 /// Which HF layout: the names, the layer's parts and the classification head differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,22 +84,13 @@ pub struct VitConfig {
     /// Task head: `...ForImageClassification` with these labels (empty: a backbone).
     pub classifier: bool,
     pub num_labels: usize,
-    /// Per-layer widths: heads, head_dim, ffn.
-    pub layers: Vec<AxisSizes>,
-    /// The global layer each layer is (`0..n` for a model with all its layers).
-    pub global_layers: Vec<usize>,
+    /// Per-layer widths (heads, head_dim, ffn) and the global layer each is.
+    pub stack: LayerStack,
     raw: Map<String, Value>,
 }
 
-/// The `"raffm"` section: a sub-model's widths.
-#[derive(Serialize, Deserialize)]
-struct ElasticJson {
-    layers: Vec<AxisSizes>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    global_layers: Option<Vec<usize>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    attention_scale_head_dim: Option<usize>,
-}
+/// The widths of each layer.
+const LAYER_AXES: [Axis; 3] = [Axis::Heads, Axis::HeadDim, Axis::Ffn];
 
 impl VitConfig {
     /// Builds the typed view from a parsed `config.json`; `path` only names it in errors.
@@ -151,25 +140,9 @@ impl VitConfig {
             Variant::Vit => 1e-12,
             Variant::Dinov2 => 1e-6,
         };
-        let (layers, global_layers, attention_scale_head_dim) = match raw.get(ELASTIC_KEY) {
-            Some(elastic) => {
-                let elastic: ElasticJson = serde_json::from_value(elastic.clone())
-                    .map_err(|e| bad(format!("invalid `{ELASTIC_KEY}` section: {e}")))?;
-                let global_layers = elastic
-                    .global_layers
-                    .unwrap_or_else(|| (0..elastic.layers.len()).collect());
-                let scale = elastic.attention_scale_head_dim.unwrap_or(head_dim);
-                (elastic.layers, global_layers, scale)
-            }
-            None => (
-                vec![
-                    full_layer(num_attention_heads, head_dim, intermediate_size);
-                    num_hidden_layers
-                ],
-                (0..num_hidden_layers).collect(),
-                head_dim,
-            ),
-        };
+        let full = || Ok(full_layer(num_attention_heads, head_dim, intermediate_size));
+        let (stack, scale) = LayerStack::read(&raw, num_hidden_layers, full).map_err(bad)?;
+        let attention_scale_head_dim = scale.unwrap_or(head_dim);
         let architectures: Vec<&str> = f
             .get("architectures")
             .and_then(Value::as_array)
@@ -197,16 +170,9 @@ impl VitConfig {
             use_mask_token: variant == Variant::Dinov2 && f.bool("use_mask_token", true)?,
             classifier,
             num_labels,
-            layers,
-            global_layers,
+            stack,
             raw,
         };
-        if config.layers.len() != num_hidden_layers {
-            return Err(bad(format!(
-                "`{ELASTIC_KEY}.layers` has {} entries but num_hidden_layers is {num_hidden_layers}",
-                config.layers.len()
-            )));
-        }
         config.validate().map_err(bad)?;
         Ok(config)
     }
@@ -235,27 +201,7 @@ impl VitConfig {
         if self.classifier && self.num_labels == 0 {
             return Err("an image classifier needs id2label or num_labels".into());
         }
-        if self.layers.is_empty() {
-            return Err("num_hidden_layers must be at least 1".into());
-        }
-        if self.global_layers.len() != self.layers.len() {
-            return Err(format!(
-                "`{ELASTIC_KEY}.global_layers` has {} entries for {} layers",
-                self.global_layers.len(),
-                self.layers.len()
-            ));
-        }
-        for (i, l) in self.layers.iter().enumerate() {
-            for axis in [Axis::Heads, Axis::HeadDim, Axis::Ffn] {
-                match l.0.get(&axis) {
-                    Some(&n) if n > 0 => {}
-                    _ => return Err(format!("layer {i}: `{axis}` must be at least 1, got {l}")),
-                }
-            }
-            if l.0.len() != 3 {
-                return Err(format!("layer {i}: unknown widths in {l}"));
-            }
-        }
+        self.stack.validate(&LAYER_AXES)?;
         Ok(())
     }
 
@@ -279,9 +225,7 @@ impl VitConfig {
 
     /// True when HF's reading of the config describes the model exactly.
     pub fn is_uniform_full(&self) -> bool {
-        let full = self.full_layer();
-        self.layers.iter().all(|l| *l == full)
-            && self.global_layers.iter().enumerate().all(|(i, &g)| i == g)
+        self.stack.is_full(&self.full_layer())
             && self.attention_scale_head_dim == self.head_dim
             && self.num_attention_heads * self.head_dim == self.hidden_size
             && (self.variant == Variant::Vit
@@ -289,11 +233,8 @@ impl VitConfig {
     }
 
     pub fn widths(&self) -> Widths {
-        Widths {
-            global: AxisSizes::of(&[(Axis::Hidden, self.hidden_size)]),
-            layers: self.layers.clone(),
-            global_layers: self.global_layers.clone(),
-        }
+        self.stack
+            .widths(AxisSizes::of(&[(Axis::Hidden, self.hidden_size)]))
     }
 
     /// A copy with other widths (a sub-model's config). Where every layer is alike and
@@ -302,13 +243,7 @@ impl VitConfig {
     pub fn with_widths(&self, widths: &Widths) -> Result<Self> {
         let mut c = self.clone();
         c.hidden_size = widths.global.get(Axis::Hidden);
-        c.layers = widths.layers.clone();
-        c.global_layers = widths.global_layers.clone();
-        if let Some(first) = c
-            .layers
-            .first()
-            .filter(|f| c.layers.iter().all(|l| l == *f))
-        {
+        if let Some(first) = c.stack.set(widths) {
             c.num_attention_heads = first.get(Axis::Heads);
             c.head_dim = first.get(Axis::HeadDim);
             c.intermediate_size = first.get(Axis::Ffn);
@@ -353,7 +288,7 @@ impl VitConfig {
         let mut raw = self.raw.clone();
         raw.insert("model_type".into(), json!(self.variant.model_type()));
         raw.insert("hidden_size".into(), json!(self.hidden_size));
-        raw.insert("num_hidden_layers".into(), json!(self.layers.len()));
+        raw.insert("num_hidden_layers".into(), json!(self.stack.len()));
         raw.insert(
             "num_attention_heads".into(),
             json!(self.num_attention_heads),
@@ -377,20 +312,8 @@ impl VitConfig {
             raw.insert("architectures".into(), json!([name]));
             raw.insert("num_labels".into(), json!(self.num_labels));
         }
-        if self.is_uniform_full() {
-            raw.remove(ELASTIC_KEY);
-        } else {
-            let identity = self.global_layers.iter().enumerate().all(|(i, &g)| i == g);
-            let elastic = ElasticJson {
-                layers: self.layers.clone(),
-                global_layers: (!identity).then(|| self.global_layers.clone()),
-                attention_scale_head_dim: Some(self.attention_scale_head_dim),
-            };
-            raw.insert(
-                ELASTIC_KEY.into(),
-                serde_json::to_value(elastic).expect("plain struct serializes"),
-            );
-        }
+        let scale = Some(self.attention_scale_head_dim);
+        self.stack.write(&mut raw, self.is_uniform_full(), scale);
         Value::Object(raw)
     }
 }

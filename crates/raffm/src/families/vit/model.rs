@@ -308,6 +308,7 @@ impl<B: Backend> VitModel<B> {
                 grid: config.grid(),
             },
             layers: config
+                .stack
                 .layers
                 .iter()
                 .enumerate()
