@@ -201,3 +201,56 @@ fn a_failed_run_keeps_an_existing_output() {
         before
     );
 }
+
+/// The stage run in-process writes what its binary writes (the same weights, byte for
+/// byte) and returns the record its manifest holds.
+#[test]
+fn the_stage_in_process_writes_what_the_binary_writes() {
+    use raffm::manifest::{Manifest, StageRecord};
+    use raffm::stages::prioritize;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    tiny(&input);
+    let by_binary = dir.path().join("binary");
+    assert!(run(&input, &by_binary).status.success());
+    let args = prioritize::Args {
+        input: input.clone(),
+        output: dir.path().join("library"),
+        norm: Norm::L1,
+        quiet: true,
+    };
+    let record = prioritize::run(&args).unwrap();
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert_eq!(weights(&by_binary), weights(&args.output));
+    let manifest = Manifest::load(&args.output.join("manifest.json")).unwrap();
+    let (StageRecord::Prioritize(returned), StageRecord::Prioritize(written)) =
+        (&record, &manifest.record)
+    else {
+        panic!("{record:?}");
+    };
+    assert!(returned.metrics.axes_reordered > 0);
+    assert_eq!(
+        returned.metrics.axes_reordered,
+        written.metrics.axes_reordered
+    );
+    // The orders as written; the scores too, but serde_json reads a float back to within
+    // an ulp, not always to the bit.
+    let orders = |p: &raffm::manifest::Prioritized| {
+        let mut v = serde_json::to_value(&p.permutations).unwrap();
+        for p in v.as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("salience");
+        }
+        v
+    };
+    assert_eq!(orders(returned), orders(written));
+
+    // Bad input is the library's typed error, naming the file.
+    let missing = prioritize::Args {
+        input: dir.path().join("nowhere"),
+        output: dir.path().join("out2"),
+        ..args
+    };
+    let err = prioritize::run(&missing).unwrap_err().to_string();
+    assert!(err.contains("nowhere"), "{err}");
+    assert!(!missing.output.exists());
+}

@@ -40,6 +40,7 @@ pub mod privacy;
 pub mod rng;
 pub mod safetensors_header;
 pub mod search;
+pub mod stages;
 pub mod sys;
 pub mod tensor;
 pub mod tokenizer;
