@@ -2,4 +2,5 @@
 //! record it wrote into its output's manifest, so a test or a driver runs a stage
 //! in-process the way its binary runs it. A binary is a short `main` around one of these.
 
+pub mod deploy_scale;
 pub mod prioritize;

@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::Context;
-
-use raffm::io::{FileRecord, StagingDir};
+use crate::error::{Error, Result};
+use crate::io::{FileRecord, StagingDir};
 
 /// The models written so far, by model key: the client whose folder holds the files, and
 /// the files.
@@ -21,12 +20,7 @@ impl WrittenModels {
 
     /// Links the files of the model `key` into `client_dir`, inside `output`, where
     /// that model was written already; false where it was not.
-    pub fn link(
-        &self,
-        key: &str,
-        output: &Path,
-        client_dir: &mut StagingDir,
-    ) -> anyhow::Result<bool> {
+    pub fn link(&self, key: &str, output: &Path, client_dir: &mut StagingDir) -> Result<bool> {
         let Some((first, records)) = self.0.get(key) else {
             return Ok(false);
         };
@@ -34,7 +28,7 @@ impl WrittenModels {
             let name = Path::new(&record.path)
                 .file_name()
                 .and_then(|n| n.to_str())
-                .context("a written file has a name")?;
+                .ok_or_else(|| Error::Invalid(format!("{}: a file with no name", record.path)))?;
             client_dir.link(name, &output.join(first).join(name), record)?;
         }
         Ok(true)

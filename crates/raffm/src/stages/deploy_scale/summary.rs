@@ -7,15 +7,16 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::json;
 
-use raffm::cost::Cost;
-use raffm::evaluate::Metrics;
-use raffm::io::{sha256_file, FileRecord, StagingDir};
-use raffm::manifest::{DeployMetrics, DeploySummary, Manifest, StageRecord, TierSummary};
-use raffm::pipeline::round_of;
-use raffm::search::SearchSpace;
-use raffm::Widths;
+use crate::cost::Cost;
+use crate::error::{Error, Result};
+use crate::evaluate::Metrics;
+use crate::io::{sha256_file, FileRecord, StagingDir};
+use crate::manifest::{DeployMetrics, DeploySummary, Manifest, StageRecord, TierSummary};
+use crate::pipeline::round_of;
+use crate::search::SearchSpace;
+use crate::Widths;
 
-use crate::Args;
+use super::Args;
 
 /// One model in the summary.
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +73,7 @@ pub struct Report<'a> {
     pub args: &'a Args,
     pub global_sha256: String,
     /// How sub-models were indexed (`salient` for decoders: their base is prioritized).
-    pub strategy: raffm::extract::Strategy,
+    pub strategy: crate::extract::Strategy,
     /// Whether the global model had to be prioritized here.
     pub prioritized_here: bool,
     pub space: &'a SearchSpace,
@@ -87,7 +88,7 @@ pub struct Report<'a> {
 impl Report<'_> {
     /// Writes summary.json, summary.csv and manifest.json into `staging`, commits it and
     /// prints the tiers (unless --quiet).
-    pub fn write(self, mut staging: StagingDir) -> anyhow::Result<()> {
+    pub fn write(self, mut staging: StagingDir) -> Result<StageRecord> {
         let args = self.args;
         let tiers = tier_summaries(&self.clients);
         let summary = json!({
@@ -103,7 +104,7 @@ impl Report<'_> {
         });
         staging.write(
             "summary.json",
-            format!("{}\n", serde_json::to_string_pretty(&summary)?).as_bytes(),
+            format!("{}\n", json_text(&summary)?).as_bytes(),
         )?;
         staging.write("summary.csv", summary_csv(&self.clients).as_bytes())?;
 
@@ -114,8 +115,9 @@ impl Report<'_> {
             },
             tiers: tiers.clone(),
         };
+        let record = StageRecord::DeployScale(record);
         let mut manifest = Manifest::new(
-            StageRecord::DeployScale(record),
+            record.clone(),
             "raffm-deploy-scale",
             json!({
                 "global": args.global, "budgets": args.budgets, "partition": args.partition, "output": args.output,
@@ -132,8 +134,14 @@ impl Report<'_> {
         if !args.quiet {
             print_tiers(&tiers);
         }
-        Ok(())
+        Ok(record)
     }
+}
+
+/// `value` as pretty JSON.
+fn json_text(value: &serde_json::Value) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Invalid(format!("the summary does not serialize: {e}")))
 }
 
 /// Per tier: the first client's sizes (every client of a tier has the same budget) and

@@ -1,36 +1,38 @@
 //! Deploying after a LoRA round (--global is an adapter): every client gets a plain
 //! decoder, the largest base sub-model its device runs with the global adapter merged in
-//! ([`raffm::adapter::deploy`]). Both of a client's models are scored by option
+//! ([`crate::adapter::deploy`]). Both of a client's models are scored by option
 //! log-likelihood, as raffm-evaluate scores adapters: the base sub-model it trained on
 //! with its adapter (its rank), and the merged decoder.
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use serde_json::json;
 
-use raffm::adapter::deploy::{deployed_manifest, plan_decoder};
-use raffm::adapter::evaluate::{encoded_examples, evaluate_encoded, tokenizer};
-use raffm::adapter::extract::AdapterRequest;
-use raffm::adapter::{AdapterFolder, LORA_SEQ_LEN};
-use raffm::burn::tensor::backend::AutodiffBackend;
-use raffm::evaluate::Metrics;
-use raffm::extract::Strategy;
-use raffm::families::llama::lora::LoraAdapter;
-use raffm::io::StagingDir;
-use raffm::partition::Partition;
-use raffm::pipeline::Budgets;
-use raffm::{with_backend, Checkpoint};
+use crate::adapter::deploy::{deployed_manifest, plan_decoder};
+use crate::adapter::evaluate::{encoded_examples, evaluate_encoded, tokenizer};
+use crate::adapter::extract::AdapterRequest;
+use crate::adapter::{AdapterFolder, LORA_SEQ_LEN};
+use crate::burn::tensor::backend::AutodiffBackend;
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::evaluate::Metrics;
+use crate::extract::Strategy;
+use crate::families::llama::lora::LoraAdapter;
+use crate::io::StagingDir;
+use crate::manifest::StageRecord;
+use crate::partition::Partition;
+use crate::pipeline::Budgets;
+use crate::with_backend;
 
-use crate::files::WrittenModels;
-use crate::summary::{ClientSummary, ModelSummary, Report};
-use crate::{selected_clients, Args};
+use super::files::WrittenModels;
+use super::summary::{ClientSummary, ModelSummary, Report};
+use super::{selected_clients, Args};
 
 /// Deploys the adapter `args.global` to the clients, into `staging`.
-pub fn deploy(args: &Args, staging: StagingDir, progress: &ProgressBar) -> anyhow::Result<()> {
+pub fn deploy(args: &Args, staging: StagingDir, progress: &ProgressBar) -> Result<StageRecord> {
     if args.strategy.is_some_and(|s| s != Strategy::Salient) {
-        bail!("--strategy: a decoder's base sub-models are the leading rows and columns of its prioritized base, as in its rounds; only `salient` applies");
+        return Err(Error::Invalid("--strategy: a decoder's base sub-models are the leading rows and columns of its prioritized base, as in its rounds; only `salient` applies".into()));
     }
     let budgets = Budgets::load(&args.budgets)?;
     let partition = Partition::load(&args.partition)?;
@@ -70,10 +72,10 @@ pub fn deploy(args: &Args, staging: StagingDir, progress: &ProgressBar) -> anyho
         };
         for budget in &clients {
             let client = budget.client.as_str();
-            let lora = budget.lora.as_ref().with_context(|| {
-                format!(
-                    "{}: client {client} has no LoRA tier, yet --global is an adapter",
-                    args.budgets.display()
+            let lora = budget.lora.as_ref().ok_or_else(|| {
+                Error::format(
+                    &args.budgets,
+                    format!("client {client} has no LoRA tier, yet --global is an adapter"),
                 )
             })?;
             let request = AdapterRequest {
