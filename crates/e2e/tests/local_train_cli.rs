@@ -346,3 +346,60 @@ fn user_errors_are_one_line() {
     );
     assert!(!d.join("x").exists() && !d.join("q.json").exists());
 }
+
+/// The stage run in-process, from the same options, trains the same weights, bit for bit,
+/// as its binary, and returns the record its manifest holds.
+#[test]
+fn the_stage_in_process_trains_what_the_binary_trains() {
+    use clap::Parser;
+    use raffm::manifest::{Manifest, StageRecord};
+    use raffm::stages::local_train;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    two_client_partition(d, &d.join("partition.json"));
+    init_head(d, &d.join("head"));
+    let options = |out: &str| {
+        let at = |p: &str| d.join(p).to_str().unwrap().to_string();
+        let mut args = vec![
+            "raffm-local-train".to_string(),
+            "--model".into(),
+            at("head"),
+        ];
+        args.extend(["--partition".into(), at("partition.json")]);
+        args.extend(
+            [
+                "--client",
+                "c001",
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--seed",
+                "7",
+                "--quiet",
+            ]
+            .map(String::from),
+        );
+        args.extend(["--output".into(), at(out)]);
+        args
+    };
+    let by_binary = options("binary");
+    ok(Command::new(bin("raffm-local-train"))
+        .args(&by_binary[1..])
+        .output()
+        .unwrap());
+    let args = local_train::Args::try_parse_from(options("library")).unwrap();
+    let record = local_train::run(&args).unwrap();
+    let weights = |p: &str| std::fs::read(d.join(p).join("model.safetensors")).unwrap();
+    assert_eq!(weights("binary"), weights("library"));
+    let written = Manifest::load(&d.join("library/manifest.json")).unwrap();
+    match (&record, &written.record) {
+        (StageRecord::LocalTrain(r), StageRecord::LocalTrain(w)) => {
+            assert_eq!(r.client, "c001");
+            assert_eq!(r.metrics.steps, 3);
+            assert_eq!(r.metrics.steps, w.metrics.steps);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -3,4 +3,5 @@
 //! in-process the way its binary runs it. A binary is a short `main` around one of these.
 
 pub mod deploy_scale;
+pub mod local_train;
 pub mod prioritize;
