@@ -177,3 +177,40 @@ fn thirty_percent_of_minilm_fits_the_built_in_space() {
     let widths = sub.config.widths();
     assert!(widths.global.get(raffm::Axis::Hidden) < 384 || widths.layers.len() < 6);
 }
+
+/// The stage run in-process, from the same options, writes the binary's sub-models byte
+/// for byte and returns one extract record per client, in client order.
+#[test]
+fn the_stage_in_process_extracts_what_the_binary_extracts() {
+    use clap::Parser;
+    use raffm::manifest::StageRecord;
+    use raffm::stages::extract;
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("global");
+    global(&g);
+    let options = |out: &str| {
+        let (g, out) = (g.to_str().unwrap(), dir.path().join(out));
+        let mut args = vec!["raffm-extract", "--global", g, "--clients", "a,b"];
+        args.extend(["--param-fraction", "0.5", "--round", "2", "--quiet"]);
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        args.extend(["--out-dir".to_string(), out.to_str().unwrap().to_string()]);
+        args
+    };
+    let by_binary = options("binary");
+    let o = Command::new(raffm_e2e::bin("raffm-extract"))
+        .args(&by_binary[1..])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = extract::Args::try_parse_from(options("library")).unwrap();
+    let records = extract::run(&args).unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| matches!(r, StageRecord::Extract(_))));
+    for client in ["a", "b"] {
+        let weights = |out: &str| {
+            let path = dir.path().join(out).join(client).join("model.safetensors");
+            std::fs::read(path).unwrap()
+        };
+        assert_eq!(weights("binary"), weights("library"), "{client}");
+    }
+}

@@ -3,5 +3,6 @@
 //! in-process the way its binary runs it. A binary is a short `main` around one of these.
 
 pub mod deploy_scale;
+pub mod extract;
 pub mod local_train;
 pub mod prioritize;
