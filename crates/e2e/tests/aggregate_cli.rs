@@ -194,3 +194,40 @@ fn good_update_aggregates_and_bad_ones_are_named() {
     assert_eq!(m["skipped"].as_array().unwrap().len(), 1);
     assert!(!d.join("x").exists());
 }
+
+/// The stage run in-process, from the same options, writes the binary's next global model
+/// byte for byte and returns the record its manifest holds.
+#[test]
+fn the_stage_in_process_aggregates_what_the_binary_aggregates() {
+    use clap::Parser;
+    use raffm::manifest::StageRecord;
+    use raffm::stages::aggregate as stage;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let options = |out: &str| -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["raffm-aggregate".into()];
+        args.extend(["--global".into(), d.join("global").into_os_string()]);
+        args.extend(["--updates".into(), d.join("trained/c001").into_os_string()]);
+        args.extend(["--rule".into(), "median".into(), "--quiet".into()]);
+        args.extend(["--output".into(), d.join(out).into_os_string()]);
+        args
+    };
+    let by_binary = options("binary");
+    let o = Command::new(raffm_e2e::bin("raffm-aggregate"))
+        .args(&by_binary[1..])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let args = stage::Args::try_parse_from(options("library")).unwrap();
+    let record = stage::run(&args).unwrap();
+    let weights = |out: &str| std::fs::read(d.join(out).join("model.safetensors")).unwrap();
+    assert_eq!(weights("binary"), weights("library"));
+    match record {
+        StageRecord::Aggregate(a) => {
+            assert_eq!(a.metrics.clients, 1);
+            assert_eq!(a.clients[0].client, "c001");
+        }
+        other => panic!("{other:?}"),
+    }
+}
