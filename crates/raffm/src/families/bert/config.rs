@@ -12,8 +12,8 @@ use serde_json::{json, Map, Value};
 
 use crate::elastic::{Axis, AxisSizes, Widths};
 use crate::error::{Error, Result};
-
 use crate::families::layer_stack::LayerStack;
+
 /// The key under which the elastic widths live in `config.json`.
 pub use crate::families::layer_stack::ELASTIC_KEY;
 
@@ -179,9 +179,14 @@ impl BertConfig {
             Ok(full_layer(num_attention_heads, head_dim, intermediate_size))
         };
         let (stack, scale) = LayerStack::read(&raw, num_hidden_layers, full).map_err(bad)?;
-        let attention_scale_head_dim = scale.or(head_dim).ok_or_else(|| {
-            bad(format!("`{ELASTIC_KEY}.attention_scale_head_dim` is missing and hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}"))
-        })?;
+        // A sub-model's heads may be narrower than hidden / heads says: its section must
+        // give the full model's head dimension, which no field of its own implies.
+        let attention_scale_head_dim = match raw.contains_key(ELASTIC_KEY) {
+            true => scale.ok_or_else(|| {
+                bad(format!("`{ELASTIC_KEY}.attention_scale_head_dim` is missing: a sub-model's section gives the full model's head dimension"))
+            })?,
+            false => head_dim.expect("without a section, read() took whole heads"),
+        };
         let classifier = field(&raw, &["architectures"])
             .and_then(Value::as_array)
             .is_some_and(|a| {
@@ -483,6 +488,19 @@ mod tests {
         let mut zero = c.widths();
         zero.layers[0].set(Axis::Ffn, 0);
         assert!(c.with_widths(&zero).is_err());
+
+        // A sub-model's section without the full head dimension: no field implies it.
+        let mut narrow = c.widths();
+        narrow.layers[0].set(Axis::HeadDim, 16);
+        let Value::Object(mut raw) = c.with_widths(&narrow).unwrap().to_json() else {
+            unreachable!()
+        };
+        raw[ELASTIC_KEY]
+            .as_object_mut()
+            .unwrap()
+            .remove("attention_scale_head_dim");
+        let e = parse(raw).unwrap_err();
+        assert!(e.to_string().contains("attention_scale_head_dim"), "{e}");
     }
 
     #[test]
