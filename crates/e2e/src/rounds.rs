@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use raffm::fixtures::{tiny_reviews, tiny_text_model};
+use raffm::core::fixtures::{tiny_reviews, tiny_text_model};
 
 use crate::bin_dir;
 

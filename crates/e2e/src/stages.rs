@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use raffm::fixtures::{tiny_reviews, tiny_text_model};
+use raffm::core::fixtures::{tiny_reviews, tiny_text_model};
 
 use crate::{assets, bin};
 

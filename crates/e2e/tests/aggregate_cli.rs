@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::Checkpoint;
-use raffm::fixtures::tiny_text_model;
+use raffm::core::checkpoint::Checkpoint;
+use raffm::core::fixtures::tiny_text_model;
 
 fn aggregate(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(raffm_e2e::bin("raffm-aggregate"))
@@ -200,7 +200,7 @@ fn good_update_aggregates_and_bad_ones_are_named() {
 #[test]
 fn the_stage_in_process_aggregates_what_the_binary_aggregates() {
     use clap::Parser;
-    use raffm::manifest::StageRecord;
+    use raffm::core::manifest::StageRecord;
     use raffm::stages::aggregate as stage;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -2,9 +2,9 @@
 
 use std::process::Command;
 
-use raffm::checkpoint::Checkpoint;
-use raffm::families::bert::{tiny_model, Variant};
-use raffm::pipeline::Budgets;
+use raffm::core::checkpoint::Checkpoint;
+use raffm::fl::pipeline::Budgets;
+use raffm::models::families::bert::{tiny_model, Variant};
 
 #[test]
 fn same_seed_same_file_and_every_client_has_a_budget() {

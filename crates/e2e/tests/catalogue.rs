@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use raffm::fixtures::tiny_reviews;
+use raffm::core::fixtures::tiny_reviews;
 use raffm_e2e::{bin, gguf_path, import_refused, ok, run, snapshot, Fixture};
 
 /// Overwrites `bytes.len()` bytes of `file` at `offset`.
@@ -822,8 +822,8 @@ fn the_second_audit_is_refused_cleanly() {
     // A consistent model without layers: config and tensors agree on none.
     let no_layers = p("bad/no-layers");
     let one_layer = raffm::Checkpoint::random(
-        &raffm::families::bert::tiny_model(
-            raffm::families::bert::Variant::Bert,
+        &raffm::models::families::bert::tiny_model(
+            raffm::models::families::bert::Variant::Bert,
             1,
             32,
             4,
@@ -837,14 +837,14 @@ fn the_second_audit_is_refused_cleanly() {
     config["num_hidden_layers"] = 0.into();
     config.as_object_mut().unwrap().remove("raffm");
     std::fs::write(format!("{no_layers}/config.json"), config.to_string()).unwrap();
-    let outer: Vec<(String, &raffm::tensor::HostTensor)> = one_layer
+    let outer: Vec<(String, &raffm::core::tensor::HostTensor)> = one_layer
         .tensors
         .iter()
         .filter(|(name, _)| !name.contains("layer."))
         .map(|(name, t)| (one_layer.config.hf_name(name, false), t))
         .collect();
     let mut weights = std::fs::File::create(format!("{no_layers}/model.safetensors")).unwrap();
-    raffm::checkpoint::write_safetensors(&mut weights, &outer).unwrap();
+    raffm::core::checkpoint::write_safetensors(&mut weights, &outer).unwrap();
     std::fs::copy(p("model/vocab.txt"), format!("{no_layers}/vocab.txt")).unwrap();
 
     // budgets.json: a device of 0 bytes; two clients of one tier with different limits.
@@ -862,7 +862,9 @@ fn the_second_audit_is_refused_cleanly() {
     let rehashed = f.copy("run/trained/c000", "bad/rehashed");
     let config = format!("{rehashed}/config.json");
     edit_json(&config, |c| c["hidden_size"] = 24.into());
-    let digest = raffm::io::sha256_file(Path::new(&config)).unwrap().sha256;
+    let digest = raffm::core::io::sha256_file(Path::new(&config))
+        .unwrap()
+        .sha256;
     edit_json(&format!("{rehashed}/manifest.json"), |m| {
         for o in m["outputs"].as_array_mut().unwrap() {
             if o["path"].as_str().unwrap().ends_with("config.json") {
@@ -1146,7 +1148,7 @@ fn a_tier_name_is_a_label_for_the_limits_beside_it() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{o}/c000/manifest.json")).unwrap())
             .unwrap();
-    let want = raffm::pipeline::Budgets::load(Path::new(&budgets))
+    let want = raffm::fl::pipeline::Budgets::load(Path::new(&budgets))
         .unwrap()
         .clients[0]
         .train

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use raffm::fixtures::tiny_text_model;
+use raffm::core::fixtures::tiny_text_model;
 use raffm::Checkpoint;
 
 fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {

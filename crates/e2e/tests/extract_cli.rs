@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::Checkpoint;
-use raffm::cost::{CostModel, TrainingShape};
-use raffm::elastic::index::IndexMap;
-use raffm::families::bert::{tiny_model, Variant};
-use raffm::pipeline::{make_budgets, Pipeline};
+use raffm::core::checkpoint::Checkpoint;
+use raffm::core::elastic::index::IndexMap;
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::pipeline::{make_budgets, Pipeline};
+use raffm::models::families::bert::{tiny_model, Variant};
 
 fn extract(args: &[&str], paths: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(raffm_e2e::bin("raffm-extract"));
@@ -23,7 +23,7 @@ fn global(dir: &Path) -> Checkpoint {
     let labels = vec!["a".to_string(), "b".to_string()];
     let c = Checkpoint::random(&config, 1).with_classification_head(&labels, 2);
     c.save(dir).unwrap();
-    raffm::fixtures::write_vocabulary(dir);
+    raffm::core::fixtures::write_vocabulary(dir);
     Checkpoint::load(dir).unwrap()
 }
 
@@ -183,7 +183,7 @@ fn thirty_percent_of_minilm_fits_the_built_in_space() {
 #[test]
 fn the_stage_in_process_extracts_what_the_binary_extracts() {
     use clap::Parser;
-    use raffm::manifest::StageRecord;
+    use raffm::core::manifest::StageRecord;
     use raffm::stages::extract;
     let dir = tempfile::tempdir().unwrap();
     let g = dir.path().join("global");

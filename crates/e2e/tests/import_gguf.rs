@@ -37,7 +37,7 @@ fn safetensors_digests(path: &Path) -> BTreeMap<String, (Vec<u64>, String)> {
                 offsets[0].as_u64().unwrap() as usize,
                 offsets[1].as_u64().unwrap() as usize,
             );
-            (name, (shape, raffm::io::sha256_bytes(&data[a..b])))
+            (name, (shape, raffm::core::io::sha256_bytes(&data[a..b])))
         })
         .collect()
 }

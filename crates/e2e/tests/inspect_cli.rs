@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::fixtures::tiny_text_model;
+use raffm::core::fixtures::tiny_text_model;
 use raffm::Checkpoint;
 use serde_json::{json, Value};
 

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::elastic::TensorKind;
-use raffm::fixtures::{tiny_reviews, tiny_text_model};
+use raffm::core::elastic::TensorKind;
+use raffm::core::fixtures::{tiny_reviews, tiny_text_model};
 use raffm::Checkpoint;
 
 use raffm_e2e::bin;
@@ -144,7 +144,7 @@ fn partition_init_train_evaluate() {
         m["metrics"]["bytes_downloaded"],
         m["metrics"]["bytes_uploaded"]
     );
-    let head_sha = raffm::io::sha256_file(&head.join("model.safetensors"))
+    let head_sha = raffm::core::io::sha256_file(&head.join("model.safetensors"))
         .unwrap()
         .sha256;
     assert_eq!(m["inputs"][1]["sha256"], head_sha.as_str());
@@ -352,7 +352,7 @@ fn user_errors_are_one_line() {
 #[test]
 fn the_stage_in_process_trains_what_the_binary_trains() {
     use clap::Parser;
-    use raffm::manifest::{Manifest, StageRecord};
+    use raffm::core::manifest::{Manifest, StageRecord};
     use raffm::stages::local_train;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use raffm::adapter::{factor_name, factors, AdapterFolder};
-use raffm::families::llama::lora::LoraAdapter;
-use raffm::manifest::{Manifest, StageRecord};
+use raffm::core::manifest::{Manifest, StageRecord};
+use raffm::fl::adapter::{factor_name, factors, AdapterFolder};
+use raffm::models::families::llama::lora::LoraAdapter;
 use raffm::Checkpoint;
 use raffm_e2e::{ok, run};
 
@@ -379,10 +379,12 @@ fn deploy(tmp: &Path, eval: &serde_json::Value, merged: &Checkpoint) {
     }
     let weights = |dir: &str| Path::new(at(dir)).join("model.safetensors");
     assert_eq!(
-        raffm::io::sha256_file(&weights("deploy/c000"))
+        raffm::core::io::sha256_file(&weights("deploy/c000"))
             .unwrap()
             .sha256,
-        raffm::io::sha256_file(&weights("merged")).unwrap().sha256
+        raffm::core::io::sha256_file(&weights("merged"))
+            .unwrap()
+            .sha256
     );
     let manifest = Manifest::load(&Path::new(at("deploy")).join("manifest.json")).unwrap();
     match manifest.record {

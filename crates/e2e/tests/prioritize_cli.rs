@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use raffm::checkpoint::Checkpoint;
-use raffm::elastic::index::Kept;
-use raffm::families::bert::{tiny_model, Variant};
-use raffm::prioritize::{is_prioritized, salience};
-use raffm::tensor::Norm;
+use raffm::core::checkpoint::Checkpoint;
+use raffm::core::elastic::index::Kept;
+use raffm::core::tensor::Norm;
+use raffm::fl::prioritize::{is_prioritized, salience};
+use raffm::models::families::bert::{tiny_model, Variant};
 
 fn prioritize(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(raffm_e2e::bin("raffm-prioritize"))
@@ -29,7 +29,7 @@ fn run(input: &Path, output: &Path) -> Output {
 fn tiny(dir: &Path) {
     let config = tiny_model(Variant::Bert, 2, 16, 4, 24, false);
     Checkpoint::random(&config, 4).save(dir).unwrap();
-    raffm::fixtures::write_vocabulary(dir);
+    raffm::core::fixtures::write_vocabulary(dir);
 }
 
 /// A failed run: non-zero exit, exactly one line on stderr mentioning every `needle`,
@@ -84,11 +84,11 @@ fn writes_a_prioritized_checkpoint_with_its_manifest() {
             .unwrap();
     assert_eq!(manifest["stage"], "prioritize");
     assert_eq!(manifest["parameters"]["norm"], "l2");
-    let input_sha = raffm::io::sha256_file(&input.join("model.safetensors"))
+    let input_sha = raffm::core::io::sha256_file(&input.join("model.safetensors"))
         .unwrap()
         .sha256;
     assert_eq!(manifest["inputs"][1]["sha256"], input_sha.as_str());
-    let output_sha = raffm::io::sha256_file(&output.join("model.safetensors"))
+    let output_sha = raffm::core::io::sha256_file(&output.join("model.safetensors"))
         .unwrap()
         .sha256;
     assert!(manifest["outputs"]
@@ -206,7 +206,7 @@ fn a_failed_run_keeps_an_existing_output() {
 /// byte) and returns the record its manifest holds.
 #[test]
 fn the_stage_in_process_writes_what_the_binary_writes() {
-    use raffm::manifest::{Manifest, StageRecord};
+    use raffm::core::manifest::{Manifest, StageRecord};
     use raffm::stages::prioritize;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
@@ -235,7 +235,7 @@ fn the_stage_in_process_writes_what_the_binary_writes() {
     );
     // The orders as written; the scores too, but serde_json reads a float back to within
     // an ulp, not always to the bit.
-    let orders = |p: &raffm::manifest::Prioritized| {
+    let orders = |p: &raffm::core::manifest::Prioritized| {
         let mut v = serde_json::to_value(&p.permutations).unwrap();
         for p in v.as_array_mut().unwrap() {
             p.as_object_mut().unwrap().remove("salience");

@@ -276,7 +276,7 @@ fn deploy_ablation_and_report_after_the_rounds() {
 
 #[test]
 fn dp_rounds_record_their_epsilon_and_a_round_past_the_target_does_not_start() {
-    use raffm::privacy::accountant::epsilon;
+    use raffm::fl::privacy::accountant::epsilon;
     let (q, sigma, delta) = (0.5, 1.0, 1e-5);
     // A target between the loss after two rounds and after three.
     let target = (epsilon(q, sigma, 2, delta).epsilon + epsilon(q, sigma, 3, delta).epsilon) / 2.0;

@@ -11,7 +11,7 @@ fn tiny_dinov2() -> PathBuf {
 }
 
 fn folder(root: &Path) {
-    raffm::fixtures::tiny_image_folder(root, 6);
+    raffm::core::fixtures::tiny_image_folder(root, 6);
 }
 
 #[test]
@@ -64,14 +64,14 @@ fn a_probe_reads_a_partition_with_a_test_split() {
     let tmp = tempfile::tempdir().unwrap();
     let file = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
     let labels: Vec<u8> = (0..12).map(|i| i % 3).collect();
-    raffm::fixtures::tiny_idx(
+    raffm::core::fixtures::tiny_idx(
         Path::new(&file("train-images-idx3-ubyte")),
         Path::new(&file("train-labels-idx1-ubyte")),
         6,
         6,
         &labels,
     );
-    raffm::fixtures::tiny_idx(
+    raffm::core::fixtures::tiny_idx(
         Path::new(&file("t10k-images-idx3-ubyte")),
         Path::new(&file("t10k-labels-idx1-ubyte")),
         6,
@@ -169,8 +169,8 @@ fn bad_inputs_are_one_line_errors() {
 fn the_stages_train_and_evaluate_a_vision_model_on_an_image_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let p = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
-    raffm::fixtures::tiny_image_folder(&tmp.path().join("images"), 10);
-    raffm::fixtures::tiny_vision_model(&tmp.path().join("backbone"));
+    raffm::core::fixtures::tiny_image_folder(&tmp.path().join("images"), 10);
+    raffm::core::fixtures::tiny_vision_model(&tmp.path().join("backbone"));
     ok(
         "raffm-partition",
         &[
@@ -197,7 +197,7 @@ fn the_stages_train_and_evaluate_a_vision_model_on_an_image_folder() {
     );
 
     // A text model refuses an input size; a vision model gets it in its preprocessor file.
-    let text_model = raffm::fixtures::tiny_text_model(&tmp.path().join("bert"));
+    let text_model = raffm::core::fixtures::tiny_text_model(&tmp.path().join("bert"));
     let out = run(
         "raffm-init-head",
         &[
@@ -291,7 +291,7 @@ fn the_stages_train_and_evaluate_a_vision_model_on_an_image_folder() {
     );
 
     // Text data on a vision model: one clear line, nothing written.
-    raffm::fixtures::tiny_reviews(&tmp.path().join("reviews.jsonl"), 20);
+    raffm::core::fixtures::tiny_reviews(&tmp.path().join("reviews.jsonl"), 20);
     ok(
         "raffm-partition",
         &[

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use raffm::fixtures::{tiny_image_folder, tiny_vision_model};
+use raffm::core::fixtures::{tiny_image_folder, tiny_vision_model};
 use raffm_e2e::*;
 
 fn vision_fixture(dir: &Path) -> PathBuf {

@@ -10,5 +10,5 @@ use raffm::stages::extract::{run, Args};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-extract", run(&Args::parse()).map(drop))
+    raffm::core::cli::exit_code("raffm-extract", run(&Args::parse()).map(drop))
 }

@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use raffm::aggregate::{aggregate_dirs, DpRound, Rule, ServerRule, Weighting};
-use raffm::cost::{CostModel, TrainingShape};
-use raffm::extract::{write_client, ClientRequest, Strategy};
-use raffm::io::{sha256_bytes, StagingDir};
-use raffm::privacy::DpFedAvg;
-use raffm::search::{Budget, Policy, SearchSpace};
-use raffm::sys::peak_rss_bytes;
+use raffm::core::io::{sha256_bytes, StagingDir};
+use raffm::core::sys::peak_rss_bytes;
+use raffm::fl::aggregate::{aggregate_dirs, DpRound, Rule, ServerRule, Weighting};
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::extract::{write_client, ClientRequest, Strategy};
+use raffm::fl::privacy::DpFedAvg;
+use raffm::fl::search::{Budget, Policy, SearchSpace};
 use raffm::{Checkpoint, ModelConfig};
 
 #[global_allocator]

@@ -6,11 +6,11 @@
 use std::path::Path;
 use std::time::Instant;
 
-use raffm::cost::{CostModel, TrainingShape};
-use raffm::extract::{depth_plan, write_client, ClientRequest, Strategy};
-use raffm::io::StagingDir;
-use raffm::rng::SplitMix64;
-use raffm::search::{choose, Budget, Policy, SearchSpace};
+use raffm::core::io::StagingDir;
+use raffm::core::rng::SplitMix64;
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::extract::{depth_plan, write_client, ClientRequest, Strategy};
+use raffm::fl::search::{choose, Budget, Policy, SearchSpace};
 use raffm::{Checkpoint, ModelConfig};
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ fn bert_base() -> ModelConfig {
 }
 
 fn peak_rss_mib() -> f64 {
-    raffm::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
+    raffm::core::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
 }
 
 /// A client whose budget is `fraction` of the global model's parameters.

@@ -4,13 +4,13 @@
 
 use std::time::Instant;
 
-use raffm::families::bert::model::BertForSequenceClassification;
-use raffm::rng::SplitMix64;
-use raffm::tokenizer::EncodedBatch;
+use raffm::core::rng::SplitMix64;
+use raffm::data::tokenizer::EncodedBatch;
+use raffm::models::families::bert::model::BertForSequenceClassification;
 use raffm::{Checkpoint, CpuBackend};
 
 fn peak_rss_mib() -> f64 {
-    raffm::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
+    raffm::core::sys::peak_rss_bytes().map_or(f64::NAN, |b| b as f64 / (1 << 20) as f64)
 }
 
 #[global_allocator]

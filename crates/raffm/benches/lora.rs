@@ -20,12 +20,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use raffm::burn::backend::Autodiff;
-use raffm::extract::{extract, select, selection_map, Strategy};
-use raffm::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
-use raffm::llm::{train::train_lora, EncodedExample};
-use raffm::rng::SplitMix64;
-use raffm::sys::peak_rss_bytes;
-use raffm::train::TrainOptions;
+use raffm::core::rng::SplitMix64;
+use raffm::core::sys::peak_rss_bytes;
+use raffm::fl::extract::{extract, select, selection_map, Strategy};
+use raffm::models::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
+use raffm::models::llm::{train::train_lora, EncodedExample};
+use raffm::models::train::TrainOptions;
 use raffm::{Axis, Checkpoint, CpuBackend};
 
 const BATCH: usize = 8;
@@ -44,7 +44,8 @@ fn model(mode: &str) -> Checkpoint {
     if mode != "half" {
         return full;
     }
-    let (prioritized, _) = raffm::prioritize::prioritize(&full, raffm::tensor::Norm::L1, |_| {});
+    let (prioritized, _) =
+        raffm::fl::prioritize::prioritize(&full, raffm::core::tensor::Norm::L1, |_| {});
     let global = prioritized.config.widths();
     let mut widths = global.clone();
     widths
@@ -126,7 +127,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     if let [mode] = &args[..] {
-        raffm::sys::keep_freed_memory();
+        raffm::core::sys::keep_freed_memory();
         return measure(mode);
     }
     let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();

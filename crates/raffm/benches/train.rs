@@ -12,12 +12,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use raffm::burn::backend::Autodiff;
-use raffm::extract::{extract, select, selection_map, Strategy};
-use raffm::families::bert::model::BertForSequenceClassification;
-use raffm::rng::SplitMix64;
-use raffm::sys::peak_rss_bytes;
-use raffm::tokenizer::{collate, TokenizedRow};
-use raffm::train::{train_encoder, TrainData, TrainOptions};
+use raffm::core::rng::SplitMix64;
+use raffm::core::sys::peak_rss_bytes;
+use raffm::data::tokenizer::{collate, TokenizedRow};
+use raffm::fl::extract::{extract, select, selection_map, Strategy};
+use raffm::models::families::bert::model::BertForSequenceClassification;
+use raffm::models::train::{train_encoder, TrainData, TrainOptions};
 use raffm::Axis;
 use raffm::{Checkpoint, CpuBackend};
 
@@ -83,7 +83,7 @@ fn rows(n: usize) -> (Vec<TokenizedRow>, Vec<f32>) {
 }
 
 fn measure(config: &str, mode: &str) {
-    let jiffies_before = raffm::sys::cpu_jiffies();
+    let jiffies_before = raffm::core::sys::cpu_jiffies();
     let checkpoint = model(config);
     let device = Default::default();
     let (line, throughput) = if mode == "train" {
@@ -146,7 +146,7 @@ fn measure(config: &str, mode: &str) {
         ("ffn768", "train") => Some(37.0),
         _ => None,
     };
-    let steal = match (jiffies_before, raffm::sys::cpu_jiffies()) {
+    let steal = match (jiffies_before, raffm::core::sys::cpu_jiffies()) {
         (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
             format!(
                 "  steal {:.0}%",

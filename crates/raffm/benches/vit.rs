@@ -20,10 +20,10 @@ use raffm::burn::nn::loss::CrossEntropyLossConfig;
 use raffm::burn::optim::adaptor::OptimizerAdaptor;
 use raffm::burn::optim::{GradientsParams, Optimizer};
 use raffm::burn::tensor::{Int, Tensor, TensorData};
-use raffm::families::vit::model::VitForImageClassification;
-use raffm::fused::FusedAdamW;
-use raffm::rng::SplitMix64;
-use raffm::sys::peak_rss_bytes;
+use raffm::core::rng::SplitMix64;
+use raffm::core::sys::peak_rss_bytes;
+use raffm::models::families::vit::model::VitForImageClassification;
+use raffm::models::fused::FusedAdamW;
 use raffm::{Checkpoint, CpuBackend};
 
 const BATCH: usize = 32;
@@ -110,7 +110,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     if let [mode, size] = &args[..] {
-        raffm::sys::keep_freed_memory();
+        raffm::core::sys::keep_freed_memory();
         return measure(mode, size.parse().expect("a size in pixels"));
     }
     let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();

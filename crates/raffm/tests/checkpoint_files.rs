@@ -5,8 +5,8 @@ mod common;
 use std::process::Command;
 
 use common::minilm_dir;
-use raffm::checkpoint::Checkpoint;
-use raffm::families::bert::{tiny_model, Variant};
+use raffm::core::checkpoint::Checkpoint;
+use raffm::models::families::bert::{tiny_model, Variant};
 
 #[test]
 fn real_minilm_load_save_load_is_bit_identical() {

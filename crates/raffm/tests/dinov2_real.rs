@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use raffm::burn::tensor::{Tensor, TensorData};
-use raffm::elastic::Axis;
-use raffm::extract::{extract, mask, select, selection_map, Strategy};
-use raffm::families::vit::model::VitModel;
-use raffm::tensor::Norm;
+use raffm::core::elastic::Axis;
+use raffm::core::tensor::Norm;
+use raffm::fl::extract::{extract, mask, select, selection_map, Strategy};
+use raffm::models::families::vit::model::VitModel;
 use raffm::{Checkpoint, CpuBackend};
 use serde_json::Value;
 
@@ -137,7 +137,8 @@ fn the_import_computes_what_the_onnx_graph_computes() {
 #[test]
 fn prioritization_keeps_the_features_and_a_sub_model_is_the_masked_model() {
     let checkpoint = Checkpoint::load(model_dir()).unwrap();
-    let (prioritized, permutations) = raffm::prioritize::prioritize(&checkpoint, Norm::L1, |_| {});
+    let (prioritized, permutations) =
+        raffm::fl::prioritize::prioritize(&checkpoint, Norm::L1, |_| {});
     for axis in [Axis::Hidden, Axis::Heads, Axis::HeadDim, Axis::Ffn] {
         assert!(
             permutations

@@ -6,18 +6,20 @@
 mod common;
 
 use common::{max_abs_diff, minilm_dir, sentences};
-use raffm::aggregate::{aggregate, ClientUpdate};
-use raffm::cost::{CostModel, TrainingShape};
-use raffm::elastic::{Axis, AxisSizes, Widths};
-use raffm::extract::{
+use raffm::core::elastic::{Axis, AxisSizes, Widths};
+use raffm::core::tensor::Norm;
+use raffm::data::tokenizer::{EncodedBatch, TextTokenizer};
+use raffm::fl::aggregate::{aggregate, ClientUpdate};
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::extract::{
     extract, extract_for_client, mask, padded, padding_obstacle, select, selection_map,
     ClientRequest, DepthPolicy, Strategy,
 };
-use raffm::families::bert::model::{BatchTensors, BertForSequenceClassification, BertModel};
-use raffm::prioritize::prioritize;
-use raffm::search::{Budget, Policy, SearchSpace};
-use raffm::tensor::Norm;
-use raffm::tokenizer::{EncodedBatch, TextTokenizer};
+use raffm::fl::prioritize::prioritize;
+use raffm::fl::search::{Budget, Policy, SearchSpace};
+use raffm::models::families::bert::model::{
+    BatchTensors, BertForSequenceClassification, BertModel,
+};
 use raffm::{Checkpoint, CpuBackend};
 
 fn global() -> Checkpoint {
@@ -221,7 +223,7 @@ fn a_sub_model_without_layer_k_equals_the_full_model_with_layer_k_skipped() {
 fn a_narrower_shallower_sub_model_aggregated_unchanged_gives_back_the_real_model() {
     let mut global = global();
     // As read from disk: the hash the update is checked against.
-    global.files.push(raffm::io::FileRecord {
+    global.files.push(raffm::core::io::FileRecord {
         path: "global/model.safetensors".into(),
         sha256: "ab".repeat(32),
         bytes: 0,

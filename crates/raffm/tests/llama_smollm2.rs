@@ -7,10 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
-use raffm::families::llama::lora::{LoraAdapter, LoraConfig, ADAPTER_CONFIG_FILE};
-use raffm::families::llama::model::LlamaForCausalLM;
-use raffm::io::StagingDir;
-use raffm::tensor::Norm;
+use raffm::core::io::StagingDir;
+use raffm::core::tensor::Norm;
+use raffm::models::families::llama::lora::{LoraAdapter, LoraConfig, ADAPTER_CONFIG_FILE};
+use raffm::models::families::llama::model::LlamaForCausalLM;
 use raffm::{burn, Checkpoint, CpuBackend};
 use serde_json::Value;
 
@@ -169,7 +169,8 @@ fn logits_and_token_ids_match_hf_transformers() {
 fn prioritization_keeps_the_logits_on_every_permutable_axis() {
     let checkpoint = Checkpoint::load(smollm2_dir()).unwrap();
     let ids = prompt_ids(&reference());
-    let (prioritized, permutations) = raffm::prioritize::prioritize(&checkpoint, Norm::L1, |_| {});
+    let (prioritized, permutations) =
+        raffm::fl::prioritize::prioritize(&checkpoint, Norm::L1, |_| {});
     // Every permutable axis (hidden, KV groups, query heads in their group, FFN) really
     // moved somewhere, and the head dimension never did.
     for axis in [
@@ -237,9 +238,9 @@ fn first_layers(checkpoint: &Checkpoint, depth: usize) -> Checkpoint {
 }
 
 /// An adapter that has moved away from its start: B drawn too.
-fn trained_looking(config: &raffm::families::llama::LlamaConfig) -> LoraAdapter {
+fn trained_looking(config: &raffm::models::families::llama::LlamaConfig) -> LoraAdapter {
     let mut adapter = LoraAdapter::init(&lora(8), config, 2);
-    let mut rng = raffm::rng::SplitMix64::new(3);
+    let mut rng = raffm::core::rng::SplitMix64::new(3);
     for pair in adapter.modules.values_mut() {
         for b in &mut pair.b.data {
             *b = ((rng.next_f64() - 0.5) * 0.02) as f32;

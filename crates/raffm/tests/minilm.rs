@@ -4,10 +4,10 @@
 mod common;
 
 use common::{max_abs_diff, minilm_dir, reference, sentences};
-use raffm::families::bert::model::{BertForSequenceClassification, BertModel};
-use raffm::prioritize::{is_prioritized, prioritize, salience};
-use raffm::tensor::Norm;
-use raffm::tokenizer::{EncodedBatch, TextTokenizer};
+use raffm::core::tensor::Norm;
+use raffm::data::tokenizer::{EncodedBatch, TextTokenizer};
+use raffm::fl::prioritize::{is_prioritized, prioritize, salience};
+use raffm::models::families::bert::model::{BertForSequenceClassification, BertModel};
 use raffm::Axis;
 use raffm::{Checkpoint, CpuBackend};
 

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use raffm::burn::tensor::{Tensor, TensorData};
-use raffm::families::vit::model::VitForImageClassification;
+use raffm::models::families::vit::model::VitForImageClassification;
 use raffm::{Checkpoint, CpuBackend};
 use serde_json::Value;
 

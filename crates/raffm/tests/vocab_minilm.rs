@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use common::{assets_dir, max_abs_diff, minilm_dir};
-use raffm::cost::{CostModel, TrainingShape};
+use raffm::data::partition::{partition, Scheme};
+use raffm::data::tokenizer::{collate, TextTokenizer, TokenizedRow};
 use raffm::data::{DataSource, Dataset, Format, Input};
-use raffm::extract::{extract_widths, ClientRequest, DepthPolicy, Strategy};
-use raffm::families::bert::model::BertForSequenceClassification;
-use raffm::partition::{partition, Scheme};
-use raffm::search::{Budget, Policy, SearchSpace};
-use raffm::tokenizer::{collate, TextTokenizer, TokenizedRow};
-use raffm::vocab::{data_tokens, with_decoys, ClientVocabulary};
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::extract::{extract_widths, ClientRequest, DepthPolicy, Strategy};
+use raffm::fl::search::{Budget, Policy, SearchSpace};
+use raffm::fl::vocab::{data_tokens, with_decoys, ClientVocabulary};
+use raffm::models::families::bert::model::BertForSequenceClassification;
 use raffm::{Axis, Checkpoint, CpuBackend};
 
 /// The dataset and the examples of client c000 of a 20-client IID partition.
@@ -57,7 +57,7 @@ fn setup(dataset: &Dataset, examples: &[usize]) -> Setup {
         .with_classification_head(&labels, 3);
     let tokenizer = TextTokenizer::from_dir(&minilm_dir()).unwrap();
     let tokens = data_tokens(&tokenizer, dataset, examples, 30522).unwrap();
-    let vocabulary = with_decoys(&tokens, 30522, 0, &mut raffm::rng::SplitMix64::new(0));
+    let vocabulary = with_decoys(&tokens, 30522, 0, &mut raffm::core::rng::SplitMix64::new(0));
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());
     let space = SearchSpace::per_layer();
     let request = ClientRequest {
@@ -210,7 +210,7 @@ fn a_tokenizer_that_does_not_match_the_model_and_ids_outside_the_vocabulary_are_
         cost_model: &cost_model,
         vocabulary: Some(&outside),
     };
-    let e = raffm::extract::extract_for_client(&global, &request)
+    let e = raffm::fl::extract::extract_for_client(&global, &request)
         .unwrap_err()
         .to_string();
     assert!(

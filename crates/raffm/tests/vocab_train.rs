@@ -4,17 +4,17 @@
 
 use std::path::Path;
 
-use raffm::aggregate::{aggregate, ClientUpdate};
 use raffm::burn::backend::Autodiff;
-use raffm::cost::{CostModel, TrainingShape};
+use raffm::core::elastic::index::IndexMap;
+use raffm::core::fixtures::{tiny_reviews, tiny_text_model};
+use raffm::data::tokenizer::TextTokenizer;
 use raffm::data::{tokenize, DataSource, Dataset, Format};
-use raffm::elastic::index::IndexMap;
-use raffm::extract::{extract_widths, ClientRequest, DepthPolicy, Strategy};
-use raffm::fixtures::{tiny_reviews, tiny_text_model};
-use raffm::search::{Budget, Policy, SearchSpace};
-use raffm::tokenizer::TextTokenizer;
-use raffm::train::{train_encoder, TrainData, TrainOptions};
-use raffm::vocab::{data_tokens, with_decoys};
+use raffm::fl::aggregate::{aggregate, ClientUpdate};
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::extract::{extract_widths, ClientRequest, DepthPolicy, Strategy};
+use raffm::fl::search::{Budget, Policy, SearchSpace};
+use raffm::fl::vocab::{data_tokens, with_decoys};
+use raffm::models::train::{train_encoder, TrainData, TrainOptions};
 use raffm::{Axis, Checkpoint, CpuBackend};
 
 type B = Autodiff<CpuBackend>;
@@ -77,7 +77,12 @@ fn a_client_vocabulary_trains_and_aggregates_to_what_the_full_vocabulary_does() 
     let tokenizer = TextTokenizer::from_dir(&global_dir).unwrap();
     let vocab_size = global.config.vocab_size();
     let tokens = data_tokens(&tokenizer, &dataset, &ids, vocab_size).unwrap();
-    let vocabulary = with_decoys(&tokens, vocab_size, 0, &mut raffm::rng::SplitMix64::new(0));
+    let vocabulary = with_decoys(
+        &tokens,
+        vocab_size,
+        0,
+        &mut raffm::core::rng::SplitMix64::new(0),
+    );
     assert!(vocabulary.kept.len() < vocab_size / 2, "{vocabulary:?}");
 
     let cost_model = CostModel::for_checkpoint(&global, TrainingShape::default());

@@ -7,7 +7,7 @@ use std::process::Command;
 /// Runs `command` and parses the last line it prints; `None` (after printing its stderr)
 /// when it fails.
 pub fn run(command: &mut Command) -> Option<serde_json::Value> {
-    let before = raffm::sys::cpu_jiffies();
+    let before = raffm::core::sys::cpu_jiffies();
     let out = command.output().ok()?;
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
@@ -15,7 +15,7 @@ pub fn run(command: &mut Command) -> Option<serde_json::Value> {
     }
     let mut value: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last()?).ok()?;
-    if let (Some((s0, t0)), Some((s1, t1))) = (before, raffm::sys::cpu_jiffies()) {
+    if let (Some((s0, t0)), Some((s1, t1))) = (before, raffm::core::sys::cpu_jiffies()) {
         value["steal_percent"] = (100.0 * (s1 - s0) as f64 / (t1 - t0).max(1) as f64).into();
     }
     Some(value)

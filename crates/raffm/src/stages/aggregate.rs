@@ -4,18 +4,18 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::adapter::{flexlora, from_factors, write_adapter, AdapterFolder, LORA_SEQ_LEN};
-use crate::aggregate::{aggregate_dirs, DpRound, Outcome, Rule, ServerRule, Weighting};
 use crate::burn::tensor::backend::AutodiffBackend;
-use crate::checkpoint::Checkpoint;
-use crate::cli::EvalArgs;
-use crate::error::{Error, Result};
-use crate::evaluate::evaluate_examples;
-use crate::families::llama::lora::LoraAdapter;
-use crate::io::{sha256_file, StagingDir};
-use crate::manifest::{AggregateMetrics, Aggregated, Manifest, StageRecord};
-use crate::partition::Partition;
-use crate::privacy::{noise_seed, DpFedAvg, SEED_VARIABLE};
+use crate::core::checkpoint::Checkpoint;
+use crate::core::cli::EvalArgs;
+use crate::core::error::{Error, Result};
+use crate::core::io::{sha256_file, StagingDir};
+use crate::core::manifest::{AggregateMetrics, Aggregated, Manifest, StageRecord};
+use crate::data::partition::Partition;
+use crate::fl::adapter::{flexlora, from_factors, write_adapter, AdapterFolder, LORA_SEQ_LEN};
+use crate::fl::aggregate::{aggregate_dirs, DpRound, Outcome, Rule, ServerRule, Weighting};
+use crate::fl::privacy::{noise_seed, DpFedAvg, SEED_VARIABLE};
+use crate::models::evaluate::evaluate_examples;
+use crate::models::families::llama::lora::LoraAdapter;
 use crate::with_backend;
 
 /// Aggregates the round's trained client models into the next global model. Each element
@@ -122,7 +122,7 @@ pub struct Args {
 }
 
 /// The server's rule from the options, and where the DP noise seed came from.
-fn server_rule(args: &Args) -> Result<(ServerRule, Option<crate::privacy::SeedRecord>)> {
+fn server_rule(args: &Args) -> Result<(ServerRule, Option<crate::fl::privacy::SeedRecord>)> {
     // FlexLoRA (adapters only) weights clients as FedAvg does and takes no other option.
     let flexlora = args.rule == "flexlora";
     if flexlora
@@ -225,7 +225,7 @@ struct AdapterGlobal {
 
 impl Global {
     fn load(dir: &Path) -> Result<Self> {
-        if !crate::adapter::is_adapter(dir) {
+        if !crate::fl::adapter::is_adapter(dir) {
             return Ok(Global::Model(Box::new(Checkpoint::load(dir)?)));
         }
         let folder = AdapterFolder::load(dir)?;
@@ -249,7 +249,7 @@ impl Global {
     fn max_seq_len(&self, given: Option<usize>) -> Result<usize> {
         Ok(match self {
             Global::Model(c) => {
-                crate::tokenizer::resolve_max_seq_len(given, c.config.max_positions())?
+                crate::data::tokenizer::resolve_max_seq_len(given, c.config.max_positions())?
             }
             Global::Adapter(_) => given.unwrap_or(LORA_SEQ_LEN),
         })
@@ -287,7 +287,7 @@ fn combine(args: &Args, global: &Global, rule: &ServerRule) -> Result<Outcome> {
 fn round_manifest(
     args: &Args,
     rule: &ServerRule,
-    seed_record: Option<&crate::privacy::SeedRecord>,
+    seed_record: Option<&crate::fl::privacy::SeedRecord>,
     global: &Checkpoint,
     outcome: &Outcome,
 ) -> Manifest {
@@ -360,7 +360,7 @@ fn evaluate_next(
     let result = with_backend!(args.eval.device, B, device, {
         type Inner = <B as AutodiffBackend>::InnerBackend;
         match (global, next_adapter) {
-            (Global::Adapter(a), Some(adapter)) => crate::adapter::evaluate::evaluate::<Inner>(
+            (Global::Adapter(a), Some(adapter)) => crate::fl::adapter::evaluate::evaluate::<Inner>(
                 &a.base,
                 adapter,
                 &partition,
@@ -398,7 +398,7 @@ pub fn run(args: &Args) -> Result<StageRecord> {
     let mut inputs = vec![("--global", args.global.as_path())];
     inputs.extend(args.updates.iter().map(|u| ("--updates", u.as_path())));
     inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
-    crate::io::check_output_apart(("--output", &args.output), &inputs)?;
+    crate::core::io::check_output_apart(("--output", &args.output), &inputs)?;
     // Held from the start, so a concurrent writer of the same output is refused at once.
     let mut staging = StagingDir::new(&args.output)?;
     let (rule, seed_record) = server_rule(args)?;

@@ -5,19 +5,19 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::adapter::extract::{extract_client, AdapterRequest};
-use crate::adapter::AdapterFolder;
-use crate::cli::SpaceArgs;
-use crate::cost::{CostModel, TrainingShape};
+use crate::core::cli::SpaceArgs;
+use crate::core::error::{Error, Result};
+use crate::core::manifest::{Manifest, StageRecord, MANIFEST_FILE};
+use crate::data::partition::Partition;
+use crate::data::tokenizer::TextTokenizer;
 use crate::data::Dataset;
-use crate::error::{Error, Result};
-use crate::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Strategy};
-use crate::manifest::{Manifest, StageRecord, MANIFEST_FILE};
-use crate::partition::Partition;
-use crate::pipeline::Budgets;
-use crate::search::{Budget, Policy, SearchSpace};
-use crate::tokenizer::TextTokenizer;
-use crate::vocab::{data_tokens, decoy_stream, with_decoys, ClientVocabulary, VocabularyMode};
+use crate::fl::adapter::extract::{extract_client, AdapterRequest};
+use crate::fl::adapter::AdapterFolder;
+use crate::fl::cost::{CostModel, TrainingShape};
+use crate::fl::extract::{write_client, ClientModel, ClientRequest, DepthPolicy, Strategy};
+use crate::fl::pipeline::Budgets;
+use crate::fl::search::{Budget, Policy, SearchSpace};
+use crate::fl::vocab::{data_tokens, decoy_stream, with_decoys, ClientVocabulary, VocabularyMode};
 use crate::Checkpoint;
 use rayon::prelude::*;
 
@@ -124,7 +124,7 @@ pub struct Args {
 /// Runs the stage: writes each client's folder under `args.out_dir` and returns their
 /// manifests' records, in client order.
 pub fn run(args: &Args) -> Result<Vec<StageRecord>> {
-    if crate::adapter::is_adapter(&args.global) {
+    if crate::fl::adapter::is_adapter(&args.global) {
         return extract_adapters(args);
     }
     let global = Checkpoint::load(&args.global)?;
@@ -151,7 +151,7 @@ pub fn run(args: &Args) -> Result<Vec<StageRecord>> {
         VocabularyMode::Client => Some(ClientData::load(args)?),
     };
     let inputs = match &client_data {
-        Some(data) => vec![crate::io::sha256_file(data.path)?],
+        Some(data) => vec![crate::core::io::sha256_file(data.path)?],
         None => Vec::new(),
     };
 
@@ -386,7 +386,7 @@ fn check_client_folders(args: &Args, requests: &[(String, Budget)]) -> Result<()
     // Client ids become folder names: plain names, each once.
     let mut seen = std::collections::BTreeSet::new();
     for (client, _) in requests {
-        crate::io::check_client_id(client)?;
+        crate::core::io::check_client_id(client)?;
         if !seen.insert(client.as_str()) {
             return Err(Error::Invalid(format!(
                 "--clients names client {client} twice"
@@ -395,7 +395,7 @@ fn check_client_folders(args: &Args, requests: &[(String, Budget)]) -> Result<()
         let mut inputs = vec![("--global", args.global.as_path())];
         inputs.extend(args.budgets.iter().map(|b| ("--budgets", b.as_path())));
         inputs.extend(args.partition.iter().map(|p| ("--partition", p.as_path())));
-        crate::io::check_output_apart(("--out-dir", &args.out_dir.join(client)), &inputs)?;
+        crate::core::io::check_output_apart(("--out-dir", &args.out_dir.join(client)), &inputs)?;
     }
     Ok(())
 }

@@ -7,23 +7,23 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::adapter::train::{train_client, AdapterTraining};
-use crate::adapter::LORA_SEQ_LEN;
-use crate::attack::Attack;
-use crate::checkpoint::Checkpoint;
-use crate::data::{tokenize, Dataset, Task};
-use crate::device::DeviceChoice;
-use crate::elastic::TensorKind;
-use crate::error::{Error, Result};
-use crate::io::{sha256_file, StagingDir};
-use crate::manifest::{
+use crate::core::checkpoint::Checkpoint;
+use crate::core::device::DeviceChoice;
+use crate::core::elastic::TensorKind;
+use crate::core::error::{Error, Result};
+use crate::core::io::{sha256_file, StagingDir};
+use crate::core::manifest::{
     Manifest, StageRecord, TrainMetrics, Trained as TrainedRecord, MANIFEST_FILE,
 };
-use crate::partition::Partition;
-use crate::tokenizer::TextTokenizer;
-use crate::train::{train_encoder, Step, TrainData, TrainOptions, TrainReport};
-use crate::vision::train::train_classifier;
-use crate::vision::Preprocess;
+use crate::data::partition::Partition;
+use crate::data::tokenizer::TextTokenizer;
+use crate::data::{tokenize, Dataset, Task};
+use crate::fl::adapter::train::{train_client, AdapterTraining};
+use crate::fl::adapter::LORA_SEQ_LEN;
+use crate::fl::attack::Attack;
+use crate::models::train::{train_encoder, Step, TrainData, TrainOptions, TrainReport};
+use crate::models::vision::train::train_classifier;
+use crate::models::vision::Preprocess;
 use crate::with_backend;
 
 /// Fine-tunes a checkpoint with a classification head (a client's sub-model from
@@ -111,11 +111,11 @@ pub struct Args {
 /// Runs the stage: writes `args.output` and returns its manifest's record.
 pub fn run(args: &Args) -> Result<StageRecord> {
     let attack: Option<Attack> = args.attack.as_deref().map(str::parse).transpose()?;
-    crate::io::check_output_apart(
+    crate::core::io::check_output_apart(
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
     )?;
-    if crate::adapter::is_adapter(&args.model) {
+    if crate::fl::adapter::is_adapter(&args.model) {
         return train_adapter(args, attack);
     }
     // Taken before training, not after: a second writer of the same output is refused at
@@ -298,7 +298,7 @@ fn train(
         )
     } else {
         let tokenizer = TextTokenizer::from_dir(&args.model)?;
-        let len = crate::tokenizer::resolve_max_seq_len(
+        let len = crate::data::tokenizer::resolve_max_seq_len(
             args.max_seq_len,
             checkpoint.config.max_positions(),
         )?;
@@ -358,7 +358,7 @@ fn trained_manifest(
         wall_seconds: report.wall_seconds,
         examples_per_second: report.examples_per_second,
         answer_tokens: None,
-        peak_rss_bytes: crate::sys::peak_rss_bytes(),
+        peak_rss_bytes: crate::core::sys::peak_rss_bytes(),
         bytes_downloaded: input.bytes_on_wire(),
         bytes_uploaded: uploaded,
         step_losses: report.step_losses.clone(),
@@ -398,7 +398,7 @@ fn train_adapter(args: &Args, attack: Option<Attack>) -> Result<StageRecord> {
     }
     // Clients of a round get one --seed; each draws its own dropout masks and order.
     let mut options = train_options(args, true);
-    options.seed = crate::rng::SplitMix64::derive(args.seed, &args.client).next_u64();
+    options.seed = crate::core::rng::SplitMix64::derive(args.seed, &args.client).next_u64();
     let partition = Partition::load(&args.partition)?;
     let job = AdapterTraining {
         dir: &args.model,

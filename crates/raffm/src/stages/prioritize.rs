@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
-use crate::io::StagingDir;
-use crate::manifest::{Manifest, PrioritizeMetrics, Prioritized, StageRecord};
-use crate::prioritize::{prioritize, salience_instances};
-use crate::tensor::Norm;
+use crate::core::checkpoint::Checkpoint;
+use crate::core::error::Result;
+use crate::core::io::StagingDir;
+use crate::core::manifest::{Manifest, PrioritizeMetrics, Prioritized, StageRecord};
+use crate::core::tensor::Norm;
+use crate::fl::prioritize::{prioritize, salience_instances};
 
 /// Reorders every permutable elastic axis of a checkpoint by channel salience, keeping the
 /// network's function. For the BERT family: hidden channels (with every tensor on the
@@ -46,7 +46,7 @@ pub struct Args {
 
 /// Runs the stage: writes `args.output` and returns its manifest's record.
 pub fn run(args: &Args) -> Result<StageRecord> {
-    crate::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
+    crate::core::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {

@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 
-use raffm::extract::padded;
-use raffm::io::StagingDir;
-use raffm::manifest::{Exported, Manifest, StageRecord, MANIFEST_FILE};
+use raffm::core::io::StagingDir;
+use raffm::core::manifest::{Exported, Manifest, StageRecord, MANIFEST_FILE};
+use raffm::fl::extract::padded;
 use raffm::Checkpoint;
 
 /// Writes the zero-padded equivalent of a sub-model (from raffm-extract, raffm-local-train
@@ -42,7 +42,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    raffm::io::check_output_apart(
+    raffm::core::io::check_output_apart(
         ("--output", &args.output),
         &[("--model", &args.model), ("--global", &args.global)],
     )?;
@@ -86,5 +86,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-export", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-export", run(Args::parse()))
 }

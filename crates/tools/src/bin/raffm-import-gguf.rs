@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::json;
 
-use raffm::gguf::import::import_llama;
-use raffm::gguf::GgufFile;
-use raffm::io::StagingDir;
-use raffm::manifest::{GgufSource, Imported, Manifest, StageRecord};
+use raffm::core::io::StagingDir;
+use raffm::core::manifest::{GgufSource, Imported, Manifest, StageRecord};
+use raffm::formats::gguf::import::import_llama;
+use raffm::formats::gguf::GgufFile;
 
 /// Dequantizes a LLaMA-architecture GGUF file (F32, F16, BF16, Q4_0, Q4_1 and Q8_0
 /// tensors) into an HF folder: config.json (LlamaForCausalLM), model.safetensors in F32
@@ -30,7 +30,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    raffm::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
+    raffm::core::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
     let gguf = GgufFile::open(&args.input)?;
     let mut staging = StagingDir::new(&args.output)?;
     let imported = import_llama(&gguf, &mut staging)?;
@@ -85,5 +85,5 @@ fn tensor_types(gguf: &GgufFile) -> std::collections::BTreeMap<String, usize> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-import-gguf", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-import-gguf", run(Args::parse()))
 }

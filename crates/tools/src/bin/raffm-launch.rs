@@ -7,7 +7,7 @@ use std::process::{ExitCode, Stdio};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use raffm::launch::{
+use raffm::fl::launch::{
     memory_request_mib, training_memory_estimate, JobOutcome, Launch, Launcher, Resources,
 };
 
@@ -185,5 +185,5 @@ fn settled_outcome(job: &str) -> JobOutcome {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-launch", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-launch", run(Args::parse()))
 }

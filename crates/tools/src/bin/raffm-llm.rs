@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
-use raffm::families::llama::lora::LoraAdapter;
-use raffm::io::StagingDir;
+use raffm::core::io::StagingDir;
+use raffm::models::families::llama::lora::LoraAdapter;
 use raffm::Checkpoint;
 
 /// The decoder LLM (LLaMA family, e.g. SmolLM2 imported by raffm-import-gguf) with LoRA
@@ -44,7 +44,7 @@ struct MergeCmd {
 }
 
 fn merge(cmd: MergeCmd) -> anyhow::Result<()> {
-    raffm::io::check_output_apart(
+    raffm::core::io::check_output_apart(
         ("--output", &cmd.output),
         &[("--model", &cmd.model), ("--adapter", &cmd.adapter)],
     )?;
@@ -72,6 +72,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::sys::keep_freed_memory();
-    raffm::cli::exit_code("raffm-llm", run(Cli::parse()))
+    raffm::core::sys::keep_freed_memory();
+    raffm::core::cli::exit_code("raffm-llm", run(Cli::parse()))
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use raffm::pipeline::{make_vars, PipelineFile};
+use raffm::fl::pipeline::{make_vars, PipelineFile};
 
 /// A pipeline (pipelines/*.json) is either fine-tuning through the stages (no `kind`) or
 /// the decoder's federated LoRA (`"kind": "llm-lora"`). Every section refuses keys it does
@@ -66,5 +66,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-pipeline", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-pipeline", run(Args::parse()))
 }

@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Parser;
 use serde_json::json;
 
-use raffm::privacy::DpFedAvg;
+use raffm::fl::privacy::DpFedAvg;
 
 /// Prints the cumulative (ε, δ) of DP-FedAvg after each of --rounds rounds, each the
 /// sampled Gaussian mechanism with sample rate q and noise multiplier σ, from the RDP
@@ -84,5 +84,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-privacy", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-privacy", run(Args::parse()))
 }

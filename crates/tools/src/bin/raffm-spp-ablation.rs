@@ -9,19 +9,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
-use raffm::cli::{EvalArgs, SpaceArgs};
-use raffm::cost::{CostModel, TrainingShape};
-use raffm::deploy::{spp_budget, spp_pair};
-use raffm::evaluate::EvalSet;
-use raffm::extract::depth_plan;
-use raffm::io::{sha256_file, write_file_atomic};
-use raffm::partition::Partition;
-use raffm::pipeline::round_of;
-use raffm::pipeline::Budgets;
-use raffm::prioritize::prioritize;
-use raffm::rng::SplitMix64;
-use raffm::search::{choose, Policy};
-use raffm::tensor::Norm;
+use raffm::core::cli::{EvalArgs, SpaceArgs};
+use raffm::core::io::{sha256_file, write_file_atomic};
+use raffm::core::rng::SplitMix64;
+use raffm::core::tensor::Norm;
+use raffm::data::partition::Partition;
+use raffm::fl::cost::{CostModel, TrainingShape};
+use raffm::fl::deploy::{spp_budget, spp_pair};
+use raffm::fl::extract::depth_plan;
+use raffm::fl::pipeline::round_of;
+use raffm::fl::pipeline::Budgets;
+use raffm::fl::prioritize::prioritize;
+use raffm::fl::search::{choose, Policy};
+use raffm::models::evaluate::EvalSet;
 use raffm::{with_backend, Checkpoint};
 
 /// Extracts sub-models from one trained global model at several budgets, each twice:
@@ -86,9 +86,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         ("--partition", args.partition.as_path()),
     ];
     inputs.extend(args.budgets.iter().map(|b| ("--budgets", b.as_path())));
-    raffm::io::check_output_apart(("--output", &args.output), &inputs)?;
+    raffm::core::io::check_output_apart(("--output", &args.output), &inputs)?;
     let global = Checkpoint::load(&args.global)?;
-    let max_seq_len = raffm::tokenizer::resolve_max_seq_len(
+    let max_seq_len = raffm::data::tokenizer::resolve_max_seq_len(
         args.eval.max_seq_len,
         global.config.max_positions(),
     )?;
@@ -221,5 +221,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-spp-ablation", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-spp-ablation", run(Args::parse()))
 }

@@ -9,14 +9,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use raffm::burn::tensor::backend::AutodiffBackend;
+use raffm::core::device::DeviceChoice;
+use raffm::core::io::{sha256_data, write_file_atomic};
+use raffm::core::rng::SplitMix64;
+use raffm::data::partition::Partition;
 use raffm::data::spread_subset;
-use raffm::device::DeviceChoice;
-use raffm::families::vit::model::VitModel;
-use raffm::io::{sha256_data, write_file_atomic};
-use raffm::partition::Partition;
-use raffm::rng::SplitMix64;
-use raffm::vision::probe::{cls_features, knn_accuracy};
-use raffm::vision::{cifar10_bigbench, image_folder, LabeledImages, Preprocess};
+use raffm::models::families::vit::model::VitModel;
+use raffm::models::vision::probe::{cls_features, knn_accuracy};
+use raffm::models::vision::{cifar10_bigbench, image_folder, LabeledImages, Preprocess};
 use raffm::{with_backend, Checkpoint};
 
 /// Quick checks of a vision transformer (an HF ViT or DINOv2 folder, e.g. from
@@ -241,5 +241,5 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe(c) => probe(c),
     };
-    raffm::cli::exit_code("raffm-vision", result)
+    raffm::core::cli::exit_code("raffm-vision", result)
 }

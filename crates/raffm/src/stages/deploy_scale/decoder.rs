@@ -1,6 +1,6 @@
 //! Deploying after a LoRA round (--global is an adapter): every client gets a plain
 //! decoder, the largest base sub-model its device runs with the global adapter merged in
-//! ([`crate::adapter::deploy`]). Both of a client's models are scored by option
+//! ([`crate::fl::adapter::deploy`]). Both of a client's models are scored by option
 //! log-likelihood, as raffm-evaluate scores adapters: the base sub-model it trained on
 //! with its adapter (its rank), and the merged decoder.
 
@@ -9,20 +9,20 @@ use std::collections::BTreeMap;
 use indicatif::ProgressBar;
 use serde_json::json;
 
-use crate::adapter::deploy::{deployed_manifest, plan_decoder};
-use crate::adapter::evaluate::{encoded_examples, evaluate_encoded, tokenizer};
-use crate::adapter::extract::AdapterRequest;
-use crate::adapter::{AdapterFolder, LORA_SEQ_LEN};
 use crate::burn::tensor::backend::AutodiffBackend;
-use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
-use crate::evaluate::Metrics;
-use crate::extract::Strategy;
-use crate::families::llama::lora::LoraAdapter;
-use crate::io::StagingDir;
-use crate::manifest::StageRecord;
-use crate::partition::Partition;
-use crate::pipeline::Budgets;
+use crate::core::checkpoint::Checkpoint;
+use crate::core::error::{Error, Result};
+use crate::core::io::StagingDir;
+use crate::core::manifest::StageRecord;
+use crate::data::partition::Partition;
+use crate::fl::adapter::deploy::{deployed_manifest, plan_decoder};
+use crate::fl::adapter::evaluate::{encoded_examples, evaluate_encoded, tokenizer};
+use crate::fl::adapter::extract::AdapterRequest;
+use crate::fl::adapter::{AdapterFolder, LORA_SEQ_LEN};
+use crate::fl::extract::Strategy;
+use crate::fl::pipeline::Budgets;
+use crate::models::evaluate::Metrics;
+use crate::models::families::llama::lora::LoraAdapter;
 use crate::with_backend;
 
 use super::files::WrittenModels;

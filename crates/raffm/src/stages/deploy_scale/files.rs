@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::error::{Error, Result};
-use crate::io::{FileRecord, StagingDir};
+use crate::core::error::{Error, Result};
+use crate::core::io::{FileRecord, StagingDir};
 
 /// The models written so far, by model key: the client whose folder holds the files, and
 /// the files.

@@ -13,20 +13,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::burn::tensor::backend::AutodiffBackend;
-use crate::checkpoint::Checkpoint;
-use crate::cli::{EvalArgs, SpaceArgs};
-use crate::cost::CostModel;
-use crate::deploy::{plan_client, ClientDeployment};
-use crate::error::{Error, Result};
-use crate::evaluate::{EvalSet, Metrics};
-use crate::extract::{ClientModel, ClientRequest, Strategy};
-use crate::io::StagingDir;
-use crate::manifest::{Deployed, Manifest, StageRecord, MANIFEST_FILE};
-use crate::partition::Partition;
-use crate::pipeline::{Budgets, ClientBudget};
-use crate::prioritize::prioritize;
-use crate::search::{Policy, SearchSpace};
-use crate::tensor::Norm;
+use crate::core::checkpoint::Checkpoint;
+use crate::core::cli::{EvalArgs, SpaceArgs};
+use crate::core::error::{Error, Result};
+use crate::core::io::StagingDir;
+use crate::core::manifest::{Deployed, Manifest, StageRecord, MANIFEST_FILE};
+use crate::core::tensor::Norm;
+use crate::data::partition::Partition;
+use crate::fl::cost::CostModel;
+use crate::fl::deploy::{plan_client, ClientDeployment};
+use crate::fl::extract::{ClientModel, ClientRequest, Strategy};
+use crate::fl::pipeline::{Budgets, ClientBudget};
+use crate::fl::prioritize::prioritize;
+use crate::fl::search::{Policy, SearchSpace};
+use crate::models::evaluate::{EvalSet, Metrics};
 use crate::with_backend;
 
 use files::WrittenModels;
@@ -105,7 +105,7 @@ pub fn run(args: &Args) -> Result<StageRecord> {
             args.memory_scale
         )));
     }
-    crate::io::check_output_apart(
+    crate::core::io::check_output_apart(
         ("--output", &args.output),
         &[
             ("--global", &args.global),
@@ -125,7 +125,7 @@ pub fn run(args: &Args) -> Result<StageRecord> {
         .expect("valid template"),
     );
     let staging = StagingDir::new(&args.output)?;
-    if crate::adapter::is_adapter(&args.global) {
+    if crate::fl::adapter::is_adapter(&args.global) {
         return decoder::deploy(args, staging, &progress);
     }
     deploy_models(args, staging, &progress)
@@ -247,7 +247,7 @@ impl<'a> Deployment<'a> {
     /// strategy needs it.
     fn load(args: &'a Args) -> Result<Self> {
         let mut global = Checkpoint::load(&args.global)?;
-        let max_seq_len = crate::tokenizer::resolve_max_seq_len(
+        let max_seq_len = crate::data::tokenizer::resolve_max_seq_len(
             args.eval.max_seq_len,
             global.config.max_positions(),
         )?;

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cost::Cost;
-use crate::error::{Error, Result};
-use crate::evaluate::Metrics;
-use crate::io::{sha256_file, FileRecord, StagingDir};
-use crate::manifest::{DeployMetrics, DeploySummary, Manifest, StageRecord, TierSummary};
-use crate::pipeline::round_of;
-use crate::search::SearchSpace;
+use crate::core::error::{Error, Result};
+use crate::core::io::{sha256_file, FileRecord, StagingDir};
+use crate::core::manifest::{DeployMetrics, DeploySummary, Manifest, StageRecord, TierSummary};
+use crate::fl::cost::Cost;
+use crate::fl::pipeline::round_of;
+use crate::fl::search::SearchSpace;
+use crate::models::evaluate::Metrics;
 use crate::Widths;
 
 use super::Args;
@@ -73,7 +73,7 @@ pub struct Report<'a> {
     pub args: &'a Args,
     pub global_sha256: String,
     /// How sub-models were indexed (`salient` for decoders: their base is prioritized).
-    pub strategy: crate::extract::Strategy,
+    pub strategy: crate::fl::extract::Strategy,
     /// Whether the global model had to be prioritized here.
     pub prioritized_here: bool,
     pub space: &'a SearchSpace,

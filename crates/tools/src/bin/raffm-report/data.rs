@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use raffm::manifest::{Manifest, StageRecord, MANIFEST_FILE};
+use raffm::core::manifest::{Manifest, StageRecord, MANIFEST_FILE};
 
 pub const MIB: f64 = 1024.0 * 1024.0;
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
@@ -347,8 +347,9 @@ fn federated_round(
     let round_bytes: u64 = traffic.downs.iter().sum::<u64>() + traffic.ups.iter().sum::<u64>();
     let metrics = global.metrics;
     let validation = metrics.validation;
-    let score =
-        |pick: fn(&raffm::evaluate::Metrics) -> Option<f64>| validation.as_ref().and_then(pick);
+    let score = |pick: fn(&raffm::models::evaluate::Metrics) -> Option<f64>| {
+        validation.as_ref().and_then(pick)
+    };
     let row = Row {
         pipeline: name.to_string(),
         round,

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use raffm::io::write_file_atomic;
+use raffm::core::io::write_file_atomic;
 
 use data::{load_run, Row, COLUMNS};
 
@@ -205,5 +205,5 @@ fn run(args: Args) -> anyhow::Result<()> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    raffm::cli::exit_code("raffm-report", run(Args::parse()))
+    raffm::core::cli::exit_code("raffm-report", run(Args::parse()))
 }
