@@ -2,29 +2,48 @@
 //! in place, without head-split copies.
 
 /// A strided matrix inside a slice: element (i, j) is at `offset + i * row + j * col`.
-#[derive(Clone, Copy)]
-pub(super) struct Strided {
+#[derive(Debug, Clone, Copy)]
+pub struct Strided {
     offset: usize,
     row: usize,
     col: usize,
 }
 
 impl Strided {
-    pub(super) fn rows(offset: usize, row: usize) -> Self {
+    /// Row-major rows of `row` elements from `offset` (a row stride wider than the
+    /// matrix skips the rest of each row).
+    pub fn rows(offset: usize, row: usize) -> Self {
         Self {
             offset,
             row,
             col: 1,
         }
     }
-    pub(super) fn transposed(self) -> Self {
+    /// The same elements read as the transposed matrix.
+    pub fn transposed(self) -> Self {
         Self {
             row: self.col,
             col: self.row,
             ..self
         }
     }
-    fn check(&self, len: usize, rows: usize, cols: usize) {
+    /// Where element (i, j) is.
+    pub(super) fn at(&self, i: usize, j: usize) -> usize {
+        self.offset + i * self.row + j * self.col
+    }
+    /// Whether a row's elements are adjacent.
+    pub(super) fn contiguous_rows(&self) -> bool {
+        self.col == 1
+    }
+    /// Whether the `[rows, cols]` elements of the view are distinct elements of the slice
+    /// (row-major or column-major layouts, with any padding).
+    pub(super) fn disjoint(&self, rows: usize, cols: usize) -> bool {
+        rows <= 1 && (cols <= 1 || self.col >= 1)
+            || cols <= 1 && self.row >= 1
+            || self.col >= 1 && self.row >= self.col * cols
+            || self.row >= 1 && self.col >= self.row * rows
+    }
+    pub(super) fn check(&self, len: usize, rows: usize, cols: usize) {
         assert!(
             rows == 0
                 || cols == 0
@@ -102,4 +121,28 @@ pub(super) fn matmul_on(
             parallelism,
         );
     }
+}
+
+/// `dst = lhs · rhs` in fp32 on rayon's threads: the product [`super::bf16::matmul`] is
+/// measured against.
+pub fn matmul_fp32(
+    dims: (usize, usize, usize),
+    dst: &mut [f32],
+    d: Strided,
+    lhs: &[f32],
+    l: Strided,
+    rhs: &[f32],
+    r: Strided,
+) {
+    matmul_on(
+        gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        dims,
+        dst,
+        d,
+        lhs,
+        l,
+        rhs,
+        r,
+        false,
+    );
 }

@@ -19,6 +19,7 @@ mod simd;
 
 mod adamw;
 mod attention;
+pub mod bf16;
 mod dropout;
 mod gelu;
 mod layer_norm;
@@ -36,6 +37,7 @@ pub use gelu::{gelu, gelu_backward};
 pub use layer_norm::{add_layer_norm, add_layer_norm_backward, LayerNormSaved};
 pub use log_probs::{target_log_probs, target_log_probs_backward};
 pub use math::exp;
+pub use matmul::{matmul_fp32, Strided};
 pub use rms_norm::{rms_norm, rms_norm_backward};
 pub use rotary::RotaryTables;
 pub use swiglu::{swiglu, swiglu_backward};

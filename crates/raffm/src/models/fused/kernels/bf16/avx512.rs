@@ -1,0 +1,200 @@
+//! The AVX512-BF16 engine. Operands are packed as bf16 pairs along k (what `VDPBF16PS`
+//! multiplies: lane j adds `a[2p]·b[2p][j] + a[2p+1]·b[2p+1][j]`), and a micro-kernel
+//! keeps an `MR × NR` block of C in registers while it walks k.
+//!
+//! Blocking: B is packed once per call into column panels of `NR`; each task packs its
+//! `MC` rows of A into row panels of `MR`; k is walked in blocks of `KP` pairs, so that
+//! one B panel block (16 KiB) stays in L1 while every row panel of the task passes over
+//! it.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::super::matmul::Strided;
+use super::to_bf16;
+
+/// Rows of C per micro-kernel call: one broadcast A pair each.
+const MR: usize = 8;
+/// Columns of C per micro-kernel call: two registers of 16 fp32 lanes. `MR × 2` = 16
+/// accumulators, two B registers and one A broadcast fit AVX-512's 32 registers.
+const NR: usize = 32;
+/// k pairs per block.
+const KP: usize = 128;
+/// Rows of C per task. The split is fixed, never by thread count, and each element is
+/// summed by one task in k order, so the result does not depend on the threads.
+const MC: usize = 64;
+
+/// Two values rounded to bf16 and packed as `VDPBF16PS` reads a pair: the lower-indexed
+/// element in the low half.
+fn pair(lo: f32, hi: f32) -> u32 {
+    to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// B as bf16 pairs: panel q (columns `q·NR ..`) holds, for each pair p, the `NR` pairs
+/// `(B[2p][j], B[2p+1][j])`; zero beyond k and n. Reads along B's rows or its columns,
+/// whichever is contiguous.
+fn pack_b(rhs: &[f32], r: Strided, k: usize, n: usize) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut packed = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    let value = |p: usize, j: usize| if p < k { rhs[r.at(p, j)] } else { 0.0 };
+    packed
+        .par_chunks_mut(pairs * NR)
+        .enumerate()
+        .for_each(|(q, panel)| {
+            let columns = q * NR..n.min((q + 1) * NR);
+            if r.contiguous_rows() {
+                for p in 0..pairs {
+                    for j in columns.clone() {
+                        panel[p * NR + j - q * NR] = pair(value(2 * p, j), value(2 * p + 1, j));
+                    }
+                }
+            } else {
+                for j in columns {
+                    for p in 0..pairs {
+                        panel[p * NR + j - q * NR] = pair(value(2 * p, j), value(2 * p + 1, j));
+                    }
+                }
+            }
+        });
+    packed
+}
+
+/// Rows `first .. first + rows` of A as bf16 pairs: panel s holds, for each pair p, the
+/// `MR` pairs `(A[i][2p], A[i][2p+1])`; zero beyond k and the rows. Reads along A's rows
+/// or its columns, whichever is contiguous.
+fn pack_a(lhs: &[f32], l: Strided, first: usize, rows: usize, k: usize) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut packed = vec![0u32; rows.div_ceil(MR) * pairs * MR];
+    let value = |i: usize, p: usize| if p < k { lhs[l.at(first + i, p)] } else { 0.0 };
+    let mut put = |i: usize, p: usize| {
+        packed[((i / MR) * pairs + p) * MR + i % MR] = pair(value(i, 2 * p), value(i, 2 * p + 1));
+    };
+    if l.contiguous_rows() {
+        (0..rows).for_each(|i| (0..pairs).for_each(|p| put(i, p)));
+    } else {
+        (0..pairs).for_each(|p| (0..rows).for_each(|i| put(i, p)));
+    }
+    packed
+}
+
+/// 32 bf16 values: the same 512 bits.
+#[inline(always)]
+fn as_bf16(x: __m512i) -> __m512bh {
+    // SAFETY: both types are 512 bits of plain data, valid for any bits.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(x) }
+}
+
+/// `tile = Σ_p A-pairs[p] · B-pairs[p]` over `pairs` pairs of one row panel and one
+/// column panel: `[MR, NR]`, row-major.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512-BF16; `a` holds `pairs × MR` and `b` `pairs × NR`
+/// pairs.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn kernel(pairs: usize, a: *const u32, b: *const u32, tile: &mut [f32; MR * NR]) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..pairs {
+        // SAFETY: within the panels, as the caller guarantees.
+        let (b0, b1) = unsafe {
+            let row = b.add(p * NR) as *const __m512i;
+            (_mm512_loadu_si512(row), _mm512_loadu_si512(row.add(1)))
+        };
+        let (b0, b1) = (as_bf16(b0), as_bf16(b1));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let a = unsafe { *a.add(p * MR + r) } as i32;
+            let a = as_bf16(_mm512_set1_epi32(a));
+            acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
+            acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        // SAFETY: `tile` holds MR rows of NR = 2 × 16 floats.
+        unsafe {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), acc[0]);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR + 16), acc[1]);
+        }
+    }
+}
+
+/// The destination, shared by the tasks, each of which writes only its own rows.
+struct Destination(*mut f32);
+// SAFETY: tasks write disjoint elements (distinct rows of a view whose elements do not
+// overlap, checked by the caller).
+unsafe impl Sync for Destination {}
+
+/// [`super::matmul`] on AVX512-BF16.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    d: Strided,
+    lhs: &[f32],
+    l: Strided,
+    rhs: &[f32],
+    r: Strided,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| (0..n).for_each(|j| dst[d.at(i, j)] = 0.0));
+        }
+        return;
+    }
+    assert!(
+        d.disjoint(m, n),
+        "the destination's elements overlap: {d:?} for [{m}, {n}]"
+    );
+    let b = pack_b(rhs, r, k, n);
+    let pairs = k.div_ceil(2);
+    let out = Destination(dst.as_mut_ptr());
+    let out = &out;
+    (0..m.div_ceil(MC)).into_par_iter().for_each(|task| {
+        let first = task * MC;
+        let rows = MC.min(m - first);
+        let a = pack_a(lhs, l, first, rows, k);
+        let mut tile = [0f32; MR * NR];
+        for p0 in (0..pairs).step_by(KP) {
+            let block = KP.min(pairs - p0);
+            let overwrite = p0 == 0 && !accumulate;
+            for q in 0..n.div_ceil(NR) {
+                let cols = NR.min(n - q * NR);
+                let b_block = &b[(q * pairs + p0) * NR..];
+                for s in 0..rows.div_ceil(MR) {
+                    let a_block = &a[(s * pairs + p0) * MR..];
+                    // SAFETY: the engine is chosen only where the CPU has these
+                    // features; the blocks hold `block` pairs of their panels.
+                    unsafe { kernel(block, a_block.as_ptr(), b_block.as_ptr(), &mut tile) };
+                    for ii in 0..MR.min(rows - s * MR) {
+                        let i = first + s * MR + ii;
+                        let sums = &tile[ii * NR..ii * NR + cols];
+                        if d.contiguous_rows() {
+                            // SAFETY: in bounds (checked by the caller), contiguous, and
+                            // written by this task alone.
+                            let row = unsafe {
+                                std::slice::from_raw_parts_mut(out.0.add(d.at(i, q * NR)), cols)
+                            };
+                            if overwrite {
+                                row.copy_from_slice(sums);
+                            } else {
+                                row.iter_mut().zip(sums).for_each(|(c, s)| *c += s);
+                            }
+                            continue;
+                        }
+                        for (jj, &sum) in sums.iter().enumerate() {
+                            // SAFETY: as above, one element at a time.
+                            unsafe {
+                                let c = out.0.add(d.at(i, q * NR + jj));
+                                *c = if overwrite { sum } else { *c + sum };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
