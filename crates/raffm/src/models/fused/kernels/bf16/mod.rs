@@ -62,9 +62,7 @@ impl Engine {
     pub fn describe(self) -> &'static str {
         match self {
             Engine::Avx512Bf16 => "bf16 matmuls on AVX512-BF16 (VDPBF16PS), fp32 accumulation",
-            Engine::Emulated => {
-                "bf16 matmuls emulated in fp32 (no AVX512-BF16 on this CPU): bf16 numerics, fp32 speed"
-            }
+            Engine::Emulated => "bf16 matmuls emulated in fp32 (bf16 numerics at fp32 speed)",
         }
     }
 }
