@@ -281,7 +281,7 @@ $(RUN)/round-0/global/manifest.json: $(RUN)/partition.json $(if $(PL_LORA_BASE),
 	$(BIN)/raffm-init-head --model $(INIT_MODEL) $(if $(PL_LORA_FLAGS),$(PL_LORA_FLAGS),--partition $(RUN)/partition.json $(call opt,--head-init,$(PL_HEAD_INIT)) $(call opt,--image-size,$(PL_IMAGE_SIZE))) --seed $(PL_SEED) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
-	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
+	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--precision,$(PL_PRECISION)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
 
 # With DP and a target epsilon, a round that would pass the target does not start.
 $(RD)/participants.txt: $(RUN)/budgets.json
@@ -301,7 +301,7 @@ TRAINED = $(CLIENTS:%=$(RD)/trained/%/manifest.json)
 ATTACKERS = $(if $(PL_ATTACK),$(wordlist 1,$(PL_ATTACK_PER_ROUND),$(CLIENTS)))
 
 $(TRAINED): $(RD)/trained/%/manifest.json: $(RD)/extracted/.done
-	$(LAUNCH_CLIENT) $(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
+	$(LAUNCH_CLIENT) $(BIN)/raffm-local-train --model $(RD)/extracted/$* --partition $(RUN)/partition.json --client $* $(call opt,--epochs,$(PL_EPOCHS)) $(call opt,--batch-size,$(PL_BATCH_SIZE)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) $(call opt,--max-steps,$(PL_MAX_STEPS)) $(call opt,--precision,$(PL_PRECISION)) $(call opt,--lr,$(PL_LR)) $(call opt,--weight-decay,$(PL_WEIGHT_DECAY)) $(call opt,--mu,$(PL_MU)) $(PL_FREEZE) $(if $(filter $*,$(ATTACKERS)),--attack $(PL_ATTACK)) --seed $(shell expr $(PL_SEED) \* 1000 + $(R)) --output $(@D)
 
 RULE_FLAGS = $(call opt,--rule,$(PL_RULE)) $(call opt,--trim-fraction,$(PL_TRIM_FRACTION)) $(call opt,--clip-norm,$(PL_CLIP_NORM))
 DP_FLAGS   = $(if $(PL_DP_NOISE),--dp-noise-multiplier $(PL_DP_NOISE) --dp-clip-norm $(PL_DP_CLIP) --dp-sample-rate $(PL_DP_RATE) --dp-expected-clients $(PL_DP_EXPECTED) $(call opt,--dp-delta,$(PL_DP_DELTA)) $(call opt,--dp-target-epsilon,$(PL_DP_TARGET)) $(call opt,--dp-seed,$(PL_DP_SEED)))

@@ -17,6 +17,7 @@ use raffm::core::sys::peak_rss_bytes;
 use raffm::data::tokenizer::{collate, TokenizedRow};
 use raffm::fl::extract::{extract, select, selection_map, Strategy};
 use raffm::models::families::bert::model::BertForSequenceClassification;
+use raffm::models::fused::{describe_precision, set_precision, Precision};
 use raffm::models::train::{train_encoder, TrainData, TrainOptions};
 use raffm::Axis;
 use raffm::{Checkpoint, CpuBackend};
@@ -82,7 +83,7 @@ fn rows(n: usize) -> (Vec<TokenizedRow>, Vec<f32>) {
     (rows, (0..n).map(|i| (i % 2) as f32).collect())
 }
 
-fn measure(config: &str, mode: &str) {
+fn measure(config: &str, mode: &str, precision: Precision) {
     let jiffies_before = raffm::core::sys::cpu_jiffies();
     let checkpoint = model(config);
     let device = Default::default();
@@ -98,6 +99,7 @@ fn measure(config: &str, mode: &str) {
         let options = TrainOptions {
             batch_size: batch,
             max_steps: Some(steps + 1),
+            precision,
             ..Default::default()
         };
         // Step times after the first (which warms up); the median resists the noise of a
@@ -117,6 +119,7 @@ fn measure(config: &str, mode: &str) {
             batch as f64 / seconds[seconds.len() / 2],
         )
     } else {
+        set_precision(precision).unwrap();
         let (batch, batches) = (64, 9);
         let (rows, _) = rows(batch * batches);
         let model =
@@ -141,6 +144,7 @@ fn measure(config: &str, mode: &str) {
         )
     };
     let reference = match (config, mode) {
+        _ if precision != Precision::Fp32 => None,
         ("full", "train") => Some(27.0),
         ("full", "eval") => Some(114.0),
         ("ffn768", "train") => Some(37.0),
@@ -156,7 +160,7 @@ fn measure(config: &str, mode: &str) {
         _ => String::new(),
     };
     println!(
-        "{line}  {config:>6} ({:>5.2}M params): {throughput:>6.1} examples/s{}  peak RSS {:>5.0} MiB{steal}",
+        "{line}  {config:>6} {precision} ({:>5.2}M params): {throughput:>6.1} examples/s{}  peak RSS {:>5.0} MiB{steal}",
         checkpoint.parameter_count() as f64 / 1e6,
         reference.map_or(String::new(), |r| format!(" ({:.2}x PyTorch's {r})", throughput / r)),
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
@@ -171,12 +175,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    if let [config, mode] = &args[..] {
-        return measure(config, mode);
+    if let [config, mode, precision] = &args[..] {
+        return measure(config, mode, precision.parse().unwrap());
     }
     println!(
-        "machine: {} threads",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "machine: {} threads; bf16: {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        describe_precision(Precision::Bf16)
     );
     for (config, mode) in [
         ("full", "train"),
@@ -184,10 +189,13 @@ fn main() {
         ("ffn768", "train"),
         ("full", "eval"),
     ] {
-        let status = Command::new(std::env::current_exe().unwrap())
-            .args([config, mode])
-            .status()
-            .unwrap();
-        assert!(status.success(), "{config} {mode} failed");
+        // fp32 and bf16 side by side, one after the other.
+        for precision in ["fp32", "bf16"] {
+            let status = Command::new(std::env::current_exe().unwrap())
+                .args([config, mode, precision])
+                .status()
+                .unwrap();
+            assert!(status.success(), "{config} {mode} {precision} failed");
+        }
     }
 }

@@ -62,6 +62,7 @@ where
     }
     B::seed(device, options.seed);
     fused::seed_dropout(options.seed);
+    fused::set_precision(options.precision)?;
     let start = (options.prox_mu > 0.0).then(|| Snapshot::of(&model));
     let mut optimizer = OptimizerAdaptor::from(FusedAdamW {
         beta_1: 0.9,

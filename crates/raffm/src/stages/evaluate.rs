@@ -14,6 +14,7 @@ use crate::data::partition::Partition;
 use crate::data::Input;
 use crate::fl::adapter::{AdapterFolder, LORA_SEQ_LEN};
 use crate::models::evaluate::{metrics, EvalSet, Metrics};
+use crate::models::fused::{set_precision, Precision};
 use crate::with_backend;
 
 /// Evaluates a checkpoint with a classification head on a split of a partition
@@ -50,6 +51,9 @@ pub struct Args {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// The linear layers' products: fp32, or bf16 operands with fp32 accumulation.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Also write the metrics to this JSON file.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -77,6 +81,7 @@ pub fn run(args: &Args) -> Result<Metrics> {
     if args.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be at least 1".into()));
     }
+    set_precision(args.precision)?;
     if crate::fl::adapter::is_adapter(&args.model) {
         return evaluate_adapter(args);
     }
@@ -130,6 +135,7 @@ pub fn run(args: &Args) -> Result<Metrics> {
         "model_sha256": checkpoint.weights_sha256(),
         "partition": sha256_file(&args.partition)?,
         "split": args.split,
+        "precision": args.precision,
         "metrics": result,
         "seconds": seconds,
         "examples_per_second": ids.len() as f64 / seconds,
@@ -215,6 +221,7 @@ fn evaluate_adapter(args: &Args) -> Result<Metrics> {
         "base": folder.base,
         "partition": sha256_file(&args.partition)?,
         "split": args.split,
+        "precision": args.precision,
         "metrics": result,
         "seconds": seconds,
         "examples_per_second": ids.len() as f64 / seconds,

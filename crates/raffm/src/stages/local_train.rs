@@ -21,6 +21,7 @@ use crate::data::{tokenize, Dataset, Task};
 use crate::fl::adapter::train::{train_client, AdapterTraining};
 use crate::fl::adapter::LORA_SEQ_LEN;
 use crate::fl::attack::Attack;
+use crate::models::fused::{describe_precision, set_precision, Precision};
 use crate::models::train::{train_encoder, Step, TrainData, TrainOptions, TrainReport};
 use crate::models::vision::train::train_classifier;
 use crate::models::vision::Preprocess;
@@ -95,6 +96,11 @@ pub struct Args {
     pub max_steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The linear layers' products: fp32, or bf16 operands with fp32 accumulation (as
+    /// PyTorch's bf16 autocast; on AVX512-BF16 where the CPU has it, emulated otherwise).
+    /// Weights, gradients, optimizer state and checkpoints stay fp32.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Make this client malicious, for robustness experiments and tests only: scale:F sends
     /// the model it started from plus F times its update, flip sends the update negated.
     /// Recorded in manifest.json.
@@ -111,6 +117,11 @@ pub struct Args {
 /// Runs the stage: writes `args.output` and returns its manifest's record.
 pub fn run(args: &Args) -> Result<StageRecord> {
     let attack: Option<Attack> = args.attack.as_deref().map(str::parse).transpose()?;
+    // A bf16 engine the CPU lacks is refused before anything is read.
+    set_precision(args.precision)?;
+    if !args.quiet && args.precision != Precision::Fp32 {
+        eprintln!("{}: {}", args.client, describe_precision(args.precision));
+    }
     crate::core::io::check_output_apart(
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
@@ -253,6 +264,7 @@ fn train_options(args: &Args, adapter: bool) -> TrainOptions {
         freeze_embeddings: args.freeze_embeddings,
         max_steps: args.max_steps,
         seed: args.seed,
+        precision: args.precision,
     }
 }
 

@@ -554,8 +554,17 @@ mod tests {
         assert_eq!(value("PL_ATTACK_PER_ROUND"), "1");
         assert_eq!(value("PL_PRIORITIZE"), ""); // only the salient strategy prioritizes
         assert_eq!(value("PL_LR"), ""); // left to raffm-local-train
+        assert_eq!(value("PL_PRECISION"), ""); // fp32, the stages' default
+        let mut bf16 = base.clone();
+        bf16["local"] = serde_json::json!({"precision": "bf16"});
+        let vars = vars_of(bf16).unwrap();
+        assert!(vars.contains(&("PL_PRECISION", "bf16".to_string())));
 
         for (edit, needle) in [
+            (
+                serde_json::json!({"local": {"precision": "fp16"}}),
+                "unknown variant `fp16`",
+            ),
             (
                 serde_json::json!({"local": {"epoch": 3}}),
                 "unknown field `epoch`",

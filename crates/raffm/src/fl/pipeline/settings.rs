@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::fused::Precision;
+
 /// The rank of an adapter whose pipeline gives none (PEFT examples' usual 16).
 pub const DEFAULT_LORA_RANK: usize = 16;
 
@@ -72,6 +74,10 @@ pub struct LocalSettings {
     pub mu: Option<f64>,
     #[serde(default)]
     pub freeze_embeddings: bool,
+    /// The linear layers' products in local training and evaluation: `fp32` (the
+    /// default) or `bf16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 /// The server's rule (`raffm-aggregate`'s options).

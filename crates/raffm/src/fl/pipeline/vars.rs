@@ -74,6 +74,7 @@ fn finetune_vars(p: &Pipeline) -> Result<Vec<(&'static str, String)>, String> {
             text(local.freeze_embeddings.then_some("--freeze-embeddings")),
         ),
         ("PL_MAX_STEPS", text(local.max_steps)),
+        ("PL_PRECISION", text(local.precision)),
         // Experiments: the first `per_round` participants of every round are malicious.
         (
             "PL_ATTACK",
@@ -156,6 +157,7 @@ fn lora_vars(p: &LoraPipeline) -> Result<Vec<(&'static str, String)>, String> {
         ("PL_LR", text(local.lr)),
         ("PL_WEIGHT_DECAY", text(local.weight_decay)),
         ("PL_MAX_STEPS", text(local.max_steps)),
+        ("PL_PRECISION", text(local.precision)),
         ("PL_EVAL_MAX", text(p.evaluation.max_examples)),
     ];
     vars.extend(server_vars(&p.server, p.rule(), p.clients));

@@ -9,6 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::core::checkpoint::Checkpoint;
 use crate::core::tensor::HostTensor;
+use crate::models::fused::{self, FusedOps};
 
 /// Reads tensors out of a checkpoint onto a device, by canonical name.
 pub(crate) struct Loader<'a, B: Backend> {
@@ -61,9 +62,9 @@ impl<B: Backend> Loader<'_, B> {
 /// A Linear on `[batch, seq, in]` as one `[batch * seq, in]` matmul. burn's Linear on a
 /// 3-D input runs a batched matmul that broadcasts the weight, and its weight gradient
 /// then materialises one `[in, out]` product per batch row before summing them.
-pub(crate) fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+pub(crate) fn linear_tokens<B: FusedOps>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, width] = x.dims();
-    let y = linear.forward(x.reshape([batch * seq, width])); // [batch * seq, out]
+    let y = fused::linear(linear, x.reshape([batch * seq, width])); // [batch * seq, out]
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
 }

@@ -14,10 +14,15 @@
 #[cfg(feature = "flex")]
 mod flex;
 pub mod kernels;
+mod precision;
+
+pub use precision::{
+    bf16_engine, describe as describe_precision, precision, set_precision, Precision,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use burn::nn::{DropoutConfig, LayerNorm};
+use burn::nn::{DropoutConfig, LayerNorm, Linear};
 use burn::optim::{AdaptiveMomentumState, LearningRate, SimpleOptimizer};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
@@ -33,6 +38,25 @@ static DROPOUT_CALLS: AtomicU64 = AtomicU64::new(0);
 pub fn seed_dropout(seed: u64) {
     DROPOUT_SEED.store(seed, Ordering::SeqCst);
     DROPOUT_CALLS.store(0, Ordering::SeqCst);
+}
+
+/// burn's `Linear` on `x` (`[..., in]` -> `[..., out]`), with its product through
+/// [`FusedOps::fused_matmul`] where the precision is bf16. In fp32 it is `layer.forward`
+/// itself, so fp32 results stay those of burn's `Linear`, bit for bit.
+pub fn linear<B: FusedOps, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    if precision() == Precision::Fp32 {
+        return layer.forward(x);
+    }
+    let mut shape = x.dims();
+    let width = shape[D - 1];
+    let rows = shape[..D - 1].iter().product();
+    let y = B::fused_matmul(x.reshape([rows, width]), layer.weight.val()); // [rows, out]
+    let y = match &layer.bias {
+        Some(bias) => y + bias.val().unsqueeze::<2>(), // [rows, out]
+        None => y,
+    };
+    shape[D - 1] = y.dims()[1];
+    y.reshape(shape)
 }
 
 /// A fresh key for the next dropout call.
@@ -69,6 +93,13 @@ pub struct DecoderAttentionOptions {
 
 /// Backends the encoder runs on. Every method defaults to its [`composed`] form.
 pub trait FusedOps: Backend {
+    /// `x · w` for `x` `[rows, in]` and `w` `[in, out]`: a linear layer's product, with
+    /// bf16 operands where [`set_precision`] asked for them. The default is fp32 on every
+    /// backend: flex overrides it.
+    fn fused_matmul(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        x.matmul(w)
+    }
+
     /// The exact (erf) GELU.
     fn fused_gelu(x: Tensor<Self, 3>) -> Tensor<Self, 3> {
         composed::gelu(x)
@@ -415,6 +446,62 @@ mod tests {
     fn weighted_sum(out: Tensor<Ad, 3>, seed: u64) -> Tensor<Ad, 1> {
         let weights = random(out.dims(), seed);
         (out * weights).sum()
+    }
+
+    /// Checks `got` (`[m, n]`) against the f64 product of `a` (`[m, k]`) and `b`
+    /// (`[k, n]`) within the bf16 bound of every element.
+    fn assert_bf16_product(
+        what: &str,
+        got: &[f32],
+        a: &[f32],
+        b: &[f32],
+        (m, n, k): (usize, usize, usize),
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64);
+                let (exact, magnitude) = terms.fold((0.0, 0.0), |(s, m), t| (s + t, m + t.abs()));
+                let error = (got[i * n + j] as f64 - exact).abs();
+                let bound = kernels::bf16::error_bound(k, magnitude);
+                assert!(
+                    error <= bound,
+                    "{what} ({i}, {j}): error {error:e} > {bound:e}"
+                );
+            }
+        }
+    }
+
+    fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..cols * rows)
+            .map(|x| a[(x % rows) * cols + x / rows])
+            .collect()
+    }
+
+    #[test]
+    fn fused_matmul_in_bf16_is_the_bf16_product_forward_and_backward() {
+        let (m, k, n) = (37, 70, 45);
+        let x = random([m, k], 1).require_grad();
+        let w = random([k, n], 2).require_grad();
+        let dy = random([m, n], 3);
+        set_precision(Precision::Bf16).unwrap();
+        let y = Ad::fused_matmul(x.clone(), w.clone());
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        let inference = Flex::fused_matmul(x.clone().inner(), w.clone().inner());
+        set_precision(Precision::Fp32).unwrap();
+        let (xv, wv, dyv, yv) = (values(&x), values(&w), values(&dy), values(&y));
+        assert_bf16_product("y", &yv, &xv, &wv, (m, n, k));
+        let dx = grad(&x, &grads);
+        assert_bf16_product("dx", &dx, &dyv, &transpose(&wv, k, n), (m, k, n));
+        let dw = grad(&w, &grads);
+        assert_bf16_product("dw", &dw, &transpose(&xv, m, k), &dyv, (k, n, m));
+        // The operands were rounded: the product is not the fp32 one.
+        let fp32 = values(&x.clone().matmul(w.clone()));
+        assert!(yv.iter().zip(&fp32).any(|(a, b)| a != b));
+        // Inference runs the same kernel.
+        let inference: Vec<f32> = inference.into_data().into_vec().unwrap();
+        assert_eq!(inference, yv);
+        // In fp32 the product is burn's matmul, bit for bit.
+        assert_eq!(values(&Ad::fused_matmul(x, w)), fp32);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::core::checkpoint::Checkpoint;
 use crate::core::elastic::{Axis, AxisSizes};
 use crate::core::error::{Error, Result};
 use crate::models::families::hf::{linear_tokens, Exporter, Loader};
-use crate::models::fused::{AttentionOptions, FusedOps};
+use crate::models::fused::{self, AttentionOptions, FusedOps};
 
 /// Large negative bias for masked keys. Finite, so a row can never become NaN.
 const MASKED: f32 = -1e9;
@@ -294,11 +294,11 @@ pub struct BertPooler<B: Backend> {
     variant: Variant,
 }
 
-impl<B: Backend> BertPooler<B> {
+impl<B: FusedOps> BertPooler<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
         let [batch, _, width] = hidden.dims();
         let first = hidden.slice([0..batch, 0..1]).reshape([batch, width]); // [batch, hidden]
-        let x = self.dense.forward(first);
+        let x = fused::linear(&self.dense, first);
         match self.variant {
             Variant::DistilBert => activation::relu(x),
             Variant::Bert | Variant::Roberta => x.tanh(),
@@ -446,8 +446,10 @@ impl<B: FusedOps> BertForSequenceClassification<B> {
             .forward(batch)
             .pooler_output
             .expect("classification model has a pooler");
-        self.classifier
-            .forward(B::fused_dropout(pooled, self.dropout.prob))
+        fused::linear(
+            &self.classifier,
+            B::fused_dropout(pooled, self.dropout.prob),
+        )
     }
 }
 

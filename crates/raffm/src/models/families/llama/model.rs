@@ -78,12 +78,13 @@ impl<B: FusedOps> LoraLinear<B> {
 
     /// `[tokens, in]` -> `[tokens, out]`: `x W + scaling * dropout(x) A B`.
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let base = x.clone().matmul(self.weight.val()); // [tokens, out]
+        let base = B::fused_matmul(x.clone(), self.weight.val()); // [tokens, out]
         match &self.adapter {
             None => base,
             Some(lora) => {
-                let low = B::fused_dropout(x, lora.dropout).matmul(lora.lora_a.val()); // [tokens, r]
-                base + low.matmul(lora.lora_b.val()).mul_scalar(lora.scaling) // [tokens, out]
+                let low = B::fused_matmul(B::fused_dropout(x, lora.dropout), lora.lora_a.val()); // [tokens, r]
+                base + B::fused_matmul(low, lora.lora_b.val()).mul_scalar(lora.scaling)
+                // [tokens, out]
             }
         }
     }

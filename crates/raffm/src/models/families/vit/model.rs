@@ -18,7 +18,7 @@ use crate::core::elastic::{Axis, AxisSizes};
 use crate::core::error::{Error, Result};
 use crate::core::tensor::HostTensor;
 use crate::models::families::hf::{linear_tokens, Exporter, Loader};
-use crate::models::fused::{AttentionOptions, FusedOps};
+use crate::models::fused::{self, AttentionOptions, FusedOps};
 
 /// PyTorch's bicubic interpolation (`align_corners=False`, cubic coefficient -0.75, edge
 /// samples clamped) from `input` to `output` points, as a `[output, input]` matrix.
@@ -50,7 +50,7 @@ pub struct VitPatchEmbeddings<B: Backend> {
     num_channels: usize,
 }
 
-impl<B: Backend> VitPatchEmbeddings<B> {
+impl<B: FusedOps> VitPatchEmbeddings<B> {
     /// `[batch, channels, height, width]` pixels to `[batch, patches, hidden]`, patches in
     /// row-major order; a border narrower than a patch is dropped, as the convolution does.
     pub fn forward(&self, pixels: Tensor<B, 4>) -> Tensor<B, 3> {
@@ -80,7 +80,7 @@ pub struct VitEmbeddings<B: Backend> {
     grid: usize,
 }
 
-impl<B: Backend> VitEmbeddings<B> {
+impl<B: FusedOps> VitEmbeddings<B> {
     /// The position embeddings for a `rows x cols` patch grid: `[1, 1 + rows * cols, hidden]`.
     fn positions(&self, rows: usize, cols: usize) -> Tensor<B, 3> {
         let all = self.position_embeddings.val(); // [1, 1 + grid², hidden]
@@ -419,7 +419,7 @@ impl<B: FusedOps> VitForImageClassification<B> {
                 Tensor::cat(vec![cls, patches], 1) // [batch, 2 * hidden]
             }
         };
-        self.classifier.forward(features)
+        fused::linear(&self.classifier, features)
     }
 }
 

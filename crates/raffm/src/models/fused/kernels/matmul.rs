@@ -31,6 +31,10 @@ impl Strided {
     pub(super) fn at(&self, i: usize, j: usize) -> usize {
         self.offset + i * self.row + j * self.col
     }
+    /// How far apart a column's consecutive elements are.
+    pub(super) fn row_step(&self) -> usize {
+        self.row
+    }
     /// Whether a row's elements are adjacent.
     pub(super) fn contiguous_rows(&self) -> bool {
         self.col == 1

@@ -27,8 +27,39 @@ const MC: usize = 64;
 
 /// Two values rounded to bf16 and packed as `VDPBF16PS` reads a pair: the lower-indexed
 /// element in the low half.
+#[inline(always)]
 fn pair(lo: f32, hi: f32) -> u32 {
     to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
+}
+
+/// `out[j] = pair(lo[j], hi[j])` (`hi` absent: zeros), compiled for AVX-512 so that the
+/// rounding vectorizes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn pack_rows(lo: &[f32], hi: Option<&[f32]>, out: &mut [u32]) {
+    match hi {
+        Some(hi) => {
+            for ((o, &a), &b) in out.iter_mut().zip(lo).zip(hi) {
+                *o = pair(a, b);
+            }
+        }
+        None => {
+            for (o, &a) in out.iter_mut().zip(lo) {
+                *o = to_bf16(a) as u32;
+            }
+        }
+    }
+}
+
+/// `out[p] = pair(run[2p], run[2p + 1])` for a contiguous run along k.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn pack_run(run: &[f32], mut out: impl FnMut(usize, u32)) {
+    let mut pairs = run.chunks_exact(2);
+    for (p, two) in pairs.by_ref().enumerate() {
+        out(p, pair(two[0], two[1]));
+    }
+    if let [last] = pairs.remainder() {
+        out(run.len() / 2, pair(*last, 0.0));
+    }
 }
 
 /// B as bf16 pairs: panel q (columns `q·NR ..`) holds, for each pair p, the `NR` pairs
@@ -37,23 +68,24 @@ fn pair(lo: f32, hi: f32) -> u32 {
 fn pack_b(rhs: &[f32], r: Strided, k: usize, n: usize) -> Vec<u32> {
     let pairs = k.div_ceil(2);
     let mut packed = vec![0u32; n.div_ceil(NR) * pairs * NR];
-    let value = |p: usize, j: usize| if p < k { rhs[r.at(p, j)] } else { 0.0 };
     packed
         .par_chunks_mut(pairs * NR)
         .enumerate()
         .for_each(|(q, panel)| {
-            let columns = q * NR..n.min((q + 1) * NR);
+            let (j0, cols) = (q * NR, NR.min(n - q * NR));
             if r.contiguous_rows() {
+                let row = |p: usize| &rhs[r.at(p, j0)..r.at(p, j0) + cols];
                 for p in 0..pairs {
-                    for j in columns.clone() {
-                        panel[p * NR + j - q * NR] = pair(value(2 * p, j), value(2 * p + 1, j));
-                    }
+                    let hi = (2 * p + 1 < k).then(|| row(2 * p + 1));
+                    // SAFETY: this engine runs only where the CPU has AVX-512.
+                    unsafe { pack_rows(row(2 * p), hi, &mut panel[p * NR..p * NR + cols]) };
                 }
             } else {
-                for j in columns {
-                    for p in 0..pairs {
-                        panel[p * NR + j - q * NR] = pair(value(2 * p, j), value(2 * p + 1, j));
-                    }
+                for jj in 0..cols {
+                    let start = r.at(0, j0 + jj);
+                    let run: Vec<f32> = (0..k).map(|p| rhs[start + p * r.row_step()]).collect();
+                    // SAFETY: as above.
+                    unsafe { pack_run(&run, |p, v| panel[p * NR + jj] = v) };
                 }
             }
         });
@@ -66,14 +98,34 @@ fn pack_b(rhs: &[f32], r: Strided, k: usize, n: usize) -> Vec<u32> {
 fn pack_a(lhs: &[f32], l: Strided, first: usize, rows: usize, k: usize) -> Vec<u32> {
     let pairs = k.div_ceil(2);
     let mut packed = vec![0u32; rows.div_ceil(MR) * pairs * MR];
-    let value = |i: usize, p: usize| if p < k { lhs[l.at(first + i, p)] } else { 0.0 };
-    let mut put = |i: usize, p: usize| {
-        packed[((i / MR) * pairs + p) * MR + i % MR] = pair(value(i, 2 * p), value(i, 2 * p + 1));
+    let mut put_row = |i: usize, run: &[f32]| {
+        let at = |p: usize| ((i / MR) * pairs + p) * MR + i % MR;
+        // SAFETY: this engine runs only where the CPU has AVX-512.
+        unsafe { pack_run(run, |p, v| packed[at(p)] = v) };
     };
     if l.contiguous_rows() {
-        (0..rows).for_each(|i| (0..pairs).for_each(|p| put(i, p)));
+        for i in 0..rows {
+            let start = l.at(first + i, 0);
+            put_row(i, &lhs[start..start + k]);
+        }
     } else {
-        (0..pairs).for_each(|p| (0..rows).for_each(|i| put(i, p)));
+        // A view's rows or its columns are contiguous (`Strided` makes no other kind):
+        // here the columns, so each panel's MR rows of a pair are two short runs.
+        assert_eq!(
+            l.row_step(),
+            1,
+            "a strided view with neither rows nor columns contiguous"
+        );
+        let column = |c: usize, i0: usize, n: usize| &lhs[l.at(first + i0, c)..][..n];
+        for s in 0..rows.div_ceil(MR) {
+            let (i0, n) = (s * MR, MR.min(rows - s * MR));
+            for p in 0..pairs {
+                let hi = (2 * p + 1 < k).then(|| column(2 * p + 1, i0, n));
+                let out = &mut packed[(s * pairs + p) * MR..][..n];
+                // SAFETY: as above.
+                unsafe { pack_rows(column(2 * p, i0, n), hi, out) };
+            }
+        }
     }
     packed
 }

@@ -14,6 +14,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor as Primitive;
 use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 
+mod matmul;
+
 use super::kernels::{
     self, AttentionSaved, AttentionShape, DropoutMask, LayerNormSaved, RotaryTables,
 };
@@ -186,6 +188,13 @@ fn norm_parameters<B: Backend>(norm: &LayerNorm<B>) -> (Tensor<B, 1>, Tensor<B, 
 
 /// Inference: no dropout, no saved state.
 impl FusedOps for Flex {
+    fn fused_matmul(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        match super::bf16_engine() {
+            Some(engine) => matmul::inference(engine, x, w),
+            None => x.matmul(w),
+        }
+    }
+
     fn fused_gelu(x: Tensor<Self, 3>) -> Tensor<Self, 3> {
         wrap(gelu_forward(&primitive(x).to_contiguous()))
     }
@@ -530,6 +539,13 @@ impl Backward<Flex, 4> for LayerNormBackward {
 
 /// Training: dropout is on, and every fused step records its backward pass.
 impl<C: CheckpointStrategy> FusedOps for AutodiffFlex<C> {
+    fn fused_matmul(x: Tensor<Self, 2>, w: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        match super::bf16_engine() {
+            Some(engine) => matmul::autodiff(engine, x, w),
+            None => x.matmul(w),
+        }
+    }
+
     fn fused_gelu(x: Tensor<Self, 3>) -> Tensor<Self, 3> {
         let x = primitive(x);
         let input = x.primitive.to_contiguous();

@@ -1,0 +1,101 @@
+//! The precision of the models' matrix products: fp32, or bf16 operands with fp32
+//! accumulation (what `torch.autocast("cpu", dtype=torch.bfloat16)` does to a matmul).
+//!
+//! Only the products of the linear layers change: master weights, gradients, AdamW's
+//! state, the norms, the softmax, the attention products and the loss stay fp32, and
+//! checkpoints stay fp32 on disk. The setting belongs to the thread that builds the
+//! graph (the fused ops are backend functions, without a model to carry it): a product
+//! reads it when it is called, and its backward uses what the forward used. Per thread, so
+//! that tests running side by side do not change each other's precision.
+
+use std::cell::Cell;
+
+use super::kernels::bf16::{self, Engine};
+use crate::core::error::Result;
+
+/// The precision of the linear layers' products.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision `{s}` (fp32 or bf16)")),
+        }
+    }
+}
+
+const FP32: u8 = 0;
+const BF16_AVX512: u8 = 1;
+const BF16_EMULATED: u8 = 2;
+
+thread_local! {
+    static CURRENT: Cell<u8> = const { Cell::new(FP32) };
+}
+
+/// Sets the precision of this thread's linear layers; bf16 picks its engine
+/// ([`bf16::engine`]), which may refuse (an engine the CPU lacks was asked for).
+pub fn set_precision(precision: Precision) -> Result<()> {
+    let code = match precision {
+        Precision::Fp32 => FP32,
+        Precision::Bf16 => match bf16::engine()? {
+            Engine::Avx512Bf16 => BF16_AVX512,
+            Engine::Emulated => BF16_EMULATED,
+        },
+    };
+    CURRENT.set(code);
+    Ok(())
+}
+
+/// The bf16 engine the linear layers use, or `None` for fp32.
+pub fn bf16_engine() -> Option<Engine> {
+    match CURRENT.get() {
+        BF16_AVX512 => Some(Engine::Avx512Bf16),
+        BF16_EMULATED => Some(Engine::Emulated),
+        _ => None,
+    }
+}
+
+/// The precision set by [`set_precision`].
+pub fn precision() -> Precision {
+    match bf16_engine() {
+        Some(_) => Precision::Bf16,
+        None => Precision::Fp32,
+    }
+}
+
+/// One line for logs: the precision and, for bf16, what runs it.
+pub fn describe(precision: Precision) -> String {
+    match (precision, bf16::engine()) {
+        (Precision::Fp32, _) => "fp32 matmuls".to_string(),
+        (Precision::Bf16, Ok(engine)) => engine.describe().to_string(),
+        (Precision::Bf16, Err(e)) => e.to_string(),
+    }
+}
