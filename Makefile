@@ -281,7 +281,7 @@ $(RUN)/round-0/global/manifest.json: $(RUN)/partition.json $(if $(PL_LORA_BASE),
 	$(BIN)/raffm-init-head --model $(INIT_MODEL) $(if $(PL_LORA_FLAGS),$(PL_LORA_FLAGS),--partition $(RUN)/partition.json $(call opt,--head-init,$(PL_HEAD_INIT)) $(call opt,--image-size,$(PL_IMAGE_SIZE))) --seed $(PL_SEED) --output $(@D)
 
 $(RUN)/round-0/eval.json: $(RUN)/round-0/global/manifest.json
-	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--precision,$(PL_PRECISION)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
+	$(BIN)/raffm-evaluate --model $(<D) --partition $(RUN)/partition.json $(call opt,--max-examples,$(PL_EVAL_MAX)) $(call opt,--max-seq-len,$(PL_MAX_SEQ_LEN)) --quiet --output $@
 
 # With DP and a target epsilon, a round that would pass the target does not start.
 $(RD)/participants.txt: $(RUN)/budgets.json

@@ -242,6 +242,61 @@ fn frozen_embeddings_are_not_uploaded_and_stay_identical() {
     );
 }
 
+/// `--precision bf16` trains (bit-identical for a seed, recorded in the manifest) and
+/// differs from fp32; where the products would silently stay fp32 it is refused.
+#[test]
+fn bf16_training_is_recorded_deterministic_and_refused_on_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fixture(d);
+    let (partition, head) = (d.join("p.json"), d.join("head"));
+    two_client_partition(d, &partition);
+    init_head(d, &head);
+    let train = |out: &str, extra: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"-m",
+            &head,
+            &"-p",
+            &partition,
+            &"-c",
+            &"c000",
+            &"--max-steps",
+            &"3",
+        ];
+        let out = d.join(out);
+        args.extend([&"-o" as &dyn AsRef<std::ffi::OsStr>, &out, &"-q"]);
+        args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        (run("raffm-local-train", &args), out)
+    };
+    let weights = |dir: &Path| std::fs::read(dir.join("model.safetensors")).unwrap();
+    let (a, a_dir) = train("a", &["--precision", "bf16"]);
+    ok(a);
+    let (b, b_dir) = train("b", &["--precision", "bf16"]);
+    ok(b);
+    let (c, c_dir) = train("c", &[]);
+    ok(c);
+    assert_eq!(weights(&a_dir), weights(&b_dir));
+    assert_ne!(weights(&a_dir), weights(&c_dir));
+    let manifest = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+    };
+    assert_eq!(
+        manifest(&a_dir)["parameters"]["options"]["precision"],
+        "bf16"
+    );
+    assert_eq!(
+        manifest(&c_dir)["parameters"]["options"]["precision"],
+        "fp32"
+    );
+
+    let (refused, out) = train("gpu", &["--precision", "bf16", "--device", "cuda"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--precision bf16"), "{err}");
+    assert!(!out.exists());
+}
+
 #[test]
 fn user_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,7 @@ use raffm::core::rng::SplitMix64;
 use raffm::core::sys::peak_rss_bytes;
 use raffm::fl::extract::{extract, select, selection_map, Strategy};
 use raffm::models::families::llama::lora::{LoraAdapter, LoraConfig, DEFAULT_TARGETS};
+use raffm::models::fused::Precision;
 use raffm::models::llm::{train::train_lora, EncodedExample};
 use raffm::models::train::TrainOptions;
 use raffm::{Axis, Checkpoint, CpuBackend};
@@ -65,7 +66,7 @@ fn model(mode: &str) -> Checkpoint {
     .unwrap()
 }
 
-fn measure(mode: &str) {
+fn measure(mode: &str, precision: Precision) {
     let checkpoint = model(mode);
     let config = checkpoint.config.llama().unwrap();
     let targets: Vec<String> = DEFAULT_TARGETS.map(String::from).to_vec();
@@ -90,6 +91,7 @@ fn measure(mode: &str) {
         max_steps: Some(STEPS + 1),
         learning_rate: 2e-4,
         max_grad_norm: None,
+        precision,
         ..Default::default()
     };
     let mut ends = vec![Instant::now()];
@@ -126,9 +128,9 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    if let [mode] = &args[..] {
+    if let [mode, precision] = &args[..] {
         raffm::core::sys::keep_freed_memory();
-        return measure(mode);
+        return measure(mode, precision.parse().unwrap());
     }
     let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();
     let script = concat!(
@@ -139,15 +141,18 @@ fn main() {
     // Interleaved, twice: ours (each mode), then PyTorch, so the machine's noise falls on both.
     for round in 0..2 {
         for mode in ["lm", "answer", "half"] {
-            let mut cmd = Command::new(std::env::current_exe().unwrap());
-            cmd.arg(mode);
-            if let Some(v) = common::run(&mut cmd) {
-                let what = match mode {
-                    "lm" => "every token",
-                    "answer" => "8 answer tokens",
-                    _ => "every token, half-width RaFFM sub-model",
-                };
-                println!("round {round}  raffm   loss on {what:<14} {v}");
+            // fp32 and bf16 products side by side.
+            for precision in ["fp32", "bf16"] {
+                let mut cmd = Command::new(std::env::current_exe().unwrap());
+                cmd.args([mode, precision]);
+                if let Some(v) = common::run(&mut cmd) {
+                    let what = match mode {
+                        "lm" => "every token",
+                        "answer" => "8 answer tokens",
+                        _ => "every token, half-width RaFFM sub-model",
+                    };
+                    println!("round {round}  raffm {precision} loss on {what:<14} {v}");
+                }
             }
         }
         if let Some(python) = &torch {

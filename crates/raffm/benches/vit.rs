@@ -24,6 +24,7 @@ use raffm::core::rng::SplitMix64;
 use raffm::core::sys::peak_rss_bytes;
 use raffm::models::families::vit::model::VitForImageClassification;
 use raffm::models::fused::FusedAdamW;
+use raffm::models::fused::{set_precision, Precision};
 use raffm::{Checkpoint, CpuBackend};
 
 const BATCH: usize = 32;
@@ -54,7 +55,8 @@ fn pixels<B: raffm::burn::tensor::backend::Backend>(
 }
 
 /// Seconds per step of training (`train`) or evaluation (`eval`) at `size` px.
-fn measure(mode: &str, size: usize) {
+fn measure(mode: &str, size: usize, precision: Precision) {
+    set_precision(precision).unwrap();
     let checkpoint = checkpoint();
     let mut rng = SplitMix64::new(1);
     let mut seconds = Vec::new();
@@ -109,9 +111,13 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    if let [mode, size] = &args[..] {
+    if let [mode, size, precision] = &args[..] {
         raffm::core::sys::keep_freed_memory();
-        return measure(mode, size.parse().expect("a size in pixels"));
+        return measure(
+            mode,
+            size.parse().expect("a size in pixels"),
+            precision.parse().unwrap(),
+        );
     }
     let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();
     let script = concat!(
@@ -122,10 +128,13 @@ fn main() {
     // Interleaved: ours, then PyTorch, per size and mode, so the machine's noise falls on both.
     for size in ["112", "224"] {
         for mode in ["train", "eval"] {
-            let mut cmd = Command::new(std::env::current_exe().unwrap());
-            cmd.args([mode, size]);
-            if let Some(v) = common::run(&mut cmd) {
-                println!("{size} px {mode:<5} raffm   {v}");
+            // fp32 and bf16 products side by side.
+            for precision in ["fp32", "bf16"] {
+                let mut cmd = Command::new(std::env::current_exe().unwrap());
+                cmd.args([mode, size, precision]);
+                if let Some(v) = common::run(&mut cmd) {
+                    println!("{size} px {mode:<5} raffm {precision} {v}");
+                }
             }
             if let Some(python) = &torch {
                 let mut cmd = Command::new(python);

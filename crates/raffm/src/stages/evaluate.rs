@@ -14,7 +14,7 @@ use crate::data::partition::Partition;
 use crate::data::Input;
 use crate::fl::adapter::{AdapterFolder, LORA_SEQ_LEN};
 use crate::models::evaluate::{metrics, EvalSet, Metrics};
-use crate::models::fused::{set_precision, Precision};
+use crate::models::fused::{check_precision_device, set_precision, Precision};
 use crate::with_backend;
 
 /// Evaluates a checkpoint with a classification head on a split of a partition
@@ -81,6 +81,7 @@ pub fn run(args: &Args) -> Result<Metrics> {
     if args.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be at least 1".into()));
     }
+    check_precision_device(args.precision, &args.device)?;
     set_precision(args.precision)?;
     if crate::fl::adapter::is_adapter(&args.model) {
         return evaluate_adapter(args);

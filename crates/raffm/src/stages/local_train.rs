@@ -21,7 +21,7 @@ use crate::data::{tokenize, Dataset, Task};
 use crate::fl::adapter::train::{train_client, AdapterTraining};
 use crate::fl::adapter::LORA_SEQ_LEN;
 use crate::fl::attack::Attack;
-use crate::models::fused::{describe_precision, set_precision, Precision};
+use crate::models::fused::{check_precision_device, describe_precision, set_precision, Precision};
 use crate::models::train::{train_encoder, Step, TrainData, TrainOptions, TrainReport};
 use crate::models::vision::train::train_classifier;
 use crate::models::vision::Preprocess;
@@ -117,7 +117,8 @@ pub struct Args {
 /// Runs the stage: writes `args.output` and returns its manifest's record.
 pub fn run(args: &Args) -> Result<StageRecord> {
     let attack: Option<Attack> = args.attack.as_deref().map(str::parse).transpose()?;
-    // A bf16 engine the CPU lacks is refused before anything is read.
+    // A bf16 engine the CPU or the backend lacks is refused before anything is read.
+    check_precision_device(args.precision, &args.device)?;
     set_precision(args.precision)?;
     if !args.quiet && args.precision != Precision::Fp32 {
         eprintln!("{}: {}", args.client, describe_precision(args.precision));

@@ -74,8 +74,8 @@ pub struct LocalSettings {
     pub mu: Option<f64>,
     #[serde(default)]
     pub freeze_embeddings: bool,
-    /// The linear layers' products in local training and evaluation: `fp32` (the
-    /// default) or `bf16`.
+    /// The linear layers' products in local training: `fp32` (the default) or `bf16`. The
+    /// rounds' evaluations stay fp32, so runs of both precisions are scored alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
 }

@@ -17,7 +17,8 @@ pub mod kernels;
 mod precision;
 
 pub use precision::{
-    bf16_engine, describe as describe_precision, precision, set_precision, Precision,
+    bf16_engine, check_device as check_precision_device, describe as describe_precision, precision,
+    set_precision, Precision,
 };
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,7 +11,8 @@
 use std::cell::Cell;
 
 use super::kernels::bf16::{self, Engine};
-use crate::core::error::Result;
+use crate::core::device::DeviceChoice;
+use crate::core::error::{Error, Result};
 
 /// The precision of the linear layers' products.
 #[derive(
@@ -60,6 +61,18 @@ thread_local! {
     static CURRENT: Cell<u8> = const { Cell::new(FP32) };
 }
 
+/// Refuses bf16 where the products would silently stay fp32: only the flex CPU backend
+/// has the bf16 product so far.
+pub fn check_device(precision: Precision, device: &DeviceChoice) -> Result<()> {
+    let supported = cfg!(feature = "flex") && matches!(device, DeviceChoice::Cpu);
+    if precision == Precision::Bf16 && !supported {
+        return Err(Error::Invalid(format!(
+            "--precision bf16: only the flex CPU backend has bf16 products so far, not {device:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Sets the precision of this thread's linear layers; bf16 picks its engine
 /// ([`bf16::engine`]), which may refuse (an engine the CPU lacks was asked for).
 pub fn set_precision(precision: Precision) -> Result<()> {
@@ -97,5 +110,33 @@ pub fn describe(precision: Precision) -> String {
         (Precision::Fp32, _) => "fp32 matmuls".to_string(),
         (Precision::Bf16, Ok(engine)) => engine.describe().to_string(),
         (Precision::Bf16, Err(e)) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_is_refused_where_it_would_silently_stay_fp32() {
+        let err = check_device(Precision::Bf16, &DeviceChoice::Cuda(0)).unwrap_err();
+        assert!(err.to_string().contains("--precision bf16"), "{err}");
+        check_device(Precision::Fp32, &DeviceChoice::Cuda(0)).unwrap();
+        assert_eq!(
+            check_device(Precision::Bf16, &DeviceChoice::Cpu).is_ok(),
+            cfg!(feature = "flex")
+        );
+    }
+
+    #[test]
+    fn the_setting_is_the_threads_own() {
+        set_precision(Precision::Bf16).unwrap();
+        assert_eq!(precision(), Precision::Bf16);
+        let other = std::thread::spawn(precision).join().unwrap();
+        assert_eq!(other, Precision::Fp32);
+        set_precision(Precision::Fp32).unwrap();
+        assert_eq!((precision(), bf16_engine()), (Precision::Fp32, None));
+        assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+        assert!("fp16".parse::<Precision>().unwrap_err().contains("fp16"));
     }
 }

@@ -81,11 +81,16 @@ fn pack_b(rhs: &[f32], r: Strided, k: usize, n: usize) -> Vec<u32> {
                     unsafe { pack_rows(row(2 * p), hi, &mut panel[p * NR..p * NR + cols]) };
                 }
             } else {
+                // The columns are contiguous (see `pack_a`): each is one run along k.
+                assert_eq!(
+                    r.row_step(),
+                    1,
+                    "a strided view with neither rows nor columns contiguous"
+                );
                 for jj in 0..cols {
                     let start = r.at(0, j0 + jj);
-                    let run: Vec<f32> = (0..k).map(|p| rhs[start + p * r.row_step()]).collect();
                     // SAFETY: as above.
-                    unsafe { pack_run(&run, |p, v| panel[p * NR + jj] = v) };
+                    unsafe { pack_run(&rhs[start..start + k], |p, v| panel[p * NR + jj] = v) };
                 }
             }
         });
@@ -109,8 +114,9 @@ fn pack_a(lhs: &[f32], l: Strided, first: usize, rows: usize, k: usize) -> Vec<u
             put_row(i, &lhs[start..start + k]);
         }
     } else {
-        // A view's rows or its columns are contiguous (`Strided` makes no other kind):
-        // here the columns, so each panel's MR rows of a pair are two short runs.
+        // A view's rows or its columns are contiguous (`Strided` makes no other kind, and
+        // `check` keeps every element inside the slice): here the columns, so each
+        // panel's MR rows of a pair are two short runs.
         assert_eq!(
             l.row_step(),
             1,
