@@ -61,11 +61,17 @@ pub(super) fn inference(engine: Engine, x: Tensor<Flex, 2>, w: Tensor<Flex, 2>) 
     wrap(forward(engine, &x, &w))
 }
 
+/// What the backward needs: `x` only for `w`'s gradient and `w` only for `x`'s, so a
+/// frozen weight (LoRA's base) keeps no activation alive.
 #[derive(Clone, Debug)]
 struct MatmulState {
     engine: Engine,
-    x: FlexTensor,
-    w: FlexTensor,
+    /// `[rows, in]`, when `w` needs a gradient.
+    x: Option<FlexTensor>,
+    /// `[in, out]`, when `x` needs a gradient.
+    w: Option<FlexTensor>,
+    rows: usize,
+    width: usize,
 }
 
 #[derive(Debug)]
@@ -76,15 +82,21 @@ impl Backward<Flex, 2> for MatmulBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous(); // [rows, out]
-        let MatmulState { engine, x, w } = ops.state;
-        let ([rows, width], [_, out]) = (shape2(&x), shape2(&w));
+        let MatmulState {
+            engine,
+            x,
+            w,
+            rows,
+            width,
+        } = ops.state;
+        let out = shape2(&grad)[1];
         let [x_node, w_node] = &ops.parents;
-        if let Some(node) = x_node {
-            let dx = product(engine, (rows, width, out), (&grad, false), (&w, true)); // [rows, in]
+        if let (Some(node), Some(w)) = (x_node, &w) {
+            let dx = product(engine, (rows, width, out), (&grad, false), (w, true)); // [rows, in]
             grads.register::<Flex>(node.id, dx);
         }
-        if let Some(node) = w_node {
-            let dw = product(engine, (width, out, rows), (&x, true), (&grad, false)); // [in, out]
+        if let (Some(node), Some(x)) = (w_node, &x) {
+            let dw = product(engine, (width, out, rows), (x, true), (&grad, false)); // [in, out]
             grads.register::<Flex>(node.id, dw);
         }
     }
@@ -99,20 +111,21 @@ pub(super) fn autodiff<C: CheckpointStrategy>(
     let [x, w] = [primitive(x), primitive(w)];
     let [ix, iw] = [&x, &w].map(|t| t.primitive.to_contiguous());
     let out = forward(engine, &ix, &iw);
+    let [rows, width] = shape2(&ix);
+    let state = MatmulState {
+        engine,
+        x: w.is_tracked().then_some(ix),
+        w: x.is_tracked().then_some(iw),
+        rows,
+        width,
+    };
     wrap(
         match MatmulBackward
             .prepare::<C>([x.node.clone(), w.node.clone()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(
-                MatmulState {
-                    engine,
-                    x: ix,
-                    w: iw,
-                },
-                out,
-            ),
+            OpsKind::Tracked(prep) => prep.finish(state, out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         },
     )
