@@ -130,26 +130,8 @@ pub fn run(args: &Args) -> Result<Metrics> {
         }
         write_file_atomic(path, lines.as_bytes())?;
     }
-    let seconds = start.elapsed().as_secs_f64();
-    let report = json!({
-        "model": args.model,
-        "model_sha256": checkpoint.weights_sha256(),
-        "partition": sha256_file(&args.partition)?,
-        "split": args.split,
-        "precision": args.precision,
-        "metrics": result,
-        "seconds": seconds,
-        "examples_per_second": ids.len() as f64 / seconds,
-    });
-    let text = serde_json::to_string_pretty(&report).expect("JSON serializes");
-    if let Some(path) = &args.output {
-        write_file_atomic(path, format!("{text}\n").as_bytes())?;
-    }
-    println!(
-        "{}",
-        serde_json::to_string(&result).expect("metrics serialize")
-    );
-    Ok(result)
+    let identity = json!({"model_sha256": checkpoint.weights_sha256()});
+    finish(args, identity, result, ids.len(), start)
 }
 
 /// The examples of `args.split`, at most `--max-examples`, spread evenly.
@@ -215,18 +197,31 @@ fn evaluate_adapter(args: &Args) -> Result<Metrics> {
         )?
     });
     progress.finish_and_clear();
+    let identity = json!({"model_sha256": folder.weights_sha256(), "base": folder.base});
+    finish(args, identity, result, ids.len(), start)
+}
+
+/// Writes `--output` (the metrics, what was scored with its hashes, and the speed), prints
+/// the metrics, and returns them. `identity` names the model scored.
+fn finish(
+    args: &Args,
+    identity: serde_json::Value,
+    result: Metrics,
+    examples: usize,
+    start: std::time::Instant,
+) -> Result<Metrics> {
     let seconds = start.elapsed().as_secs_f64();
-    let report = json!({
+    let mut report = json!({
         "model": args.model,
-        "model_sha256": folder.weights_sha256(),
-        "base": folder.base,
         "partition": sha256_file(&args.partition)?,
         "split": args.split,
         "precision": args.precision,
         "metrics": result,
         "seconds": seconds,
-        "examples_per_second": ids.len() as f64 / seconds,
+        "examples_per_second": examples as f64 / seconds,
     });
+    let fields = report.as_object_mut().expect("an object");
+    fields.extend(identity.as_object().expect("an object").clone());
     if let Some(path) = &args.output {
         let text = serde_json::to_string_pretty(&report).expect("JSON serializes");
         write_file_atomic(path, format!("{text}\n").as_bytes())?;
