@@ -10,6 +10,10 @@
 //!
 //! Dropout on flex draws its masks from a counter-based hash keyed by [`seed_dropout`]'s
 //! seed and a per-call counter, not from burn's generator; [`seed_dropout`] resets both.
+//!
+//! The linear layers' product is one more step ([`FusedOps::fused_matmul`], through
+//! [`linear`]): fp32 as burn computes it, or with bf16 operands where [`set_precision`]
+//! asks for them (mixed precision, as PyTorch's autocast).
 
 #[cfg(feature = "flex")]
 mod flex;
