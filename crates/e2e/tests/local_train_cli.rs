@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use raffm::core::device::DeviceChoice;
 use raffm::core::elastic::TensorKind;
 use raffm::core::fixtures::{tiny_reviews, tiny_text_model};
+use raffm::models::fused::Precision;
 use raffm::Checkpoint;
 
 use raffm_e2e::bin;
@@ -243,7 +245,9 @@ fn frozen_embeddings_are_not_uploaded_and_stay_identical() {
 }
 
 /// `--precision bf16` trains (bit-identical for a seed, recorded in the manifest) and
-/// differs from fp32; where the products would silently stay fp32 it is refused.
+/// differs from fp32; the default, auto, is one of the two (bf16 where the CPU has AMX)
+/// and the manifest says which; where the products would silently stay fp32, bf16 is
+/// refused.
 #[test]
 fn bf16_training_is_recorded_deterministic_and_refused_on_a_gpu() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,8 +277,10 @@ fn bf16_training_is_recorded_deterministic_and_refused_on_a_gpu() {
     ok(a);
     let (b, b_dir) = train("b", &["--precision", "bf16"]);
     ok(b);
-    let (c, c_dir) = train("c", &[]);
+    let (c, c_dir) = train("c", &["--precision", "fp32"]);
     ok(c);
+    let (auto, auto_dir) = train("auto", &[]);
+    ok(auto);
     assert_eq!(weights(&a_dir), weights(&b_dir));
     assert_ne!(weights(&a_dir), weights(&c_dir));
     let manifest = |dir: &Path| -> serde_json::Value {
@@ -287,6 +293,17 @@ fn bf16_training_is_recorded_deterministic_and_refused_on_a_gpu() {
     assert_eq!(
         manifest(&c_dir)["parameters"]["options"]["precision"],
         "fp32"
+    );
+    let resolved = Precision::Auto.resolve(&DeviceChoice::Cpu).unwrap();
+    let same_as = if resolved == Precision::Bf16 {
+        &a_dir
+    } else {
+        &c_dir
+    };
+    assert_eq!(weights(&auto_dir), weights(same_as));
+    assert_eq!(
+        manifest(&auto_dir)["parameters"]["options"]["precision"],
+        resolved.to_string()
     );
 
     let (refused, out) = train("gpu", &["--precision", "bf16", "--device", "cuda"]);

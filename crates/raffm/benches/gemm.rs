@@ -91,8 +91,10 @@ fn main() {
         auto.describe()
     );
     let mut variants: Vec<(&str, Option<Engine>)> = vec![("fp32", None)];
-    if auto == Engine::Avx512Bf16 {
-        variants.push(("bf16 avx512", Some(Engine::Avx512Bf16)));
+    for (name, choice) in [("bf16 amx", "amx"), ("bf16 avx512", "avx512bf16")] {
+        if let Ok(engine) = Engine::select(choice) {
+            variants.push((name, Some(engine)));
+        }
     }
     variants.push(("bf16 emulated", Some(Engine::Emulated)));
     print!("{:<24}", "GFLOP/s (median)");

@@ -10,7 +10,7 @@
 //! the paper's RaFFM + LoRA. Each run is its own process,
 //! so its peak resident memory is its own. With `RAFFM_TORCH_PYTHON` set to a Python with
 //! torch, transformers and peft, `scripts/bench/lora_pytorch.py` runs in between, side by
-//! side. Throughput is the median over steps after the first; `steal` is the share of CPU
+//! side, in fp32 and under bf16 autocast. Throughput is the median over steps after the first; `steal` is the share of CPU
 //! time the hypervisor gave to other guests meanwhile. Run with `make bench`.
 
 mod common;
@@ -155,11 +155,17 @@ fn main() {
                 }
             }
         }
-        if let Some(python) = &torch {
+        // PyTorch in fp32 and under bf16 autocast.
+        for precision in ["fp32", "bf16"] {
+            let Some(python) = &torch else { break };
             let mut cmd = Command::new(python);
-            cmd.arg(script).arg(model_dir()).env("OMP_NUM_THREADS", "2");
+            cmd.arg(script).arg(model_dir()).arg(precision);
+            cmd.env("OMP_NUM_THREADS", "2");
             if let Some(v) = common::run(&mut cmd) {
-                println!("round {round}  pytorch loss on {:<14} {v}", "every token");
+                println!(
+                    "round {round}  pytorch {precision} loss on {:<14} {v}",
+                    "every token"
+                );
             }
         }
     }

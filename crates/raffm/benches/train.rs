@@ -1,12 +1,17 @@
-//! Training and evaluation throughput of the real MiniLM on this machine, in the shape of
-//! the reference figures (PyTorch 2.15 + transformers 5.23, 2 threads, sequences padded to
-//! 64, AdamW, dropout on): full model 27 examples/s training and 114 examples/s evaluation
-//! (batch 64); FFN width 768: 37 examples/s training.
+//! Training (batch 32) and evaluation (batch 64) throughput of the real MiniLM on this
+//! machine, sequences padded to 64, AdamW, dropout on: the full model, half its heads and
+//! FFN, and an FFN of 768; each with fp32 and with bf16 products.
+//!
+//! With `RAFFM_TORCH_PYTHON` set to a Python with torch and transformers,
+//! `scripts/bench/minilm_pytorch.py` runs the full model's training and evaluation right
+//! after ours, in fp32 and under bf16 autocast, side by side.
 //!
 //! Each configuration runs in its own process so its peak resident memory is its own.
 //! Throughput is the median over steps after the first; `steal` is the share of CPU time
 //! the hypervisor gave to other guests meanwhile (a shared VM's noise).
 //! Run with `make bench`.
+
+mod common;
 
 use std::process::Command;
 use std::time::Instant;
@@ -143,13 +148,6 @@ fn measure(config: &str, mode: &str, precision: Precision) {
             batch as f64 / seconds[seconds.len() / 2],
         )
     };
-    let reference = match (config, mode) {
-        _ if precision != Precision::Fp32 => None,
-        ("full", "train") => Some(27.0),
-        ("full", "eval") => Some(114.0),
-        ("ffn768", "train") => Some(37.0),
-        _ => None,
-    };
     let steal = match (jiffies_before, raffm::core::sys::cpu_jiffies()) {
         (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
             format!(
@@ -160,9 +158,8 @@ fn measure(config: &str, mode: &str, precision: Precision) {
         _ => String::new(),
     };
     println!(
-        "{line}  {config:>6} {precision} ({:>5.2}M params): {throughput:>6.1} examples/s{}  peak RSS {:>5.0} MiB{steal}",
+        "{line}  {config:>6} {precision} ({:>5.2}M params): {throughput:>6.1} examples/s  peak RSS {:>5.0} MiB{steal}",
         checkpoint.parameter_count() as f64 / 1e6,
-        reference.map_or(String::new(), |r| format!(" ({:.2}x PyTorch's {r})", throughput / r)),
         peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
     );
 }
@@ -176,8 +173,16 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     if let [config, mode, precision] = &args[..] {
+        raffm::core::sys::keep_freed_memory();
         return measure(config, mode, precision.parse().unwrap());
     }
+    let torch = std::env::var("RAFFM_TORCH_PYTHON").ok();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/bench/minilm_pytorch.py"
+    );
+    let assets = std::env::var("RAFFM_ASSETS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets").into());
     println!(
         "machine: {} threads; bf16: {}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -196,6 +201,20 @@ fn main() {
                 .status()
                 .unwrap();
             assert!(status.success(), "{config} {mode} {precision} failed");
+        }
+        // PyTorch on the full model, in fp32 and under bf16 autocast.
+        for precision in ["fp32", "bf16"] {
+            let (Some(python), "full") = (&torch, config) else {
+                break;
+            };
+            let mut cmd = Command::new(python);
+            cmd.arg(script)
+                .arg(std::path::Path::new(&assets).join("minilm"))
+                .args([mode, precision])
+                .env("OMP_NUM_THREADS", "2");
+            if let Some(v) = common::run(&mut cmd) {
+                println!("{mode:<8} {config:>6} pytorch {precision} {v}");
+            }
         }
     }
 }

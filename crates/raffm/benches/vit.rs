@@ -4,7 +4,8 @@
 //! 2 threads. The reference (PyTorch 2.15 + transformers 5.23, this shape, same machine):
 //! 16.7-18.6 images/s training and 53-57 evaluating at 112 px with 1.9 GiB peak; 3.7 and
 //! 13.7 at 224 px with 4.1 GiB. With `RAFFM_TORCH_PYTHON` set to a Python with torch and
-//! transformers, `scripts/bench/vit_pytorch.py` runs in between, side by side. Each
+//! transformers, `scripts/bench/vit_pytorch.py` runs in between, side by side, in fp32 and under bf16
+//! autocast. Each
 //! measurement is its own process, so its peak resident memory is its own; throughput is
 //! the median over steps after the first; `steal` is the share of CPU time the hypervisor
 //! gave to other guests meanwhile. Run with `make bench`.
@@ -136,14 +137,16 @@ fn main() {
                     println!("{size} px {mode:<5} raffm {precision} {v}");
                 }
             }
-            if let Some(python) = &torch {
+            // PyTorch in fp32 and under bf16 autocast.
+            for precision in ["fp32", "bf16"] {
+                let Some(python) = &torch else { break };
                 let mut cmd = Command::new(python);
                 cmd.arg(script)
                     .arg(model_dir())
-                    .args([mode, size])
+                    .args([mode, size, precision])
                     .env("OMP_NUM_THREADS", "2");
                 if let Some(v) = common::run(&mut cmd) {
-                    println!("{size} px {mode:<5} pytorch {v}");
+                    println!("{size} px {mode:<5} pytorch {precision} {v}");
                 }
             }
         }

@@ -51,7 +51,9 @@ pub struct Args {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
-    /// The linear layers' products: fp32, or bf16 operands with fp32 accumulation.
+    /// The linear layers' products: fp32, bf16 operands with fp32 accumulation, or auto
+    /// (bf16 where the CPU has AMX, fp32 elsewhere). fp32 by default, so that every
+    /// host scores a model alike; the report records the precision that ran.
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
     /// Also write the metrics to this JSON file.
@@ -81,8 +83,9 @@ pub fn run(args: &Args) -> Result<Metrics> {
     if args.batch_size == 0 {
         return Err(Error::Invalid("--batch-size must be at least 1".into()));
     }
-    check_precision_device(args.precision, &args.device)?;
-    set_precision(args.precision)?;
+    let precision = args.precision.resolve(&args.device)?;
+    check_precision_device(precision, &args.device)?;
+    set_precision(precision)?;
     if crate::fl::adapter::is_adapter(&args.model) {
         return evaluate_adapter(args);
     }
@@ -215,7 +218,7 @@ fn finish(
         "model": args.model,
         "partition": sha256_file(&args.partition)?,
         "split": args.split,
-        "precision": args.precision,
+        "precision": args.precision.resolve(&args.device)?,
         "metrics": result,
         "seconds": seconds,
         "examples_per_second": examples as f64 / seconds,

@@ -96,10 +96,13 @@ pub struct Args {
     pub max_steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The linear layers' products: fp32, or bf16 operands with fp32 accumulation (as
-    /// PyTorch's bf16 autocast; on AVX512-BF16 where the CPU has it, emulated otherwise).
-    /// Weights, gradients, optimizer state and checkpoints stay fp32.
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    /// The linear layers' products: fp32, bf16 operands with fp32 accumulation (as
+    /// PyTorch's bf16 autocast; on AMX or AVX512-BF16 where the CPU has them, emulated
+    /// otherwise), or auto: bf16 where the CPU has AMX, fp32 elsewhere (bf16 trains as
+    /// well as fp32 there, several times faster; see docs/results.md). Weights,
+    /// gradients, optimizer state and checkpoints stay fp32; manifest.json records the
+    /// precision that ran.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub precision: Precision,
     /// Make this client malicious, for robustness experiments and tests only: scale:F sends
     /// the model it started from plus F times its update, flip sends the update negated.
@@ -118,17 +121,18 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<StageRecord> {
     let attack: Option<Attack> = args.attack.as_deref().map(str::parse).transpose()?;
     // A bf16 engine the CPU or the backend lacks is refused before anything is read.
-    check_precision_device(args.precision, &args.device)?;
-    set_precision(args.precision)?;
-    if !args.quiet && args.precision != Precision::Fp32 {
-        eprintln!("{}: {}", args.client, describe_precision(args.precision));
+    let precision = args.precision.resolve(&args.device)?;
+    check_precision_device(precision, &args.device)?;
+    set_precision(precision)?;
+    if !args.quiet && precision != Precision::Fp32 {
+        eprintln!("{}: {}", args.client, describe_precision(precision));
     }
     crate::core::io::check_output_apart(
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
     )?;
     if crate::fl::adapter::is_adapter(&args.model) {
-        return train_adapter(args, attack);
+        return train_adapter(args, attack, precision);
     }
     // Taken before training, not after: a second writer of the same output is refused at
     // once instead of training for minutes and then replacing this one's result.
@@ -137,7 +141,7 @@ pub fn run(args: &Args) -> Result<StageRecord> {
     let extracted = extraction_manifest(args)?;
     let partition = Partition::load(&args.partition)?;
     let (dataset, ids) = client_examples(args, &partition, &checkpoint)?;
-    let options = train_options(args, false);
+    let options = train_options(args, false, precision);
 
     let progress = step_progress(args);
     let started = std::time::Instant::now();
@@ -248,7 +252,7 @@ fn step_progress(args: &Args) -> ProgressBar {
 
 /// The optimizer and schedule options as given on the command line, else the defaults of
 /// a whole model or (`adapter`) of LoRA.
-fn train_options(args: &Args, adapter: bool) -> TrainOptions {
+fn train_options(args: &Args, adapter: bool, precision: Precision) -> TrainOptions {
     let (batch_size, lr, warmup_ratio, weight_decay, max_grad_norm) = match adapter {
         false => (32, 5e-5, 0.1, 0.01, 1.0),
         true => (8, 2e-4, 0.0, 0.0, 0.0),
@@ -265,7 +269,7 @@ fn train_options(args: &Args, adapter: bool) -> TrainOptions {
         freeze_embeddings: args.freeze_embeddings,
         max_steps: args.max_steps,
         seed: args.seed,
-        precision: args.precision,
+        precision,
     }
 }
 
@@ -403,14 +407,14 @@ fn trained_manifest(
 }
 
 /// A client's LoRA adapter (from raffm-extract in a LoRA round) on its frozen base.
-fn train_adapter(args: &Args, attack: Option<Attack>) -> Result<StageRecord> {
+fn train_adapter(args: &Args, attack: Option<Attack>, precision: Precision) -> Result<StageRecord> {
     if attack.is_some() || args.mu != 0.0 || args.freeze_embeddings {
         return Err(Error::Invalid(
             "--attack, --mu and --freeze-embeddings do not apply to an adapter".into(),
         ));
     }
     // Clients of a round get one --seed; each draws its own dropout masks and order.
-    let mut options = train_options(args, true);
+    let mut options = train_options(args, true, precision);
     options.seed = crate::core::rng::SplitMix64::derive(args.seed, &args.client).next_u64();
     let partition = Partition::load(&args.partition)?;
     let job = AdapterTraining {

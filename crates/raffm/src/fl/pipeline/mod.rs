@@ -554,7 +554,7 @@ mod tests {
         assert_eq!(value("PL_ATTACK_PER_ROUND"), "1");
         assert_eq!(value("PL_PRIORITIZE"), ""); // only the salient strategy prioritizes
         assert_eq!(value("PL_LR"), ""); // left to raffm-local-train
-        assert_eq!(value("PL_PRECISION"), ""); // fp32, the stages' default
+        assert_eq!(value("PL_PRECISION"), ""); // auto, the stage's default
         let mut bf16 = base.clone();
         bf16["local"] = serde_json::json!({"precision": "bf16"});
         let vars = vars_of(bf16).unwrap();

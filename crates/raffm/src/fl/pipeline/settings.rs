@@ -74,8 +74,9 @@ pub struct LocalSettings {
     pub mu: Option<f64>,
     #[serde(default)]
     pub freeze_embeddings: bool,
-    /// The linear layers' products in local training: `fp32` (the default) or `bf16`. The
-    /// rounds' evaluations stay fp32, so runs of both precisions are scored alike.
+    /// The linear layers' products in local training: `fp32`, `bf16`, or `auto` (the
+    /// default: bf16 where the CPU has AMX, fp32 elsewhere). The rounds' evaluations stay
+    /// fp32, so runs of every precision are scored alike.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
 }

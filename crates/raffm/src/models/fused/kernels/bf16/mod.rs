@@ -10,17 +10,24 @@
 //! `u = 2⁻⁸` bf16's unit roundoff and `γ_k = k·2⁻²⁴ / (1 − k·2⁻²⁴)` fp32's for a sum of `k`
 //! terms, `|ĉ − c| ≤ (2u + u² + γ_k) · Σ_p |a_p|·|b_p|`.
 //!
-//! Why a kernel of our own: `core::arch`'s AVX512-BF16 intrinsics are stable, so it is
-//! plain Rust with no C or C++ library to build; it rounds while it packs, straight from
-//! our strided views (transposed operands need no copy); and it splits rows in fixed
-//! blocks, which keeps results independent of the thread count. Tried: micro-tiles of
-//! 12 × 32 instead of 8 × 32 (no gain: 550-676 against 527-675 GFLOP/s on the bench's
-//! shapes). Not tried yet: oneDNN, and tract-linalg's AMX kernel for the AMX engine.
+//! Why kernels of our own: the AVX512-BF16 one is plain Rust (`core::arch`'s intrinsics
+//! for it are stable) and the AMX one stable `asm!` (its intrinsics are nightly-only),
+//! so there is no C or C++ library to build, and no second copy of the operands: both
+//! round to bf16 while they pack, straight from our strided views (transposed operands
+//! need no copy), and both sum each element in a fixed order, so results do not depend
+//! on the thread count. Not tried: oneDNN (what PyTorch calls; a C++ build, and its own
+//! threads beside rayon's) and tract-linalg's AMX kernel. Tried on the AVX512-BF16 engine: micro-tiles of 12 × 32 instead of
+//! 8 × 32 (no gain: 550-676 against 527-675 GFLOP/s on the bench's shapes). Tried on
+//! the AMX engine: k blocks of 4, 8, 16 and 32 tiles and none (within the noise of one
+//! another, 1,000-1,400 GFLOP/s on the bench's shapes; 8 kept).
 //!
-//! Where we differ from PyTorch: oneDNN's AVX512-BF16 and AMX kernels also treat bf16
-//! subnormal inputs as zero (the instructions do); our emulated engine keeps them. Both
-//! are below 2⁻¹²⁶ in magnitude.
+//! Where we differ from PyTorch: the AVX512-BF16 and AMX instructions treat subnormal
+//! inputs as zero and flush subnormal results, in oneDNN's kernels and in ours; our
+//! emulated engine keeps them. Both are below 2⁻¹²⁶ in magnitude. And autocast also stores a product's output
+//! in bf16; ours stay fp32 (see `precision`).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
@@ -29,13 +36,16 @@ use std::sync::OnceLock;
 use super::matmul::Strided;
 use crate::core::error::{Error, Result};
 
-/// The environment variable that chooses the engine: `auto` (the default), `avx512bf16`
-/// or `emulated`.
+/// The environment variable that chooses the engine: `auto` (the default), `amx`,
+/// `avx512bf16` or `emulated`.
 pub const ENGINE_VAR: &str = "RAFFM_BF16_ENGINE";
 
 /// What runs a bf16 product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
+    /// AMX's `TDPBF16PS`: a 16 × 16 tile of fp32 sums gains 16 × 16 × 32 bf16 products
+    /// per instruction.
+    Amx,
     /// AVX512-BF16's `VDPBF16PS`: each of 16 fp32 lanes adds a pair of bf16 products.
     Avx512Bf16,
     /// No bf16 instruction: operands are rounded to bf16 and multiplied by the fp32
@@ -45,22 +55,28 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The engine named by `choice` (`auto`, `avx512bf16`, `emulated`) on this CPU; an
-    /// engine the CPU cannot run is an error.
+    /// The engine named by `choice` (`auto`, `amx`, `avx512bf16`, `emulated`) on this
+    /// CPU; an engine the CPU cannot run is an error. `auto` takes the fastest there is.
     pub fn select(choice: &str) -> Result<Engine> {
         match choice {
-            "auto" | "" => Ok(if avx512_bf16_available() {
+            "auto" | "" => Ok(if amx_available() {
+                Engine::Amx
+            } else if avx512_bf16_available() {
                 Engine::Avx512Bf16
             } else {
                 Engine::Emulated
             }),
             "emulated" => Ok(Engine::Emulated),
+            "amx" if amx_available() => Ok(Engine::Amx),
+            "amx" => Err(Error::Invalid(format!(
+                "{ENGINE_VAR}=amx: this CPU (or kernel) has no AMX-BF16"
+            ))),
             "avx512bf16" if avx512_bf16_available() => Ok(Engine::Avx512Bf16),
             "avx512bf16" => Err(Error::Invalid(format!(
                 "{ENGINE_VAR}=avx512bf16: this CPU has no AVX512-BF16"
             ))),
             other => Err(Error::Invalid(format!(
-                "{ENGINE_VAR}={other}: expected auto, avx512bf16 or emulated"
+                "{ENGINE_VAR}={other}: expected auto, amx, avx512bf16 or emulated"
             ))),
         }
     }
@@ -68,6 +84,7 @@ impl Engine {
     /// One line for `--help` and logs.
     pub fn describe(self) -> &'static str {
         match self {
+            Engine::Amx => "bf16 matmuls on AMX tiles (TDPBF16PS), fp32 accumulation",
             Engine::Avx512Bf16 => "bf16 matmuls on AVX512-BF16 (VDPBF16PS), fp32 accumulation",
             Engine::Emulated => "bf16 matmuls emulated in fp32 (bf16 numerics at fp32 speed)",
         }
@@ -84,6 +101,17 @@ pub fn engine() -> Result<Engine> {
         })
         .clone()
         .map_err(Error::Invalid)
+}
+
+fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn avx512_bf16_available() -> bool {
@@ -151,8 +179,10 @@ pub fn matmul(
     match engine {
         #[cfg(target_arch = "x86_64")]
         Engine::Avx512Bf16 => avx512::matmul((m, n, k), dst, d, lhs, l, rhs, r, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        Engine::Amx => amx::matmul((m, n, k), dst, d, lhs, l, rhs, r, accumulate),
         #[cfg(not(target_arch = "x86_64"))]
-        Engine::Avx512Bf16 => unreachable!("selected only where detected"),
+        Engine::Avx512Bf16 | Engine::Amx => unreachable!("selected only where detected"),
         Engine::Emulated => {
             let rounded = |src: &[f32], s: Strided, rows: usize, cols: usize| {
                 let mut out = Vec::with_capacity(rows * cols);

@@ -9,6 +9,9 @@ fn engines() -> Vec<Engine> {
     if avx512_bf16_available() {
         engines.push(Engine::Avx512Bf16);
     }
+    if amx_available() {
+        engines.push(Engine::Amx);
+    }
     engines
 }
 
@@ -128,8 +131,16 @@ fn rounding_is_to_nearest_even() {
 #[test]
 fn every_remainder_of_the_blocks_within_the_bound() {
     let mut rng = SplitMix64::new(7);
-    // Around MR = 8, NR = 32, MC = 64 and KP = 128 pairs (k = 256), odd k included.
+    // Around AVX512-BF16's MR = 8, NR = 32, MC = 64 and KP = 128 pairs (k = 256), and
+    // AMX's 16-row tiles, 32 × 32 blocks, 64-row tasks and 32 values of k per tile; odd
+    // k included.
     let shapes = [
+        (16, 16, 32),
+        (32, 32, 64),
+        (33, 47, 33),
+        (31, 17, 31),
+        (64, 96, 96),
+        (97, 16, 17),
         (1, 1, 1),
         (1, 33, 3),
         (7, 31, 2),
@@ -227,7 +238,7 @@ fn the_result_does_not_depend_on_the_threads() {
         };
         let one = run(1);
         assert_eq!(one, run(1), "{engine:?}: run to run");
-        if engine == Engine::Avx512Bf16 {
+        if engine != Engine::Emulated {
             assert_eq!(one, run(2), "{engine:?}: one thread against two");
         }
     }
@@ -237,10 +248,18 @@ fn the_result_does_not_depend_on_the_threads() {
 fn the_engine_is_chosen_by_name_and_refused_where_the_cpu_lacks_it() {
     assert_eq!(Engine::select("emulated").unwrap(), Engine::Emulated);
     let auto = Engine::select("auto").unwrap();
-    assert_eq!(auto == Engine::Avx512Bf16, avx512_bf16_available());
+    assert_eq!(
+        auto == Engine::Avx512Bf16,
+        avx512_bf16_available() && !amx_available()
+    );
+    assert_eq!(auto == Engine::Amx, amx_available());
     match Engine::select("avx512bf16") {
         Ok(engine) => assert_eq!(engine, Engine::Avx512Bf16),
         Err(e) => assert!(e.to_string().contains("no AVX512-BF16"), "{e}"),
+    }
+    match Engine::select("amx") {
+        Ok(engine) => assert_eq!(engine, Engine::Amx),
+        Err(e) => assert!(e.to_string().contains("no AMX-BF16"), "{e}"),
     }
     let err = Engine::select("amx512").unwrap_err().to_string();
     assert!(err.contains(ENGINE_VAR) && err.contains("amx512"), "{err}");
