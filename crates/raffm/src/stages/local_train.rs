@@ -124,9 +124,6 @@ pub fn run(args: &Args) -> Result<StageRecord> {
     let precision = args.precision.resolve(&args.device)?;
     check_precision_device(precision, &args.device)?;
     set_precision(precision)?;
-    if !args.quiet && precision != Precision::Fp32 {
-        eprintln!("{}: {}", args.client, describe_precision(precision));
-    }
     crate::core::io::check_output_apart(
         ("--output", &args.output),
         &[("--model", &args.model), ("--partition", &args.partition)],
@@ -173,7 +170,7 @@ pub fn run(args: &Args) -> Result<StageRecord> {
     if !args.quiet {
         let report = &trained.report;
         eprintln!(
-            "{}: {} steps on {} examples in {:.1} s, loss {:.4} -> {:.4}, {:.1} ex/s -> {}",
+            "{}: {} steps on {} examples in {:.1} s, loss {:.4} -> {:.4}, {:.1} ex/s, {} -> {}",
             args.client,
             report.steps,
             ids.len(),
@@ -181,6 +178,7 @@ pub fn run(args: &Args) -> Result<StageRecord> {
             report.step_losses.first().copied().unwrap_or(f32::NAN),
             report.step_losses.last().copied().unwrap_or(f32::NAN),
             report.examples_per_second,
+            describe_precision(precision),
             args.output.display()
         );
     }
@@ -442,8 +440,9 @@ fn train_adapter(args: &Args, attack: Option<Attack>, precision: Precision) -> R
     progress.finish_and_clear();
     if !args.quiet {
         eprintln!(
-            "{}: final loss {loss:.4} -> {}",
+            "{}: final loss {loss:.4}, {} -> {}",
             args.client,
+            describe_precision(precision),
             args.output.display()
         );
     }
