@@ -2,7 +2,9 @@
 //! and our fused kernels call) and with bf16 operands (`fused::kernels::bf16`, on each
 //! engine this CPU has), side by side: every repetition runs each variant once, in turn,
 //! and the table gives medians. Prints the CPU, which bf16 engine `auto` picks, and the
-//! steal time. Run with `make bench` or `cargo bench -p raffm --bench gemm`.
+//! steal time. With `RAFFM_TORCH_PYTHON` set to a Python with torch,
+//! `scripts/bench/gemm_pytorch.py` then runs the same products in PyTorch, in fp32 and
+//! under bf16 autocast. Run with `make bench` or `cargo bench -p raffm --bench gemm`.
 
 use std::time::Instant;
 
@@ -132,5 +134,18 @@ fn main() {
             print!("{:>15.0}", flops / median(t) / 1e9);
         }
         println!("{steal:>10.1}");
+    }
+    if let Ok(python) = std::env::var("RAFFM_TORCH_PYTHON") {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/bench/gemm_pytorch.py"
+        );
+        let status = std::process::Command::new(python)
+            .arg(script)
+            .env("OMP_NUM_THREADS", "2")
+            .status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("{script} failed: {status:?}");
+        }
     }
 }
