@@ -4,16 +4,17 @@
 //! B (16 pairs × 16 columns, each element a pair along k) into a tile of C (16 × 16
 //! fp32): 8,192 multiply-adds. The micro-kernel holds a 32 × 32 block of C in four tiles,
 //! and for every 32 values of k loads two A tiles and two B tiles and issues four
-//! products (the eight tile registers all in use). It walks the whole of k before it
-//! stores C, so each element of C is summed by one kernel call, in k order: the result
-//! does not depend on the blocking or on the threads.
+//! products (the eight tile registers all in use). It walks k in blocks whose B tiles
+//! stay in L1, storing C between blocks and loading it back (fp32 in, fp32 out: exact),
+//! so each element of C is summed in k order by one task, as in a single pass: the
+//! result does not depend on the blocking or on the threads.
 //!
 //! Both operands are packed once per call into 1 KiB tiles (64-byte rows, so every
 //! tile load reads 16 consecutive cache lines), rounded to bf16 while they are packed.
 //! A tile of A is `[row][pair]`, a tile of B `[pair][column]`. Each operand is read
-//! along whichever of its axes is contiguous; where that gives the tile's transpose (A
-//! read down its columns, B along its rows' transpose), the 16 × 16 block is transposed
-//! in registers.
+//! along whichever of its axes is contiguous; where that gives the tile's transpose
+//! (either operand read down its columns: A = xᵀ in a weight's gradient, B = Wᵀ in an
+//! input's), the 16 × 16 block is transposed in registers.
 //!
 //! Why `asm!`: `core::arch`'s AMX intrinsics are nightly-only, and stable `asm!` takes
 //! the mnemonics. The compiler never uses tile registers itself, so the tile state set
@@ -29,6 +30,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::super::matmul::Strided;
+use super::Destination;
 
 /// Rows of a tile, and 32-bit pairs per tile row.
 const TILE: usize = 16;
@@ -372,13 +374,7 @@ fn pack_panel(
     }
 }
 
-/// The destination, shared by the tasks, each of which writes only its own rows.
-struct Destination(*mut f32);
-// SAFETY: tasks write disjoint elements (distinct rows of a view whose elements do not
-// overlap, checked by the caller).
-unsafe impl Sync for Destination {}
-
-/// [`super::matmul`] on AMX.
+/// [`super::matmul`] on AMX, for m, n and k above zero.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     (m, n, k): (usize, usize, usize),
@@ -390,19 +386,6 @@ pub(super) fn matmul(
     r: Strided,
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            (0..m).for_each(|i| (0..n).for_each(|j| dst[d.at(i, j)] = 0.0));
-        }
-        return;
-    }
-    assert!(
-        d.disjoint(m, n),
-        "the destination's elements overlap: {d:?} for [{m}, {n}]"
-    );
     let chunks = k.div_ceil(K_STEP);
     let (a, b) = rayon::join(
         || pack(lhs, l, m, k, Layout::LinePairs),

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::super::matmul::Strided;
 use super::to_bf16;
+use super::Destination;
 
 /// Rows of C per micro-kernel call: one broadcast A pair each.
 const MR: usize = 8;
@@ -176,13 +177,7 @@ unsafe fn kernel(pairs: usize, a: *const u32, b: *const u32, tile: &mut [f32; MR
     }
 }
 
-/// The destination, shared by the tasks, each of which writes only its own rows.
-struct Destination(*mut f32);
-// SAFETY: tasks write disjoint elements (distinct rows of a view whose elements do not
-// overlap, checked by the caller).
-unsafe impl Sync for Destination {}
-
-/// [`super::matmul`] on AVX512-BF16.
+/// [`super::matmul`] on AVX512-BF16, for m, n and k above zero.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     (m, n, k): (usize, usize, usize),
@@ -194,19 +189,6 @@ pub(super) fn matmul(
     r: Strided,
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            (0..m).for_each(|i| (0..n).for_each(|j| dst[d.at(i, j)] = 0.0));
-        }
-        return;
-    }
-    assert!(
-        d.disjoint(m, n),
-        "the destination's elements overlap: {d:?} for [{m}, {n}]"
-    );
     let b = pack_b(rhs, r, k, n);
     let pairs = k.div_ceil(2);
     let out = Destination(dst.as_mut_ptr());

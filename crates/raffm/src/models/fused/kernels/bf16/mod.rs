@@ -176,6 +176,19 @@ pub fn matmul(
     d.check(dst.len(), m, n);
     l.check(lhs.len(), m, k);
     r.check(rhs.len(), k, n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| (0..n).for_each(|j| dst[d.at(i, j)] = 0.0));
+        }
+        return;
+    }
+    assert!(
+        d.disjoint(m, n),
+        "the destination's elements overlap: {d:?} for [{m}, {n}]"
+    );
     match engine {
         #[cfg(target_arch = "x86_64")]
         Engine::Avx512Bf16 => avx512::matmul((m, n, k), dst, d, lhs, l, rhs, r, accumulate),
@@ -206,6 +219,15 @@ pub fn matmul(
         }
     }
 }
+
+/// The destination of a tile engine's product, shared by its tasks, each of which
+/// writes only its own elements.
+#[cfg(target_arch = "x86_64")]
+struct Destination(*mut f32);
+// SAFETY: tasks write disjoint elements (distinct rows of a view whose elements do not
+// overlap, asserted by `matmul`).
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for Destination {}
 
 #[cfg(test)]
 mod tests;
